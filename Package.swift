@@ -1,0 +1,130 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "Postern",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "postern", targets: ["postern"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.35.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+    ],
+    targets: [
+        // OpenLDAP's client library (libldap, liblber) as a Swift module.
+        .systemLibrary(
+            name: "CLDAP",
+            pkgConfig: "ldap",
+            providers: [.apt(["libldap2-dev"])]
+        ),
+        // RFC 5321 wire format: commands, replies, addresses, line and DATA framing. No I/O.
+        .target(
+            name: "PosternSMTP",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio")]
+        ),
+        // The per-connection SMTP state machine. No sockets, files or LDAP.
+        .target(
+            name: "PosternSession",
+            dependencies: ["PosternSMTP"]
+        ),
+        // Policy model, loading, validation and decisions. Pure but for loading files.
+        .target(
+            name: "PosternPolicy",
+            dependencies: ["PosternSMTP", .product(name: "Yams", package: "Yams")]
+        ),
+        // LDAP authentication off the event loops.
+        .target(
+            name: "PosternDirectory",
+            dependencies: [
+                "CLDAP",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // Durable queue, recovery, retry schedule.
+        .target(
+            name: "PosternSpool",
+            dependencies: [
+                "PosternSMTP",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // Outbound SMTP client with mutual TLS, per-recipient results; the test/demo sink.
+        .target(
+            name: "PosternRelay",
+            dependencies: [
+                "PosternSMTP",
+                "PosternSpool",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // A small receiving SMTP server that requires client certificates: the demo upstream and benchmark sink.
+        .target(
+            name: "PosternSink",
+            dependencies: [
+                "PosternSMTP",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // Helpers for tests only: real slapd, free ports, processes.
+        .target(
+            name: "PosternTestSupport",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+        // Wiring: config, listeners, TLS, delivery, lifecycle.
+        .target(
+            name: "PosternGateway",
+            dependencies: [
+                "PosternSMTP", "PosternSession", "PosternPolicy", "PosternDirectory",
+                "PosternSpool", "PosternRelay",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOExtras", package: "swift-nio-extras"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
+        .executableTarget(
+            name: "postern",
+            dependencies: [
+                "PosternGateway", "PosternSink",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(name: "PosternSMTPTests", dependencies: ["PosternSMTP"]),
+        .testTarget(name: "PosternSessionTests", dependencies: ["PosternSession", "PosternSMTP"]),
+        .testTarget(name: "PosternPolicyTests", dependencies: ["PosternPolicy", "PosternSMTP"]),
+        .testTarget(name: "PosternDirectoryTests", dependencies: ["PosternDirectory", "PosternTestSupport"]),
+        .testTarget(name: "PosternSpoolTests", dependencies: ["PosternSpool", "PosternTestSupport"]),
+        .testTarget(name: "PosternRelayTests", dependencies: ["PosternRelay", "PosternSpool", "PosternSink", "PosternTestSupport"]),
+        .testTarget(
+            name: "PosternIntegrationTests",
+            dependencies: [
+                "PosternGateway", "PosternSink", "PosternTestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ]
+        ),
+    ]
+)

@@ -1,0 +1,6 @@
+#ifndef POSTERN_CLDAP_SHIM_H
+#define POSTERN_CLDAP_SHIM_H
+#define LDAP_DEPRECATED 0
+#include <ldap.h>
+#include <lber.h>
+#endif

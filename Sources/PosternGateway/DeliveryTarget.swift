@@ -1,0 +1,12 @@
+import NIOCore
+import PosternSession
+
+/// Where the receiving side hands an accepted message. The outbox directory and the durable
+/// spool implement it; the receiving side knows nothing else about delivery.
+public protocol DeliveryTarget: Sendable {
+    /// A fresh queue id, used in the Received header before the message is stored.
+    func makeQueueID() -> String
+    /// Stores the message (Received header already prepended) durably before returning `.queued`.
+    /// Never throws: failures are a temporary reply for the client (452 4.3.1 / 451 4.3.0).
+    func accept(queueID: String, envelope: Envelope, message: ByteBuffer) async -> DeliveryOutcome
+}
