@@ -1,0 +1,93 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import PosternSMTP
+import PosternSession
+import ServiceLifecycle
+
+/// The running gateway: listeners bound from the configuration, wired to policy, the directory and the
+/// delivery target. Run it as a `Service`; graceful shutdown stops accepting and lets messages in
+/// flight finish.
+public final class Gateway: Service, Sendable {
+    public let configuration: GatewayConfiguration
+    private let group: MultiThreadedEventLoopGroup
+    private let threadPool: NIOThreadPool
+    private let logger: Logger
+    private let shared: SMTPListener.Shared
+    private let listeners: NIOLockedValueBoxListeners
+    /// How long shutdown waits for sessions in DATA before closing them.
+    public let drainTimeout: Duration
+
+    public init(configuration: GatewayConfiguration, rules: @escaping @Sendable () -> any SessionRules,
+                authenticator: (any SubmissionAuthenticator)?, logger: Logger,
+                drainTimeout: Duration = .seconds(30), now: @escaping @Sendable () -> Date = { Date() }) throws {
+        self.configuration = configuration
+        self.logger = logger
+        self.drainTimeout = drainTimeout
+        group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+        threadPool = NIOThreadPool(numberOfThreads: max(4, System.coreCount * 2))
+        threadPool.start()
+        let tls = TLSContextBox(try configuration.tls.map(ServerTLS.makeContext))
+        let target: any DeliveryTarget
+        switch configuration.delivery {
+        case .outbox(let path):
+            target = try OutboxTarget(directory: URL(fileURLWithPath: path), threadPool: threadPool, logger: logger)
+        }
+        let environment = ConnectionEnvironment(target: target, authenticator: authenticator, tls: tls, logger: logger, now: now)
+        shared = SMTPListener.Shared(hostname: configuration.hostname, limits: configuration.limits,
+                                     limiter: ConnectionLimiter(maxPerClient: configuration.limits.maxConnectionsPerClient,
+                                                                maxTotal: configuration.limits.maxConnections),
+                                     environment: environment, rules: rules)
+        listeners = NIOLockedValueBoxListeners()
+    }
+
+    /// Binds every listener. Afterwards `boundPort(listener:)` tells where each is.
+    public func start() async throws {
+        for listenerConfiguration in configuration.listeners {
+            let listener = try await SMTPListener.bind(listenerConfiguration, shared: shared, group: group)
+            listeners.append(listener)
+        }
+    }
+
+    public func boundPort(listener name: String) -> Int? {
+        listeners.all.first { $0.configuration.name == name }?.localAddress?.port
+    }
+
+    /// The TLS context for new handshakes (swapped on reload).
+    public var tlsContext: TLSContextBox { shared.environment.tls }
+
+    public func run() async throws {
+        if listeners.all.isEmpty { try await start() }
+        try? await gracefulShutdown()
+        await shutdown()
+    }
+
+    /// Stops accepting, lets sessions in DATA finish (bounded by `drainTimeout`), then closes everything.
+    public func shutdown() async {
+        logger.info("shutting down", metadata: ["connections": "\(shared.limiter.total)"])
+        let all = listeners.all
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                await withTaskGroup(of: Void.self) { inner in
+                    for listener in all { inner.addTask { await listener.quiesce() } }
+                }
+            }
+            group.addTask { [drainTimeout] in try? await Task.sleep(for: drainTimeout) }
+            await group.next()
+            group.cancelAll()
+        }
+        for listener in all { await listener.close() }
+        try? await group.shutdownGracefully()
+        try? await threadPool.shutdownGracefully()
+        logger.info("stopped")
+    }
+}
+
+/// The bound listeners, appended during start.
+final class NIOLockedValueBoxListeners: Sendable {
+    private let box = NIOLockedValueBox<[SMTPListener]>([])
+    func append(_ listener: SMTPListener) { box.withLockedValue { $0.append(listener) } }
+    var all: [SMTPListener] { box.withLockedValue { $0 } }
+}

@@ -1,0 +1,179 @@
+import Foundation
+import PosternSession
+import Yams
+
+/// One endpoint to listen on.
+public struct ListenerConfiguration: Sendable, Hashable {
+    public var name: String
+    public var kind: ListenerKind
+    public var host: String
+    public var port: Int
+    /// Device listeners only: store bare LF as CRLF for old devices instead of refusing.
+    public var normalizeBareLF: Bool
+    public var maxMessageSize: Int?
+}
+
+public struct TLSFiles: Sendable, Hashable {
+    public var certificateChain: String
+    public var privateKey: String
+}
+
+public struct Limits: Sendable, Hashable {
+    public var maxMessageSize = 25 * 1024 * 1024
+    public var maxRecipients = 100
+    public var idleTimeoutSeconds = 300
+    public var maxConnectionsPerClient = 50
+    public var maxConnections = 20_000
+}
+
+/// Where accepted mail goes.
+public enum DeliveryConfiguration: Sendable, Hashable {
+    /// One `.eml` file per message in a directory (no relay).
+    case outbox(String)
+}
+
+/// The gateway's configuration file (`postern.yaml`): listeners, TLS, limits, delivery, and where
+/// the policy files are. Paths are relative to the file's directory.
+public struct GatewayConfiguration: Sendable {
+    public var file: String
+    public var hostname: String
+    public var policyDirectory: String
+    public var tls: TLSFiles?
+    public var limits: Limits
+    public var listeners: [ListenerConfiguration]
+    public var delivery: DeliveryConfiguration
+
+    public static func load(path: String) throws(ConfigErrors) -> GatewayConfiguration {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw ConfigErrors(issues: [ConfigIssue(file: path, line: 0, message: "cannot read: \(error.localizedDescription)")])
+        }
+        return try parse(text, file: path)
+    }
+
+    public static func parse(_ text: String, file: String) throws(ConfigErrors) -> GatewayConfiguration {
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: text)
+        } catch let error as YamlError {
+            throw ConfigErrors(issues: [ConfigIssue(file: file, line: yamlErrorLine(error), message: "not valid YAML: \(error)")])
+        } catch {
+            throw ConfigErrors(issues: [ConfigIssue(file: file, line: 1, message: "not valid YAML: \(error)")])
+        }
+        var reader = ConfigReader(file: file)
+        let base = URL(fileURLWithPath: file).deletingLastPathComponent()
+        func resolve(_ path: String) -> String {
+            path.hasPrefix("/") ? path : base.appendingPathComponent(path).standardizedFileURL.path
+        }
+        let top = reader.mapping(root, known: ["hostname", "policies", "tls", "limits", "listeners", "delivery"], context: "top level")
+
+        let hostname = reader.string(top["hostname"], "hostname") ?? ProcessInfo.processInfo.hostName
+        if !hostname.isEmpty, !hostname.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) {
+            reader.issue(top["hostname"], "hostname must be a plain host name")
+        }
+        let policyDirectory = resolve(reader.string(top["policies"], "policies") ?? ".")
+
+        var tls: TLSFiles?
+        if let tlsNode = top["tls"] {
+            let map = reader.mapping(tlsNode, known: ["certificate", "key"], context: "tls")
+            let cert = reader.string(map["certificate"], "tls.certificate")
+            let key = reader.string(map["key"], "tls.key")
+            if cert == nil { reader.issue(tlsNode, "tls.certificate is missing", fix: "path to the PEM certificate chain") }
+            if key == nil { reader.issue(tlsNode, "tls.key is missing", fix: "path to the PEM private key") }
+            if let cert, let key {
+                tls = TLSFiles(certificateChain: resolve(cert), privateKey: resolve(key))
+                for (node, path) in [(map["certificate"], resolve(cert)), (map["key"], resolve(key))] where !FileManager.default.isReadableFile(atPath: path) {
+                    reader.issue(node, "cannot read \(path)", fix: "run certs/make-dev-certs.sh for development certificates")
+                }
+            }
+        }
+
+        var limits = Limits()
+        if let node = top["limits"] {
+            let map = reader.mapping(node, known: ["max_message_size", "max_recipients", "idle_timeout_seconds", "max_connections_per_client", "max_connections"], context: "limits")
+            limits.maxMessageSize = reader.int(map["max_message_size"], "limits.max_message_size", range: 1024...(1 << 30)) ?? limits.maxMessageSize
+            limits.maxRecipients = reader.int(map["max_recipients"], "limits.max_recipients", range: 1...10_000) ?? limits.maxRecipients
+            limits.idleTimeoutSeconds = reader.int(map["idle_timeout_seconds"], "limits.idle_timeout_seconds", range: 1...3600) ?? limits.idleTimeoutSeconds
+            limits.maxConnectionsPerClient = reader.int(map["max_connections_per_client"], "limits.max_connections_per_client", range: 1...100_000) ?? limits.maxConnectionsPerClient
+            limits.maxConnections = reader.int(map["max_connections"], "limits.max_connections", range: 1...1_000_000) ?? limits.maxConnections
+        }
+
+        var listeners: [ListenerConfiguration] = []
+        let listenerNodes = reader.sequence(top["listeners"], "listeners")
+        if listenerNodes.isEmpty { reader.issue(top["listeners"] ?? root, "no listeners configured", fix: "add a 'listeners:' list") }
+        var seenNames = Set<String>()
+        var seenEndpoints = Set<String>()
+        for node in listenerNodes {
+            let map = reader.mapping(node, known: ["name", "kind", "listen", "normalize_bare_lf", "max_message_size"], context: "listener")
+            guard let kindText = reader.string(map["kind"], "listener kind") else {
+                reader.issue(node, "listener without kind", fix: "kind: submission, submissions or device")
+                continue
+            }
+            guard let kind = ListenerKind(rawValue: kindText) else {
+                reader.issue(map["kind"], "unknown listener kind '\(kindText)'", fix: "one of submission, submissions, device")
+                continue
+            }
+            let name = reader.string(map["name"], "listener name") ?? kindText
+            if !seenNames.insert(name).inserted { reader.issue(map["name"] ?? node, "listener name '\(name)' used twice") }
+            guard let listen = reader.string(map["listen"], "listener listen") else {
+                reader.issue(node, "listener '\(name)' has no listen address", fix: "listen: 127.0.0.1:2525 or [::1]:2525")
+                continue
+            }
+            guard let (host, port) = parseHostPort(listen) else {
+                reader.issue(map["listen"], "listen address '\(listen)' is not HOST:PORT", fix: "e.g. 0.0.0.0:587 or [::]:587")
+                continue
+            }
+            if !seenEndpoints.insert("\(host):\(port)").inserted, port != 0 { reader.issue(map["listen"], "\(listen) is used by two listeners") }
+            let normalize = reader.bool(map["normalize_bare_lf"], "normalize_bare_lf") ?? false
+            if normalize && kind != .device {
+                reader.issue(map["normalize_bare_lf"], "normalize_bare_lf is only allowed on device listeners", fix: "remove it; TLS endpoints always refuse bare LF")
+            }
+            let size = reader.int(map["max_message_size"], "max_message_size", range: 1024...(1 << 30))
+            if kind.requiresTLS && tls == nil {
+                reader.issue(node, "listener '\(name)' (\(kind.rawValue)) needs TLS but no tls section is configured", fix: "add tls: certificate/key")
+            }
+            listeners.append(ListenerConfiguration(name: name, kind: kind, host: host, port: port, normalizeBareLF: normalize, maxMessageSize: size))
+        }
+
+        var delivery = DeliveryConfiguration.outbox(resolve("outbox"))
+        if let node = top["delivery"] {
+            let map = reader.mapping(node, known: ["outbox"], context: "delivery")
+            if let outbox = reader.string(map["outbox"], "delivery.outbox") {
+                delivery = .outbox(resolve(outbox))
+            } else {
+                reader.issue(node, "delivery needs an outbox directory", fix: "delivery: { outbox: ../var/outbox }")
+            }
+        }
+
+        if !reader.issues.isEmpty { throw ConfigErrors(issues: reader.issues) }
+        return GatewayConfiguration(file: file, hostname: hostname, policyDirectory: policyDirectory, tls: tls, limits: limits,
+                                    listeners: listeners, delivery: delivery)
+    }
+
+    /// `127.0.0.1:25`, `[::1]:25`, `localhost:25`.
+    static func parseHostPort(_ text: String) -> (String, Int)? {
+        let host: Substring, portText: Substring
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else { return nil }
+            host = text[text.index(after: text.startIndex)..<close]
+            portText = text[text.index(close, offsetBy: 2)...]
+        } else {
+            guard let colon = text.lastIndex(of: ":") else { return nil }
+            host = text[..<colon]
+            portText = text[text.index(after: colon)...]
+        }
+        guard !host.isEmpty, let port = Int(portText), (0...65535).contains(port) else { return nil }
+        return (String(host), port)
+    }
+
+    private static func yamlErrorLine(_ error: YamlError) -> Int {
+        switch error {
+        case .scanner(_, _, let mark, _), .parser(_, _, let mark, _), .composer(_, _, let mark, _):
+            return mark.line
+        default:
+            return 1
+        }
+    }
+}

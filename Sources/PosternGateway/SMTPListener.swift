@@ -1,0 +1,111 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOExtras
+import NIOPosix
+import NIOSSL
+import PosternSMTP
+import PosternSession
+
+/// One bound endpoint. Accepts connections, applies connection limits, and puts an `SMTPServerHandler`
+/// (behind TLS on `submissions`) on each.
+final class SMTPListener: Sendable {
+    let configuration: ListenerConfiguration
+    private let serverChannel: any Channel
+    private let quiescing: ServerQuiescingHelper
+
+    var localAddress: SocketAddress? { serverChannel.localAddress }
+
+    private init(configuration: ListenerConfiguration, serverChannel: any Channel, quiescing: ServerQuiescingHelper) {
+        self.configuration = configuration
+        self.serverChannel = serverChannel
+        self.quiescing = quiescing
+    }
+
+    struct Shared: Sendable {
+        var hostname: String
+        var limits: Limits
+        var limiter: ConnectionLimiter
+        var environment: ConnectionEnvironment
+        var rules: @Sendable () -> any SessionRules
+    }
+
+    static func bind(_ configuration: ListenerConfiguration, shared: Shared, group: any EventLoopGroup) async throws -> SMTPListener {
+        let quiescing = ServerQuiescingHelper(group: group)
+        let sessionConfiguration = SessionConfiguration(
+            hostname: shared.hostname, listenerName: configuration.name, kind: configuration.kind,
+            maxMessageSize: configuration.maxMessageSize ?? shared.limits.maxMessageSize,
+            maxRecipients: shared.limits.maxRecipients, normalizeBareLF: configuration.normalizeBareLF,
+            authAvailable: shared.environment.authenticator != nil)
+        let idle = TimeAmount.seconds(Int64(shared.limits.idleTimeoutSeconds))
+        let logger = shared.environment.logger
+        let channel = try await ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(quiescing.makeServerChannelHandler(channel: channel))
+                }
+            }
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.allowRemoteHalfClosure, value: false)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let client = clientAddress(of: channel)
+                    guard shared.limiter.acquire(client) else {
+                        logger.notice("connection refused: limit", metadata: ["client": "\(client)", "listener": "\(configuration.name)"])
+                        if configuration.kind != .submissions {
+                            var buffer = channel.allocator.buffer(capacity: 96)
+                            SMTPReply.tooManyConnections.write(into: &buffer)
+                            channel.writeAndFlush(buffer).whenComplete { _ in channel.close(promise: nil) }
+                        } else {
+                            channel.close(promise: nil)
+                        }
+                        return
+                    }
+                    channel.closeFuture.whenComplete { _ in shared.limiter.release(client) }
+                    let sync = channel.pipeline.syncOperations
+                    if configuration.kind == .submissions {
+                        guard let tls = shared.environment.tls.current else { throw TLSNotConfigured() }
+                        try sync.addHandler(NIOSSLServerHandler(context: tls))
+                    }
+                    try sync.addHandler(IdleStateHandler(readTimeout: idle))
+                    let facts = ConnectionFacts(listenerName: configuration.name, kind: configuration.kind, clientAddress: client,
+                                                clientPort: channel.remoteAddress?.port ?? 0, sessionID: SessionID.make())
+                    let session = SMTPSession(configuration: sessionConfiguration, facts: facts, rules: shared.rules())
+                    try sync.addHandler(SMTPServerHandler(session: session, environment: shared.environment))
+                }
+            }
+            .bind(host: configuration.host, port: configuration.port)
+            .get()
+        logger.info("listening", metadata: ["listener": "\(configuration.name)", "kind": "\(configuration.kind.rawValue)",
+                                            "address": "\(channel.localAddress.map { "\($0)" } ?? "?")"])
+        return SMTPListener(configuration: configuration, serverChannel: channel, quiescing: quiescing)
+    }
+
+    /// Stops accepting and asks every session to finish; completes when all connections are closed.
+    func quiesce() async {
+        let promise = serverChannel.eventLoop.makePromise(of: Void.self)
+        quiescing.initiateShutdown(promise: promise)
+        try? await promise.futureResult.get()
+    }
+
+    func close() async {
+        try? await serverChannel.close()
+    }
+}
+
+struct TLSNotConfigured: Error {}
+
+/// The client's IP as policy sees it; IPv4-mapped IPv6 (`::ffff:a.b.c.d`) is reported as IPv4.
+func clientAddress(of channel: any Channel) -> String {
+    guard let ip = channel.remoteAddress?.ipAddress else { return "unknown" }
+    if ip.lowercased().hasPrefix("::ffff:"), ip.contains(".") { return String(ip.dropFirst(7)) }
+    return ip
+}
+
+enum SessionID {
+    static func make() -> String {
+        String((UInt64.random(in: 0...UInt64.max) & 0xFFFF_FFFF_FFFF), radix: 16, uppercase: false)
+    }
+}

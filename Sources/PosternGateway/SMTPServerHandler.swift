@@ -1,0 +1,254 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOSSL
+import NIOTLS
+import PosternSMTP
+import PosternSession
+
+/// Checks AUTH credentials; implemented on top of the directory.
+public protocol SubmissionAuthenticator: Sendable {
+    func authenticate(_ credentials: Credentials, client: String) async -> AuthOutcome
+}
+
+/// What every connection's handler shares: where mail goes, how AUTH is checked, which TLS context to use.
+struct ConnectionEnvironment: Sendable {
+    var target: any DeliveryTarget
+    var authenticator: (any SubmissionAuthenticator)?
+    var tls: TLSContextBox
+    var logger: Logger
+    var now: @Sendable () -> Date
+}
+
+/// The thin I/O layer around `SMTPSession`: frames bytes into lines or DATA, applies the session's
+/// actions to the channel, and runs authentication and delivery off the event loop.
+final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private var session: SMTPSession
+    private let environment: ConnectionEnvironment
+    private var logger: Logger
+    private var inbound: ByteBuffer
+    private var outbound: ByteBuffer
+    private var lineFramer = LineFramer(maxLength: 512)
+    private var dataFramer: DataFramer?
+    /// An authentication, a delivery or a TLS handshake is under way: input waits.
+    private var waiting = false
+    private var handshaking = false
+    /// A read was asked for while waiting; it is passed on when the wait ends.
+    private var pendingRead = false
+    private var active = true
+    private var closing = false
+    /// Shutdown was asked for while a message was being received: close after it is answered.
+    private var quiesceAfterMessage = false
+
+    init(session: SMTPSession, environment: ConnectionEnvironment) {
+        self.session = session
+        self.environment = environment
+        var logger = environment.logger
+        logger[metadataKey: "session"] = "\(session.facts.sessionID)"
+        logger[metadataKey: "listener"] = "\(session.facts.listenerName)"
+        self.logger = logger
+        self.inbound = ByteBuffer()
+        self.outbound = ByteBuffer()
+    }
+
+    // MARK: Channel events
+
+    func channelActive(context: ChannelHandlerContext) {
+        logger.debug("connection", metadata: ["client": "\(session.facts.clientAddress)"])
+        session.greeting().write(into: &outbound)
+        flushReplies(context: context)
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        active = false
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        active = false
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !closing else { return }
+        var bytes = unwrapInboundIn(data)
+        inbound.writeBuffer(&bytes)
+        if !waiting { process(context: context) }
+    }
+
+    func read(context: ChannelHandlerContext) {
+        // During a TLS handshake reads must flow: the handshake itself needs them.
+        if waiting && !handshaking {
+            pendingRead = true
+        } else {
+            context.read()
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let tlsEvent = event as? TLSUserEvent, case .handshakeCompleted = tlsEvent {
+            let version = (try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self))?.tlsVersion
+            session.tlsEstablished(TLSInfo(version: version?.displayName ?? "TLS"))
+            handshaking = false
+            logger.debug("tls established", metadata: ["version": "\(version?.displayName ?? "?")"])
+            resume(context: context)
+        } else if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read {
+            if session.isInData && waiting { return }  // delivery under way; it answers soon
+            apply(session.close(with: .idleTimeout), context: context)
+            flushReplies(context: context)
+        } else if event is ChannelShouldQuiesceEvent {
+            if session.isInData {
+                quiesceAfterMessage = true
+            } else if !waiting {
+                apply(session.close(with: .serviceClosing), context: context)
+                flushReplies(context: context)
+            } else {
+                quiesceAfterMessage = true
+            }
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        logger.debug("connection error", metadata: ["error": "\(error)"])
+        context.close(promise: nil)
+    }
+
+    // MARK: Processing
+
+    /// Feeds buffered input to the session until it needs more bytes or starts waiting.
+    private func process(context: ChannelHandlerContext) {
+        while !waiting && !closing && active {
+            if dataFramer != nil {
+                guard let outcome = dataFramer!.feed(&inbound) else { break }
+                dataFramer = nil
+                apply(session.dataCompleted(outcome), context: context)
+            } else {
+                lineFramer.maxLength = session.maxLineLength
+                guard let line = lineFramer.next(&inbound) else { break }
+                apply(session.receive(line), context: context)
+            }
+        }
+        if inbound.readableBytes == 0 { inbound.clear() } else { inbound.discardReadBytes() }
+        flushReplies(context: context)
+    }
+
+    private func apply(_ action: SessionAction, context: ChannelHandlerContext) {
+        switch action {
+        case .reply(let reply):
+            reply.write(into: &outbound)
+            if quiesceAfterMessage && !session.isInData {
+                apply(session.close(with: .serviceClosing), context: context)
+            }
+        case .close(let reply):
+            reply.write(into: &outbound)
+            closing = true
+            let buffer = outbound
+            outbound.clear()
+            let channel = context.channel
+            context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
+        case .startTLS(let reply):
+            startTLS(reply, context: context)
+        case .startData(let reply, let limits):
+            reply.write(into: &outbound)
+            dataFramer = DataFramer(maxMessageSize: limits.maxMessageSize, normalizeBareLF: limits.normalizeBareLF,
+                                    allocator: context.channel.allocator)
+        case .authenticate(let credentials):
+            authenticate(credentials, context: context)
+        case .deliver(let envelope, let body):
+            deliver(envelope, body, context: context)
+        }
+    }
+
+    private func flushReplies(context: ChannelHandlerContext) {
+        guard outbound.readableBytes > 0, active, !closing else { return }
+        let buffer = outbound
+        outbound = context.channel.allocator.buffer(capacity: 256)
+        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+    }
+
+    /// RFC 3207: answer 220, then the handshake. Anything the client pipelined after STARTTLS was sent
+    /// in plaintext and is thrown away unread (CVE-2011-0411).
+    private func startTLS(_ reply: SMTPReply, context: ChannelHandlerContext) {
+        guard let sslContext = environment.tls.current else {
+            SMTPReply(454, "4.7.0", "TLS not available due to temporary reason").write(into: &outbound)
+            return
+        }
+        reply.write(into: &outbound)
+        flushReplies(context: context)  // the 220 leaves in plaintext before the TLS handler goes in
+        inbound.clear()
+        waiting = true
+        handshaking = true
+        do {
+            try context.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: sslContext), position: .first)
+        } catch {
+            logger.error("cannot start TLS", metadata: ["error": "\(error)"])
+            context.close(promise: nil)
+        }
+    }
+
+    private func authenticate(_ credentials: Credentials, context: ChannelHandlerContext) {
+        guard let authenticator = environment.authenticator else {
+            preconditionFailure("session asked for AUTH without an authenticator")
+        }
+        waiting = true
+        let client = session.facts.clientAddress
+        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let boundContext = NIOLoopBound(context, eventLoop: context.eventLoop)
+        context.eventLoop.makeFutureWithTask {
+            await authenticator.authenticate(credentials, client: client)
+        }.whenSuccess { outcome in
+            let this = handler.value
+            guard this.active else { return }
+            if case .success(let user) = outcome {
+                this.logger.info("auth ok", metadata: ["login": "\(user.login)", "mechanism": "\(credentials.mechanism)"])
+            } else {
+                this.logger.info("auth failed", metadata: ["login": "\(credentials.login)", "outcome": "\(outcome)"])
+            }
+            this.apply(this.session.authCompleted(outcome), context: boundContext.value)
+            this.resume(context: boundContext.value)
+        }
+    }
+
+    private func deliver(_ envelope: Envelope, _ body: ByteBuffer, context: ChannelHandlerContext) {
+        waiting = true
+        let target = environment.target
+        let queueID = target.makeQueueID()
+        let header = ReceivedHeader.make(envelope: envelope, hostname: session.configuration.hostname, queueID: queueID, date: environment.now())
+        var composed = context.channel.allocator.buffer(capacity: header.utf8.count + body.readableBytes)
+        composed.writeString(header)
+        composed.writeImmutableBuffer(body)
+        let message = composed
+        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let boundContext = NIOLoopBound(context, eventLoop: context.eventLoop)
+        let logger = self.logger
+        context.eventLoop.makeFutureWithTask {
+            await target.accept(queueID: queueID, envelope: envelope, message: message)
+        }.whenSuccess { outcome in
+            // The message is stored whether or not the client is still there to hear it.
+            logger.info("message", metadata: [
+                "queue_id": "\(queueID)", "from": "\(envelope.sender)", "rcpts": "\(envelope.recipients.count)",
+                "size": "\(message.readableBytes)", "outcome": "\(outcome)",
+            ])
+            let this = handler.value
+            guard this.active else { return }
+            this.apply(this.session.deliveryCompleted(outcome), context: boundContext.value)
+            this.resume(context: boundContext.value)
+        }
+    }
+
+    /// Ends a wait: processes what arrived meanwhile and passes on a held read.
+    private func resume(context: ChannelHandlerContext) {
+        waiting = false
+        process(context: context)
+        if pendingRead && !waiting {
+            pendingRead = false
+            context.read()
+        }
+    }
+}

@@ -1,0 +1,14 @@
+import ArgumentParser
+
+@main
+struct Postern: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "postern",
+        abstract: "A policy-enforcing SMTP submission gateway.",
+        discussion: """
+            Postern accepts mail on three kinds of endpoint: `submission` (STARTTLS required, AUTH against LDAP),
+            `submissions` (implicit TLS) and `device` (plaintext, registered devices only, internal recipients only).
+            """,
+        subcommands: [ServeCommand.self, CheckCommand.self]
+    )
+}
