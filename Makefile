@@ -1,0 +1,27 @@
+# Postern: `make demo` runs the gateway on its demo default; `make test` runs the whole suite.
+SWIFT ?= swift
+BUILD_FLAGS ?=
+
+.PHONY: demo test deps certs build release clean-var
+
+deps:
+	@scripts/install-deps.sh
+
+certs:
+	@certs/make-dev-certs.sh >/dev/null
+
+build: deps
+	$(SWIFT) build $(BUILD_FLAGS)
+
+# The gateway in the foreground with dev certificates, a throwaway directory (var/) and the demo policy.
+demo: deps certs
+	$(SWIFT) build $(BUILD_FLAGS)
+	scripts/demo.sh
+
+# Builds and runs every test: unit tests and integration tests against real listeners, slapd and upstreams.
+test: deps certs
+	$(SWIFT) build --build-tests $(BUILD_FLAGS)
+	$(SWIFT) test --skip-build $(BUILD_FLAGS)
+
+clean-var:
+	rm -rf var

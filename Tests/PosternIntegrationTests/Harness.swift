@@ -1,0 +1,141 @@
+import Foundation
+import Logging
+import NIOCore
+import PosternGateway
+import PosternSession
+import XCTest
+
+/// Paths in the repository, found from this file.
+enum Repo {
+    static let root: URL = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    static var certs: URL { root.appendingPathComponent("certs") }
+    static var policies: URL { root.appendingPathComponent("policies") }
+
+    /// Makes the dev certificates if they are not there yet.
+    static func ensureCertificates() throws {
+        let result = try Shell.run([certs.appendingPathComponent("make-dev-certs.sh").path])
+        guard result.status == 0 else { throw HarnessError("make-dev-certs.sh failed: \(result.output)") }
+    }
+
+    static var posternBinary: URL {
+        // `swift build --build-tests` builds the executable beside the test bundle.
+        let besideTests = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+            .deletingLastPathComponent().appendingPathComponent("postern")
+        if FileManager.default.isExecutableFile(atPath: besideTests.path) { return besideTests }
+        return root.appendingPathComponent(".build/debug/postern")
+    }
+}
+
+struct HarnessError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Runs a program to completion with a time limit, capturing stdout and stderr together.
+enum Shell {
+    struct Result {
+        var status: Int32
+        var output: String
+    }
+
+    static func run(_ arguments: [String], input: Data? = nil, timeout: TimeInterval = 60, environment: [String: String]? = nil) throws -> Result {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: arguments[0].hasPrefix("/") ? arguments[0] : "/usr/bin/env")
+        process.arguments = arguments[0].hasPrefix("/") ? Array(arguments.dropFirst()) : arguments
+        if let environment { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
+        let outputFile = FileManager.default.temporaryDirectory.appendingPathComponent("postern-shell-\(UUID().uuidString)")
+        _ = FileManager.default.createFile(atPath: outputFile.path, contents: nil)
+        let handle = try FileHandle(forWritingTo: outputFile)
+        defer { try? FileManager.default.removeItem(at: outputFile) }
+        process.standardOutput = handle
+        process.standardError = handle
+        let inputPipe = Pipe()
+        process.standardInput = inputPipe
+        try process.run()
+        if let input { inputPipe.fileHandleForWriting.write(input) }
+        try? inputPipe.fileHandleForWriting.close()
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning && Date() < deadline { usleep(20_000) }
+        if process.isRunning {
+            process.terminate()
+            process.waitUntilExit()
+            throw HarnessError("\(arguments.joined(separator: " ")) timed out after \(timeout)s")
+        }
+        try handle.close()
+        let output = (try? String(contentsOf: outputFile, encoding: .utf8)) ?? ""
+        return Result(status: process.terminationStatus, output: output)
+    }
+
+    /// Runs a Python 3 script with Debian's interpreter (which has python3-aiosmtpd).
+    static func python(_ script: String, _ arguments: [String] = [], timeout: TimeInterval = 60) throws -> Result {
+        try run(["/usr/bin/python3", "-c", script] + arguments, timeout: timeout)
+    }
+}
+
+/// A gateway started in this process on free loopback ports with a config written to a temp directory.
+final class GatewayHarness: @unchecked Sendable {
+    let directory: URL
+    let gateway: Gateway
+    let configuration: GatewayConfiguration
+
+    var outbox: URL { directory.appendingPathComponent("outbox") }
+
+    func port(_ listener: String) -> Int { gateway.boundPort(listener: listener)! }
+
+    /// `listeners` and `extra` are YAML fragments; listen addresses use port 0.
+    static func start(limits: String = "", listeners: String? = nil, extra: String = "", policies: URL? = nil,
+                      rules: (@Sendable () -> any SessionRules)? = nil, authenticator: (any SubmissionAuthenticator)? = nil) async throws -> GatewayHarness {
+        try Repo.ensureCertificates()
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("postern-test-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let yaml = """
+            hostname: gw.test
+            policies: \((policies ?? Repo.policies).path)
+            tls:
+              certificate: \(Repo.certs.path)/server.pem
+              key: \(Repo.certs.path)/server.key
+            \(limits)
+            listeners:
+            \(listeners ?? """
+              - name: device
+                kind: device
+                listen: 127.0.0.1:0
+              - name: submission
+                kind: submission
+                listen: 127.0.0.1:0
+              - name: submissions
+                kind: submissions
+                listen: 127.0.0.1:0
+            """)
+            delivery:
+              outbox: \(directory.path)/outbox
+            \(extra)
+            """
+        let file = directory.appendingPathComponent("postern.yaml")
+        try yaml.write(to: file, atomically: true, encoding: .utf8)
+        let configuration = try GatewayConfiguration.load(path: file.path)
+        var logger = Logger(label: "postern-test")
+        logger.logLevel = .notice
+        let gateway = try Gateway(configuration: configuration, rules: rules ?? { UnconfiguredPolicyRules() },
+                                  authenticator: authenticator, logger: logger, drainTimeout: .seconds(5))
+        try await gateway.start()
+        return GatewayHarness(directory: directory, gateway: gateway, configuration: configuration)
+    }
+
+    private init(directory: URL, gateway: Gateway, configuration: GatewayConfiguration) {
+        self.directory = directory
+        self.gateway = gateway
+        self.configuration = configuration
+    }
+
+    func stop() async {
+        await gateway.shutdown()
+        try? FileManager.default.removeItem(at: directory)
+    }
+
+    func outboxFiles() -> [URL] {
+        ((try? FileManager.default.contentsOfDirectory(at: outbox, includingPropertiesForKeys: nil)) ?? [])
+            .filter { $0.pathExtension == "eml" }
+            .sorted { $0.lastPathComponent < $1.lastPathComponent }
+    }
+}
