@@ -72,7 +72,12 @@ public enum DevicesFileEditor {
         let newText = appending(entry: render(registration, registered: registered, sunset: sunset), to: existing)
 
         switch PolicyLoader.load(directory: directory, replacing: [PolicyLoader.devicesFile: newText]) {
-        case .failure(let errors): return .failure(errors)
+        case .failure(var errors):
+            let firstNewLine = newText.components(separatedBy: "\n").count - 1 - render(registration, registered: registered, sunset: sunset).count + 1
+            errors.issues.append(PolicyIssue(file: display, line: firstNewLine,
+                                             message: "the new entry (lines \(firstNewLine) on, not written) was refused, devices.yaml is unchanged",
+                                             fix: "correct the options given to devices add"))
+            return .failure(errors)
         case .success(let policy):
             guard let device = policy.device(id: registration.id) else {
                 return failure("the new entry did not load", "report this as a bug")
@@ -115,6 +120,9 @@ public enum DevicesFileEditor {
             guard let r = line.range(of: #"^ *- "#, options: .regularExpression) else { return nil }
             return String(line[r].dropLast(2))
         }.first ?? "  "
+        if let last = lines.last, !last.trimmingCharacters(in: .whitespaces).isEmpty, !last.hasSuffix("devices:") {
+            lines.append("")
+        }
         return (lines + entry.map { indent + $0 }).joined(separator: "\n") + "\n"
     }
 

@@ -117,7 +117,8 @@ final class PolicyBuilder {
     var departmentsRead = false
     var devices: [RegisteredDevice] = []
     var devicesFile = ""
-    var deviceDepartments: [(device: Int, line: Int)] = []
+    /// Every device entry's department, valid entry or not, so an unknown department is always reported.
+    var departmentReferences: [(device: String, department: String, line: Int)] = []
 
     // MARK: Files
 
@@ -204,11 +205,12 @@ final class PolicyBuilder {
 
     func readDepartments(file: String, text: String) {
         self.file = file
-        departmentsRead = true
         guard let root = compose(text),
               let top = mapping(root, what: "departments.yaml", allowed: ["departments"], required: ["departments"]),
               let items = top["departments"].flatMap({ list($0, what: "departments") })
         else { return }
+        // Only a readable departments file can tell which departments are unknown.
+        departmentsRead = true
         for item in items {
             guard let entry = mapping(item, what: "department", allowed: ["id", "name", "contact", "sunset"], required: ["id", "name"]),
                   let idNode = entry["id"], let id = string(idNode, what: "id")
@@ -259,6 +261,7 @@ final class PolicyBuilder {
             }
             ids[id] = ids[id] ?? line
             let department = entry["department"].flatMap { string($0, what: "department") } ?? ""
+            if !department.isEmpty { departmentReferences.append((id, department, entry["department"]?.mark?.line ?? line)) }
             var owner = ""
             if let o = entry["owner"], let text = string(o, what: "owner") {
                 owner = text
@@ -320,7 +323,6 @@ final class PolicyBuilder {
                 }
             }
             guard ok, let registered, let sunset, !department.isEmpty else { continue }
-            deviceDepartments.append((devices.count, entry["department"]?.mark?.line ?? line))
             devices.append(RegisteredDevice(id: id, department: department, owner: owner, location: location,
                                             addresses: ranges, senders: senders, registered: registered, sunset: sunset,
                                             maxMessageSize: maxSize, maxRate: rate, line: line))
@@ -330,10 +332,10 @@ final class PolicyBuilder {
     func finish() -> Result<PolicySet, PolicyErrors> {
         file = devicesFile
         if departmentsRead {
-            for (i, line) in deviceDepartments where departments[devices[i].department] == nil {
+            for (id, department, line) in departmentReferences where departments[department] == nil {
                 let known = departments.keys.sorted().joined(separator: ", ")
                 issues.append(PolicyIssue(file: devicesFile, line: line,
-                                          message: "device '\(devices[i].id)' names unknown department '\(devices[i].department)'",
+                                          message: "device '\(id)' names unknown department '\(department)'",
                                           fix: known.isEmpty ? "add the department to departments.yaml" : "use one of: \(known), or add it to departments.yaml"))
             }
         }
