@@ -108,7 +108,7 @@ let package = Package(
         .executableTarget(
             name: "postern",
             dependencies: [
-                "PosternGateway", "PosternSink",
+                "PosternGateway", "PosternSink", "PosternPolicy", "PosternSMTP",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

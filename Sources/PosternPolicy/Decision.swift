@@ -1,0 +1,253 @@
+import Foundation
+import PosternSMTP
+
+/// The facts one decision rests on. `sender == nil` judges the connection, `recipient == nil` judges MAIL.
+public struct DecisionInput: Sendable {
+    public var endpoint: PolicyEndpoint
+    /// Textual IPv4/IPv6, e.g. `127.0.0.1` or `::1`.
+    public var clientAddress: String
+    public var tls: Bool
+    public var identity: SubmitterIdentity?
+    public var sender: ReversePath?
+    public var recipient: Mailbox?
+    public var now: Date
+
+    public init(endpoint: PolicyEndpoint, clientAddress: String, tls: Bool, identity: SubmitterIdentity? = nil,
+                sender: ReversePath? = nil, recipient: Mailbox? = nil, now: Date) {
+        self.endpoint = endpoint
+        self.clientAddress = clientAddress
+        self.tls = tls
+        self.identity = identity
+        self.sender = sender
+        self.recipient = recipient
+        self.now = now
+    }
+}
+
+/// Accept, or one reply; and always the rule that decided.
+public struct Decision: Sendable, Hashable, CustomStringConvertible {
+    /// `nil` means accept.
+    public var reply: SMTPReply?
+    /// Which rule decided, e.g. `device demo-scanner: allowed sender scanner@example.edu`.
+    public var rule: String
+
+    public init(reply: SMTPReply?, rule: String) {
+        self.reply = reply
+        self.rule = rule
+    }
+
+    public static func accept(_ rule: String) -> Decision { Decision(reply: nil, rule: rule) }
+
+    public var isAccepted: Bool { reply == nil }
+
+    public var description: String { "\(reply.map(\.description) ?? "accept") [\(rule)]" }
+}
+
+/// Replies policy gives; each refusal has exactly one.
+public enum PolicyReply {
+    public static func notRegistered(_ address: String) -> SMTPReply {
+        SMTPReply(554, "5.7.1", "\(address) is not a registered device")
+    }
+    public static func expired(device: String, on date: CalendarDate) -> SMTPReply {
+        SMTPReply(554, "5.7.1", "Device \(device) registration expired on \(date); use TLS submission on port 587")
+    }
+    public static func senderNotAllowed(_ sender: ReversePath, device: String) -> SMTPReply {
+        SMTPReply(553, "5.7.1", "Sender \(sender) is not allowed for device \(device)")
+    }
+    public static func externalRecipient(_ recipient: Mailbox) -> SMTPReply {
+        SMTPReply(550, "5.7.1", "<\(recipient)>: this endpoint accepts internal recipients only")
+    }
+    public static let senderNotOwned = SMTPReply(553, "5.7.1", "Sender address not owned by user")
+    public static let nullSenderRefused = SMTPReply(553, "5.7.1", "Null sender <> is not allowed for users")
+    public static let authenticationRequired = SMTPReply(530, "5.7.0", "Authentication required")
+    public static func endpointDisabled(_ endpoint: PolicyEndpoint) -> SMTPReply {
+        SMTPReply(554, "5.7.1", "The \(endpoint.rawValue) endpoint is disabled by policy")
+    }
+}
+
+/// A loaded, validated policy. Immutable: reload builds a new one.
+public struct PolicySet: Sendable {
+    public let timeZone: TimeZone
+    public let internalDomains: [DomainPattern]
+    public let globalSunset: CalendarDate?
+    /// Days before the sunset date at which owners are reminded, largest first.
+    public let reminderDays: [Int]
+    public let listeners: [PolicyEndpoint: ListenerRule]
+    public let serviceAccounts: [ServiceAccount]
+    public let departments: [String: Department]
+    public let devices: [RegisteredDevice]
+    private let index: AddressIndex
+    private let deviceByID: [String: Int]
+
+    init(timeZone: TimeZone, internalDomains: [DomainPattern], globalSunset: CalendarDate?, reminderDays: [Int],
+         listeners: [PolicyEndpoint: ListenerRule], serviceAccounts: [ServiceAccount],
+         departments: [String: Department], devices: [RegisteredDevice], index: AddressIndex) {
+        self.timeZone = timeZone
+        self.internalDomains = internalDomains
+        self.globalSunset = globalSunset
+        self.reminderDays = reminderDays.sorted(by: >)
+        self.listeners = listeners
+        self.serviceAccounts = serviceAccounts
+        self.departments = departments
+        self.devices = devices
+        self.index = index
+        var byID: [String: Int] = [:]
+        for (i, d) in devices.enumerated() { byID[d.id] = i }
+        self.deviceByID = byID
+    }
+
+    // MARK: Lookups
+
+    /// The device registered for a client address (IPv4-mapped IPv6 counts as IPv4).
+    public func device(forAddress address: String) -> RegisteredDevice? {
+        guard let ip = IPAddress(address), let i = index.device(for: ip) else { return nil }
+        return devices[i]
+    }
+
+    public func device(id: String) -> RegisteredDevice? { deviceByID[id].map { devices[$0] } }
+
+    public func isEndpointEnabled(_ endpoint: PolicyEndpoint) -> Bool { listeners[endpoint]?.enabled ?? true }
+
+    /// The smaller of the listener's and the device's size limit; `nil` when neither sets one.
+    public func messageSizeLimit(endpoint: PolicyEndpoint, device: RegisteredDevice?) -> Int? {
+        [listeners[endpoint]?.maxMessageSize, device?.maxMessageSize].compactMap { $0 }.min()
+    }
+
+    /// The earliest of the global, department and device dates.
+    public func effectiveSunset(for device: RegisteredDevice) -> EffectiveSunset {
+        var best = EffectiveSunset(date: device.sunset, source: .device(device.id))
+        if let d = departments[device.department]?.sunset, d < best.date {
+            best = EffectiveSunset(date: d, source: .department(device.department))
+        }
+        if let g = globalSunset, g < best.date {
+            best = EffectiveSunset(date: g, source: .global)
+        }
+        return best
+    }
+
+    /// The calendar date `now` falls on in the policy's time zone.
+    public func today(_ now: Date) -> CalendarDate { CalendarDate(now, in: timeZone) }
+
+    /// The reminder due now, if the device is within a reminder period and not yet expired.
+    public func reminderDue(for device: RegisteredDevice, now: Date) -> SunsetReminder? {
+        let sunset = effectiveSunset(for: device)
+        let left = today(now).days(until: sunset.date)
+        // The smallest period that has begun: 30 days before, then 7, then 1 (the last day counts as 0 left).
+        guard left >= 0, let threshold = reminderDays.last(where: { left <= $0 }) else { return nil }
+        return SunsetReminder(deviceID: device.id, owner: device.owner, thresholdDays: threshold,
+                              daysRemaining: left, sunset: sunset)
+    }
+
+    // MARK: Decisions
+
+    /// Decides one stage of one transaction. Pure: the same input and policy give the same decision.
+    public func decide(_ input: DecisionInput) -> Decision {
+        guard isEndpointEnabled(input.endpoint) else {
+            return Decision(reply: PolicyReply.endpointDisabled(input.endpoint), rule: "listeners: \(input.endpoint.rawValue) disabled")
+        }
+        switch input.endpoint {
+        case .device: return decideDevice(input)
+        case .submission, .submissions: return decideSubmission(input)
+        }
+    }
+
+    private func decideDevice(_ input: DecisionInput) -> Decision {
+        guard let device = device(forAddress: input.clientAddress) else {
+            return Decision(reply: PolicyReply.notRegistered(input.clientAddress),
+                            rule: "devices: no device registered for \(input.clientAddress)")
+        }
+        let sunset = effectiveSunset(for: device)
+        if today(input.now) > sunset.date {
+            return Decision(reply: PolicyReply.expired(device: device.id, on: sunset.date), rule: sunset.description)
+        }
+        guard let sender = input.sender else {
+            return .accept("device \(device.id): registered until \(sunset.date) (\(sunset))")
+        }
+        guard case .mailbox(let mailbox) = sender, let domain = Self.plainDomain(mailbox),
+              let matched = device.senders.first(where: { $0.matches(localPart: mailbox.localPart, domain: domain) })
+        else {
+            return Decision(reply: PolicyReply.senderNotAllowed(sender, device: device.id),
+                            rule: "device \(device.id): sender not in allowed senders")
+        }
+        guard let recipient = input.recipient else {
+            return .accept("device \(device.id): allowed sender \(matched)")
+        }
+        guard let domain = Self.plainDomain(recipient) else {
+            return Decision(reply: PolicyReply.externalRecipient(recipient),
+                            rule: "internal-domains: \(Self.hackDescription(recipient))")
+        }
+        guard let pattern = internalDomains.first(where: { $0.matches(domain) }) else {
+            return Decision(reply: PolicyReply.externalRecipient(recipient),
+                            rule: "internal-domains: \(domain) is not internal")
+        }
+        return .accept("internal-domains: \(domain) matches \(pattern)")
+    }
+
+    private func decideSubmission(_ input: DecisionInput) -> Decision {
+        guard input.tls else {
+            return Decision(reply: .mustStartTLS, rule: "\(input.endpoint.rawValue): TLS required")
+        }
+        guard let sender = input.sender else {
+            return .accept("\(input.endpoint.rawValue): TLS connection")
+        }
+        guard let identity = input.identity else {
+            return Decision(reply: PolicyReply.authenticationRequired, rule: "\(input.endpoint.rawValue): authentication required")
+        }
+        let account = serviceAccounts.first { $0.login == identity.login }
+        let senderDecision: Decision
+        switch sender {
+        case .null:
+            if let account, account.allowNullSender {
+                senderDecision = .accept("service-account \(account.login): null sender allowed")
+            } else {
+                return Decision(reply: PolicyReply.nullSenderRefused, rule: "sender: null sender refused for user \(identity.login)")
+            }
+        case .mailbox(let mailbox):
+            if let owned = Self.ownedAddress(mailbox, identity: identity) {
+                senderDecision = .accept("sender: \(owned) owned by user \(identity.login)")
+            } else if let account, let domain = Self.plainDomain(mailbox),
+                      let pattern = account.domains.first(where: { $0.matches(domain) }) {
+                senderDecision = .accept("service-account \(account.login): domain \(pattern)")
+            } else {
+                return Decision(reply: PolicyReply.senderNotOwned, rule: "sender: not an address of user \(identity.login)")
+            }
+        }
+        guard input.recipient != nil else { return senderDecision }
+        return .accept("\(input.endpoint.rawValue): authenticated users may send to any recipient")
+    }
+
+    /// The identity's address equal to `mailbox`: domain case-insensitive, local part exact.
+    static func ownedAddress(_ mailbox: Mailbox, identity: SubmitterIdentity) -> String? {
+        guard !mailbox.hadSourceRoute, case .name = mailbox.domain else { return nil }
+        let domain = normalise(domain: mailbox.normalizedDomain)
+        for address in identity.addresses {
+            guard let at = address.lastIndex(of: "@") else { continue }
+            let local = address[..<at]
+            let d = normalise(domain: String(address[address.index(after: at)...]).lowercased())
+            if local == mailbox.localPart, d == domain { return address }
+        }
+        return nil
+    }
+
+    /// The normalised domain of a mailbox that is plainly `local@domain`, or `nil` for relay-hack forms:
+    /// source routes, address literals, `%` or `!` in the local part, or `@` inside a quoted local part.
+    static func plainDomain(_ mailbox: Mailbox) -> String? {
+        guard !mailbox.hadSourceRoute, case .name(let name) = mailbox.domain else { return nil }
+        let local = mailbox.unquotedLocalPart
+        guard !local.contains("%"), !local.contains("!"), !local.contains("@") else { return nil }
+        return normalise(domain: name.lowercased())
+    }
+
+    static func normalise(domain: String) -> String {
+        domain.hasSuffix(".") ? String(domain.dropLast()) : domain
+    }
+
+    static func hackDescription(_ mailbox: Mailbox) -> String {
+        if mailbox.hadSourceRoute { return "source route refused" }
+        if case .literal = mailbox.domain { return "address literal \(mailbox.normalizedDomain) is not internal" }
+        let local = mailbox.unquotedLocalPart
+        if local.contains("%") { return "'%' in local part refused (relay hack)" }
+        if local.contains("!") { return "'!' in local part refused (relay hack)" }
+        return "'@' in quoted local part refused (relay hack)"
+    }
+}

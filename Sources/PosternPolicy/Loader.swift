@@ -1,0 +1,528 @@
+import Foundation
+import PosternSMTP
+import Yams
+
+/// One problem in a policy file, with the place and the fix.
+public struct PolicyIssue: Error, Sendable, Hashable, CustomStringConvertible {
+    public var file: String
+    /// 1-based; 0 when the problem is the file as a whole.
+    public var line: Int
+    public var message: String
+    public var fix: String
+
+    public init(file: String, line: Int, message: String, fix: String) {
+        self.file = file
+        self.line = line
+        self.message = message
+        self.fix = fix
+    }
+
+    /// `FILE:LINE: message (fix: ...)`.
+    public var description: String { "\(file):\(line): \(message) (fix: \(fix))" }
+}
+
+/// Every problem found while loading; a policy with any of them is not used.
+public struct PolicyErrors: Error, Sendable, CustomStringConvertible {
+    public var issues: [PolicyIssue]
+
+    public init(issues: [PolicyIssue]) { self.issues = issues }
+
+    public var description: String { issues.map(\.description).joined(separator: "\n") }
+}
+
+/// Reads and validates `policy.yaml`, `departments.yaml` and `devices.yaml` from one directory.
+public enum PolicyLoader {
+    public static let policyFile = "policy.yaml"
+    public static let departmentsFile = "departments.yaml"
+    public static let devicesFile = "devices.yaml"
+    public static let fileNames = [policyFile, departmentsFile, devicesFile]
+    public static let defaultReminderDays = [30, 7, 1]
+
+    /// Loads the three policy files; other files in the directory are ignored.
+    public static func load(directory: URL) -> Result<PolicySet, PolicyErrors> {
+        load(directory: directory, replacing: [:])
+    }
+
+    /// Loads the policy with some files' text given in memory (by file name), e.g. to validate an edit before writing it.
+    public static func load(directory: URL, replacing overrides: [String: String]) -> Result<PolicySet, PolicyErrors> {
+        var texts: [String: String] = [:]
+        var issues: [PolicyIssue] = []
+        for name in fileNames {
+            let display = displayPath(directory: directory, name: name)
+            if let text = overrides[name] {
+                texts[display] = text
+                continue
+            }
+            let url = directory.appendingPathComponent(name)
+            do {
+                let data = try Data(contentsOf: url)
+                guard let text = String(data: data, encoding: .utf8) else {
+                    issues.append(PolicyIssue(file: display, line: 0, message: "file is not valid UTF-8", fix: "save it as UTF-8"))
+                    continue
+                }
+                texts[display] = text
+            } catch {
+                issues.append(PolicyIssue(file: display, line: 0, message: "cannot read file: \(error.localizedDescription)",
+                                          fix: "create \(name) in \(directory.relativePath) (see the shipped policies/ for an example)"))
+            }
+        }
+        guard issues.isEmpty else { return .failure(PolicyErrors(issues: issues)) }
+        return load(policy: (displayPath(directory: directory, name: policyFile), texts[displayPath(directory: directory, name: policyFile)]!),
+                    departments: (displayPath(directory: directory, name: departmentsFile), texts[displayPath(directory: directory, name: departmentsFile)]!),
+                    devices: (displayPath(directory: directory, name: devicesFile), texts[displayPath(directory: directory, name: devicesFile)]!))
+    }
+
+    /// Loads from texts; each argument is (name to report, YAML text).
+    public static func load(policy: (String, String), departments: (String, String), devices: (String, String))
+        -> Result<PolicySet, PolicyErrors>
+    {
+        let builder = PolicyBuilder()
+        builder.readPolicy(file: policy.0, text: policy.1)
+        builder.readDepartments(file: departments.0, text: departments.1)
+        builder.readDevices(file: devices.0, text: devices.1)
+        return builder.finish()
+    }
+
+    /// Size and modification time of each policy file, to notice edits without reading them.
+    public static func fingerprint(directory: URL) -> [String: String] {
+        var out: [String: String] = [:]
+        for name in fileNames {
+            let path = directory.appendingPathComponent(name).path
+            let attributes = try? FileManager.default.attributesOfItem(atPath: path)
+            let size = (attributes?[.size] as? NSNumber)?.intValue ?? -1
+            let modified = (attributes?[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0
+            out[name] = "\(size)/\(modified)"
+        }
+        return out
+    }
+
+    static func displayPath(directory: URL, name: String) -> String {
+        let base = directory.relativePath
+        return base.hasSuffix("/") ? base + name : base + "/" + name
+    }
+}
+
+/// Walks the YAML trees, collecting every issue rather than stopping at the first.
+final class PolicyBuilder {
+    private(set) var issues: [PolicyIssue] = []
+    private var file = ""
+
+    var timeZone: TimeZone?
+    var internalDomains: [DomainPattern] = []
+    var globalSunset: CalendarDate?
+    var reminderDays = PolicyLoader.defaultReminderDays
+    var listeners: [PolicyEndpoint: ListenerRule] = [:]
+    var serviceAccounts: [ServiceAccount] = []
+    var departments: [String: Department] = [:]
+    var departmentsRead = false
+    var devices: [RegisteredDevice] = []
+    var devicesFile = ""
+    /// Every device entry's department, valid entry or not, so an unknown department is always reported.
+    var departmentReferences: [(device: String, department: String, line: Int)] = []
+
+    // MARK: Files
+
+    func readPolicy(file: String, text: String) {
+        self.file = file
+        guard let root = compose(text), let top = mapping(
+            root, what: "policy.yaml",
+            allowed: ["timezone", "internal-domains", "sunset", "listeners", "service-accounts"],
+            required: ["timezone", "internal-domains"])
+        else { return }
+
+        if let node = top["timezone"], let name = string(node, what: "timezone") {
+            if let tz = TimeZone(identifier: name) {
+                timeZone = tz
+            } else {
+                issue(node, "unknown time zone '\(name)'", fix: "use an IANA name such as Europe/Berlin or UTC")
+            }
+        }
+        if let node = top["internal-domains"], let items = list(node, what: "internal-domains") {
+            for item in items {
+                guard let text = string(item, what: "internal domain") else { continue }
+                if let pattern = DomainPattern(text) {
+                    internalDomains.append(pattern)
+                } else {
+                    issue(item, "'\(text)' is not a domain", fix: "write a domain like example.edu, or *.example.edu for its subdomains")
+                }
+            }
+            if items.isEmpty {
+                issue(node, "internal-domains is empty", fix: "list at least one domain, e.g. example.edu")
+            }
+        }
+        if let node = top["sunset"], let sunset = mapping(node, what: "sunset", allowed: ["global", "reminder-days"], required: []) {
+            if let g = sunset["global"] { globalSunset = date(g, what: "sunset.global") }
+            if let r = sunset["reminder-days"], let items = list(r, what: "reminder-days") {
+                var days: [Int] = []
+                for item in items {
+                    guard let d = int(item, what: "reminder day") else { continue }
+                    if d > 0 { days.append(d) } else {
+                        issue(item, "reminder day must be a positive number of days", fix: "write e.g. [30, 7, 1]")
+                    }
+                }
+                reminderDays = Array(Set(days)).sorted(by: >)
+            }
+        }
+        if let node = top["listeners"], let entries = mapping(
+            node, what: "listeners", allowed: Set(PolicyEndpoint.allCases.map(\.rawValue)), required: [],
+            unknownFix: "listener kinds are submission, submissions and device")
+        {
+            for endpoint in PolicyEndpoint.allCases {
+                guard let entryNode = entries[endpoint.rawValue] else { continue }
+                guard let entry = mapping(entryNode, what: "listener \(endpoint.rawValue)",
+                                          allowed: ["enabled", "max-message-size"], required: [])
+                else { continue }
+                var rule = ListenerRule(endpoint: endpoint, enabled: true, maxMessageSize: nil)
+                if let e = entry["enabled"] { rule.enabled = bool(e, what: "enabled") ?? true }
+                if let s = entry["max-message-size"] { rule.maxMessageSize = size(s, what: "max-message-size") }
+                listeners[endpoint] = rule
+            }
+        }
+        if let node = top["service-accounts"], let items = list(node, what: "service-accounts") {
+            var seen: Set<String> = []
+            for item in items {
+                guard let entry = mapping(item, what: "service account", allowed: ["login", "domains", "null-sender"],
+                                          required: ["login", "domains"])
+                else { continue }
+                guard let loginNode = entry["login"], let login = string(loginNode, what: "login") else { continue }
+                if !seen.insert(login).inserted {
+                    issue(loginNode, "service account '\(login)' is listed twice", fix: "merge the two entries")
+                }
+                var domains: [DomainPattern] = []
+                if let d = entry["domains"], let ds = list(d, what: "domains") {
+                    for dn in ds {
+                        guard let text = string(dn, what: "domain") else { continue }
+                        if let p = DomainPattern(text) { domains.append(p) } else {
+                            issue(dn, "'\(text)' is not a domain", fix: "write a domain like example.edu or *.example.edu")
+                        }
+                    }
+                }
+                let allowNull = entry["null-sender"].flatMap { bool($0, what: "null-sender") } ?? false
+                serviceAccounts.append(ServiceAccount(login: login, domains: domains, allowNullSender: allowNull))
+            }
+        }
+    }
+
+    func readDepartments(file: String, text: String) {
+        self.file = file
+        guard let root = compose(text),
+              let top = mapping(root, what: "departments.yaml", allowed: ["departments"], required: ["departments"]),
+              let items = top["departments"].flatMap({ list($0, what: "departments") })
+        else { return }
+        // Only a readable departments file can tell which departments are unknown.
+        departmentsRead = true
+        for item in items {
+            guard let entry = mapping(item, what: "department", allowed: ["id", "name", "contact", "sunset"], required: ["id", "name"]),
+                  let idNode = entry["id"], let id = string(idNode, what: "id")
+            else { continue }
+            guard Self.isIdentifier(id) else {
+                issue(idNode, "department id '\(id)' has characters other than a-z, 0-9, '-', '_' and '.'", fix: "use a short lower-case name like chem")
+                continue
+            }
+            if departments[id] != nil {
+                issue(idNode, "department '\(id)' is defined twice", fix: "remove or rename one of the entries")
+                continue
+            }
+            let name = entry["name"].flatMap { string($0, what: "name") } ?? id
+            var contact: String?
+            if let c = entry["contact"], let text = string(c, what: "contact") {
+                if Self.isMailbox(text) { contact = text } else {
+                    issue(c, "contact '\(text)' is not a mail address", fix: "write an address like it-chem@chem.example.edu")
+                }
+            }
+            let sunset = entry["sunset"].flatMap { date($0, what: "sunset") }
+            departments[id] = Department(id: id, name: name, contact: contact, sunset: sunset)
+        }
+    }
+
+    func readDevices(file: String, text: String) {
+        self.file = file
+        devicesFile = file
+        guard let root = compose(text),
+              let top = mapping(root, what: "devices.yaml", allowed: ["devices"], required: ["devices"]),
+              let items = top["devices"].flatMap({ list($0, what: "devices") })
+        else { return }
+        var ids: [String: Int] = [:]
+        devices.reserveCapacity(items.count)
+        let allowed: Set<String> = ["id", "department", "owner", "location", "note", "addresses", "senders", "registered",
+                                    "sunset", "max-message-size", "max-rate"]
+        let required: [String] = ["id", "department", "owner", "addresses", "senders", "registered", "sunset"]
+        for item in items {
+            guard let entry = mapping(item, what: "device", allowed: allowed, required: required) else { continue }
+            let line = item.mark?.line ?? 0
+            guard let idNode = entry["id"], let id = string(idNode, what: "id") else { continue }
+            var ok = true
+            if !Self.isIdentifier(id) {
+                issue(idNode, "device id '\(id)' has characters other than a-z, 0-9, '-', '_' and '.'", fix: "use a name like chem-scanner-2")
+                ok = false
+            } else if let other = ids[id] {
+                issue(idNode, "device '\(id)' is already registered at line \(other)", fix: "choose another id or remove the duplicate")
+                ok = false
+            }
+            ids[id] = ids[id] ?? line
+            let department = entry["department"].flatMap { string($0, what: "department") } ?? ""
+            if !department.isEmpty { departmentReferences.append((id, department, entry["department"]?.mark?.line ?? line)) }
+            var owner = ""
+            if let o = entry["owner"], let text = string(o, what: "owner") {
+                owner = text
+                if !Self.isMailbox(text) {
+                    issue(o, "owner '\(text)' is not a mail address", fix: "write the contact address of the person responsible")
+                    ok = false
+                }
+            }
+            let location = [entry["location"], entry["note"]].compactMap { $0.flatMap { string($0, what: "location") } }
+                .joined(separator: "; ")
+            var ranges: [AddressRange] = []
+            if let a = entry["addresses"], let items = list(a, what: "addresses") {
+                if items.isEmpty { issue(a, "device '\(id)' has no addresses", fix: "list its IPv4/IPv6 address or CIDR block"); ok = false }
+                for an in items {
+                    guard let text = string(an, what: "address") else { ok = false; continue }
+                    switch AddressRange.parse(text) {
+                    case .success(let r):
+                        if let prior = ranges.first(where: { $0.overlaps(r) }) {
+                            issue(an, "address \(text) overlaps \(prior.text) of the same device", fix: "list each address once")
+                            ok = false
+                        }
+                        ranges.append(r)
+                    case .failure(.hostBitsSet(let network)):
+                        issue(an, "'\(text)' has host bits set beyond the prefix", fix: "write the network \(network), or a single address without /len")
+                        ok = false
+                    case .failure(.badPrefixLength):
+                        issue(an, "'\(text)' has a bad prefix length", fix: "use /0-/32 for IPv4 and /0-/128 for IPv6")
+                        ok = false
+                    case .failure(.notAnAddress):
+                        issue(an, "'\(text)' is not an IPv4 or IPv6 address", fix: "write e.g. 10.1.2.3, 10.1.2.0/28 or 2001:db8::10")
+                        ok = false
+                    }
+                }
+            }
+            var senders: [SenderPattern] = []
+            if let s = entry["senders"], let items = list(s, what: "senders") {
+                if items.isEmpty { issue(s, "device '\(id)' has no allowed senders", fix: "list the addresses or domains it sends as"); ok = false }
+                for sn in items {
+                    guard let text = string(sn, what: "sender") else { ok = false; continue }
+                    if let p = SenderPattern(text) { senders.append(p) } else {
+                        issue(sn, "'\(text)' is not an address or domain", fix: "write scanner@chem.example.edu, or a domain like chem.example.edu")
+                        ok = false
+                    }
+                }
+            }
+            let registered = entry["registered"].flatMap { date($0, what: "registered") }
+            let sunset = entry["sunset"].flatMap { date($0, what: "sunset") }
+            if let r = registered, let s = sunset, s < r, let sn = entry["sunset"] {
+                issue(sn, "sunset \(s) of device '\(id)' is before its registration \(r)", fix: "set sunset on or after \(r)")
+                ok = false
+            }
+            let maxSize = entry["max-message-size"].flatMap { size($0, what: "max-message-size") }
+            var rate: RateLimit?
+            if let rn = entry["max-rate"], let text = string(rn, what: "max-rate") {
+                rate = RateLimit(text)
+                if rate == nil {
+                    issue(rn, "'\(text)' is not a rate", fix: "write a count per unit, e.g. 60/hour (units: second, minute, hour, day)")
+                    ok = false
+                }
+            }
+            guard ok, let registered, let sunset, !department.isEmpty else { continue }
+            devices.append(RegisteredDevice(id: id, department: department, owner: owner, location: location,
+                                            addresses: ranges, senders: senders, registered: registered, sunset: sunset,
+                                            maxMessageSize: maxSize, maxRate: rate, line: line))
+        }
+    }
+
+    func finish() -> Result<PolicySet, PolicyErrors> {
+        file = devicesFile
+        if departmentsRead {
+            for (id, department, line) in departmentReferences where departments[department] == nil {
+                let known = departments.keys.sorted().joined(separator: ", ")
+                issues.append(PolicyIssue(file: devicesFile, line: line,
+                                          message: "device '\(id)' names unknown department '\(department)'",
+                                          fix: known.isEmpty ? "add the department to departments.yaml" : "use one of: \(known), or add it to departments.yaml"))
+            }
+        }
+        var entries: [AddressIndex.Entry] = []
+        entries.reserveCapacity(devices.count)
+        for (i, d) in devices.enumerated() {
+            for r in d.addresses { entries.append(AddressIndex.Entry(range: r, device: i)) }
+        }
+        for (a, b) in AddressIndex.overlaps(in: entries) where a.device != b.device {
+            let (first, second) = devices[a.device].line <= devices[b.device].line ? (a, b) : (b, a)
+            issues.append(PolicyIssue(
+                file: devicesFile, line: devices[second.device].line,
+                message: "address \(second.range.text) of device '\(devices[second.device].id)' overlaps \(first.range.text) of device '\(devices[first.device].id)' (line \(devices[first.device].line))",
+                fix: "give each device its own addresses; narrow or remove one of the two"))
+        }
+        guard issues.isEmpty, let timeZone else {
+            return .failure(PolicyErrors(issues: issues.sorted { ($0.file, $0.line) < ($1.file, $1.line) }))
+        }
+        return .success(PolicySet(timeZone: timeZone, internalDomains: internalDomains, globalSunset: globalSunset,
+                                  reminderDays: reminderDays, listeners: listeners, serviceAccounts: serviceAccounts,
+                                  departments: departments, devices: devices, index: AddressIndex(entries: entries)))
+    }
+
+    // MARK: YAML helpers
+
+    private func issue(_ node: Node?, _ message: String, fix: String) {
+        issues.append(PolicyIssue(file: file, line: node?.mark?.line ?? 0, message: message, fix: fix))
+    }
+
+    private func compose(_ text: String) -> Node? {
+        do {
+            // The basic resolver leaves every scalar a string: dates, numbers and booleans are parsed here,
+            // and it is much faster than regex-based tag resolution on large device files.
+            guard let root = try Yams.compose(yaml: text, .basic) else {
+                issue(nil, "file is empty", fix: "see the shipped policies/ for the expected layout")
+                return nil
+            }
+            return root
+        } catch let error as YamlError {
+            switch error {
+            case .scanner(_, let problem, let mark, _), .parser(_, let problem, let mark, _), .composer(_, let problem, let mark, _):
+                issues.append(PolicyIssue(file: file, line: mark.line, message: "YAML syntax error: \(problem)",
+                                          fix: "check indentation and quoting on this line and the one before"))
+            default:
+                issue(nil, "YAML error: \(error)", fix: "check the file's syntax")
+            }
+        } catch {
+            issue(nil, "YAML error: \(error)", fix: "check the file's syntax")
+        }
+        return nil
+    }
+
+    private func mapping(_ node: Node, what: String, allowed: Set<String>, required: [String],
+                         unknownFix: String? = nil) -> [String: Node]? {
+        guard case .mapping(let m) = node else {
+            issue(node, "\(what) must be a mapping of keys to values", fix: "write it as 'key: value' lines")
+            return nil
+        }
+        var out: [String: Node] = [:]
+        for (k, v) in m {
+            guard let key = k.string else { issue(k, "keys in \(what) must be plain words", fix: "use one of: \(allowed.sorted().joined(separator: ", "))"); continue }
+            if out[key] != nil {
+                issue(k, "key '\(key)' appears twice in \(what)", fix: "keep one of them")
+                continue
+            }
+            guard allowed.contains(key) else {
+                let suggestion = Self.closest(key, in: allowed).map { "did you mean '\($0)'? " } ?? ""
+                issue(k, "unknown key '\(key)' in \(what)",
+                      fix: suggestion + (unknownFix ?? "allowed keys are: \(allowed.sorted().joined(separator: ", "))"))
+                continue
+            }
+            out[key] = v
+        }
+        for key in required where out[key] == nil {
+            issue(node, "\(what) is missing '\(key)'", fix: "add '\(key): ...'")
+        }
+        return out
+    }
+
+    private func list(_ node: Node, what: String) -> [Node]? {
+        switch node {
+        case .sequence(let s): return Array(s)
+        case .scalar(let s) where !s.string.isEmpty: return [node]
+        case .scalar: return []
+        default:
+            issue(node, "\(what) must be a list", fix: "write '- item' lines or [a, b]")
+            return nil
+        }
+    }
+
+    private func string(_ node: Node, what: String) -> String? {
+        guard case .scalar(let s) = node else {
+            issue(node, "\(what) must be a single value", fix: "write it as plain text on the same line")
+            return nil
+        }
+        let text = s.string.trimmingCharacters(in: .whitespaces)
+        guard !text.isEmpty else {
+            issue(node, "\(what) is empty", fix: "give it a value")
+            return nil
+        }
+        return text
+    }
+
+    private func date(_ node: Node, what: String) -> CalendarDate? {
+        guard let text = string(node, what: what) else { return nil }
+        guard let d = CalendarDate(text) else {
+            issue(node, "'\(text)' is not a valid date for \(what)", fix: "write the date as YYYY-MM-DD, e.g. 2026-06-30")
+            return nil
+        }
+        return d
+    }
+
+    private func int(_ node: Node, what: String) -> Int? {
+        guard let text = string(node, what: what) else { return nil }
+        guard let v = Int(text) else {
+            issue(node, "'\(text)' is not a whole number for \(what)", fix: "write digits only")
+            return nil
+        }
+        return v
+    }
+
+    private func bool(_ node: Node, what: String) -> Bool? {
+        guard let text = string(node, what: what) else { return nil }
+        switch text.lowercased() {
+        case "true", "yes", "on": return true
+        case "false", "no", "off": return false
+        default:
+            issue(node, "'\(text)' is not true or false for \(what)", fix: "write true or false")
+            return nil
+        }
+    }
+
+    /// Bytes, optionally with a binary suffix: `10485760`, `10M`, `512K`, `1G`.
+    private func size(_ node: Node, what: String) -> Int? {
+        guard let text = string(node, what: what) else { return nil }
+        if let v = Self.parseSize(text), v > 0 { return v }
+        issue(node, "'\(text)' is not a size for \(what)", fix: "write bytes, or a number with K, M or G, e.g. 10M")
+        return nil
+    }
+
+    static func parseSize(_ text: String) -> Int? {
+        var t = text.uppercased()
+        if t.hasSuffix("IB") { t.removeLast(2) } else if t.hasSuffix("B"), t.count > 1, !t.dropLast().last!.isNumber { t.removeLast() }
+        let factors: [Character: Int] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30]
+        if let last = t.last, let f = factors[last] {
+            guard let v = Int(t.dropLast()) else { return nil }
+            return v * f
+        }
+        return Int(t)
+    }
+
+    static func isIdentifier(_ s: String) -> Bool {
+        !s.isEmpty && s.utf8.allSatisfy { b in
+            (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(b) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(b)
+                || b == UInt8(ascii: "-") || b == UInt8(ascii: "_") || b == UInt8(ascii: ".")
+        }
+    }
+
+    static func isMailbox(_ s: String) -> Bool {
+        guard let m = try? AddressParser.parseMailbox(s), case .name = m.domain else { return false }
+        return true
+    }
+
+    static func closest(_ word: String, in candidates: Set<String>) -> String? {
+        func distance(_ a: [Character], _ b: [Character]) -> Int {
+            guard !a.isEmpty else { return b.count }
+            guard !b.isEmpty else { return a.count }
+            var row = Array(0...b.count)
+            for i in 1...a.count {
+                var previous = row[0]
+                row[0] = i
+                for j in 1...b.count {
+                    let current = row[j]
+                    row[j] = min(row[j] + 1, row[j - 1] + 1, previous + (a[i - 1] == b[j - 1] ? 0 : 1))
+                    previous = current
+                }
+            }
+            return row[b.count]
+        }
+        let w = Array(word.lowercased())
+        var best: (word: String, distance: Int)?
+        for candidate in candidates.sorted() {
+            let d = distance(w, Array(candidate))
+            if best == nil || d < best!.distance { best = (candidate, d) }
+        }
+        guard let best, best.distance <= max(2, word.count / 3) else { return nil }
+        return best.word
+    }
+
+}

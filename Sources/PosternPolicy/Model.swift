@@ -1,0 +1,172 @@
+import Foundation
+import PosternSMTP
+
+/// The kinds of listener policy knows about.
+public enum PolicyEndpoint: String, Sendable, Hashable, CaseIterable {
+    case submission, submissions, device
+}
+
+/// Who authenticated on a TLS endpoint, as the directory described them.
+public struct SubmitterIdentity: Sendable, Hashable {
+    public var login: String
+    public var addresses: [String]
+    public var groups: [String]
+
+    public init(login: String, addresses: [String], groups: [String] = []) {
+        self.login = login
+        self.addresses = addresses
+        self.groups = groups
+    }
+}
+
+/// A domain rule: `example.edu` matches that domain only, `*.example.edu` any subdomain of it.
+public struct DomainPattern: Sendable, Hashable, CustomStringConvertible {
+    /// Lower case, without the `*.` and without a trailing dot.
+    public var domain: String
+    public var includesSubdomains: Bool
+
+    public init?(_ text: String) {
+        var t = text.lowercased()
+        var wildcard = false
+        if t.hasPrefix("*.") {
+            wildcard = true
+            t.removeFirst(2)
+        }
+        if t.hasSuffix(".") { t.removeLast() }
+        guard AddressParser.isDomain(t.utf8) else { return nil }
+        domain = t
+        includesSubdomains = wildcard
+    }
+
+    /// `domain` must already be normalised (lower case, no trailing dot).
+    public func matches(_ domain: String) -> Bool {
+        includesSubdomains ? domain.hasSuffix("." + self.domain) : domain == self.domain
+    }
+
+    public var description: String { includesSubdomains ? "*.\(domain)" : domain }
+}
+
+/// An allowed envelope sender of a device: one address (domain case-insensitive, local part exact) or a domain rule.
+public enum SenderPattern: Sendable, Hashable, CustomStringConvertible {
+    case address(localPart: String, domain: String)
+    case domain(DomainPattern)
+
+    public init?(_ text: String) {
+        if text.contains("@"), !text.hasPrefix("@") {
+            guard let mailbox = try? AddressParser.parseMailbox(text), case .name = mailbox.domain,
+                  !mailbox.isQuotedLocalPart
+            else { return nil }
+            self = .address(localPart: mailbox.localPart, domain: mailbox.normalizedDomain)
+        } else {
+            guard let pattern = DomainPattern(text.hasPrefix("@") ? String(text.dropFirst()) : text) else { return nil }
+            self = .domain(pattern)
+        }
+    }
+
+    func matches(localPart: String, domain: String) -> Bool {
+        switch self {
+        case .address(let l, let d): return l == localPart && d == domain
+        case .domain(let pattern): return pattern.matches(domain)
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .address(let l, let d): return "\(l)@\(d)"
+        case .domain(let pattern): return pattern.description
+        }
+    }
+}
+
+/// A per-device message rate limit: at most `count` messages per `seconds`.
+public struct RateLimit: Sendable, Hashable, CustomStringConvertible {
+    public var count: Int
+    public var seconds: Int
+    let unit: String
+
+    /// Parses `120/hour` (units: second, minute, hour, day).
+    public init?(_ text: String) {
+        let parts = text.replacingOccurrences(of: " ", with: "").split(separator: "/")
+        guard parts.count == 2, let n = Int(parts[0]), n > 0 else { return nil }
+        let units = ["second": 1, "minute": 60, "hour": 3600, "day": 86_400]
+        guard let s = units[String(parts[1]).lowercased()] else { return nil }
+        count = n
+        seconds = s
+        unit = String(parts[1]).lowercased()
+    }
+
+    public var description: String { "\(count)/\(unit)" }
+}
+
+/// A department that registers devices; it may set a sunset date for all its devices.
+public struct Department: Sendable, Hashable {
+    public var id: String
+    public var name: String
+    public var contact: String?
+    public var sunset: CalendarDate?
+}
+
+/// A legacy device allowed to submit on the plaintext `device` endpoint.
+public struct RegisteredDevice: Sendable, Hashable {
+    public var id: String
+    public var department: String
+    /// Who is reminded before the sunset date.
+    public var owner: String
+    public var location: String
+    public var addresses: [AddressRange]
+    public var senders: [SenderPattern]
+    public var registered: CalendarDate
+    /// The device's own last valid day; department and global dates may end it earlier.
+    public var sunset: CalendarDate
+    public var maxMessageSize: Int?
+    public var maxRate: RateLimit?
+    /// Line of the entry in devices.yaml, for messages.
+    public var line: Int
+}
+
+/// An account (typically a service, not a person) that may send as any address in some domains.
+public struct ServiceAccount: Sendable, Hashable {
+    public var login: String
+    public var domains: [DomainPattern]
+    public var allowNullSender: Bool
+}
+
+/// What policy says about one kind of listener.
+public struct ListenerRule: Sendable, Hashable {
+    public var endpoint: PolicyEndpoint
+    public var enabled: Bool
+    public var maxMessageSize: Int?
+}
+
+/// The date a device stops being accepted and which rule set it.
+public struct EffectiveSunset: Sendable, Hashable, CustomStringConvertible {
+    public enum Source: Sendable, Hashable {
+        case global
+        case department(String)
+        case device(String)
+    }
+
+    /// The last valid day.
+    public var date: CalendarDate
+    public var source: Source
+
+    /// e.g. `sunset: department chem 2026-06-30`.
+    public var description: String {
+        switch source {
+        case .global: return "sunset: global \(date)"
+        case .department(let id): return "sunset: department \(id) \(date)"
+        case .device(let id): return "sunset: device \(id) \(date)"
+        }
+    }
+}
+
+/// A reminder the owner of a device should get now: the closest threshold (e.g. 30, 7 or 1 days) reached.
+public struct SunsetReminder: Sendable, Hashable {
+    public var deviceID: String
+    public var owner: String
+    /// The reminder period that applies, in days before the sunset date.
+    public var thresholdDays: Int
+    /// Days left from today until the last valid day (0 on the last valid day).
+    public var daysRemaining: Int
+    public var sunset: EffectiveSunset
+}

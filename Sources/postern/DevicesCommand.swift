@@ -1,0 +1,151 @@
+import ArgumentParser
+import Foundation
+import PosternPolicy
+
+/// `postern devices`: list registered devices, find those near their sunset, register new ones.
+struct DevicesCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "devices",
+        abstract: "List, check and register devices allowed on the plaintext device endpoint.",
+        subcommands: [List.self, Expiring.self, Add.self])
+
+    struct Common: ParsableArguments {
+        @Option(help: "Directory holding policy.yaml, departments.yaml and devices.yaml.")
+        var policies: String = "policies"
+
+        @Option(help: "Judge sunsets as of this day (YYYY-MM-DD) or instant (ISO 8601). Default: now.")
+        var at: String?
+    }
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List every registered device with its effective sunset.")
+
+        @OptionGroup var common: Common
+        @Flag(help: "Print JSON instead of a table.") var json = false
+
+        func run() throws {
+            let policy = try loadPolicy(common.policies)
+            let now = try instant(common.at, policy: policy)
+            try printDevices(policy.devices, policy: policy, now: now, json: json)
+        }
+    }
+
+    struct Expiring: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List devices whose sunset falls within a period from today.")
+
+        @OptionGroup var common: Common
+        @Option(help: "Period: days (30d or 30) or weeks (4w).") var within: String = "30d"
+        @Flag(help: "Also list devices already past their sunset.") var includeExpired = false
+        @Flag(help: "Print JSON instead of a table.") var json = false
+
+        func run() throws {
+            guard let days = Self.days(within) else { throw ValidationError("--within '\(within)': write e.g. 30d or 4w") }
+            let policy = try loadPolicy(common.policies)
+            let now = try instant(common.at, policy: policy)
+            let today = policy.today(now)
+            let due = policy.devices.filter { device in
+                let left = today.days(until: policy.effectiveSunset(for: device).date)
+                return left <= days && (includeExpired || left >= 0)
+            }.sorted { policy.effectiveSunset(for: $0).date < policy.effectiveSunset(for: $1).date }
+            try printDevices(due, policy: policy, now: now, json: json)
+        }
+
+        static func days(_ text: String) -> Int? {
+            let t = text.lowercased()
+            if t.hasSuffix("w") { return Int(t.dropLast()).map { $0 * 7 } }
+            if t.hasSuffix("d") { return Int(t.dropLast()) }
+            return Int(t)
+        }
+    }
+
+    struct Add: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Register a device: validate it with the whole policy, then append it to devices.yaml.",
+            discussion: "The registration date is today; the sunset defaults to the global sunset in policy.yaml.")
+
+        @Option(help: "Directory holding policy.yaml, departments.yaml and devices.yaml.")
+        var policies: String = "policies"
+        @Option(help: "Device id, e.g. chem-scanner-2.") var id: String
+        @Option(help: "Department id from departments.yaml.") var department: String
+        @Option(help: "Owner's contact address; reminded before the sunset.") var owner: String
+        @Option(help: "Where the device sits.") var location: String?
+        @Option(name: .customLong("address"), help: "Source address or CIDR block; repeat for more.") var addresses: [String] = []
+        @Option(name: .customLong("sender"), help: "Allowed envelope sender address or domain; repeat for more.") var senders: [String] = []
+        @Option(help: "Last valid day, YYYY-MM-DD (default: the global sunset).") var sunset: String?
+        @Option(help: "Message size limit, bytes or e.g. 10M.") var maxSize: String?
+        @Option(help: "Message rate limit, e.g. 60/hour.") var maxRate: String?
+
+        func validate() throws {
+            if addresses.isEmpty { throw ValidationError("give at least one --address") }
+            if senders.isEmpty { throw ValidationError("give at least one --sender") }
+            if let sunset, CalendarDate(sunset) == nil { throw ValidationError("--sunset '\(sunset)': write YYYY-MM-DD") }
+        }
+
+        func run() throws {
+            let registration = DeviceRegistration(
+                id: id, department: department, owner: owner, location: location, addresses: addresses, senders: senders,
+                sunset: sunset.flatMap { CalendarDate($0) }, maxMessageSize: maxSize, maxRate: maxRate)
+            let directory = URL(fileURLWithPath: policies, isDirectory: true)
+            switch DevicesFileEditor.append(registration, directory: directory, now: Date()) {
+            case .success(let device):
+                print("added device \(device.id) to \(policies)/\(PolicyLoader.devicesFile): registered \(device.registered), sunset \(device.sunset)")
+            case .failure(let errors):
+                for issue in errors.issues { FileHandle.standardError.write(Data("\(issue)\n".utf8)) }
+                FileHandle.standardError.write(Data("device \(id) was not added\n".utf8))
+                throw ExitCode.failure
+            }
+        }
+    }
+}
+
+/// One device as `devices list --json` prints it.
+struct DeviceListing: Codable {
+    var id: String
+    var department: String
+    var owner: String
+    var location: String
+    var addresses: [String]
+    var senders: [String]
+    var registered: String
+    var sunset: String
+    var effectiveSunset: String
+    var sunsetRule: String
+    var daysRemaining: Int
+    var status: String
+    var maxMessageSize: Int?
+    var maxRate: String?
+}
+
+private func printDevices(_ devices: [RegisteredDevice], policy: PolicySet, now: Date, json: Bool) throws {
+    let today = policy.today(now)
+    let reminderWindow = policy.reminderDays.first ?? 0
+    let rows = devices.map { d -> DeviceListing in
+        let sunset = policy.effectiveSunset(for: d)
+        let left = today.days(until: sunset.date)
+        let status = left < 0 ? "expired" : left <= reminderWindow ? "expiring" : "active"
+        return DeviceListing(id: d.id, department: d.department, owner: d.owner, location: d.location,
+                             addresses: d.addresses.map(\.text), senders: d.senders.map(\.description),
+                             registered: d.registered.description, sunset: d.sunset.description,
+                             effectiveSunset: sunset.date.description, sunsetRule: sunset.description, daysRemaining: left,
+                             status: status, maxMessageSize: d.maxMessageSize, maxRate: d.maxRate?.description)
+    }
+    if json {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        print(String(decoding: try encoder.encode(rows), as: UTF8.self))
+        return
+    }
+    let header = ["ID", "DEPARTMENT", "ADDRESSES", "SUNSET", "SET BY", "STATUS", "OWNER"]
+    let table = rows.map { r -> [String] in
+        let by = r.sunsetRule.split(separator: " ").dropFirst().first.map(String.init) ?? ""
+        let status = r.status == "expired" ? "expired \(-r.daysRemaining)d ago"
+            : r.status == "expiring" ? "expires in \(r.daysRemaining)d" : "active"
+        return [r.id, r.department, r.addresses.joined(separator: ","), r.effectiveSunset, by, status, r.owner]
+    }
+    let widths = header.indices.map { i in ([header] + table).map { $0[i].count }.max() ?? 0 }
+    for row in [header] + table {
+        let cells = row.enumerated().map { i, cell in i == row.count - 1 ? cell : cell.padding(toLength: widths[i], withPad: " ", startingAt: 0) }
+        print(cells.joined(separator: "  "))
+    }
+    if rows.isEmpty { print("(no devices)") }
+}
