@@ -102,6 +102,7 @@ let package = Package(
                 .product(name: "NIOExtras", package: "swift-nio-extras"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Yams", package: "Yams"),
             ]
         ),
@@ -121,7 +122,7 @@ let package = Package(
         .testTarget(
             name: "PosternIntegrationTests",
             dependencies: [
-                "PosternGateway", "PosternSink", "PosternTestSupport",
+                "PosternGateway", "PosternPolicy", "PosternSession", "PosternSink", "PosternTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),

@@ -58,6 +58,17 @@ public final class Gateway: Service, Sendable {
     /// The TLS context for new handshakes (swapped on reload).
     public var tlsContext: TLSContextBox { shared.environment.tls }
 
+    /// Reads the certificate and key again; new handshakes use them, established sessions keep theirs.
+    public func reloadTLS() {
+        guard let files = configuration.tls else { return }
+        do {
+            tlsContext.replace(try ServerTLS.makeContext(files))
+            logger.notice("TLS certificate reloaded", metadata: ["certificate": "\(files.certificateChain)"])
+        } catch {
+            logger.error("TLS reload refused; keeping the previous certificate", metadata: ["error": "\(error)"])
+        }
+    }
+
     public func run() async throws {
         if listeners.all.isEmpty { try await start() }
         try? await gracefulShutdown()

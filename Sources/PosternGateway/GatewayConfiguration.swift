@@ -92,12 +92,12 @@ public struct GatewayConfiguration: Sendable {
 
         var limits = Limits()
         if let node = top["limits"] {
-            let map = reader.mapping(node, known: ["max_message_size", "max_recipients", "idle_timeout_seconds", "max_connections_per_client", "max_connections"], context: "limits")
-            limits.maxMessageSize = reader.int(map["max_message_size"], "limits.max_message_size", range: 1024...(1 << 30)) ?? limits.maxMessageSize
-            limits.maxRecipients = reader.int(map["max_recipients"], "limits.max_recipients", range: 1...10_000) ?? limits.maxRecipients
-            limits.idleTimeoutSeconds = reader.int(map["idle_timeout_seconds"], "limits.idle_timeout_seconds", range: 1...3600) ?? limits.idleTimeoutSeconds
-            limits.maxConnectionsPerClient = reader.int(map["max_connections_per_client"], "limits.max_connections_per_client", range: 1...100_000) ?? limits.maxConnectionsPerClient
-            limits.maxConnections = reader.int(map["max_connections"], "limits.max_connections", range: 1...1_000_000) ?? limits.maxConnections
+            let map = reader.mapping(node, known: ["max-message-size", "max-recipients", "idle-timeout-seconds", "max-connections-per-client", "max-connections"], context: "limits")
+            limits.maxMessageSize = reader.int(map["max-message-size"], "limits.max-message-size", range: 1024...(1 << 30)) ?? limits.maxMessageSize
+            limits.maxRecipients = reader.int(map["max-recipients"], "limits.max-recipients", range: 1...10_000) ?? limits.maxRecipients
+            limits.idleTimeoutSeconds = reader.int(map["idle-timeout-seconds"], "limits.idle-timeout-seconds", range: 1...3600) ?? limits.idleTimeoutSeconds
+            limits.maxConnectionsPerClient = reader.int(map["max-connections-per-client"], "limits.max-connections-per-client", range: 1...100_000) ?? limits.maxConnectionsPerClient
+            limits.maxConnections = reader.int(map["max-connections"], "limits.max-connections", range: 1...1_000_000) ?? limits.maxConnections
         }
 
         var listeners: [ListenerConfiguration] = []
@@ -106,7 +106,7 @@ public struct GatewayConfiguration: Sendable {
         var seenNames = Set<String>()
         var seenEndpoints = Set<String>()
         for node in listenerNodes {
-            let map = reader.mapping(node, known: ["name", "kind", "listen", "normalize_bare_lf", "max_message_size"], context: "listener")
+            let map = reader.mapping(node, known: ["name", "kind", "listen", "normalize-bare-lf", "max-message-size"], context: "listener")
             guard let kindText = reader.string(map["kind"], "listener kind") else {
                 reader.issue(node, "listener without kind", fix: "kind: submission, submissions or device")
                 continue
@@ -126,11 +126,11 @@ public struct GatewayConfiguration: Sendable {
                 continue
             }
             if !seenEndpoints.insert("\(host):\(port)").inserted, port != 0 { reader.issue(map["listen"], "\(listen) is used by two listeners") }
-            let normalize = reader.bool(map["normalize_bare_lf"], "normalize_bare_lf") ?? false
+            let normalize = reader.bool(map["normalize-bare-lf"], "normalize-bare-lf") ?? false
             if normalize && kind != .device {
-                reader.issue(map["normalize_bare_lf"], "normalize_bare_lf is only allowed on device listeners", fix: "remove it; TLS endpoints always refuse bare LF")
+                reader.issue(map["normalize-bare-lf"], "normalize-bare-lf is only allowed on device listeners", fix: "remove it; TLS endpoints always refuse bare LF")
             }
-            let size = reader.int(map["max_message_size"], "max_message_size", range: 1024...(1 << 30))
+            let size = reader.int(map["max-message-size"], "max-message-size", range: 1024...(1 << 30))
             if kind.requiresTLS && tls == nil {
                 reader.issue(node, "listener '\(name)' (\(kind.rawValue)) needs TLS but no tls section is configured", fix: "add tls: certificate/key")
             }

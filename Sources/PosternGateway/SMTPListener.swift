@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOExtras
 import NIOPosix
@@ -9,17 +10,18 @@ import PosternSession
 
 /// One bound endpoint. Accepts connections, applies connection limits, and puts an `SMTPServerHandler`
 /// (behind TLS on `submissions`) on each.
-final class SMTPListener: Sendable {
+final class SMTPListener: @unchecked Sendable {  // ServerQuiescingHelper is thread-safe but not marked Sendable
     let configuration: ListenerConfiguration
     private let serverChannel: any Channel
-    private let quiescing: ServerQuiescingHelper
+    /// Released after shutdown: its deinit touches an event loop, so it must go before the loops do.
+    private let quiescing: NIOLockedValueBox<ServerQuiescingHelper?>
 
     var localAddress: SocketAddress? { serverChannel.localAddress }
 
     private init(configuration: ListenerConfiguration, serverChannel: any Channel, quiescing: ServerQuiescingHelper) {
         self.configuration = configuration
         self.serverChannel = serverChannel
-        self.quiescing = quiescing
+        self.quiescing = NIOLockedValueBox(quiescing)
     }
 
     struct Shared: Sendable {
@@ -85,13 +87,16 @@ final class SMTPListener: Sendable {
 
     /// Stops accepting and asks every session to finish; completes when all connections are closed.
     func quiesce() async {
+        guard let helper = quiescing.withLockedValue({ $0 }) else { return }
         let promise = serverChannel.eventLoop.makePromise(of: Void.self)
-        quiescing.initiateShutdown(promise: promise)
+        helper.initiateShutdown(promise: promise)
         try? await promise.futureResult.get()
     }
 
     func close() async {
-        try? await serverChannel.close()
+        serverChannel.close(promise: nil)
+        try? await serverChannel.closeFuture.get()
+        quiescing.withLockedValue { $0 = nil }
     }
 }
 

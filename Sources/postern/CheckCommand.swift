@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import PosternGateway
+import PosternPolicy
 
 struct CheckCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -11,11 +12,19 @@ struct CheckCommand: ParsableCommand {
     var config: String = "policies/postern.yaml"
 
     func run() throws {
+        let configuration: GatewayConfiguration
         do {
-            let configuration = try GatewayConfiguration.load(path: config)
-            print("\(config): ok (\(configuration.listeners.count) listeners)")
+            configuration = try GatewayConfiguration.load(path: config)
         } catch {
             for issue in error.issues { print(issue) }
+            throw ExitCode(1)
+        }
+        print("\(config): ok (\(configuration.listeners.count) listeners)")
+        switch PolicyLoader.load(directory: URL(fileURLWithPath: configuration.policyDirectory)) {
+        case .success(let policy):
+            print("\(configuration.policyDirectory): ok (\(policy.devices.count) devices, \(policy.departments.count) departments)")
+        case .failure(let errors):
+            for issue in errors.issues { print(issue) }
             throw ExitCode(1)
         }
     }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import PosternGateway
+import PosternPolicy
 import ServiceLifecycle
 
 struct ServeCommand: AsyncParsableCommand {
@@ -30,9 +31,17 @@ struct ServeCommand: AsyncParsableCommand {
             FileHandle.standardError.write(Data("\(error)\n".utf8))
             throw ExitCode(1)
         }
-        let gateway = try Gateway(configuration: configuration, rules: { UnconfiguredPolicyRules() }, authenticator: nil, logger: logger)
+        let policies: PolicyStore
+        do {
+            policies = try PolicyStore(directory: URL(fileURLWithPath: configuration.policyDirectory), logger: logger)
+        } catch {
+            FileHandle.standardError.write(Data("\(error)\n".utf8))
+            throw ExitCode(1)
+        }
+        let gateway = try Gateway(configuration: configuration, rules: { policies.rules() }, authenticator: nil, logger: logger)
         try await gateway.start()
-        let group = ServiceGroup(configuration: .init(services: [gateway], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        let reloader = ReloadService(policies: policies, gateway: gateway, logger: logger)
+        let group = ServiceGroup(configuration: .init(services: [gateway, reloader], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
     }
 }

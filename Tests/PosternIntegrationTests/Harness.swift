@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import PosternGateway
+import PosternPolicy
 import PosternSession
 import XCTest
 
@@ -84,7 +85,8 @@ final class GatewayHarness: @unchecked Sendable {
 
     /// `listeners` and `extra` are YAML fragments; listen addresses use port 0.
     static func start(limits: String = "", listeners: String? = nil, extra: String = "", policies: URL? = nil,
-                      rules: (@Sendable () -> any SessionRules)? = nil, authenticator: (any SubmissionAuthenticator)? = nil) async throws -> GatewayHarness {
+                      now: @escaping @Sendable () -> Date = { Date() },
+                      authenticator: (any SubmissionAuthenticator)? = nil) async throws -> GatewayHarness {
         try Repo.ensureCertificates()
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("postern-test-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -116,16 +118,20 @@ final class GatewayHarness: @unchecked Sendable {
         let configuration = try GatewayConfiguration.load(path: file.path)
         var logger = Logger(label: "postern-test")
         logger.logLevel = .notice
-        let gateway = try Gateway(configuration: configuration, rules: rules ?? { UnconfiguredPolicyRules() },
+        let store = try PolicyStore(directory: URL(fileURLWithPath: configuration.policyDirectory), logger: logger)
+        let gateway = try Gateway(configuration: configuration, rules: { store.rules(now: now) },
                                   authenticator: authenticator, logger: logger, drainTimeout: .seconds(5))
         try await gateway.start()
-        return GatewayHarness(directory: directory, gateway: gateway, configuration: configuration)
+        return GatewayHarness(directory: directory, gateway: gateway, configuration: configuration, policies: store)
     }
 
-    private init(directory: URL, gateway: Gateway, configuration: GatewayConfiguration) {
+    let policies: PolicyStore
+
+    private init(directory: URL, gateway: Gateway, configuration: GatewayConfiguration, policies: PolicyStore) {
         self.directory = directory
         self.gateway = gateway
         self.configuration = configuration
+        self.policies = policies
     }
 
     func stop() async {

@@ -4,7 +4,7 @@ import XCTest
 /// Limits enforced by the real listener: connections per client, idle timeout, over-long lines.
 final class LimitsTests: XCTestCase {
     func testConnectionsPerClientAreLimited() async throws {
-        let harness = try await GatewayHarness.start(limits: "limits: { max_connections_per_client: 3 }")
+        let harness = try await GatewayHarness.start(limits: "limits: { max-connections-per-client: 3 }")
         let script = """
             import socket, sys
             port = int(sys.argv[1])
@@ -27,7 +27,7 @@ final class LimitsTests: XCTestCase {
     }
 
     func testIdleSessionIsClosedWith421() async throws {
-        let harness = try await GatewayHarness.start(limits: "limits: { idle_timeout_seconds: 1 }")
+        let harness = try await GatewayHarness.start(limits: "limits: { idle-timeout-seconds: 1 }")
         let script = """
             import socket, sys, time
             s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)

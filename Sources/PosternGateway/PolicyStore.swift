@@ -1,0 +1,117 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import PosternPolicy
+import PosternSMTP
+import PosternSession
+
+/// The policy in force. Reload validates the files first and swaps the whole set atomically; an invalid
+/// edit is refused with a log line and the old policy stays. Sessions keep the set they started with.
+public final class PolicyStore: Sendable {
+    public let directory: URL
+    private let current: NIOLockedValueBox<PolicySet>
+    private let fingerprint: NIOLockedValueBox<String>
+    private let logger: Logger
+
+    public init(directory: URL, logger: Logger) throws(PolicyErrors) {
+        self.directory = directory
+        self.logger = logger
+        let policy = try PolicyLoader.load(directory: directory).get()
+        current = NIOLockedValueBox(policy)
+        fingerprint = NIOLockedValueBox(Self.fingerprint(of: directory))
+    }
+
+    public var policy: PolicySet { current.withLockedValue { $0 } }
+
+    /// Loads and validates the files; swaps only when valid. Returns the errors otherwise.
+    @discardableResult
+    public func reload(reason: String) -> PolicyErrors? {
+        let print = Self.fingerprint(of: directory)
+        switch PolicyLoader.load(directory: directory) {
+        case .success(let policy):
+            current.withLockedValue { $0 = policy }
+            fingerprint.withLockedValue { $0 = print }
+            logger.notice("policy reloaded", metadata: ["reason": "\(reason)", "devices": "\(policy.devices.count)"])
+            return nil
+        case .failure(let errors):
+            fingerprint.withLockedValue { $0 = print }  // do not retry the same broken files every tick
+            logger.error("policy reload refused; keeping the previous policy", metadata: [
+                "reason": "\(reason)", "errors": "\(errors.issues.map(\.description).joined(separator: "; "))",
+            ])
+            return errors
+        }
+    }
+
+    /// Reloads when any policy file changed since the last load (size, mtime or inode).
+    public func reloadIfChanged() {
+        let now = Self.fingerprint(of: directory)
+        guard now != fingerprint.withLockedValue({ $0 }) else { return }
+        reload(reason: "files changed")
+    }
+
+    /// Polls the files until cancelled.
+    public func watch(every interval: Duration = .seconds(2)) async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: interval)
+            reloadIfChanged()
+        }
+    }
+
+    static func fingerprint(of directory: URL) -> String {
+        PolicyLoader.fileNames.map { name -> String in
+            var info = stat()
+            guard stat(directory.appendingPathComponent(name).path, &info) == 0 else { return "\(name):missing" }
+            return "\(name):\(info.st_ino):\(info.st_size):\(info.st_mtim.tv_sec).\(info.st_mtim.tv_nsec)"
+        }.joined(separator: "|")
+    }
+
+    /// Session rules bound to the policy in force now.
+    public func rules(now: @escaping @Sendable () -> Date = { Date() }) -> PolicyRules {
+        PolicyRules(policy: policy, now: now, logger: logger)
+    }
+}
+
+/// `SessionRules` on top of one `PolicySet`: every decision comes from Policy, with the rule that made it.
+public struct PolicyRules: SessionRules {
+    public let policy: PolicySet
+    let now: @Sendable () -> Date
+    let logger: Logger
+
+    public func checkSender(_ facts: ConnectionFacts, sender: ReversePath) -> Verdict {
+        verdict(policy.decide(input(facts, sender: sender, recipient: nil)), facts, stage: "mail")
+    }
+
+    public func checkRecipient(_ facts: ConnectionFacts, sender: ReversePath, recipient: Mailbox) -> Verdict {
+        verdict(policy.decide(input(facts, sender: sender, recipient: recipient)), facts, stage: "rcpt")
+    }
+
+    public func messageSizeLimit(_ facts: ConnectionFacts) -> Int? {
+        let endpoint = PolicyEndpoint(facts.kind)
+        let device = endpoint == .device ? policy.device(forAddress: facts.clientAddress) : nil
+        return policy.messageSizeLimit(endpoint: endpoint, device: device)
+    }
+
+    private func input(_ facts: ConnectionFacts, sender: ReversePath, recipient: Mailbox?) -> DecisionInput {
+        DecisionInput(endpoint: PolicyEndpoint(facts.kind), clientAddress: facts.clientAddress, tls: facts.tls != nil,
+                      identity: facts.user.map { SubmitterIdentity(login: $0.login, addresses: $0.addresses, groups: $0.groups) },
+                      sender: sender, recipient: recipient, now: now())
+    }
+
+    private func verdict(_ decision: Decision, _ facts: ConnectionFacts, stage: String) -> Verdict {
+        logger.info("decision", metadata: [
+            "session": "\(facts.sessionID)", "stage": "\(stage)", "client": "\(facts.clientAddress)",
+            "reply": "\(decision.reply.map { "\($0.code) \($0.enhancedStatus ?? "")" } ?? "accept")", "rule": "\(decision.rule)",
+        ])
+        return decision.reply.map(Verdict.refuse) ?? .accept
+    }
+}
+
+extension PolicyEndpoint {
+    init(_ kind: ListenerKind) {
+        switch kind {
+        case .submission: self = .submission
+        case .submissions: self = .submissions
+        case .device: self = .device
+        }
+    }
+}
