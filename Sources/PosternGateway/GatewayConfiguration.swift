@@ -1,4 +1,5 @@
 import Foundation
+import PosternPolicy
 import PosternSession
 import Yams
 
@@ -11,6 +12,8 @@ public struct ListenerConfiguration: Sendable, Hashable {
     /// Device listeners only: store bare LF as CRLF for old devices instead of refusing.
     public var normalizeBareLF: Bool
     public var maxMessageSize: Int?
+    /// Load balancers whose connections start with a PROXY protocol header (v1 or v2).
+    public var proxyProtocolFrom: [AddressRange] = []
 }
 
 public struct TLSFiles: Sendable, Hashable {
@@ -106,7 +109,7 @@ public struct GatewayConfiguration: Sendable {
         var seenNames = Set<String>()
         var seenEndpoints = Set<String>()
         for node in listenerNodes {
-            let map = reader.mapping(node, known: ["name", "kind", "listen", "normalize-bare-lf", "max-message-size"], context: "listener")
+            let map = reader.mapping(node, known: ["name", "kind", "listen", "normalize-bare-lf", "max-message-size", "proxy-protocol-from"], context: "listener")
             guard let kindText = reader.string(map["kind"], "listener kind") else {
                 reader.issue(node, "listener without kind", fix: "kind: submission, submissions or device")
                 continue
@@ -134,7 +137,16 @@ public struct GatewayConfiguration: Sendable {
             if kind.requiresTLS && tls == nil {
                 reader.issue(node, "listener '\(name)' (\(kind.rawValue)) needs TLS but no tls section is configured", fix: "add tls: certificate/key")
             }
-            listeners.append(ListenerConfiguration(name: name, kind: kind, host: host, port: port, normalizeBareLF: normalize, maxMessageSize: size))
+            var trusted: [AddressRange] = []
+            for entry in reader.sequence(map["proxy-protocol-from"], "proxy-protocol-from") {
+                guard let text = reader.string(entry, "proxy-protocol-from") else { continue }
+                switch AddressRange.parse(text) {
+                case .success(let range): trusted.append(range)
+                case .failure: reader.issue(entry, "'\(text)' is not an address or CIDR range", fix: "e.g. 10.0.0.5 or 10.0.0.0/24")
+                }
+            }
+            listeners.append(ListenerConfiguration(name: name, kind: kind, host: host, port: port, normalizeBareLF: normalize,
+                                                   maxMessageSize: size, proxyProtocolFrom: trusted))
         }
 
         var delivery = DeliveryConfiguration.outbox(resolve("outbox"))

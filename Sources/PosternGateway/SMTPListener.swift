@@ -5,6 +5,7 @@ import NIOCore
 import NIOExtras
 import NIOPosix
 import NIOSSL
+import PosternPolicy
 import PosternSMTP
 import PosternSession
 
@@ -53,29 +54,18 @@ final class SMTPListener: @unchecked Sendable {  // ServerQuiescingHelper is thr
             .childChannelOption(.allowRemoteHalfClosure, value: false)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    let client = clientAddress(of: channel)
-                    guard shared.limiter.acquire(client) else {
-                        logger.notice("connection refused: limit", metadata: ["client": "\(client)", "listener": "\(configuration.name)"])
-                        if configuration.kind != .submissions {
-                            var buffer = channel.allocator.buffer(capacity: 96)
-                            SMTPReply.tooManyConnections.write(into: &buffer)
-                            channel.writeAndFlush(buffer).whenComplete { _ in channel.close(promise: nil) }
-                        } else {
-                            channel.close(promise: nil)
-                        }
-                        return
+                    let peer = clientAddress(of: channel)
+                    let install = { (channel: any Channel, client: String, port: Int) throws in
+                        try installSession(on: channel, client: client, port: port, configuration: configuration,
+                                           sessionConfiguration: sessionConfiguration, shared: shared, idle: idle)
                     }
-                    channel.closeFuture.whenComplete { _ in shared.limiter.release(client) }
-                    let sync = channel.pipeline.syncOperations
-                    if configuration.kind == .submissions {
-                        guard let tls = shared.environment.tls.current else { throw TLSNotConfigured() }
-                        try sync.addHandler(NIOSSLServerHandler(context: tls))
+                    if !configuration.proxyProtocolFrom.isEmpty,
+                       let ip = IPAddress(peer), configuration.proxyProtocolFrom.contains(where: { $0.contains(ip) }) {
+                        // A trusted load balancer: the client address comes from its PROXY header.
+                        try channel.pipeline.syncOperations.addHandler(ProxyProtocolHandler(peer: peer, install: install))
+                    } else {
+                        try install(channel, peer, channel.remoteAddress?.port ?? 0)
                     }
-                    try sync.addHandler(IdleStateHandler(readTimeout: idle))
-                    let facts = ConnectionFacts(listenerName: configuration.name, kind: configuration.kind, clientAddress: client,
-                                                clientPort: channel.remoteAddress?.port ?? 0, sessionID: SessionID.make())
-                    let session = SMTPSession(configuration: sessionConfiguration, facts: facts, rules: shared.rules())
-                    try sync.addHandler(SMTPServerHandler(session: session, environment: shared.environment))
                 }
             }
             .bind(host: configuration.host, port: configuration.port)
@@ -101,6 +91,34 @@ final class SMTPListener: @unchecked Sendable {  // ServerQuiescingHelper is thr
 }
 
 struct TLSNotConfigured: Error {}
+
+/// Puts a session on a connection whose client address is known: connection limits, TLS on `submissions`,
+/// the idle timer and the SMTP handler.
+private func installSession(on channel: any Channel, client: String, port: Int, configuration: ListenerConfiguration,
+                            sessionConfiguration: SessionConfiguration, shared: SMTPListener.Shared, idle: TimeAmount) throws {
+    guard shared.limiter.acquire(client) else {
+        shared.environment.logger.notice("connection refused: limit", metadata: ["client": "\(client)", "listener": "\(configuration.name)"])
+        if configuration.kind != .submissions {
+            var buffer = channel.allocator.buffer(capacity: 96)
+            SMTPReply.tooManyConnections.write(into: &buffer)
+            channel.writeAndFlush(buffer).whenComplete { _ in channel.close(promise: nil) }
+        } else {
+            channel.close(promise: nil)
+        }
+        return
+    }
+    channel.closeFuture.whenComplete { _ in shared.limiter.release(client) }
+    let sync = channel.pipeline.syncOperations
+    if configuration.kind == .submissions {
+        guard let tls = shared.environment.tls.current else { throw TLSNotConfigured() }
+        try sync.addHandler(NIOSSLServerHandler(context: tls))
+    }
+    try sync.addHandler(IdleStateHandler(readTimeout: idle))
+    let facts = ConnectionFacts(listenerName: configuration.name, kind: configuration.kind, clientAddress: client,
+                                clientPort: port, sessionID: SessionID.make())
+    let session = SMTPSession(configuration: sessionConfiguration, facts: facts, rules: shared.rules())
+    try sync.addHandler(SMTPServerHandler(session: session, environment: shared.environment))
+}
 
 /// The client's IP as policy sees it; IPv4-mapped IPv6 (`::ffff:a.b.c.d`) is reported as IPv4.
 func clientAddress(of channel: any Channel) -> String {

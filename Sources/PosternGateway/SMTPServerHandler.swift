@@ -57,11 +57,24 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     // MARK: Channel events
 
+    func handlerAdded(context: ChannelHandlerContext) {
+        // Added after a PROXY header, the channel is already active: greet now.
+        if context.channel.isActive { greet(context: context) }
+    }
+
     func channelActive(context: ChannelHandlerContext) {
+        greet(context: context)
+        context.fireChannelActive()
+    }
+
+    private var greeted = false
+
+    private func greet(context: ChannelHandlerContext) {
+        guard !greeted else { return }
+        greeted = true
         logger.debug("connection", metadata: ["client": "\(session.facts.clientAddress)"])
         session.greeting().write(into: &outbound)
         flushReplies(context: context)
-        context.fireChannelActive()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
