@@ -21,7 +21,7 @@ public final class Gateway: Service, Sendable {
     public let drainTimeout: Duration
 
     public init(configuration: GatewayConfiguration, rules: @escaping @Sendable () -> any SessionRules,
-                authenticator: (any SubmissionAuthenticator)?, logger: Logger,
+                authenticator: (any SubmissionAuthenticator)?, logger: Logger, audit: AuditLog,
                 drainTimeout: Duration = .seconds(30), now: @escaping @Sendable () -> Date = { Date() }) throws {
         self.configuration = configuration
         self.logger = logger
@@ -35,7 +35,7 @@ public final class Gateway: Service, Sendable {
         case .outbox(let path):
             target = try OutboxTarget(directory: URL(fileURLWithPath: path), threadPool: threadPool, logger: logger)
         }
-        let environment = ConnectionEnvironment(target: target, authenticator: authenticator, tls: tls, logger: logger, now: now)
+        let environment = ConnectionEnvironment(target: target, authenticator: authenticator, tls: tls, logger: logger, audit: audit, now: now)
         shared = SMTPListener.Shared(hostname: configuration.hostname, limits: configuration.limits,
                                      limiter: ConnectionLimiter(maxPerClient: configuration.limits.maxConnectionsPerClient,
                                                                 maxTotal: configuration.limits.maxConnections),

@@ -45,6 +45,8 @@ public struct GatewayConfiguration: Sendable {
     public var limits: Limits
     public var listeners: [ListenerConfiguration]
     public var delivery: DeliveryConfiguration
+    /// Where audit JSON lines go: nil for standard output, or a file path.
+    public var auditOutput: String?
 
     public static func load(path: String) throws(ConfigErrors) -> GatewayConfiguration {
         let text: String
@@ -70,7 +72,7 @@ public struct GatewayConfiguration: Sendable {
         func resolve(_ path: String) -> String {
             path.hasPrefix("/") ? path : base.appendingPathComponent(path).standardizedFileURL.path
         }
-        let top = reader.mapping(root, known: ["hostname", "policies", "tls", "limits", "listeners", "delivery"], context: "top level")
+        let top = reader.mapping(root, known: ["hostname", "policies", "tls", "limits", "listeners", "delivery", "audit"], context: "top level")
 
         let hostname = reader.string(top["hostname"], "hostname") ?? ProcessInfo.processInfo.hostName
         if !hostname.isEmpty, !hostname.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) {
@@ -159,9 +161,17 @@ public struct GatewayConfiguration: Sendable {
             }
         }
 
+        var auditOutput: String?
+        if let node = top["audit"] {
+            let map = reader.mapping(node, known: ["output"], context: "audit")
+            if let output = reader.string(map["output"], "audit.output"), output != "stdout", output != "-" {
+                auditOutput = resolve(output)
+            }
+        }
+
         if !reader.issues.isEmpty { throw ConfigErrors(issues: reader.issues) }
         return GatewayConfiguration(file: file, hostname: hostname, policyDirectory: policyDirectory, tls: tls, limits: limits,
-                                    listeners: listeners, delivery: delivery)
+                                    listeners: listeners, delivery: delivery, auditOutput: auditOutput)
     }
 
     /// `127.0.0.1:25`, `[::1]:25`, `localhost:25`.

@@ -66,8 +66,8 @@ public final class PolicyStore: Sendable {
     }
 
     /// Session rules bound to the policy in force now.
-    public func rules(now: @escaping @Sendable () -> Date = { Date() }) -> PolicyRules {
-        PolicyRules(policy: policy, now: now, logger: logger)
+    public func rules(now: @escaping @Sendable () -> Date = { Date() }, audit: AuditLog) -> PolicyRules {
+        PolicyRules(policy: policy, now: now, audit: audit)
     }
 }
 
@@ -75,14 +75,14 @@ public final class PolicyStore: Sendable {
 public struct PolicyRules: SessionRules {
     public let policy: PolicySet
     let now: @Sendable () -> Date
-    let logger: Logger
+    let audit: AuditLog
 
     public func checkSender(_ facts: ConnectionFacts, sender: ReversePath) -> Verdict {
-        verdict(policy.decide(input(facts, sender: sender, recipient: nil)), facts, stage: "mail")
+        verdict(policy.decide(input(facts, sender: sender, recipient: nil)), facts, stage: "mail", sender: sender, recipient: nil)
     }
 
     public func checkRecipient(_ facts: ConnectionFacts, sender: ReversePath, recipient: Mailbox) -> Verdict {
-        verdict(policy.decide(input(facts, sender: sender, recipient: recipient)), facts, stage: "rcpt")
+        verdict(policy.decide(input(facts, sender: sender, recipient: recipient)), facts, stage: "rcpt", sender: sender, recipient: recipient)
     }
 
     public func messageSizeLimit(_ facts: ConnectionFacts) -> Int? {
@@ -97,11 +97,9 @@ public struct PolicyRules: SessionRules {
                       sender: sender, recipient: recipient, now: now())
     }
 
-    private func verdict(_ decision: Decision, _ facts: ConnectionFacts, stage: String) -> Verdict {
-        logger.info("decision", metadata: [
-            "session": "\(facts.sessionID)", "stage": "\(stage)", "client": "\(facts.clientAddress)",
-            "reply": "\(decision.reply.map { "\($0.code) \($0.enhancedStatus ?? "")" } ?? "accept")", "rule": "\(decision.rule)",
-        ])
+    private func verdict(_ decision: Decision, _ facts: ConnectionFacts, stage: String, sender: ReversePath, recipient: Mailbox?) -> Verdict {
+        let device = facts.kind == .device ? policy.device(forAddress: facts.clientAddress)?.id : nil
+        audit.decision(facts, stage: stage, sender: sender, recipient: recipient, reply: decision.reply, rule: decision.rule, device: device)
         return decision.reply.map(Verdict.refuse) ?? .accept
     }
 }

@@ -17,6 +17,7 @@ struct ConnectionEnvironment: Sendable {
     var authenticator: (any SubmissionAuthenticator)?
     var tls: TLSContextBox
     var logger: Logger
+    var audit: AuditLog
     var now: @Sendable () -> Date
 }
 
@@ -72,7 +73,7 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func greet(context: ChannelHandlerContext) {
         guard !greeted else { return }
         greeted = true
-        logger.debug("connection", metadata: ["client": "\(session.facts.clientAddress)"])
+        environment.audit.connection(session.facts, peer: clientAddress(of: context.channel))
         session.greeting().write(into: &outbound)
         flushReplies(context: context)
     }
@@ -106,6 +107,7 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if let tlsEvent = event as? TLSUserEvent, case .handshakeCompleted = tlsEvent {
             let version = (try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self))?.tlsVersion
             session.tlsEstablished(TLSInfo(version: version?.displayName ?? "TLS"))
+            environment.audit.tls(session.facts, session.facts.tls!)
             handshaking = false
             logger.debug("tls established", metadata: ["version": "\(version?.displayName ?? "?")"])
             resume(context: context)
@@ -218,11 +220,7 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }.whenSuccess { outcome in
             let this = handler.value
             guard this.active else { return }
-            if case .success(let user) = outcome {
-                this.logger.info("auth ok", metadata: ["login": "\(user.login)", "mechanism": "\(credentials.mechanism)"])
-            } else {
-                this.logger.info("auth failed", metadata: ["login": "\(credentials.login)", "outcome": "\(outcome)"])
-            }
+            this.environment.audit.auth(this.session.facts, login: credentials.login, mechanism: credentials.mechanism, outcome: outcome)
             this.apply(this.session.authCompleted(outcome), context: boundContext.value)
             this.resume(context: boundContext.value)
         }
@@ -239,15 +237,19 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let message = composed
         let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
         let boundContext = NIOLoopBound(context, eventLoop: context.eventLoop)
+        let audit = environment.audit
         let logger = self.logger
         context.eventLoop.makeFutureWithTask {
             await target.accept(queueID: queueID, envelope: envelope, message: message)
         }.whenSuccess { outcome in
             // The message is stored whether or not the client is still there to hear it.
-            logger.info("message", metadata: [
-                "queue_id": "\(queueID)", "from": "\(envelope.sender)", "rcpts": "\(envelope.recipients.count)",
-                "size": "\(message.readableBytes)", "outcome": "\(outcome)",
-            ])
+            switch outcome {
+            case .queued(let id):
+                audit.accepted(envelope, queueID: id, messageID: HeaderScanner.messageID(in: body), size: message.readableBytes)
+            case .temporaryFailure(let reply):
+                logger.warning("message not stored", metadata: ["queue_id": "\(queueID)", "reply": "\(reply)"])
+                audit.refusedMessage(envelope.facts, reply: reply)
+            }
             let this = handler.value
             guard this.active else { return }
             this.apply(this.session.deliveryCompleted(outcome), context: boundContext.value)

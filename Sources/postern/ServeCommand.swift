@@ -38,7 +38,9 @@ struct ServeCommand: AsyncParsableCommand {
             FileHandle.standardError.write(Data("\(error)\n".utf8))
             throw ExitCode(1)
         }
-        let gateway = try Gateway(configuration: configuration, rules: { policies.rules() }, authenticator: nil, logger: logger)
+        let audit = try AuditLog.make(output: configuration.auditOutput)
+        let gateway = try Gateway(configuration: configuration, rules: { policies.rules(audit: audit) }, authenticator: nil,
+                                  logger: logger, audit: audit)
         try await gateway.start()
         let reloader = ReloadService(policies: policies, gateway: gateway, logger: logger)
         let group = ServiceGroup(configuration: .init(services: [gateway, reloader], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))

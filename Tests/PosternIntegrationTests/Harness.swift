@@ -119,8 +119,9 @@ final class GatewayHarness: @unchecked Sendable {
         var logger = Logger(label: "postern-test")
         logger.logLevel = .notice
         let store = try PolicyStore(directory: URL(fileURLWithPath: configuration.policyDirectory), logger: logger)
-        let gateway = try Gateway(configuration: configuration, rules: { store.rules(now: now) },
-                                  authenticator: authenticator, logger: logger, drainTimeout: .seconds(5))
+        let audit = try AuditLog.make(output: directory.appendingPathComponent("audit.jsonl").path)
+        let gateway = try Gateway(configuration: configuration, rules: { store.rules(now: now, audit: audit) },
+                                  authenticator: authenticator, logger: logger, audit: audit, drainTimeout: .seconds(5))
         try await gateway.start()
         return GatewayHarness(directory: directory, gateway: gateway, configuration: configuration, policies: store)
     }
@@ -137,6 +138,14 @@ final class GatewayHarness: @unchecked Sendable {
     func stop() async {
         await gateway.shutdown()
         try? FileManager.default.removeItem(at: directory)
+    }
+
+    /// The audit log's events so far, parsed.
+    func auditEvents() throws -> [[String: Any]] {
+        let text = try String(contentsOf: directory.appendingPathComponent("audit.jsonl"), encoding: .utf8)
+        return try text.split(separator: "\n").map { line in
+            try JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any]
+        }
     }
 
     func outboxFiles() -> [URL] {

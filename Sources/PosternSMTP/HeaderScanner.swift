@@ -1,0 +1,40 @@
+import NIOCore
+
+/// Reads single header fields from a message's header section without parsing the body.
+public enum HeaderScanner {
+    /// The Message-ID field's value (unfolded, trimmed), if the header section has one.
+    public static func messageID(in message: ByteBuffer, limit: Int = 64 * 1024) -> String? {
+        field("message-id", in: message, limit: limit)
+    }
+
+    public static func field(_ lowercasedName: String, in message: ByteBuffer, limit: Int) -> String? {
+        let text = String(decoding: message.readableBytesView.prefix(limit), as: UTF8.self)
+        var lines: [Substring] = []
+        for line in text.split(separator: "\r\n", omittingEmptySubsequences: false) {
+            if line.isEmpty { break }  // end of the header section
+            lines.append(line)
+        }
+        var value: String?
+        for line in lines {
+            if let first = line.first, first == " " || first == "\t" {
+                if value != nil { value! += " " + line.drop { $0 == " " || $0 == "\t" } }
+                continue
+            }
+            if value != nil { break }
+            guard let colon = line.firstIndex(of: ":") else { continue }
+            if line[..<colon].lowercased().trimmingCharacters() == lowercasedName {
+                value = String(line[line.index(after: colon)...].trimmingCharacters())
+            }
+        }
+        return value.map { $0.trimmingCharacters() }
+    }
+}
+
+private extension StringProtocol {
+    func trimmingCharacters() -> String {
+        var s = Substring(self)
+        while let f = s.first, f == " " || f == "\t" { s = s.dropFirst() }
+        while let l = s.last, l == " " || l == "\t" { s = s.dropLast() }
+        return String(s)
+    }
+}
