@@ -234,7 +234,7 @@ public struct PolicySet: Sendable {
     static func plainDomain(_ mailbox: Mailbox) -> String? {
         guard !mailbox.hadSourceRoute, case .name(let name) = mailbox.domain else { return nil }
         let local = mailbox.unquotedLocalPart
-        guard !local.contains("%"), !local.contains("!"), !local.contains("@") else { return nil }
+        guard !local.contains(Character("%")), !local.contains(Character("!")), !local.contains(Character("@")) else { return nil }
         return normalise(domain: name.lowercased())
     }
 
@@ -246,8 +246,8 @@ public struct PolicySet: Sendable {
         if mailbox.hadSourceRoute { return "source route refused" }
         if case .literal = mailbox.domain { return "address literal \(mailbox.normalizedDomain) is not internal" }
         let local = mailbox.unquotedLocalPart
-        if local.contains("%") { return "'%' in local part refused (relay hack)" }
-        if local.contains("!") { return "'!' in local part refused (relay hack)" }
+        if local.contains(Character("%")) { return "'%' in local part refused (relay hack)" }
+        if local.contains(Character("!")) { return "'!' in local part refused (relay hack)" }
         return "'@' in quoted local part refused (relay hack)"
     }
 }

@@ -22,7 +22,7 @@ public struct IPAddress: Sendable, Hashable, Comparable, CustomStringConvertible
         var text = Substring(text)
         if let percent = text.firstIndex(of: "%") { text = text[..<percent] }
         if text.hasPrefix("["), text.hasSuffix("]") { text = text.dropFirst().dropLast() }
-        if text.contains(":") {
+        if text.contains(Character(":")) {
             var raw = in6_addr()
             guard inet_pton(AF_INET6, String(text), &raw) == 1 else { return nil }
             let bytes = withUnsafeBytes(of: &raw) { Array($0) }
@@ -100,7 +100,7 @@ public struct AddressRange: Sendable, Hashable, CustomStringConvertible {
     public static func parse(_ text: String) -> Result<AddressRange, ParseError> {
         let parts = text.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)
         guard let address = IPAddress(String(parts[0])) else { return .failure(.notAnAddress) }
-        let isV4 = !parts[0].contains(":")
+        let isV4 = !parts[0].contains(Character(":"))
         let width = isV4 ? 32 : 128
         var prefix = width
         if parts.count == 2 {

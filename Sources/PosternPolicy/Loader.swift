@@ -1,6 +1,5 @@
 import Foundation
 import PosternSMTP
-import Yams
 
 /// One problem in a policy file, with the place and the fix.
 public struct PolicyIssue: Error, Sendable, Hashable, CustomStringConvertible {
@@ -249,7 +248,7 @@ final class PolicyBuilder {
         let required: [String] = ["id", "department", "owner", "addresses", "senders", "registered", "sunset"]
         for item in items {
             guard let entry = mapping(item, what: "device", allowed: allowed, required: required) else { continue }
-            let line = item.mark?.line ?? 0
+            let line = item.line
             guard let idNode = entry["id"], let id = string(idNode, what: "id") else { continue }
             var ok = true
             if !Self.isIdentifier(id) {
@@ -261,7 +260,7 @@ final class PolicyBuilder {
             }
             ids[id] = ids[id] ?? line
             let department = entry["department"].flatMap { string($0, what: "department") } ?? ""
-            if !department.isEmpty { departmentReferences.append((id, department, entry["department"]?.mark?.line ?? line)) }
+            if !department.isEmpty { departmentReferences.append((id, department, entry["department"]?.line ?? line)) }
             var owner = ""
             if let o = entry["owner"], let text = string(o, what: "owner") {
                 owner = text
@@ -361,40 +360,31 @@ final class PolicyBuilder {
 
     // MARK: YAML helpers
 
-    private func issue(_ node: Node?, _ message: String, fix: String) {
-        issues.append(PolicyIssue(file: file, line: node?.mark?.line ?? 0, message: message, fix: fix))
+    private func issue(_ node: YAMLNode?, _ message: String, fix: String) {
+        issues.append(PolicyIssue(file: file, line: node?.line ?? 0, message: message, fix: fix))
     }
 
-    private func compose(_ text: String) -> Node? {
+    private func compose(_ text: String) -> YAMLNode? {
         do {
-            // The basic resolver leaves every scalar a string: dates, numbers and booleans are parsed here,
-            // and it is much faster than regex-based tag resolution on large device files.
-            guard let root = try Yams.compose(yaml: text, .basic) else {
+            guard let root = try YAMLTree.compose(text) else {
                 issue(nil, "file is empty", fix: "see the shipped policies/ for the expected layout")
                 return nil
             }
             return root
-        } catch let error as YamlError {
-            switch error {
-            case .scanner(_, let problem, let mark, _), .parser(_, let problem, let mark, _), .composer(_, let problem, let mark, _):
-                issues.append(PolicyIssue(file: file, line: mark.line, message: "YAML syntax error: \(problem)",
-                                          fix: "check indentation and quoting on this line and the one before"))
-            default:
-                issue(nil, "YAML error: \(error)", fix: "check the file's syntax")
-            }
         } catch {
-            issue(nil, "YAML error: \(error)", fix: "check the file's syntax")
+            issues.append(PolicyIssue(file: file, line: error.line, message: "YAML syntax error: \(error.problem)",
+                                      fix: "check indentation and quoting on this line and the one before; quote values starting with * or &"))
+            return nil
         }
-        return nil
     }
 
-    private func mapping(_ node: Node, what: String, allowed: Set<String>, required: [String],
-                         unknownFix: String? = nil) -> [String: Node]? {
-        guard case .mapping(let m) = node else {
+    private func mapping(_ node: YAMLNode, what: String, allowed: Set<String>, required: [String],
+                         unknownFix: String? = nil) -> [String: YAMLNode]? {
+        guard case .mapping(let m, _) = node else {
             issue(node, "\(what) must be a mapping of keys to values", fix: "write it as 'key: value' lines")
             return nil
         }
-        var out: [String: Node] = [:]
+        var out: [String: YAMLNode] = [:]
         for (k, v) in m {
             guard let key = k.string else { issue(k, "keys in \(what) must be plain words", fix: "use one of: \(allowed.sorted().joined(separator: ", "))"); continue }
             if out[key] != nil {
@@ -415,10 +405,10 @@ final class PolicyBuilder {
         return out
     }
 
-    private func list(_ node: Node, what: String) -> [Node]? {
+    private func list(_ node: YAMLNode, what: String) -> [YAMLNode]? {
         switch node {
-        case .sequence(let s): return Array(s)
-        case .scalar(let s) where !s.string.isEmpty: return [node]
+        case .sequence(let items, _): return items
+        case .scalar(let s, _) where !s.isEmpty: return [node]
         case .scalar: return []
         default:
             issue(node, "\(what) must be a list", fix: "write '- item' lines or [a, b]")
@@ -426,12 +416,11 @@ final class PolicyBuilder {
         }
     }
 
-    private func string(_ node: Node, what: String) -> String? {
-        guard case .scalar(let s) = node else {
+    private func string(_ node: YAMLNode, what: String) -> String? {
+        guard case .scalar(let text, _) = node else {
             issue(node, "\(what) must be a single value", fix: "write it as plain text on the same line")
             return nil
         }
-        let text = s.string.trimmingCharacters(in: .whitespaces)
         guard !text.isEmpty else {
             issue(node, "\(what) is empty", fix: "give it a value")
             return nil
@@ -439,7 +428,7 @@ final class PolicyBuilder {
         return text
     }
 
-    private func date(_ node: Node, what: String) -> CalendarDate? {
+    private func date(_ node: YAMLNode, what: String) -> CalendarDate? {
         guard let text = string(node, what: what) else { return nil }
         guard let d = CalendarDate(text) else {
             issue(node, "'\(text)' is not a valid date for \(what)", fix: "write the date as YYYY-MM-DD, e.g. 2026-06-30")
@@ -448,7 +437,7 @@ final class PolicyBuilder {
         return d
     }
 
-    private func int(_ node: Node, what: String) -> Int? {
+    private func int(_ node: YAMLNode, what: String) -> Int? {
         guard let text = string(node, what: what) else { return nil }
         guard let v = Int(text) else {
             issue(node, "'\(text)' is not a whole number for \(what)", fix: "write digits only")
@@ -457,7 +446,7 @@ final class PolicyBuilder {
         return v
     }
 
-    private func bool(_ node: Node, what: String) -> Bool? {
+    private func bool(_ node: YAMLNode, what: String) -> Bool? {
         guard let text = string(node, what: what) else { return nil }
         switch text.lowercased() {
         case "true", "yes", "on": return true
@@ -469,7 +458,7 @@ final class PolicyBuilder {
     }
 
     /// Bytes, optionally with a binary suffix: `10485760`, `10M`, `512K`, `1G`.
-    private func size(_ node: Node, what: String) -> Int? {
+    private func size(_ node: YAMLNode, what: String) -> Int? {
         guard let text = string(node, what: what) else { return nil }
         if let v = Self.parseSize(text), v > 0 { return v }
         issue(node, "'\(text)' is not a size for \(what)", fix: "write bytes, or a number with K, M or G, e.g. 10M")

@@ -52,7 +52,7 @@ public enum SenderPattern: Sendable, Hashable, CustomStringConvertible {
     case domain(DomainPattern)
 
     public init?(_ text: String) {
-        if text.contains("@"), !text.hasPrefix("@") {
+        if text.contains(Character("@")), !text.hasPrefix("@") {
             guard let mailbox = try? AddressParser.parseMailbox(text), case .name = mailbox.domain,
                   !mailbox.isQuotedLocalPart
             else { return nil }
@@ -86,7 +86,7 @@ public struct RateLimit: Sendable, Hashable, CustomStringConvertible {
 
     /// Parses `120/hour` (units: second, minute, hour, day).
     public init?(_ text: String) {
-        let parts = text.replacingOccurrences(of: " ", with: "").split(separator: "/")
+        let parts = text.filter { $0 != " " }.split(separator: "/")
         guard parts.count == 2, let n = Int(parts[0]), n > 0 else { return nil }
         let units = ["second": 1, "minute": 60, "hour": 3600, "day": 86_400]
         guard let s = units[String(parts[1]).lowercased()] else { return nil }

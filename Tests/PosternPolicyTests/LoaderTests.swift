@@ -123,6 +123,27 @@ import Testing
         #expect(lines == [6, 14, 27], "\(fixture.errors())")
     }
 
+    @Test func fingerprintChangesWhenAPolicyFileChanges() throws {
+        let fixture = try PolicyFixture()
+        defer { fixture.remove() }
+        let before = PolicyLoader.fingerprint(directory: fixture.directory)
+        #expect(before == PolicyLoader.fingerprint(directory: fixture.directory))
+        try Data((PolicyFixture.devicesYAML + "\n# edited\n").utf8).write(to: fixture.directory.appendingPathComponent("devices.yaml"))
+        let after = PolicyLoader.fingerprint(directory: fixture.directory)
+        #expect(after["devices.yaml"] != before["devices.yaml"])
+        #expect(after["policy.yaml"] == before["policy.yaml"])
+    }
+
+    @Test func anchorsAndAliasesAreResolved() throws {
+        let devices = PolicyFixture.devicesYAML
+            .replacingOccurrences(of: "senders: [scanner@example.edu]", with: "senders: &shared [scanner@example.edu]")
+            .replacingOccurrences(of: "senders: [\"*.phys.example.edu\"]", with: "senders: *shared")
+        let fixture = try PolicyFixture(devices: devices)
+        defer { fixture.remove() }
+        let policy = try fixture.load()
+        #expect(policy.device(id: "phys-plotter")?.senders.map(\.description) == ["scanner@example.edu"])
+    }
+
     // MARK: Index
 
     @Test func hundredThousandDevicesLoadAndEveryLookupFindsItsDevice() throws {
