@@ -13,6 +13,11 @@ import NIOPosix
 /// Unknown and ambiguous logins cost the same as a wrong password: the directory still gets a
 /// bind, with the given password, for a DN that does not exist (`uid=postern-absent-<random>,
 /// <searchBase>`), so the reply comes after one round trip to the server either way.
+///
+/// At most `maxConnections` service connections plus as many credential-check connections are
+/// open; give it a thread pool with at least twice `maxConnections` threads, since time spent
+/// waiting for a thread counts against the operation's time limit. Creating a `Directory` sets
+/// SIGPIPE to be ignored for the process (libldap writes with plain send()).
 public final class Directory: Sendable {
     private let configuration: DirectoryConfiguration
     private let threadPool: NIOThreadPool
