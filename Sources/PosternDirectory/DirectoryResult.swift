@@ -1,0 +1,30 @@
+/// Who a successfully authenticated user is, as the directory describes them.
+public struct DirectoryIdentity: Sendable, Hashable {
+    /// The login the client gave in SMTP AUTH.
+    public var login: String
+    /// The user's entry.
+    public var dn: String
+    /// Every address the user owns (values of the configured address attributes, in order,
+    /// duplicates removed).
+    public var addresses: [String]
+    /// DNs of the user's groups.
+    public var groups: [String]
+
+    public init(login: String, dn: String, addresses: [String], groups: [String]) {
+        self.login = login
+        self.dn = dn
+        self.addresses = addresses
+        self.groups = groups
+    }
+}
+
+/// The outcome of one credential check; each case maps to one SMTP reply.
+public enum DirectoryResult: Sendable, Hashable {
+    case success(DirectoryIdentity)
+    /// Wrong password, unknown or ambiguous login, empty password (`535 5.7.8`).
+    case invalidCredentials
+    /// The credentials are right but the user is in none of the required groups (`550 5.7.1`).
+    case notAuthorized
+    /// The directory could not give an answer: unreachable, timed out, misconfigured (`454 4.7.0`).
+    case unavailable(String)
+}
