@@ -3,6 +3,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import PosternDirectory
 import PosternSMTP
 import PosternSession
 import ServiceLifecycle
@@ -17,18 +18,31 @@ public final class Gateway: Service, Sendable {
     private let logger: Logger
     private let shared: SMTPListener.Shared
     private let listeners: NIOLockedValueBoxListeners
+    private let authenticator: DirectoryAuthenticator?
     /// How long shutdown waits for sessions in DATA before closing them.
     public let drainTimeout: Duration
 
     public init(configuration: GatewayConfiguration, rules: @escaping @Sendable () -> any SessionRules,
-                authenticator: (any SubmissionAuthenticator)?, logger: Logger, audit: AuditLog,
+                logger: Logger, audit: AuditLog,
                 drainTimeout: Duration = .seconds(30), now: @escaping @Sendable () -> Date = { Date() }) throws {
         self.configuration = configuration
         self.logger = logger
         self.drainTimeout = drainTimeout
         group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
-        threadPool = NIOThreadPool(numberOfThreads: max(4, System.coreCount * 2))
+        // Blocking work (file writes, libldap) runs here; each LDAP pool slot may hold a thread for a whole call.
+        threadPool = NIOThreadPool(numberOfThreads: max(8, 2 * (configuration.directory?.maxConnections ?? 0) + 4))
         threadPool.start()
+        var authenticator: DirectoryAuthenticator?
+        if let directoryConfiguration = configuration.directory {
+            let directory = try Directory(configuration: directoryConfiguration, threadPool: threadPool, logger: logger)
+            let login = configuration.authThrottle
+            var client = login
+            client.slowDownAfter *= 3
+            client.lockoutAfter *= 3
+            authenticator = DirectoryAuthenticator(directory: directory, throttle: AuthThrottle(perLogin: login, perClient: client),
+                                                   logger: logger, now: now)
+        }
+        self.authenticator = authenticator
         let tls = TLSContextBox(try configuration.tls.map(ServerTLS.makeContext))
         let target: any DeliveryTarget
         switch configuration.delivery {
@@ -90,6 +104,7 @@ public final class Gateway: Service, Sendable {
             group.cancelAll()
         }
         for listener in all { await listener.close() }
+        await authenticator?.shutdown()
         try? await group.shutdownGracefully()
         try? await threadPool.shutdownGracefully()
         logger.info("stopped")

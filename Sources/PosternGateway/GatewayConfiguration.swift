@@ -1,4 +1,5 @@
 import Foundation
+import PosternDirectory
 import PosternPolicy
 import PosternSession
 import Yams
@@ -47,6 +48,10 @@ public struct GatewayConfiguration: Sendable {
     public var delivery: DeliveryConfiguration
     /// Where audit JSON lines go: nil for standard output, or a file path.
     public var auditOutput: String?
+    /// The LDAP directory SMTP AUTH is checked against; without it the TLS endpoints accept no one.
+    public var directory: DirectoryConfiguration?
+    /// Brute-force limits for one login; a client address gets three times as many failures.
+    public var authThrottle = AuthThrottle.Limits.login
 
     public static func load(path: String) throws(ConfigErrors) -> GatewayConfiguration {
         let text: String
@@ -72,7 +77,7 @@ public struct GatewayConfiguration: Sendable {
         func resolve(_ path: String) -> String {
             path.hasPrefix("/") ? path : base.appendingPathComponent(path).standardizedFileURL.path
         }
-        let top = reader.mapping(root, known: ["hostname", "policies", "tls", "limits", "listeners", "delivery", "audit"], context: "top level")
+        let top = reader.mapping(root, known: ["hostname", "policies", "tls", "limits", "listeners", "delivery", "audit", "directory"], context: "top level")
 
         let hostname = reader.string(top["hostname"], "hostname") ?? ProcessInfo.processInfo.hostName
         if !hostname.isEmpty, !hostname.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) {
@@ -169,9 +174,72 @@ public struct GatewayConfiguration: Sendable {
             }
         }
 
+        let directory = top["directory"].flatMap { parseDirectory($0, reader: &reader, resolve: resolve) }
+        var authThrottle = AuthThrottle.Limits.login
+        if let node = top["directory"]?.mapping?["throttle"] {
+            let map = reader.mapping(node, known: ["slow-down-after", "delay-step-ms", "max-delay-ms", "lockout-after", "lockout-seconds"],
+                                     context: "directory.throttle")
+            if let n = reader.int(map["slow-down-after"], "slow-down-after", range: 1...1000) { authThrottle.slowDownAfter = n }
+            if let n = reader.int(map["delay-step-ms"], "delay-step-ms", range: 0...60_000) { authThrottle.delayStep = .milliseconds(n) }
+            if let n = reader.int(map["max-delay-ms"], "max-delay-ms", range: 0...60_000) { authThrottle.maxDelay = .milliseconds(n) }
+            if let n = reader.int(map["lockout-after"], "lockout-after", range: 1...1000) { authThrottle.lockoutAfter = n }
+            if let n = reader.int(map["lockout-seconds"], "lockout-seconds", range: 1...86_400) {
+                authThrottle.lockoutDuration = .seconds(n)
+                authThrottle.forgetAfter = .seconds(n)
+            }
+        }
+
         if !reader.issues.isEmpty { throw ConfigErrors(issues: reader.issues) }
         return GatewayConfiguration(file: file, hostname: hostname, policyDirectory: policyDirectory, tls: tls, limits: limits,
-                                    listeners: listeners, delivery: delivery, auditOutput: auditOutput)
+                                    listeners: listeners, delivery: delivery, auditOutput: auditOutput, directory: directory,
+                                    authThrottle: authThrottle)
+    }
+
+    static func parseDirectory(_ node: Node, reader: inout ConfigReader, resolve: (String) -> String) -> DirectoryConfiguration? {
+        let map = reader.mapping(node, known: ["uris", "ca-file", "bind-dn", "bind-password-file", "bind-password-env", "search-base",
+                                               "user-filter", "address-attributes", "group-attribute", "group-search-base",
+                                               "group-search-filter", "required-groups", "connect-timeout-seconds",
+                                               "operation-timeout-seconds", "max-connections", "throttle"], context: "directory")
+        let uris = reader.strings(map["uris"], "directory.uris")
+        if uris.isEmpty { reader.issue(node, "directory.uris is missing", fix: "e.g. uris: [ldaps://ldap.example.edu]") }
+        guard let bindDN = reader.string(map["bind-dn"], "directory.bind-dn") else {
+            reader.issue(node, "directory.bind-dn is missing", fix: "the service account's DN")
+            return nil
+        }
+        let secret: SecretSource
+        switch (reader.string(map["bind-password-file"], "bind-password-file"), reader.string(map["bind-password-env"], "bind-password-env")) {
+        case (let file?, nil): secret = .file(resolve(file))
+        case (nil, let env?): secret = .environment(env)
+        default:
+            reader.issue(node, "directory needs exactly one of bind-password-file or bind-password-env",
+                         fix: "the password never goes into this file")
+            return nil
+        }
+        guard let base = reader.string(map["search-base"], "directory.search-base") else {
+            reader.issue(node, "directory.search-base is missing", fix: "e.g. ou=people,dc=example,dc=edu")
+            return nil
+        }
+        var configuration = DirectoryConfiguration(uris: uris, caFile: reader.string(map["ca-file"], "ca-file").map(resolve),
+                                                   bindDN: bindDN, bindPassword: secret, searchBase: base)
+        if let filter = reader.string(map["user-filter"], "user-filter") { configuration.userFilter = filter }
+        let attributes = reader.strings(map["address-attributes"], "address-attributes")
+        if !attributes.isEmpty { configuration.addressAttributes = attributes }
+        if let searchBase = reader.string(map["group-search-base"], "group-search-base") {
+            let filter = reader.string(map["group-search-filter"], "group-search-filter") ?? "(&(objectClass=groupOfNames)(member=%s))"
+            configuration.groupLookup = .search(base: searchBase, filter: filter)
+        } else if let attribute = reader.string(map["group-attribute"], "group-attribute") {
+            configuration.groupLookup = .attribute(attribute)
+        }
+        configuration.requiredGroups = reader.strings(map["required-groups"], "required-groups")
+        if let t = reader.int(map["connect-timeout-seconds"], "connect-timeout-seconds", range: 1...60) { configuration.connectTimeout = .seconds(t) }
+        if let t = reader.int(map["operation-timeout-seconds"], "operation-timeout-seconds", range: 1...120) { configuration.operationTimeout = .seconds(t) }
+        if let n = reader.int(map["max-connections"], "max-connections", range: 1...64) { configuration.maxConnections = n }
+        do {
+            try configuration.validate()
+        } catch {
+            reader.issue(node, "directory: \(error)")
+        }
+        return configuration
     }
 
     /// `127.0.0.1:25`, `[::1]:25`, `localhost:25`.

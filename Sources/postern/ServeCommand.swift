@@ -39,7 +39,7 @@ struct ServeCommand: AsyncParsableCommand {
             throw ExitCode(1)
         }
         let audit = try AuditLog.make(output: configuration.auditOutput)
-        let gateway = try Gateway(configuration: configuration, rules: { policies.rules(audit: audit) }, authenticator: nil,
+        let gateway = try Gateway(configuration: configuration, rules: { policies.rules(audit: audit) },
                                   logger: logger, audit: audit)
         try await gateway.start()
         let reloader = ReloadService(policies: policies, gateway: gateway, logger: logger)

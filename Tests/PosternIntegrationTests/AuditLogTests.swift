@@ -9,7 +9,7 @@ final class AuditLogTests: XCTestCase {
         try "From: scanner@example.edu\r\nSubject: Payslip November SECRET-SUBJECT\r\nMessage-ID: <payslip-1@example.edu>\r\n\r\nSalary SECRET-BODY 4711\r\n"
             .write(to: body, atomically: true, encoding: .utf8)
         let output = try Shell.run(["swaks", "--server", "127.0.0.1:\(harness.port("device"))", "--from", "scanner@example.edu",
-                                    "--to", "bob@example.edu", "--to", "carol@chem.example.edu", "--data", body.path]).output
+                                    "--to", "bob@example.edu,carol@chem.example.edu", "--data", body.path]).output
         XCTAssertTrue(output.contains("queued as"), output)
         _ = try Shell.run(["swaks", "--server", "127.0.0.1:\(harness.port("device"))", "--local-interface", "127.0.0.2",
                            "--from", "scanner@example.edu", "--to", "bob@example.edu"])

@@ -85,8 +85,7 @@ final class GatewayHarness: @unchecked Sendable {
 
     /// `listeners` and `extra` are YAML fragments; listen addresses use port 0.
     static func start(limits: String = "", listeners: String? = nil, extra: String = "", policies: URL? = nil,
-                      now: @escaping @Sendable () -> Date = { Date() },
-                      authenticator: (any SubmissionAuthenticator)? = nil) async throws -> GatewayHarness {
+                      now: @escaping @Sendable () -> Date = { Date() }) async throws -> GatewayHarness {
         try Repo.ensureCertificates()
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("postern-test-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -121,7 +120,7 @@ final class GatewayHarness: @unchecked Sendable {
         let store = try PolicyStore(directory: URL(fileURLWithPath: configuration.policyDirectory), logger: logger)
         let audit = try AuditLog.make(output: directory.appendingPathComponent("audit.jsonl").path)
         let gateway = try Gateway(configuration: configuration, rules: { store.rules(now: now, audit: audit) },
-                                  authenticator: authenticator, logger: logger, audit: audit, drainTimeout: .seconds(5))
+                                  logger: logger, audit: audit, drainTimeout: .seconds(5), now: now)
         try await gateway.start()
         return GatewayHarness(directory: directory, gateway: gateway, configuration: configuration, policies: store)
     }
