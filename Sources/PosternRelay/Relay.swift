@@ -194,7 +194,9 @@ public final class Relay: Sendable {
             for index in state.recipients.indices where state.recipients[index].state == .pending {
                 let recipient = state.recipients[index]
                 state.recipients[index].state = .failed
-                let reason = "message expired after \(Int(configuration.expiry.seconds / 3600)) hours in the queue; last error: \(recipient.lastReply ?? "none")"
+                let hours = configuration.expiry.seconds / 3600
+                let age = hours >= 1 ? "\(Int(hours)) hours" : "\(Int(configuration.expiry.seconds)) seconds"
+                let reason = "message expired after \(age) in the queue; last error: \(recipient.lastReply ?? "none")"
                 failed.append(.init(address: recipient.address, status: "4.4.7", diagnostic: reason, remoteMTA: nil))
                 outcomes.append(RelayOutcome(queueID: id, recipient: recipient.address, upstream: recipient.upstream ?? configuration.upstream(for: recipient.address),
                                              disposition: .expired, reply: reason, attempt: attempt, at: now))

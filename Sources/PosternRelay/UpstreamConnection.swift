@@ -259,8 +259,11 @@ public final class UpstreamConnection: Sendable {
                         }
                     }.get()
                 }
+                try await verifyPeerName(channel: channel, expected: upstream.serverName)
                 // RFC 3207: forget everything learnt before TLS and ask again.
                 extensions = try await connection.ehlo(hostname)
+            } else {
+                try await verifyPeerName(channel: channel, expected: upstream.serverName)
             }
             connection = UpstreamConnection(channel: channel, handler: handler, extensions: extensions, commandTimeout: upstream.commandTimeout, upstreamName: upstream.name)
             return connection
@@ -270,6 +273,29 @@ public final class UpstreamConnection: Sendable {
         } catch {
             channel.close(promise: nil)
             throw .connectFailed("\(error)")
+        }
+    }
+
+    /// NIOSSL also accepts a certificate whose IP address entry matches the socket address; the
+    /// upstream must instead carry the configured name as a DNS subjectAltName.
+    static func verifyPeerName(channel: Channel, expected: String) async throws {
+        let names: [String] = try await channel.eventLoop.submit {
+            guard let tls = try? channel.pipeline.syncOperations.handler(type: NIOSSLClientHandler.self),
+                  let certificate = tls.peerCertificate else { return [] }
+            return certificate._subjectAlternativeNames()
+                .filter { $0.nameType == .dnsName }
+                .map { String(decoding: $0.contents, as: UTF8.self).lowercased() }
+        }.get()
+        let wanted = expected.lowercased()
+        let ok = names.contains { name in
+            if name == wanted { return true }
+            if name.hasPrefix("*."), let dot = wanted.firstIndex(of: ".") {
+                return wanted[dot...] == name.dropFirst() && !wanted[..<dot].isEmpty
+            }
+            return false
+        }
+        guard ok else {
+            throw UpstreamConnectionError.tlsFailed("upstream certificate is not for \(expected) (DNS names: \(names.joined(separator: ", ")))")
         }
     }
 

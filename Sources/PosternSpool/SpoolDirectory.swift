@@ -27,8 +27,12 @@ public struct SpoolDirectory: Sendable {
     }
 
     public func createDirectories() throws(SpoolError) {
-        for path in [root.path, tmpPath, queuePath, corruptPath] {
-            if mkdir(path, 0o700) != 0 && errno != EEXIST { throw Self.error("mkdir \(path)") }
+        for path in [tmpPath, queuePath, corruptPath] {
+            do {
+                try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            } catch {
+                throw .unwritable("creating \(path): \(error)")
+            }
         }
     }
 

@@ -8,7 +8,7 @@ public final class ProcessRunner: @unchecked Sendable {
     /// Starts `executable` with `arguments`; stdout and stderr go to a temp file (see `output`).
     public init(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) throws {
         outputPath = FileManager.default.temporaryDirectory.appendingPathComponent("postern-proc-\(UUID().uuidString).log").path
-        FileManager.default.createFile(atPath: outputPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: outputPath, contents: nil)
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: outputPath))
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
@@ -22,10 +22,13 @@ public final class ProcessRunner: @unchecked Sendable {
     public var isRunning: Bool { process.isRunning }
 
     public func stop() {
-        if process.isRunning {
-            process.terminate()
-            process.waitUntilExit()
-        }
+        guard process.isRunning else { return }
+        let pid = process.processIdentifier
+        kill(pid, SIGTERM)
+        // Polls rather than waitUntilExit, which can wait on a run loop nobody runs.
+        for _ in 0..<100 where process.isRunning { usleep(20_000) }
+        if process.isRunning { kill(pid, SIGKILL) }
+        for _ in 0..<100 where process.isRunning { usleep(20_000) }
     }
 
     deinit { stop() }
