@@ -52,7 +52,7 @@ struct QueueCommand: AsyncParsableCommand {
             let directory = options.directory
             let ids = directory.listIDs()
             let now = Date()
-            print("ID                    AGE      ATTEMPTS  NEXT ATTEMPT          SENDER -> PENDING RECIPIENTS")
+            print("ID                    AGE        ATTEMPTS  NEXT ATTEMPT          SENDER -> PENDING RECIPIENTS")
             for id in ids {
                 guard let (entry, _) = try? directory.readEntry(id: id) else {
                     print("\(id)  (unreadable; the relay will move it aside)")
@@ -61,7 +61,7 @@ struct QueueCommand: AsyncParsableCommand {
                 let age = Int(now.timeIntervalSince(entry.envelope.receivedAt))
                 let ageText = age < 3600 ? "\(age / 60)m" : "\(age / 3600)h\((age % 3600) / 60)m"
                 let sender = entry.envelope.sender.isEmpty ? "<>" : entry.envelope.sender
-                print("\(id.padding(toLength: 20, withPad: " ", startingAt: 0))  \(ageText.padding(toLength: 7, withPad: " ", startingAt: 0))  "
+                print("\(id.padding(toLength: 20, withPad: " ", startingAt: 0))  \(ageText.padding(toLength: 9, withPad: " ", startingAt: 0))  "
                       + "\(String(entry.state.attempts).padding(toLength: 8, withPad: " ", startingAt: 0))  \(format(entry.state.nextAttempt))  "
                       + "\(sender) -> \(entry.state.pendingRecipients.joined(separator: ", "))")
             }
