@@ -96,9 +96,6 @@ public final class SinkServer: Sendable {
         var counter = 0
     }
 
-    /// Messages kept in memory for tests (only when writing to an outbox or `keepInMemory`).
-    public var keepInMemory: Bool { configuration.outbox == nil ? false : true }
-
     public init(configuration: SinkConfiguration, group: EventLoopGroup, logger: Logger) {
         self.configuration = configuration
         self.group = group
@@ -109,6 +106,7 @@ public final class SinkServer: Sendable {
     public var receivedCount: Int { state.withLockedValue { $0.received } }
     public var connectionCount: Int { state.withLockedValue { $0.connections } }
     public var handshakeFailureCount: Int { state.withLockedValue { $0.handshakeFailures } }
+    /// The last 1,000 messages received (outbox mode only), for tests.
     public var messages: [SinkMessage] { state.withLockedValue { $0.kept } }
 
     public var faults: SinkFaults {
@@ -166,7 +164,11 @@ public final class SinkServer: Sendable {
         let name: String = state.withLockedValue { state in
             state.received += 1
             state.counter += 1
-            if configuration.outbox != nil { state.kept.append(message) }
+            if configuration.outbox != nil {
+                // The last few are kept for tests to inspect; the outbox holds them all.
+                if state.kept.count >= 1000 { state.kept.removeFirst(state.kept.count - 999) }
+                state.kept.append(message)
+            }
             return String(format: "%.6f-%06d", message.receivedAt.timeIntervalSince1970, state.counter)
         }
         guard let outbox = configuration.outbox else { return eventLoop.makeSucceededVoidFuture() }
