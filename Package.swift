@@ -53,6 +53,7 @@ let package = Package(
             name: "PosternSpool",
             dependencies: [
                 "PosternSMTP",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -64,6 +65,8 @@ let package = Package(
             dependencies: [
                 "PosternSMTP",
                 "PosternSpool",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOTLS", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -75,6 +78,8 @@ let package = Package(
             name: "PosternSink",
             dependencies: [
                 "PosternSMTP",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOTLS", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -109,8 +114,11 @@ let package = Package(
         .executableTarget(
             name: "postern",
             dependencies: [
-                "PosternGateway", "PosternSink", "PosternPolicy", "PosternSMTP",
+                "PosternGateway", "PosternSink", "PosternPolicy", "PosternSMTP", "PosternSpool", "PosternRelay",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .testTarget(name: "PosternSMTPTests", dependencies: ["PosternSMTP"]),
@@ -122,7 +130,7 @@ let package = Package(
         .testTarget(
             name: "PosternIntegrationTests",
             dependencies: [
-                "PosternGateway", "PosternPolicy", "PosternSession", "PosternSink", "PosternTestSupport",
+                "PosternGateway", "PosternPolicy", "PosternSession", "PosternSink", "PosternSpool", "PosternRelay", "PosternTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),

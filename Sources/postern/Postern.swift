@@ -9,6 +9,6 @@ struct Postern: AsyncParsableCommand {
             Postern accepts mail on three kinds of endpoint: `submission` (STARTTLS required, AUTH against LDAP),
             `submissions` (implicit TLS) and `device` (plaintext, registered devices only, internal recipients only).
             """,
-        subcommands: [ServeCommand.self, CheckCommand.self, ExplainCommand.self, DevicesCommand.self]
+        subcommands: [ServeCommand.self, CheckCommand.self, ExplainCommand.self, DevicesCommand.self, QueueCommand.self, SinkCommand.self]
     )
 }

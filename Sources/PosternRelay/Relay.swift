@@ -1,0 +1,350 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import PosternSMTP
+import PosternSpool
+
+/// What happened to one recipient in one relay attempt, for the audit log.
+public struct RelayOutcome: Sendable, Hashable {
+    public enum Disposition: String, Sendable, Hashable {
+        case delivered
+        /// Temporary failure; will be retried.
+        case deferred
+        /// Permanent failure; a DSN was queued (unless the sender was `<>`).
+        case failed
+        /// Still undeliverable when the message expired; a DSN was queued.
+        case expired
+    }
+    public var queueID: String
+    public var recipient: String
+    public var upstream: String
+    public var disposition: Disposition
+    /// The upstream's reply, or a local reason (connection, TLS).
+    public var reply: String
+    /// The message's attempt number (1 for the first).
+    public var attempt: Int
+    public var at: Date
+}
+
+/// Delivers queued messages to the upstreams until cancelled.
+public final class Relay: Sendable {
+    public let configuration: RelayConfiguration
+    let spool: Spool
+    let logger: Logger
+    let clock: @Sendable () -> Date
+    let onOutcome: (@Sendable (RelayOutcome) -> Void)?
+    let pools: [String: UpstreamPool]
+    let schedule: RetrySchedule
+    private let state = NIOLockedValueBox(SchedulerState())
+    private let signal = WakeSignal()
+
+    struct SchedulerState {
+        var due: [String: Date] = [:]
+        var inFlight: Set<String> = []
+    }
+
+    public init(configuration: RelayConfiguration, spool: Spool, eventLoopGroup: EventLoopGroup, logger: Logger,
+                clock: @escaping @Sendable () -> Date = { Date() }, onOutcome: (@Sendable (RelayOutcome) -> Void)? = nil) {
+        self.configuration = configuration
+        self.spool = spool
+        self.logger = logger
+        self.clock = clock
+        self.onOutcome = onOutcome
+        let schedule = RetrySchedule(initial: configuration.initialRetry, maximum: configuration.maxRetry, jitter: configuration.jitter)
+        self.schedule = schedule
+        var pools: [String: UpstreamPool] = [:]
+        for upstream in configuration.upstreams {
+            pools[upstream.name] = UpstreamPool(upstream: upstream, hostname: configuration.hostname, group: eventLoopGroup, schedule: schedule, logger: logger)
+        }
+        self.pools = pools
+    }
+
+    /// A message was queued: deliver it now.
+    public func wake(id: String? = nil) {
+        if let id { state.withLockedValue { $0.due[id] = .distantPast } }
+        signal.signal()
+    }
+
+    private var maxInFlight: Int { max(1, configuration.upstreams.reduce(0) { $0 + $1.maxConnections }) }
+
+    /// Runs until the task is cancelled.
+    public func run() async throws {
+        await rescan()
+        var lastScan = ContinuousClock.now
+        var wakeStamp = spool.directory.wakeStamp()
+        await withTaskGroup(of: Void.self) { group in
+            while !Task.isCancelled {
+                let now = clock()
+                let ready: [String] = state.withLockedValue { state in
+                    let room = maxInFlight - state.inFlight.count
+                    guard room > 0 else { return [] }
+                    let ids = state.due.filter { $0.value <= now && !state.inFlight.contains($0.key) }
+                        .sorted { $0.value == $1.value ? $0.key < $1.key : $0.value < $1.value }
+                        .prefix(room).map(\.key)
+                    for id in ids { state.inFlight.insert(id); state.due.removeValue(forKey: id) }
+                    return ids
+                }
+                for id in ready {
+                    group.addTask {
+                        await self.process(id: id)
+                        self.state.withLockedValue { _ = $0.inFlight.remove(id) }
+                        self.signal.signal()
+                    }
+                }
+                let stamp = spool.directory.wakeStamp()
+                if ContinuousClock.now - lastScan >= configuration.scanInterval || stamp != wakeStamp {
+                    wakeStamp = stamp
+                    lastScan = .now
+                    await rescan()
+                    for pool in pools.values { await pool.closeIdle() }
+                    continue
+                }
+                let next = state.withLockedValue { state in
+                    state.inFlight.count < maxInFlight ? state.due.values.min() : nil
+                }
+                var wait = configuration.scanInterval.seconds
+                if let next { wait = min(wait, max(0.001, next.timeIntervalSince(clock()))) }
+                // The wake file is checked at least every quarter second.
+                await signal.wait(seconds: min(wait, 0.25))
+            }
+            group.cancelAll()
+        }
+        for pool in pools.values { await pool.closeAll() }
+    }
+
+    /// Reloads the schedule from disk: picks up CLI retries and deletions.
+    func rescan() async {
+        let entries = await spool.scan()
+        state.withLockedValue { state in
+            let present = Set(entries.map(\.id))
+            for id in state.due.keys where !present.contains(id) { state.due.removeValue(forKey: id) }
+            for entry in entries where !state.inFlight.contains(entry.id) {
+                state.due[entry.id] = entry.state.nextAttempt
+            }
+        }
+    }
+
+    private func reschedule(_ id: String, at date: Date) {
+        state.withLockedValue { $0.due[id] = date }
+    }
+
+    /// One delivery attempt for one queued message, under its lock.
+    func process(id: String) async {
+        guard let lock = spool.lock(id: id) else {
+            // Busy (the CLI holds it) or gone; the next scan settles which.
+            if spool.directory.listIDs().contains(id) { reschedule(id, at: clock().addingTimeInterval(1)) }
+            return
+        }
+        defer { lock.release() }
+        guard let (entry, message) = await spool.read(id: id) else { return }
+        let now = clock()
+        if entry.state.nextAttempt > now {
+            reschedule(id, at: entry.state.nextAttempt)
+            return
+        }
+        var state = entry.state
+        let attempt = state.attempts + 1
+        var byUpstream: [String: [String]] = [:]
+        for recipient in state.pendingRecipients {
+            byUpstream[configuration.upstream(for: recipient), default: []].append(recipient)
+        }
+        var attempted = false
+        var pausedUntil: Date?
+        var outcomes: [RelayOutcome] = []
+        var failed: [DeliveryStatusNotification.FailedRecipient] = []
+        let expired = now.timeIntervalSince(entry.envelope.receivedAt) >= configuration.expiry.seconds
+
+        for (upstreamName, recipients) in byUpstream.sorted(by: { $0.key < $1.key }) {
+            guard let pool = pools[upstreamName] else {
+                logger.error("no upstream configured", metadata: ["upstream": "\(upstreamName)", "queue_id": "\(id)"])
+                for recipient in recipients {
+                    update(&state, recipient, reply: "no upstream named \(upstreamName) is configured", upstream: upstreamName, permanent: false)
+                }
+                attempted = true
+                continue
+            }
+            if let until = await pool.pausedUntil(now: now) {
+                pausedUntil = min(pausedUntil ?? until, until)
+                continue
+            }
+            attempted = true
+            let replies = await deliver(entry: entry, message: message, recipients: recipients, pool: pool)
+            for recipient in recipients {
+                let result = replies[recipient]!
+                let disposition: RelayOutcome.Disposition
+                switch result {
+                case .reply(let reply) where reply.isPositive:
+                    disposition = .delivered
+                    update(&state, recipient, reply: reply.description, upstream: upstreamName, delivered: true)
+                case .reply(let reply) where reply.isPermanent:
+                    disposition = .failed
+                    update(&state, recipient, reply: reply.description, upstream: upstreamName, permanent: true)
+                    failed.append(.init(address: recipient, status: reply.enhancedStatus ?? "5.0.0", diagnostic: reply.description, remoteMTA: pool.upstream.host))
+                default:
+                    disposition = .deferred
+                    update(&state, recipient, reply: result.text, upstream: upstreamName, permanent: false)
+                }
+                outcomes.append(RelayOutcome(queueID: id, recipient: recipient, upstream: upstreamName, disposition: disposition,
+                                             reply: result.text, attempt: attempt, at: now))
+            }
+        }
+
+        if expired {
+            for index in state.recipients.indices where state.recipients[index].state == .pending {
+                let recipient = state.recipients[index]
+                state.recipients[index].state = .failed
+                let hours = configuration.expiry.seconds / 3600
+                let age = hours >= 1 ? "\(Int(hours)) hours" : "\(Int(configuration.expiry.seconds)) seconds"
+                let reason = "message expired after \(age) in the queue; last error: \(recipient.lastReply ?? "none")"
+                failed.append(.init(address: recipient.address, status: "4.4.7", diagnostic: reason, remoteMTA: nil))
+                outcomes.append(RelayOutcome(queueID: id, recipient: recipient.address, upstream: recipient.upstream ?? configuration.upstream(for: recipient.address),
+                                             disposition: .expired, reply: reason, attempt: attempt, at: now))
+            }
+        }
+
+        if attempted {
+            state.attempts = attempt
+            state.lastAttempt = now
+        }
+        var next = now.addingTimeInterval(schedule.delay(afterAttempt: max(state.attempts, 1)))
+        if !attempted, let pausedUntil { next = pausedUntil }
+        state.nextAttempt = next
+
+        if !failed.isEmpty { await bounce(entry: entry, message: message, failed: failed, now: now) }
+        do {
+            if state.isFinished {
+                try await spool.remove(id: id)
+            } else {
+                try await spool.writeState(id: id, state)
+                reschedule(id, at: next)
+            }
+        } catch {
+            // The old state stays on disk: the worst case is a repeated attempt, never a loss.
+            logger.error("could not record delivery state", metadata: ["queue_id": "\(id)", "error": "\(error)"])
+            reschedule(id, at: next)
+        }
+        for outcome in outcomes {
+            logger.info("relay", metadata: ["queue_id": "\(id)", "rcpt": "\(outcome.recipient)", "upstream": "\(outcome.upstream)",
+                                            "result": "\(outcome.disposition.rawValue)", "reply": "\(outcome.reply)", "attempt": "\(attempt)"])
+            onOutcome?(outcome)
+        }
+    }
+
+    enum RecipientResult: Sendable {
+        case reply(SMTPReply)
+        /// No reply: the connection or TLS failed.
+        case local(String)
+        var text: String {
+            switch self {
+            case .reply(let reply): return reply.description
+            case .local(let reason): return reason
+            }
+        }
+    }
+
+    private func update(_ state: inout SpoolEntryState, _ recipient: String, reply: String, upstream: String, delivered: Bool = false, permanent: Bool = false) {
+        guard let index = state.recipients.firstIndex(where: { $0.address == recipient && $0.state == .pending }) else { return }
+        state.recipients[index].attempts += 1
+        state.recipients[index].lastReply = reply
+        state.recipients[index].upstream = upstream
+        if delivered { state.recipients[index].state = .delivered } else if permanent { state.recipients[index].state = .failed }
+    }
+
+    /// Throttling replies pause the whole upstream, not just this message.
+    static func isUpstreamThrottle(_ reply: SMTPReply) -> Bool {
+        reply.code == 421 || (reply.isTransient && (reply.enhancedStatus?.hasPrefix("4.7.") ?? false))
+    }
+
+    private func deliver(entry: SpoolEntry, message: ByteBuffer, recipients: [String], pool: UpstreamPool) async -> [String: RecipientResult] {
+        let now = clock()
+        let acquired: (UpstreamConnection, needsReset: Bool)
+        do {
+            acquired = try await pool.acquire()
+        } catch {
+            let reason = "\(error)"
+            let reply = (error as? UpstreamConnectionError)?.upstreamReply
+            if let reply, !reply.isPermanent {
+                await pool.backOff(now: now, reason: reply.description)
+            } else if reply == nil {
+                await pool.backOff(now: now, reason: reason)
+            }
+            logger.warning("upstream connection failed", metadata: ["upstream": "\(pool.upstream.name)", "error": "\(reason)"])
+            return Dictionary(uniqueKeysWithValues: recipients.map { ($0, RecipientResult.local(reply.map { "\($0)" } ?? reason)) })
+        }
+        let (connection, needsReset) = acquired
+        do {
+            let result = try await connection.send(sender: entry.envelope.sender, recipients: recipients, body: message,
+                                                   bodyType: entry.envelope.bodyType, needsReset: needsReset)
+            let throttle = result.replies.values.first(where: Self.isUpstreamThrottle)
+            let anyFailure = recipients.contains { !(result.replies[$0]?.isPositive ?? false) }
+            if let throttle {
+                await pool.release(connection, reusable: throttle.code != 421, needsReset: true)
+                await pool.backOff(now: now, reason: throttle.description)
+            } else {
+                if !anyFailure { await pool.succeeded() }
+                await pool.release(connection, reusable: result.connectionReusable, needsReset: anyFailure)
+            }
+            return Dictionary(uniqueKeysWithValues: recipients.map { ($0, RecipientResult.reply(result.replies[$0]!)) })
+        } catch {
+            await pool.release(connection, reusable: false, needsReset: true)
+            logger.warning("upstream session failed", metadata: ["upstream": "\(pool.upstream.name)", "error": "\(error)"])
+            return Dictionary(uniqueKeysWithValues: recipients.map { ($0, RecipientResult.local("\(error)")) })
+        }
+    }
+
+    /// Queues a DSN to the original sender; none for a null sender.
+    private func bounce(entry: SpoolEntry, message: ByteBuffer, failed: [DeliveryStatusNotification.FailedRecipient], now: Date) async {
+        guard !entry.envelope.sender.isEmpty else {
+            logger.notice("no DSN for a null sender", metadata: ["queue_id": "\(entry.id)"])
+            return
+        }
+        let dsnID = Spool.makeQueueID()
+        let report = DeliveryStatusNotification(reportingMTA: configuration.hostname, originalSender: entry.envelope.sender,
+                                                originalQueueID: entry.id, arrivalDate: entry.envelope.receivedAt, recipients: failed)
+        let body = report.render(originalMessage: message, messageID: dsnID, now: now)
+        let envelope = SpoolEnvelope(sender: "", recipients: [entry.envelope.sender], receivedAt: now, clientAddress: "127.0.0.1",
+                                     listener: "dsn", login: nil, messageID: "<\(dsnID)@\(configuration.hostname)>", bodyType: nil)
+        do {
+            try await spool.enqueue(id: dsnID, envelope: envelope, message: body)
+            reschedule(dsnID, at: now)
+            logger.info("DSN queued", metadata: ["queue_id": "\(entry.id)", "dsn_id": "\(dsnID)", "to": "\(entry.envelope.sender)"])
+        } catch {
+            logger.error("could not queue DSN", metadata: ["queue_id": "\(entry.id)", "error": "\(error)"])
+        }
+    }
+}
+
+/// A wake-up that is never lost: a signal before the wait makes the wait return at once.
+final class WakeSignal: Sendable {
+    private let box = NIOLockedValueBox<(pending: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
+
+    func signal() {
+        let waiter = box.withLockedValue { state -> CheckedContinuation<Void, Never>? in
+            if let waiter = state.waiter { state.waiter = nil; return waiter }
+            state.pending = true
+            return nil
+        }
+        waiter?.resume()
+    }
+
+    func wait(seconds: TimeInterval) async {
+        let timer = Task {
+            try? await Task.sleep(for: .milliseconds(Int(seconds * 1000)))
+            self.signal()
+        }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                let resumeNow = box.withLockedValue { state -> Bool in
+                    if state.pending { state.pending = false; return true }
+                    state.waiter = continuation
+                    return false
+                }
+                if resumeNow { continuation.resume() }
+            }
+        } onCancel: {
+            self.signal()
+        }
+        timer.cancel()
+    }
+}

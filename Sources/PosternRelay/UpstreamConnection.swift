@@ -1,0 +1,344 @@
+import Foundation
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import NIOSSL
+import NIOTLS
+import PosternSMTP
+
+/// Why a connection to an upstream failed or ended.
+public enum UpstreamConnectionError: Error, Sendable, CustomStringConvertible {
+    case connectFailed(String)
+    case tlsFailed(String)
+    /// The upstream does not offer STARTTLS: we never continue in plaintext.
+    case startTLSNotOffered
+    case startTLSRefused(SMTPReply)
+    case greetingRefused(SMTPReply)
+    case ehloRefused(SMTPReply)
+    case closed
+    case timeout
+    case malformedReply(String)
+
+    public var description: String {
+        switch self {
+        case .connectFailed(let why): return "connect failed: \(why)"
+        case .tlsFailed(let why): return "TLS failed: \(why)"
+        case .startTLSNotOffered: return "upstream does not offer STARTTLS; not sending in plaintext"
+        case .startTLSRefused(let reply): return "STARTTLS refused: \(reply)"
+        case .greetingRefused(let reply): return "greeting: \(reply)"
+        case .ehloRefused(let reply): return "EHLO refused: \(reply)"
+        case .closed: return "connection closed by upstream"
+        case .timeout: return "timeout waiting for upstream"
+        case .malformedReply(let line): return "malformed reply: \(line.prefix(80))"
+        }
+    }
+
+    /// The greeting or EHLO was a 421 (or any 4xx): the upstream asks us to back off.
+    var upstreamReply: SMTPReply? {
+        switch self {
+        case .greetingRefused(let reply), .ehloRefused(let reply), .startTLSRefused(let reply): return reply
+        default: return nil
+        }
+    }
+}
+
+/// Parses SMTP replies off the wire and hands them, in order, to whoever waits for them.
+/// Also performs the STARTTLS switch: once the 220 arrives, every byte still buffered (sent in
+/// plaintext after the 220) is discarded, and TLS is put in front of this handler.
+final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private var context: ChannelHandlerContext?
+    private var buffer = ByteBuffer()
+    private var partialLines: [String] = []
+    private var waiters = CircularBuffer<EventLoopPromise<SMTPReply>>()
+    private var unclaimed = CircularBuffer<SMTPReply>()
+    private var pendingStartTLS: (tls: NIOSSLClientHandler, promise: EventLoopPromise<Void>)?
+    private var handshake: EventLoopPromise<Void>?
+    private var failure: UpstreamConnectionError?
+    static let maxLine = 4096
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    /// Writes `bytes` (if any) and returns the next `count` replies.
+    func send(_ bytes: ByteBuffer?, expecting count: Int, eventLoop: EventLoop) -> EventLoopFuture<[SMTPReply]> {
+        if let failure { return eventLoop.makeFailedFuture(failure) }
+        var futures: [EventLoopFuture<SMTPReply>] = []
+        for _ in 0..<count {
+            let promise = eventLoop.makePromise(of: SMTPReply.self)
+            if let reply = unclaimed.popFirst() { promise.succeed(reply) } else { waiters.append(promise) }
+            futures.append(promise.futureResult)
+        }
+        if let bytes, let context { context.writeAndFlush(wrapOutboundOut(bytes), promise: nil) }
+        return EventLoopFuture.whenAllSucceed(futures, on: eventLoop)
+    }
+
+    func startTLS(_ tls: NIOSSLClientHandler, eventLoop: EventLoop) -> EventLoopFuture<Void> {
+        if let failure { return eventLoop.makeFailedFuture(failure) }
+        let promise = eventLoop.makePromise(of: Void.self)
+        pendingStartTLS = (tls, promise)
+        context?.writeAndFlush(wrapOutboundOut(ByteBuffer(string: "STARTTLS\r\n")), promise: nil)
+        return promise.futureResult
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var incoming = unwrapInboundIn(data)
+        buffer.writeBuffer(&incoming)
+        while let lf = buffer.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) {
+            let length = lf - buffer.readerIndex
+            var line = buffer.readString(length: length)!
+            buffer.moveReaderIndex(forwardBy: 1)
+            if line.hasSuffix("\r") { line.removeLast() }
+            guard let reply = takeLine(line, context: context) else { continue }
+            if let (tls, promise) = pendingStartTLS {
+                pendingStartTLS = nil
+                guard reply.code == 220 else {
+                    promise.fail(UpstreamConnectionError.startTLSRefused(reply))
+                    continue
+                }
+                // Whatever else arrived in plaintext after the 220 is not trusted: drop it.
+                buffer.clear()
+                partialLines = []
+                handshake = promise
+                do {
+                    try context.pipeline.syncOperations.addHandler(tls, position: .first)
+                } catch {
+                    fail(.tlsFailed("\(error)"), context: context)
+                }
+                return
+            }
+            if let waiter = waiters.popFirst() { waiter.succeed(reply) } else { unclaimed.append(reply) }
+        }
+        if buffer.readableBytes > Self.maxLine { fail(.malformedReply("line too long"), context: context) }
+        buffer.discardReadBytes()
+    }
+
+    /// Collects the lines of one reply; returns the reply when its last line arrives.
+    private func takeLine(_ line: String, context: ChannelHandlerContext) -> SMTPReply? {
+        let bytes = Array(line.utf8)
+        guard bytes.count >= 3, bytes[0...2].allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }), let code = Int(line.prefix(3)),
+              bytes.count == 3 || bytes[3] == UInt8(ascii: " ") || bytes[3] == UInt8(ascii: "-")
+        else {
+            fail(.malformedReply(line), context: context)
+            return nil
+        }
+        let text = bytes.count > 4 ? String(line.dropFirst(4)) : ""
+        partialLines.append(text)
+        if bytes.count > 3 && bytes[3] == UInt8(ascii: "-") { return nil }
+        defer { partialLines = [] }
+        return Self.makeReply(code: code, lines: partialLines)
+    }
+
+    static func makeReply(code: Int, lines: [String]) -> SMTPReply {
+        // An enhanced status code (RFC 2034) leads every line when the server uses them.
+        var status: String?
+        if let first = lines.first, let space = first.firstIndex(of: " ") ?? (first.isEmpty ? nil : first.endIndex) {
+            let candidate = first[..<space]
+            let parts = candidate.split(separator: ".", omittingEmptySubsequences: false)
+            if parts.count == 3, parts.allSatisfy({ !$0.isEmpty && $0.count <= 3 && $0.allSatisfy(\.isNumber) }),
+               let class_ = parts.first, ["2", "4", "5"].contains(class_) {
+                status = String(candidate)
+            }
+        }
+        let texts = lines.map { line -> String in
+            guard let status, line.hasPrefix(status) else { return line }
+            return String(line.dropFirst(status.count).drop(while: { $0 == " " }))
+        }
+        return SMTPReply(code: code, enhancedStatus: status, lines: texts.isEmpty ? [""] : texts)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? TLSUserEvent, case .handshakeCompleted = event, let handshake {
+            self.handshake = nil
+            handshake.succeed(())
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if handshake != nil || error is NIOSSLError || error is BoringSSLError {
+            fail(.tlsFailed("\(error)"), context: context)
+        } else {
+            fail(.connectFailed("\(error)"), context: context)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        fail(handshake != nil ? .tlsFailed("connection closed during handshake") : .closed, context: context)
+        context.fireChannelInactive()
+    }
+
+    private func fail(_ error: UpstreamConnectionError, context: ChannelHandlerContext) {
+        if failure == nil { failure = error }
+        let error = failure!
+        while let waiter = waiters.popFirst() { waiter.fail(error) }
+        if let (_, promise) = pendingStartTLS { pendingStartTLS = nil; promise.fail(error) }
+        if let handshake { self.handshake = nil; handshake.fail(error) }
+        context.close(promise: nil)
+    }
+}
+
+/// One SMTP session with an upstream over TLS: connected, greeted, EHLO done, TLS established.
+public final class UpstreamConnection: Sendable {
+    let channel: Channel
+    private let handler: NIOLoopBound<SMTPClientHandler>
+    public let extensions: Set<String>
+    let commandTimeout: Duration
+    let upstreamName: String
+
+    private init(channel: Channel, handler: NIOLoopBound<SMTPClientHandler>, extensions: Set<String>, commandTimeout: Duration, upstreamName: String) {
+        self.channel = channel
+        self.handler = handler
+        self.extensions = extensions
+        self.commandTimeout = commandTimeout
+        self.upstreamName = upstreamName
+    }
+
+    public var isActive: Bool { channel.isActive }
+    public var supportsPipelining: Bool { extensions.contains("PIPELINING") }
+
+    static func makeTLSContext(_ upstream: UpstreamConfiguration) throws -> NIOSSLContext {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.minimumTLSVersion = .tlsv12
+        tls.certificateVerification = .fullVerification
+        tls.trustRoots = .file(upstream.caFile)
+        tls.certificateChain = try NIOSSLCertificate.fromPEMFile(upstream.certificateFile).map { .certificate($0) }
+        tls.privateKey = .privateKey(try NIOSSLPrivateKey(file: upstream.keyFile, format: .pem))
+        return try NIOSSLContext(configuration: tls)
+    }
+
+    /// Connects, reads the greeting, says EHLO and establishes TLS (STARTTLS or implicit).
+    /// Fails rather than continue without TLS.
+    static func connect(to upstream: UpstreamConfiguration, tlsContext: NIOSSLContext, hostname: String,
+                        group: EventLoopGroup) async throws(UpstreamConnectionError) -> UpstreamConnection {
+        let channel: Channel
+        do {
+            channel = try await ClientBootstrap(group: group)
+                .connectTimeout(.nanoseconds(Int64(upstream.connectTimeout.seconds * 1e9)))
+                .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        if upstream.tls == .implicit {
+                            let tls = try NIOSSLClientHandler(context: tlsContext, serverHostname: upstream.serverName)
+                            try channel.pipeline.syncOperations.addHandler(tls)
+                        }
+                        try channel.pipeline.syncOperations.addHandler(SMTPClientHandler())
+                    }
+                }
+                .connect(host: upstream.host, port: upstream.port)
+                .get()
+        } catch {
+            throw .connectFailed("\(upstream.host):\(upstream.port): \(error)")
+        }
+        let handler: NIOLoopBound<SMTPClientHandler>
+        do {
+            handler = try await channel.eventLoop.submit {
+                NIOLoopBound(try channel.pipeline.syncOperations.handler(type: SMTPClientHandler.self), eventLoop: channel.eventLoop)
+            }.get()
+        } catch {
+            channel.close(promise: nil)
+            throw .connectFailed("\(error)")
+        }
+        var connection = UpstreamConnection(channel: channel, handler: handler, extensions: [], commandTimeout: upstream.commandTimeout, upstreamName: upstream.name)
+        do {
+            let greeting = try await connection.exchange(nil, expecting: 1)[0]
+            guard greeting.code == 220 else { throw UpstreamConnectionError.greetingRefused(greeting) }
+            var extensions = try await connection.ehlo(hostname)
+            if upstream.tls == .startTLS {
+                guard extensions.contains("STARTTLS") else { throw UpstreamConnectionError.startTLSNotOffered }
+                let serverName = upstream.serverName
+                try await connection.withTimeout(connection.commandTimeout) {
+                    try await channel.eventLoop.flatSubmit { [handler] in
+                        do {
+                            let tls = try NIOSSLClientHandler(context: tlsContext, serverHostname: serverName)
+                            return handler.value.startTLS(tls, eventLoop: channel.eventLoop)
+                        } catch {
+                            return channel.eventLoop.makeFailedFuture(UpstreamConnectionError.tlsFailed("\(error)"))
+                        }
+                    }.get()
+                }
+                try await verifyPeerName(channel: channel, expected: upstream.serverName)
+                // RFC 3207: forget everything learnt before TLS and ask again.
+                extensions = try await connection.ehlo(hostname)
+            } else {
+                try await verifyPeerName(channel: channel, expected: upstream.serverName)
+            }
+            connection = UpstreamConnection(channel: channel, handler: handler, extensions: extensions, commandTimeout: upstream.commandTimeout, upstreamName: upstream.name)
+            return connection
+        } catch let error as UpstreamConnectionError {
+            channel.close(promise: nil)
+            throw error
+        } catch {
+            channel.close(promise: nil)
+            throw .connectFailed("\(error)")
+        }
+    }
+
+    /// NIOSSL also accepts a certificate whose IP address entry matches the socket address; the
+    /// upstream must instead carry the configured name as a DNS subjectAltName.
+    static func verifyPeerName(channel: Channel, expected: String) async throws {
+        let names: [String] = try await channel.eventLoop.submit {
+            guard let tls = try? channel.pipeline.syncOperations.handler(type: NIOSSLClientHandler.self),
+                  let certificate = tls.peerCertificate else { return [] }
+            return certificate._subjectAlternativeNames()
+                .filter { $0.nameType == .dnsName }
+                .map { String(decoding: $0.contents, as: UTF8.self).lowercased() }
+        }.get()
+        let wanted = expected.lowercased()
+        let ok = names.contains { name in
+            if name == wanted { return true }
+            if name.hasPrefix("*."), let dot = wanted.firstIndex(of: ".") {
+                return wanted[dot...] == name.dropFirst() && !wanted[..<dot].isEmpty
+            }
+            return false
+        }
+        guard ok else {
+            throw UpstreamConnectionError.tlsFailed("upstream certificate is not for \(expected) (DNS names: \(names.joined(separator: ", ")))")
+        }
+    }
+
+    private func ehlo(_ hostname: String) async throws -> Set<String> {
+        let reply = try await exchange(ByteBuffer(string: "EHLO \(hostname)\r\n"), expecting: 1)[0]
+        guard reply.code == 250 else { throw UpstreamConnectionError.ehloRefused(reply) }
+        return Set(reply.lines.dropFirst().compactMap { $0.split(separator: " ").first.map { $0.uppercased() } })
+    }
+
+    /// Writes `bytes` and waits for `count` replies.
+    func exchange(_ bytes: ByteBuffer?, expecting count: Int, timeout: Duration? = nil) async throws -> [SMTPReply] {
+        let handler = self.handler
+        let channel = self.channel
+        return try await withTimeout(timeout ?? commandTimeout) {
+            try await channel.eventLoop.flatSubmit {
+                handler.value.send(bytes, expecting: count, eventLoop: channel.eventLoop)
+            }.get()
+        }
+    }
+
+    func withTimeout<T: Sendable>(_ timeout: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        let channel = self.channel
+        let fired = NIOLockedValueBox(false)
+        let timer = channel.eventLoop.scheduleTask(in: .nanoseconds(Int64(timeout.seconds * 1e9))) {
+            fired.withLockedValue { $0 = true }
+            channel.close(promise: nil)
+        }
+        defer { timer.cancel() }
+        do {
+            return try await body()
+        } catch {
+            if fired.withLockedValue({ $0 }) { throw UpstreamConnectionError.timeout }
+            throw error
+        }
+    }
+
+    /// Ends the session politely; does not wait long for the answer.
+    public func quit() async {
+        _ = try? await exchange(ByteBuffer(string: "QUIT\r\n"), expecting: 1, timeout: .seconds(2))
+        try? await channel.close()
+    }
+
+    public func close() async {
+        try? await channel.close()
+    }
+}

@@ -1,0 +1,126 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOSSL
+
+/// The connections to one upstream: at most `maxConnections`, reused across messages, and the
+/// upstream-wide backoff after `421` or throttling.
+actor UpstreamPool {
+    let upstream: UpstreamConfiguration
+    private let hostname: String
+    private let group: EventLoopGroup
+    private let logger: Logger
+    private let schedule: RetrySchedule
+    private var tlsContext: NIOSSLContext?
+    private var idle: [(connection: UpstreamConnection, needsReset: Bool, since: ContinuousClock.Instant)] = []
+    private var open = 0
+    private var waiters: [CheckedContinuation<Void, Never>] = []
+    private var backoffLevel = 0
+    /// While set and in the future, nobody connects to this upstream.
+    private(set) var backoffUntil: Date?
+
+    init(upstream: UpstreamConfiguration, hostname: String, group: EventLoopGroup, schedule: RetrySchedule, logger: Logger) {
+        self.upstream = upstream
+        self.hostname = hostname
+        self.group = group
+        self.schedule = schedule
+        self.logger = logger
+    }
+
+    func pausedUntil(now: Date) -> Date? {
+        guard let until = backoffUntil, until > now else { return nil }
+        return until
+    }
+
+    /// Backs the whole upstream off: exponential per consecutive event, reset by a success.
+    func backOff(now: Date, reason: String) {
+        backoffLevel += 1
+        let delay = schedule.delay(afterAttempt: backoffLevel)
+        let until = now.addingTimeInterval(delay)
+        if backoffUntil.map({ until > $0 }) ?? true { backoffUntil = until }
+        logger.warning("upstream backing off", metadata: ["upstream": "\(upstream.name)", "seconds": "\(Int(delay))", "reason": "\(reason)"])
+        // Idle sessions to a throttling upstream are closed; new ones open after the pause.
+        let sessions = idle
+        idle = []
+        open -= sessions.count
+        for session in sessions { Task { await session.connection.quit() } }
+        wakeWaiters()
+    }
+
+    func succeeded() {
+        backoffLevel = 0
+        backoffUntil = nil
+    }
+
+    /// A session to use for one message, reusing an idle one when possible.
+    func acquire() async throws -> (UpstreamConnection, needsReset: Bool) {
+        while true {
+            while let session = idle.popLast() {
+                if session.connection.isActive { return (session.connection, session.needsReset) }
+                open -= 1
+                await session.connection.close()
+            }
+            if open < upstream.maxConnections {
+                open += 1
+                do {
+                    let context = try makeTLSContext()
+                    let connection = try await UpstreamConnection.connect(to: upstream, tlsContext: context, hostname: hostname, group: group)
+                    return (connection, false)
+                } catch {
+                    open -= 1
+                    wakeWaiters()
+                    throw error
+                }
+            }
+            await withCheckedContinuation { waiters.append($0) }
+            try Task.checkCancellation()
+        }
+    }
+
+    func release(_ connection: UpstreamConnection, reusable: Bool, needsReset: Bool) async {
+        if reusable && connection.isActive && backoffUntil == nil {
+            idle.append((connection, needsReset, .now))
+        } else {
+            open -= 1
+            await connection.quit()
+        }
+        wakeWaiters()
+    }
+
+    /// Closes sessions idle longer than the upstream's idle timeout.
+    func closeIdle() async {
+        let cutoff = ContinuousClock.now - upstream.idleTimeout
+        let stale = idle.filter { $0.since < cutoff }
+        idle.removeAll { $0.since < cutoff }
+        open -= stale.count
+        for session in stale { await session.connection.quit() }
+        if !stale.isEmpty { wakeWaiters() }
+    }
+
+    func closeAll() async {
+        let sessions = idle
+        idle = []
+        open -= sessions.count
+        for session in sessions { await session.connection.quit() }
+        wakeWaiters()
+    }
+
+    private func wakeWaiters() {
+        let all = waiters
+        waiters = []
+        for waiter in all { waiter.resume() }
+    }
+
+    /// Certificates and keys are read when first needed, so a missing file is a delivery
+    /// failure (message stays queued) rather than a crash.
+    private func makeTLSContext() throws -> NIOSSLContext {
+        if let tlsContext { return tlsContext }
+        do {
+            let context = try UpstreamConnection.makeTLSContext(upstream)
+            tlsContext = context
+            return context
+        } catch {
+            throw UpstreamConnectionError.tlsFailed("loading certificates for \(upstream.name): \(error)")
+        }
+    }
+}

@@ -1,0 +1,258 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+
+/// The durable queue between the receiving side and the relay.
+///
+/// `enqueue` returns only when the message is on disk for good. Concurrent enqueues share one
+/// directory fsync (group commit); the blocking I/O runs on a thread pool, never an event loop.
+public final class Spool: Sendable {
+    public let directory: SpoolDirectory
+    let logger: Logger
+    let pool: NIOThreadPool
+    private let syncer: DirectorySyncer
+    /// Queued ids and their arrival times, for metrics.
+    private let index = NIOLockedValueBox<[String: Date]>([:])
+
+    /// Opens (creating if needed) the spool at `directory` and recovers it.
+    public init(directory: URL, logger: Logger, ioThreads: Int = 8) throws {
+        self.directory = SpoolDirectory(root: directory)
+        self.logger = logger
+        self.pool = NIOThreadPool(numberOfThreads: ioThreads)
+        self.pool.start()
+        self.syncer = DirectorySyncer(directory: self.directory, pool: pool)
+        try self.directory.createDirectories()
+        let recovered = SpoolRecovery.recover(self.directory, logger: logger)
+        index.withLockedValue { index in
+            for entry in recovered { index[entry.id] = entry.envelope.receivedAt }
+        }
+    }
+
+    public func shutdown() async {
+        try? await pool.shutdownGracefully()
+    }
+
+    private static let idCounter = NIOLockedValueBox<UInt32>(0)
+
+    /// Unique, sortable by arrival, filename-safe: microseconds since 1970 in base 36, a counter
+    /// and random bits.
+    public static func makeQueueID() -> String {
+        let micros = UInt64(Date().timeIntervalSince1970 * 1_000_000)
+        let counter = idCounter.withLockedValue { value -> UInt32 in value &+= 1; return value }
+        var time = String(micros, radix: 36, uppercase: true)
+        while time.count < 12 { time = "0" + time }
+        var tail = String(counter % 1_679_616, radix: 36, uppercase: true)
+        while tail.count < 4 { tail = "0" + tail }
+        var random = String(UInt32.random(in: 0..<1_679_616), radix: 36, uppercase: true)
+        while random.count < 4 { random = "0" + random }
+        return time + tail + random
+    }
+
+    /// Stores the message and its envelope durably. Returns only after file fsync, rename and
+    /// directory fsync.
+    public func enqueue(id: String, envelope: SpoolEnvelope, message: ByteBuffer) async throws(SpoolError) {
+        let directory = self.directory
+        do {
+            try await pool.runIfActive { try directory.writeMessage(id: id, envelope: envelope, message: message) }
+        } catch let error as SpoolError {
+            logger.error("spool write failed", metadata: ["queue_id": "\(id)", "error": "\(error)"])
+            throw error
+        } catch {
+            throw .unwritable("\(error)")
+        }
+        try await syncDirectory()
+        index.withLockedValue { $0[id] = envelope.receivedAt }
+    }
+
+    /// Replaces an entry's delivery state durably.
+    public func writeState(id: String, _ state: SpoolEntryState) async throws(SpoolError) {
+        let directory = self.directory
+        do {
+            try await pool.runIfActive { try directory.writeState(id: id, state) }
+        } catch let error as SpoolError { throw error } catch { throw .unwritable("\(error)") }
+        try await syncDirectory()
+    }
+
+    /// Removes a finished entry.
+    public func remove(id: String) async throws(SpoolError) {
+        let directory = self.directory
+        do {
+            try await pool.runIfActive { try directory.remove(id: id) }
+        } catch let error as SpoolError { throw error } catch { throw .unwritable("\(error)") }
+        try await syncDirectory()
+        index.withLockedValue { _ = $0.removeValue(forKey: id) }
+    }
+
+    /// Reads an entry with its message. A corrupt entry is moved aside and reported as nil.
+    public func read(id: String) async -> (entry: SpoolEntry, message: ByteBuffer)? {
+        let directory = self.directory
+        let logger = self.logger
+        let result = try? await pool.runIfActive { () -> (entry: SpoolEntry, message: ByteBuffer)? in
+            do {
+                return try directory.readEntry(id: id)
+            } catch {
+                guard case .corrupt(let reason)? = error as? SpoolDirectory.ReadError else { return nil }
+                SpoolRecovery.quarantine(directory, id: id, reason: reason, logger: logger)
+                return nil
+            }
+        }
+        if result == nil { forget(id: id) }
+        return result
+    }
+
+    /// All queued entries (envelope and state, not the bodies), refreshing the metrics index.
+    /// Picks up changes made by the CLI or another process.
+    public func scan() async -> [SpoolEntry] {
+        let directory = self.directory
+        let logger = self.logger
+        let entries = (try? await pool.runIfActive { () -> [SpoolEntry] in
+            var entries: [SpoolEntry] = []
+            for id in directory.listIDs() {
+                do {
+                    let (envelope, message) = try directory.readMessage(id: id)
+                    let state = try SpoolRecovery.stateOrReset(directory, id: id, envelope: envelope, logger: logger)
+                    entries.append(SpoolEntry(id: id, envelope: envelope, state: state, messageSize: message.readableBytes))
+                } catch {
+                    guard case .corrupt(let reason)? = error as? SpoolDirectory.ReadError else { continue }
+                    SpoolRecovery.quarantine(directory, id: id, reason: reason, logger: logger)
+                }
+            }
+            return entries
+        }) ?? []
+        index.withLockedValue { index in
+            index = Dictionary(entries.map { ($0.id, $0.envelope.receivedAt) }, uniquingKeysWith: { a, _ in a })
+        }
+        return entries
+    }
+
+    public func lock(id: String) -> SpoolDirectory.EntryLock? { directory.lock(id: id) }
+
+    func forget(id: String) { index.withLockedValue { _ = $0.removeValue(forKey: id) } }
+
+    /// Messages in the queue.
+    public var depth: Int { index.withLockedValue { $0.count } }
+
+    /// Age of the oldest queued message, zero when the queue is empty.
+    public func oldestAge(now: Date = Date()) -> TimeInterval {
+        guard let oldest = index.withLockedValue({ $0.values.min() }) else { return 0 }
+        return max(0, now.timeIntervalSince(oldest))
+    }
+
+    private func syncDirectory() async throws(SpoolError) {
+        do { try await syncer.sync() } catch let error as SpoolError {
+            logger.error("spool directory fsync failed", metadata: ["error": "\(error)"])
+            throw error
+        } catch { throw .unwritable("\(error)") }
+    }
+}
+
+/// Group commit for the queue directory: every caller waits for an fsync that started after its
+/// rename; callers arriving while one runs share the next.
+actor DirectorySyncer {
+    private let directory: SpoolDirectory
+    private let pool: NIOThreadPool
+    private var waiting: [CheckedContinuation<Void, Error>] = []
+    private var running = false
+
+    init(directory: SpoolDirectory, pool: NIOThreadPool) {
+        self.directory = directory
+        self.pool = pool
+    }
+
+    func sync() async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, Error>) in
+            waiting.append(continuation)
+            if !running { startBatch() }
+        }
+    }
+
+    private func startBatch() {
+        running = true
+        let batch = waiting
+        waiting = []
+        let directory = self.directory
+        let pool = self.pool
+        Task {
+            let result: Result<Void, Error>
+            do {
+                try await pool.runIfActive { try directory.syncQueueDirectory() }
+                result = .success(())
+            } catch {
+                result = .failure(error)
+            }
+            self.finish(batch, result)
+        }
+    }
+
+    private func finish(_ batch: [CheckedContinuation<Void, Error>], _ result: Result<Void, Error>) {
+        for continuation in batch { continuation.resume(with: result) }
+        running = false
+        if !waiting.isEmpty { startBatch() }
+    }
+}
+
+/// Startup recovery: what a crash can leave behind, and what to do with it.
+enum SpoolRecovery {
+    /// Removes half-written temp files and orphaned state files, moves corrupt files aside, and
+    /// returns the entries that are queued.
+    static func recover(_ directory: SpoolDirectory, logger: Logger) -> [SpoolEntry] {
+        let fm = FileManager.default
+        // Temp files never became part of the queue: the client did not hear 250 for them.
+        for name in (try? fm.contentsOfDirectory(atPath: directory.tmpPath)) ?? [] {
+            unlink("\(directory.tmpPath)/\(name)")
+            logger.notice("spool recovery: removed half-written file", metadata: ["file": "tmp/\(name)"])
+        }
+        let names = Set((try? fm.contentsOfDirectory(atPath: directory.queuePath)) ?? [])
+        for name in names.sorted() {
+            if name.hasSuffix(".msg") || name.hasSuffix(".state") {
+                let id = String(name[..<name.lastIndex(of: ".")!])
+                if name.hasSuffix(".state") && !names.contains("\(id).msg") {
+                    // The message was removed (delivered) and the crash came before its state went.
+                    unlink("\(directory.queuePath)/\(name)")
+                    logger.notice("spool recovery: removed state of a finished message", metadata: ["file": "queue/\(name)"])
+                }
+                continue
+            }
+            let moved = directory.quarantine(name: name)
+            logger.error("spool recovery: unknown file moved aside", metadata: ["file": "queue/\(name)", "moved_to": "\(moved)"])
+        }
+        var entries: [SpoolEntry] = []
+        for id in directory.listIDs() {
+            do {
+                let (envelope, message) = try directory.readMessage(id: id)
+                let state = try stateOrReset(directory, id: id, envelope: envelope, logger: logger)
+                entries.append(SpoolEntry(id: id, envelope: envelope, state: state, messageSize: message.readableBytes))
+            } catch {
+                guard case .corrupt(let reason) = error else { continue }
+                quarantine(directory, id: id, reason: reason, logger: logger)
+            }
+        }
+        if !entries.isEmpty {
+            logger.info("spool recovered", metadata: ["queued": "\(entries.count)"])
+        }
+        return entries
+    }
+
+    /// A corrupt state file is moved aside and delivery starts over for all recipients:
+    /// a duplicate is better than a lost message.
+    static func stateOrReset(_ directory: SpoolDirectory, id: String, envelope: SpoolEnvelope, logger: Logger) throws(SpoolDirectory.ReadError) -> SpoolEntryState {
+        do {
+            return try directory.readState(id: id, envelope: envelope)
+        } catch .corrupt(let reason) {
+            let moved = directory.quarantine(name: "\(id).state")
+            logger.error("spool: corrupt state file moved aside; all recipients will be retried",
+                         metadata: ["queue_id": "\(id)", "reason": "\(reason)", "moved_to": "\(moved)"])
+            return .initial(for: envelope)
+        }
+    }
+
+    static func quarantine(_ directory: SpoolDirectory, id: String, reason: String, logger: Logger) {
+        let moved = directory.quarantine(name: "\(id).msg")
+        if FileManager.default.fileExists(atPath: directory.statePath(id)) {
+            _ = directory.quarantine(name: "\(id).state")
+        }
+        logger.error("spool: corrupt queue file moved aside", metadata: ["queue_id": "\(id)", "reason": "\(reason)", "moved_to": "\(moved)"])
+    }
+}

@@ -1,0 +1,300 @@
+import Foundation
+import NIOCore
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The on-disk layout of a spool and the blocking operations on it. `Spool` runs these off the
+/// event loops; the `postern queue` CLI uses them directly, so it works whether or not a gateway runs.
+///
+/// Layout: `tmp/` (files being written), `queue/<id>.msg` (envelope and message, written once:
+/// temp file, fsync, rename, directory fsync), `queue/<id>.state` (delivery state, replaced
+/// atomically), `corrupt/` (files that failed validation, kept for a human), `wake` (touched to
+/// make a running relay rescan now).
+public struct SpoolDirectory: Sendable {
+    public let root: URL
+    public var tmpPath: String { root.appendingPathComponent("tmp").path }
+    public var queuePath: String { root.appendingPathComponent("queue").path }
+    public var corruptPath: String { root.appendingPathComponent("corrupt").path }
+    public var wakePath: String { root.appendingPathComponent("wake").path }
+
+    static let magic = "POSTERN-SPOOL 1"
+
+    public init(root: URL) {
+        self.root = root
+    }
+
+    public func createDirectories() throws(SpoolError) {
+        for path in [tmpPath, queuePath, corruptPath] {
+            do {
+                try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            } catch {
+                throw .unwritable("creating \(path): \(error)")
+            }
+        }
+    }
+
+    func messagePath(_ id: String) -> String { "\(queuePath)/\(id).msg" }
+    func statePath(_ id: String) -> String { "\(queuePath)/\(id).state" }
+
+    static func error(_ what: String, _ code: Int32 = errno) -> SpoolError {
+        if code == ENOSPC || code == EDQUOT { return .full }
+        return .unwritable("\(what): \(String(cString: strerror(code)))")
+    }
+
+    /// A queue id is safe as a file name and not a path.
+    public static func isValidID(_ id: String) -> Bool {
+        !id.isEmpty && id.count <= 64 && id.utf8.allSatisfy { b in
+            (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || b == UInt8(ascii: "-") || b == UInt8(ascii: "_")
+        }
+    }
+
+    // MARK: Writing
+
+    /// Writes `bytes` to a fresh temp file, fsyncs it and renames it to `destination`.
+    /// The caller fsyncs the destination directory.
+    func writeDurably(_ destination: String, tmpName: String, _ write: (Int32) throws -> Void) throws(SpoolError) {
+        let tmp = "\(tmpPath)/\(tmpName)"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw Self.error("open \(tmp)") }
+        do {
+            try write(fd)
+            if fsync(fd) != 0 { throw Self.error("fsync \(tmp)") }
+        } catch {
+            close(fd)
+            unlink(tmp)
+            throw (error as? SpoolError) ?? .unwritable("\(error)")
+        }
+        if close(fd) != 0 {
+            let code = errno
+            unlink(tmp)
+            throw Self.error("close \(tmp)", code)
+        }
+        if rename(tmp, destination) != 0 {
+            let code = errno
+            unlink(tmp)
+            throw Self.error("rename \(tmp)", code)
+        }
+    }
+
+    static func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) throws(SpoolError) {
+        var offset = 0
+        while offset < bytes.count {
+            let n = systemWrite(fd, bytes.baseAddress! + offset, bytes.count - offset)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw error("write")
+            }
+            offset += n
+        }
+    }
+
+    /// Encodes envelope and message into the queue file format:
+    /// `POSTERN-SPOOL 1 <envelope length> <message length> <fnv1a64 of message>\n<envelope JSON><message>`.
+    static func encodeHeader(envelope: SpoolEnvelope, message: ByteBuffer) throws(SpoolError) -> [UInt8] {
+        let json: Data
+        do { json = try JSONEncoder.spool.encode(envelope) } catch { throw .unwritable("encoding envelope: \(error)") }
+        let checksum = message.withUnsafeReadableBytes { fnv1a64($0) }
+        var header = Array("\(magic) \(json.count) \(message.readableBytes) \(String(checksum, radix: 16))\n".utf8)
+        header.append(contentsOf: json)
+        return header
+    }
+
+    public func writeMessage(id: String, envelope: SpoolEnvelope, message: ByteBuffer) throws(SpoolError) {
+        guard Self.isValidID(id) else { throw .unwritable("invalid queue id \(id)") }
+        let header = try Self.encodeHeader(envelope: envelope, message: message)
+        try writeDurably(messagePath(id), tmpName: "\(id).msg") { fd in
+            try header.withUnsafeBytes { bytes in try Self.writeAll(fd, bytes) }
+            try message.withUnsafeReadableBytes { bytes in try Self.writeAll(fd, bytes) }
+        }
+    }
+
+    /// Replaces the state file atomically. The caller fsyncs the queue directory.
+    public func writeState(id: String, _ state: SpoolEntryState) throws(SpoolError) {
+        let data: Data
+        do { data = try JSONEncoder.spool.encode(state) } catch { throw .unwritable("encoding state: \(error)") }
+        try writeDurably(statePath(id), tmpName: "\(id).state.\(UInt32.random(in: 0...UInt32.max))") { fd in
+            try data.withUnsafeBytes { bytes in try Self.writeAll(fd, bytes) }
+        }
+    }
+
+    /// Removes a message and its state: message first, so a crash in between leaves only an
+    /// orphaned state file, which recovery removes.
+    public func remove(id: String) throws(SpoolError) {
+        if unlink(messagePath(id)) != 0 && errno != ENOENT { throw Self.error("unlink \(id).msg") }
+        if unlink(statePath(id)) != 0 && errno != ENOENT { throw Self.error("unlink \(id).state") }
+    }
+
+    public func syncQueueDirectory() throws(SpoolError) {
+        let fd = open(queuePath, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw Self.error("open \(queuePath)") }
+        defer { close(fd) }
+        if fsync(fd) != 0 { throw Self.error("fsync \(queuePath)") }
+    }
+
+    /// Touches the wake file so that a running relay rescans the queue.
+    public func touchWake() {
+        let fd = open(wakePath, O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
+        if fd >= 0 {
+            futimens(fd, nil)  // both times to now
+            close(fd)
+        }
+    }
+
+    public func wakeStamp() -> Double? {
+        var st = stat()
+        guard stat(wakePath, &st) == 0 else { return nil }
+        return Double(st.st_mtim.tv_sec) + Double(st.st_mtim.tv_nsec) / 1e9
+    }
+
+    // MARK: Reading
+
+    public enum ReadError: Error, Sendable, Hashable {
+        case missing
+        case corrupt(String)
+    }
+
+    /// Queue ids with a message file, in id (that is, arrival) order.
+    public func listIDs() -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: queuePath)) ?? [])
+            .filter { $0.hasSuffix(".msg") }
+            .map { String($0.dropLast(4)) }
+            .sorted()
+    }
+
+    static func readFile(_ path: String) throws(ReadError) -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            if errno == ENOENT { throw .missing }
+            throw .corrupt("open: \(String(cString: strerror(errno)))")
+        }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw .corrupt("fstat failed") }
+        var bytes = [UInt8](repeating: 0, count: Int(st.st_size))
+        var offset = 0
+        let ok = bytes.withUnsafeMutableBytes { buffer -> Bool in
+            while offset < buffer.count {
+                let n = read(fd, buffer.baseAddress! + offset, buffer.count - offset)
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { return false }
+                offset += n
+            }
+            return true
+        }
+        guard ok else { throw .corrupt("short read") }
+        return bytes
+    }
+
+    /// Reads and validates a message file: its header, lengths, checksum and envelope.
+    public func readMessage(id: String) throws(ReadError) -> (envelope: SpoolEnvelope, message: ByteBuffer) {
+        let bytes = try Self.readFile(messagePath(id))
+        guard let newline = bytes.firstIndex(of: 0x0A), newline < 200 else { throw .corrupt("no header line") }
+        let fields = String(decoding: bytes[..<newline], as: UTF8.self).split(separator: " ")
+        guard fields.count == 5, "\(fields[0]) \(fields[1])" == Self.magic,
+              let envLength = Int(fields[2]), let msgLength = Int(fields[3]), let checksum = UInt64(fields[4], radix: 16),
+              envLength >= 0, msgLength >= 0
+        else { throw .corrupt("bad header line") }
+        let envStart = newline + 1
+        guard bytes.count == envStart + envLength + msgLength else {
+            throw .corrupt("size \(bytes.count), header says \(envStart + envLength + msgLength)")
+        }
+        let envelope: SpoolEnvelope
+        do {
+            envelope = try JSONDecoder.spool.decode(SpoolEnvelope.self, from: Data(bytes[envStart..<(envStart + envLength)]))
+        } catch {
+            throw .corrupt("envelope: \(error)")
+        }
+        let body = bytes[(envStart + envLength)...]
+        let actual = body.withUnsafeBytes { Self.fnv1a64($0) }
+        guard actual == checksum else { throw .corrupt("checksum mismatch") }
+        return (envelope, ByteBuffer(bytes: body))
+    }
+
+    /// The state file, or the initial state when there is none yet. A corrupt state file is
+    /// reported as `.corrupt`; the caller decides what to do.
+    public func readState(id: String, envelope: SpoolEnvelope) throws(ReadError) -> SpoolEntryState {
+        let bytes: [UInt8]
+        do { bytes = try Self.readFile(statePath(id)) } catch .missing { return .initial(for: envelope) }
+        do { return try JSONDecoder.spool.decode(SpoolEntryState.self, from: Data(bytes)) } catch { throw .corrupt("state: \(error)") }
+    }
+
+    public func readEntry(id: String) throws(ReadError) -> (entry: SpoolEntry, message: ByteBuffer) {
+        let (envelope, message) = try readMessage(id: id)
+        let state = try readState(id: id, envelope: envelope)
+        return (SpoolEntry(id: id, envelope: envelope, state: state, messageSize: message.readableBytes), message)
+    }
+
+    /// Moves a file aside into `corrupt/`, never deleting it.
+    public func quarantine(name: String) -> String {
+        let destination = "\(corruptPath)/\(name).\(Int(Date().timeIntervalSince1970))"
+        rename("\(queuePath)/\(name)", destination)
+        return destination
+    }
+
+    static func fnv1a64(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in bytes {
+            hash ^= UInt64(b)
+            hash &*= 0x100_0000_01b3
+        }
+        return hash
+    }
+
+    // MARK: Locking
+
+    /// An exclusive lock on one entry (flock on its message file), held by the relay while it
+    /// delivers and by the CLI while it changes the entry.
+    public final class EntryLock: @unchecked Sendable {
+        private var fd: Int32
+        init(fd: Int32) { self.fd = fd }
+        public func release() {
+            if fd >= 0 { flock(fd, LOCK_UN); close(fd); fd = -1 }
+        }
+        deinit { release() }
+    }
+
+    /// Locks an entry; nil if the entry is gone or (when `wait` is false) locked by someone else.
+    public func lock(id: String, wait: Bool = false) -> EntryLock? {
+        let fd = open(messagePath(id), O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        while flock(fd, LOCK_EX | (wait ? 0 : LOCK_NB)) != 0 {
+            if errno == EINTR { continue }
+            close(fd)
+            return nil
+        }
+        // The entry may have been removed while we waited for the lock.
+        var a = stat(), b = stat()
+        guard fstat(fd, &a) == 0, stat(messagePath(id), &b) == 0, a.st_ino == b.st_ino else {
+            close(fd)
+            return nil
+        }
+        return EntryLock(fd: fd)
+    }
+}
+
+extension JSONEncoder {
+    static var spool: JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.dateEncodingStrategy = .secondsSince1970
+        encoder.outputFormatting = [.sortedKeys]
+        return encoder
+    }
+}
+
+extension JSONDecoder {
+    static var spool: JSONDecoder {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .secondsSince1970
+        return decoder
+    }
+}
+
+
+#if canImport(Glibc)
+private let systemWrite = Glibc.write
+#else
+private let systemWrite = Darwin.write
+#endif

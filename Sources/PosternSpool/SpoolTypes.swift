@@ -1,0 +1,90 @@
+import Foundation
+
+/// The envelope stored with a queued message.
+public struct SpoolEnvelope: Codable, Sendable, Hashable {
+    /// The reverse path without angle brackets; "" is the null path `<>`.
+    public var sender: String
+    public var recipients: [String]
+    public var receivedAt: Date
+    public var clientAddress: String
+    public var listener: String
+    public var login: String?
+    public var messageID: String?
+    /// `7BIT` / `8BITMIME` from MAIL FROM BODY=, if the client gave one.
+    public var bodyType: String?
+
+    public init(sender: String, recipients: [String], receivedAt: Date, clientAddress: String, listener: String,
+                login: String? = nil, messageID: String? = nil, bodyType: String? = nil) {
+        self.sender = sender
+        self.recipients = recipients
+        self.receivedAt = receivedAt
+        self.clientAddress = clientAddress
+        self.listener = listener
+        self.login = login
+        self.messageID = messageID
+        self.bodyType = bodyType
+    }
+}
+
+/// Why a message could not be stored; each maps to one SMTP reply.
+public enum SpoolError: Error, Sendable, Hashable {
+    /// No space left (ENOSPC, EDQUOT): `452 4.3.1`.
+    case full
+    /// Any other write failure: `451 4.3.0`.
+    case unwritable(String)
+}
+
+/// Where one recipient of a queued message stands.
+public struct RecipientStatus: Codable, Sendable, Hashable {
+    public enum State: String, Codable, Sendable {
+        case pending
+        case delivered
+        /// Permanently failed or expired; a DSN has been queued (unless the sender was `<>`).
+        case failed
+    }
+    public var address: String
+    public var state: State
+    public var attempts: Int
+    /// The last reply from the upstream (or a local reason), as text.
+    public var lastReply: String?
+    public var upstream: String?
+
+    public init(address: String, state: State = .pending, attempts: Int = 0, lastReply: String? = nil, upstream: String? = nil) {
+        self.address = address
+        self.state = state
+        self.attempts = attempts
+        self.lastReply = lastReply
+        self.upstream = upstream
+    }
+}
+
+/// The mutable delivery state of a queued message, kept beside it in `<id>.state`.
+public struct SpoolEntryState: Codable, Sendable, Hashable {
+    /// Delivery attempts made for this message (each attempt may cover several recipients).
+    public var attempts: Int
+    public var nextAttempt: Date
+    public var lastAttempt: Date?
+    public var recipients: [RecipientStatus]
+
+    public init(attempts: Int = 0, nextAttempt: Date, lastAttempt: Date? = nil, recipients: [RecipientStatus]) {
+        self.attempts = attempts
+        self.nextAttempt = nextAttempt
+        self.lastAttempt = lastAttempt
+        self.recipients = recipients
+    }
+
+    public static func initial(for envelope: SpoolEnvelope) -> SpoolEntryState {
+        SpoolEntryState(nextAttempt: envelope.receivedAt, recipients: envelope.recipients.map { RecipientStatus(address: $0) })
+    }
+
+    public var pendingRecipients: [String] { recipients.filter { $0.state == .pending }.map(\.address) }
+    public var isFinished: Bool { !recipients.contains { $0.state == .pending } }
+}
+
+/// A queued message as read back from disk: id, envelope and state (the body is read separately).
+public struct SpoolEntry: Sendable, Hashable {
+    public var id: String
+    public var envelope: SpoolEnvelope
+    public var state: SpoolEntryState
+    public var messageSize: Int
+}

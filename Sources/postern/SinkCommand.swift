@@ -1,0 +1,52 @@
+import ArgumentParser
+import Foundation
+import Logging
+import NIOPosix
+import PosternSink
+
+/// `postern sink`: a receiving SMTP server that requires a client certificate; the demo upstream
+/// and the benchmark sink.
+struct SinkCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sink",
+        abstract: "Run a small SMTP server that requires client certificates and stores or discards what it receives.")
+
+    @Option(help: "Address to listen on, ADDR:PORT (loopback only is wise).") var listen: String = "127.0.0.1:2525"
+    @Option(help: "starttls or implicit.") var tls: String = "starttls"
+    @Option(help: "Server certificate (PEM).") var cert: String
+    @Option(help: "Server key (PEM).") var key: String
+    @Option(help: "CA bundle that client certificates must chain to.") var ca: String
+    @Option(help: "Directory to write received messages to.") var outbox: String?
+    @Flag(help: "Discard messages (benchmarks).") var discard = false
+    @Option(help: "Name in the greeting and EHLO.") var hostname: String = "sink.localhost"
+    @Option(help: "Failure injection: reply to every RCPT with this, e.g. \"450 4.7.230 throttled\".") var rcptReply: String?
+    @Option(help: "Failure injection: reply to DATA's end with this.") var dataReply: String?
+    @Flag(help: "Failure injection: drop the connection after the message data.") var dropAfterData = false
+
+    func validate() throws {
+        guard (outbox != nil) != discard else { throw ValidationError("give exactly one of --outbox DIR and --discard") }
+        guard SinkConfiguration.TLSMode(rawValue: tls) != nil else { throw ValidationError("--tls must be starttls or implicit") }
+        guard let colon = listen.lastIndex(of: ":"), Int(listen[listen.index(after: colon)...]) != nil else {
+            throw ValidationError("--listen must be ADDR:PORT")
+        }
+    }
+
+    func run() async throws {
+        let colon = listen.lastIndex(of: ":")!
+        var host = String(listen[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        let port = Int(listen[listen.index(after: colon)...])!
+        let configuration = SinkConfiguration(
+            host: host, port: port, tls: SinkConfiguration.TLSMode(rawValue: tls)!, certificateFile: cert, keyFile: key,
+            clientCAFile: ca, outbox: discard ? nil : outbox, hostname: hostname,
+            faults: SinkFaults(rcptReply: rcptReply, dataReply: dataReply, dropAfterData: dropAfterData))
+        let sink = SinkServer(configuration: configuration, group: MultiThreadedEventLoopGroup.singleton, logger: Logger(label: "postern.sink"))
+        let bound = try await sink.start()
+        print("sink listening on \(host):\(bound)")
+        // Runs until the process is stopped (SIGINT/SIGTERM end it).
+        while !Task.isCancelled {
+            try await Task.sleep(for: .seconds(3600))
+        }
+        await sink.stop()
+    }
+}

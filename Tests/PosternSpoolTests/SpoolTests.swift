@@ -1,0 +1,194 @@
+import Foundation
+import Logging
+import NIOCore
+import XCTest
+@testable import PosternSpool
+
+final class SpoolTests: XCTestCase {
+    var root: URL!
+    let logger = Logger(label: "spool-test")
+
+    override func setUp() {
+        root = FileManager.default.temporaryDirectory.appendingPathComponent("postern-spool-\(UUID().uuidString)")
+    }
+
+    override func tearDown() {
+        try? FileManager.default.removeItem(at: root)
+    }
+
+    func envelope(_ recipients: [String] = ["a@example.edu", "b@example.org"]) -> SpoolEnvelope {
+        SpoolEnvelope(sender: "alice@example.edu", recipients: recipients, receivedAt: Date(timeIntervalSince1970: 1_700_000_000.25),
+                      clientAddress: "192.0.2.7", listener: "submission", login: "alice", messageID: "<m1@example.edu>", bodyType: "8BITMIME")
+    }
+
+    func message(_ text: String = "Subject: hi\r\n\r\nbody\r\n") -> ByteBuffer { ByteBuffer(string: text) }
+
+    func files(_ sub: String) -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: root.appendingPathComponent(sub).path)) ?? []).sorted()
+    }
+
+    func testEnqueuedMessageIsReadBackWithEnvelopeAndInitialState() async throws {
+        let spool = try Spool(directory: root, logger: logger)
+        let id = Spool.makeQueueID()
+        try await spool.enqueue(id: id, envelope: envelope(), message: message())
+        XCTAssertEqual(spool.depth, 1)
+        XCTAssertEqual(files("queue"), ["\(id).msg"])
+        XCTAssertEqual(files("tmp"), [])
+        let read = await spool.read(id: id)
+        XCTAssertEqual(read?.entry.envelope, envelope())
+        XCTAssertEqual(read?.message, message())
+        XCTAssertEqual(read?.entry.state.pendingRecipients, ["a@example.edu", "b@example.org"])
+        await spool.shutdown()
+    }
+
+    func testQueueIDsAreUniqueSortableAndFilenameSafe() {
+        var ids: [String] = []
+        for _ in 0..<2000 { ids.append(Spool.makeQueueID()) }
+        XCTAssertEqual(Set(ids).count, ids.count)
+        XCTAssertTrue(ids.allSatisfy(SpoolDirectory.isValidID))
+        XCTAssertEqual(ids.first!.prefix(8), ids.last!.prefix(8))
+        XCTAssertLessThan(Spool.makeQueueID().prefix(12), "ZZZZZZZZZZZZ")
+        let earlier = Spool.makeQueueID()
+        usleep(2000)
+        XCTAssertLessThan(earlier, Spool.makeQueueID())
+    }
+
+    func testConcurrentEnqueuesAllBecomeDurable() async throws {
+        let spool = try Spool(directory: root, logger: logger)
+        let count = 300
+        let envelope = envelope()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for i in 0..<count {
+                group.addTask { try await spool.enqueue(id: Spool.makeQueueID(), envelope: envelope, message: ByteBuffer(string: "Subject: \(i)\r\n\r\nx\r\n")) }
+            }
+            try await group.waitForAll()
+        }
+        XCTAssertEqual(spool.depth, count)
+        XCTAssertEqual(files("queue").count, count)
+        let reopened = try Spool(directory: root, logger: logger)
+        XCTAssertEqual(reopened.depth, count)
+        await spool.shutdown()
+        await reopened.shutdown()
+    }
+
+    func testStateIsReplacedAtomicallyAndRemovalDeletesBothFiles() async throws {
+        let spool = try Spool(directory: root, logger: logger)
+        let id = Spool.makeQueueID()
+        try await spool.enqueue(id: id, envelope: envelope(), message: message())
+        var state = SpoolEntryState.initial(for: envelope())
+        state.attempts = 2
+        state.recipients[0].state = .delivered
+        state.nextAttempt = Date(timeIntervalSince1970: 1_800_000_000)
+        try await spool.writeState(id: id, state)
+        let read = await spool.read(id: id)
+        XCTAssertEqual(read?.entry.state, state)
+        XCTAssertEqual(read?.entry.state.pendingRecipients, ["b@example.org"])
+        try await spool.remove(id: id)
+        XCTAssertEqual(files("queue"), [])
+        XCTAssertEqual(spool.depth, 0)
+        await spool.shutdown()
+    }
+
+    // A crash while writing leaves a temp file; one between removing message and state leaves an
+    // orphaned state file. Recovery removes both and keeps every whole message.
+    func testRecoveryRemovesHalfWrittenFilesAndKeepsWholeMessages() async throws {
+        let spool = try Spool(directory: root, logger: logger)
+        let id = Spool.makeQueueID()
+        try await spool.enqueue(id: id, envelope: envelope(), message: message())
+        await spool.shutdown()
+        let dir = SpoolDirectory(root: root)
+        try Data("POSTERN-SPOOL 1 100 5 0\n{\"sen".utf8).write(to: URL(fileURLWithPath: dir.tmpPath + "/X1.msg"))
+        try Data("{}".utf8).write(to: URL(fileURLWithPath: dir.queuePath + "/GONE.state"))
+
+        let recovered = try Spool(directory: root, logger: logger)
+        XCTAssertEqual(files("tmp"), [])
+        XCTAssertEqual(files("queue"), ["\(id).msg"])
+        XCTAssertEqual(recovered.depth, 1)
+        XCTAssertEqual(files("corrupt"), [])
+        let read = await recovered.read(id: id)
+        XCTAssertEqual(read?.message, message())
+        await recovered.shutdown()
+    }
+
+    func testTruncatedAndCorruptQueueFilesAreMovedAsideNotDeleted() async throws {
+        let spool = try Spool(directory: root, logger: logger)
+        let good = Spool.makeQueueID(), truncated = Spool.makeQueueID(), flipped = Spool.makeQueueID(), garbage = Spool.makeQueueID()
+        for id in [good, truncated, flipped, garbage] {
+            try await spool.enqueue(id: id, envelope: envelope(), message: message("Subject: \(id)\r\n\r\nsome body text\r\n"))
+        }
+        await spool.shutdown()
+        let dir = SpoolDirectory(root: root)
+        let truncatedPath = dir.queuePath + "/\(truncated).msg"
+        XCTAssertEqual(truncate(truncatedPath, 60), 0)
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: dir.queuePath + "/\(flipped).msg"))
+        bytes[bytes.count - 3] ^= 0x20
+        try bytes.write(to: URL(fileURLWithPath: dir.queuePath + "/\(flipped).msg"))
+        try Data("not a spool file".utf8).write(to: URL(fileURLWithPath: dir.queuePath + "/\(garbage).msg"))
+        try Data("stray".utf8).write(to: URL(fileURLWithPath: dir.queuePath + "/core.1234"))
+
+        let recovered = try Spool(directory: root, logger: logger)
+        XCTAssertEqual(files("queue"), ["\(good).msg"])
+        XCTAssertEqual(recovered.depth, 1)
+        let aside = files("corrupt")
+        XCTAssertEqual(aside.count, 4, "\(aside)")
+        for name in ["\(truncated).msg", "\(flipped).msg", "\(garbage).msg", "core.1234"] {
+            XCTAssertTrue(aside.contains { $0.hasPrefix(name + ".") }, "\(name) not kept in corrupt/: \(aside)")
+        }
+        await recovered.shutdown()
+    }
+
+    func testCorruptStateFileIsMovedAsideAndAllRecipientsAreRetried() async throws {
+        let spool = try Spool(directory: root, logger: logger)
+        let id = Spool.makeQueueID()
+        try await spool.enqueue(id: id, envelope: envelope(), message: message())
+        try Data("{\"attempts\":".utf8).write(to: URL(fileURLWithPath: SpoolDirectory(root: root).queuePath + "/\(id).state"))
+        await spool.shutdown()
+        let recovered = try Spool(directory: root, logger: logger)
+        let entries = await recovered.scan()
+        XCTAssertEqual(entries.map(\.id), [id])
+        XCTAssertEqual(entries.first?.state.pendingRecipients.count, 2)
+        XCTAssertEqual(files("corrupt").count, 1)
+        await recovered.shutdown()
+    }
+
+    func testUnwritableSpoolReportsAnErrorAndLaterWritesStillWork() async throws {
+        let spool = try Spool(directory: root, logger: logger)
+        let dir = SpoolDirectory(root: root)
+        // Root ignores permissions; replacing tmp/ with a file makes every write fail for anyone.
+        try FileManager.default.removeItem(atPath: dir.tmpPath)
+        try Data().write(to: URL(fileURLWithPath: dir.tmpPath))
+        do {
+            try await spool.enqueue(id: Spool.makeQueueID(), envelope: envelope(), message: message())
+            XCTFail("enqueue into an unwritable spool succeeded")
+        } catch {
+            guard case .unwritable = error else { return XCTFail("expected .unwritable, got \(error)") }
+        }
+        XCTAssertEqual(spool.depth, 0)
+        try FileManager.default.removeItem(atPath: dir.tmpPath)
+        try dir.createDirectories()
+        try await spool.enqueue(id: Spool.makeQueueID(), envelope: envelope(), message: message())
+        XCTAssertEqual(spool.depth, 1)
+        await spool.shutdown()
+    }
+
+    func testEntryLockExcludesASecondHolderUntilReleased() async throws {
+        let spool = try Spool(directory: root, logger: logger)
+        let id = Spool.makeQueueID()
+        try await spool.enqueue(id: id, envelope: envelope(), message: message())
+        let first = try XCTUnwrap(spool.lock(id: id))
+        XCTAssertNil(spool.lock(id: id))
+        first.release()
+        let second = spool.lock(id: id)
+        XCTAssertNotNil(second)
+        second?.release()
+        XCTAssertNil(spool.lock(id: "NOPE"))
+        await spool.shutdown()
+    }
+
+    func testNoSpaceMapsToFullAndOtherErrorsToUnwritable() {
+        XCTAssertEqual(SpoolDirectory.error("write", ENOSPC), .full)
+        XCTAssertEqual(SpoolDirectory.error("write", EDQUOT), .full)
+        guard case .unwritable(let text) = SpoolDirectory.error("open x", EACCES) else { return XCTFail() }
+        XCTAssertTrue(text.contains("open x"))
+    }
+}
