@@ -4,7 +4,9 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import PosternDirectory
+import PosternRelay
 import PosternSMTP
+import PosternSpool
 import PosternSession
 import ServiceLifecycle
 
@@ -19,6 +21,10 @@ public final class Gateway: Service, Sendable {
     private let shared: SMTPListener.Shared
     private let listeners: NIOLockedValueBoxListeners
     private let authenticator: DirectoryAuthenticator?
+    /// The durable queue and its relay, when delivery goes upstream.
+    public let spool: Spool?
+    let relay: Relay?
+    private let relayTask = NIOLockedValueBox<Task<Void, Never>?>(nil)
     /// How long shutdown waits for sessions in DATA before closing them.
     public let drainTimeout: Duration
 
@@ -48,6 +54,17 @@ public final class Gateway: Service, Sendable {
         switch configuration.delivery {
         case .outbox(let path):
             target = try OutboxTarget(directory: URL(fileURLWithPath: path), threadPool: threadPool, logger: logger)
+            spool = nil
+            relay = nil
+        case .relay(let spoolPath, let relayConfiguration):
+            let spool = try Spool(directory: URL(fileURLWithPath: spoolPath), logger: logger)
+            let relay = Relay(configuration: relayConfiguration, spool: spool, eventLoopGroup: group, logger: logger, clock: now) { outcome in
+                audit.relay(queueID: outcome.queueID, recipient: outcome.recipient, upstream: outcome.upstream,
+                            reply: outcome.reply, attempt: outcome.attempt, outcome: outcome.disposition.rawValue)
+            }
+            target = SpoolTarget(spool: spool, relay: relay, now: now)
+            self.spool = spool
+            self.relay = relay
         }
         let environment = ConnectionEnvironment(target: target, authenticator: authenticator, tls: tls, logger: logger, audit: audit, now: now)
         shared = SMTPListener.Shared(hostname: configuration.hostname, limits: configuration.limits,
@@ -59,6 +76,14 @@ public final class Gateway: Service, Sendable {
 
     /// Binds every listener. Afterwards `boundPort(listener:)` tells where each is.
     public func start() async throws {
+        if let relay {
+            let logger = self.logger
+            relayTask.withLockedValue {
+                $0 = Task {
+                    do { try await relay.run() } catch { logger.error("relay stopped", metadata: ["error": "\(error)"]) }
+                }
+            }
+        }
         for listenerConfiguration in configuration.listeners {
             let listener = try await SMTPListener.bind(listenerConfiguration, shared: shared, group: group)
             listeners.append(listener)
@@ -104,6 +129,12 @@ public final class Gateway: Service, Sendable {
             group.cancelAll()
         }
         for listener in all { await listener.close() }
+        // The relay stops after the delivery in flight; what is left stays queued for the next start.
+        if let task = relayTask.withLockedValue({ $0 }) {
+            task.cancel()
+            await task.value
+        }
+        await spool?.shutdown()
         await authenticator?.shutdown()
         try? await group.shutdownGracefully()
         try? await threadPool.shutdownGracefully()

@@ -1,6 +1,7 @@
 import Foundation
 import PosternDirectory
 import PosternPolicy
+import PosternRelay
 import PosternSession
 import Yams
 
@@ -31,9 +32,11 @@ public struct Limits: Sendable, Hashable {
 }
 
 /// Where accepted mail goes.
-public enum DeliveryConfiguration: Sendable, Hashable {
-    /// One `.eml` file per message in a directory (no relay).
+public enum DeliveryConfiguration: Sendable {
+    /// One `.eml` file per message in a directory, no relay (for development and tests).
     case outbox(String)
+    /// The durable spool in this directory, relayed over mutual TLS to the upstreams.
+    case relay(spool: String, RelayConfiguration)
 }
 
 /// The gateway's configuration file (`postern.yaml`): listeners, TLS, limits, delivery, and where
@@ -158,11 +161,19 @@ public struct GatewayConfiguration: Sendable {
 
         var delivery = DeliveryConfiguration.outbox(resolve("outbox"))
         if let node = top["delivery"] {
-            let map = reader.mapping(node, known: ["outbox"], context: "delivery")
-            if let outbox = reader.string(map["outbox"], "delivery.outbox") {
+            let map = reader.mapping(node, known: ["outbox", "spool", "relay"], context: "delivery")
+            switch (reader.string(map["outbox"], "delivery.outbox"), reader.string(map["spool"], "delivery.spool")) {
+            case (let outbox?, nil):
+                if map["relay"] != nil { reader.issue(map["relay"], "relay needs a spool, not an outbox", fix: "delivery: { spool: DIR, relay: ... }") }
                 delivery = .outbox(resolve(outbox))
-            } else {
-                reader.issue(node, "delivery needs an outbox directory", fix: "delivery: { outbox: ../var/outbox }")
+            case (nil, let spool?):
+                if let relay = map["relay"].flatMap({ parseRelay($0, hostname: hostname, reader: &reader, resolve: resolve) }) {
+                    delivery = .relay(spool: resolve(spool), relay)
+                } else if map["relay"] == nil {
+                    reader.issue(node, "a spool needs a relay section", fix: "add relay: { upstreams: [...], default: NAME }")
+                }
+            default:
+                reader.issue(node, "delivery needs either an outbox or a spool with a relay", fix: "delivery: { spool: /var/lib/postern/spool, relay: ... }")
             }
         }
 
@@ -240,6 +251,65 @@ public struct GatewayConfiguration: Sendable {
             reader.issue(node, "directory: \(error)")
         }
         return configuration
+    }
+
+    static func parseRelay(_ node: Node, hostname: String, reader: inout ConfigReader, resolve: (String) -> String) -> RelayConfiguration? {
+        let map = reader.mapping(node, known: ["hostname", "upstreams", "default", "routes", "retry"], context: "relay")
+        var upstreams: [UpstreamConfiguration] = []
+        for entry in reader.sequence(map["upstreams"], "relay.upstreams") {
+            let u = reader.mapping(entry, known: ["name", "host", "port", "tls", "server-name", "ca-file", "certificate", "key",
+                                                  "max-connections", "connect-timeout-seconds"], context: "upstream")
+            guard let name = reader.string(u["name"], "upstream name"), let host = reader.string(u["host"], "upstream host"),
+                  let port = reader.int(u["port"], "upstream port", range: 1...65535),
+                  let ca = reader.string(u["ca-file"], "upstream ca-file"),
+                  let certificate = reader.string(u["certificate"], "upstream certificate"),
+                  let key = reader.string(u["key"], "upstream key") else {
+                reader.issue(entry, "an upstream needs name, host, port, ca-file, certificate and key",
+                             fix: "the certificate and key are the client certificate Postern presents (mutual TLS)")
+                continue
+            }
+            let tlsText = reader.string(u["tls"], "upstream tls") ?? "starttls"
+            guard let mode = UpstreamConfiguration.TLSMode(rawValue: tlsText) else {
+                reader.issue(u["tls"], "upstream tls must be starttls or implicit; there is no plaintext relay")
+                continue
+            }
+            for (field, path) in [("ca-file", ca), ("certificate", certificate), ("key", key)] where !FileManager.default.isReadableFile(atPath: resolve(path)) {
+                reader.issue(u[field], "cannot read \(resolve(path))", fix: "run certs/make-dev-certs.sh for development certificates")
+            }
+            var upstream = UpstreamConfiguration(name: name, host: host, port: port, tls: mode,
+                                                 serverName: reader.string(u["server-name"], "server-name") ?? host,
+                                                 caFile: resolve(ca), certificateFile: resolve(certificate), keyFile: resolve(key))
+            if let n = reader.int(u["max-connections"], "max-connections", range: 1...256) { upstream.maxConnections = n }
+            if let t = reader.int(u["connect-timeout-seconds"], "connect-timeout-seconds", range: 1...300) { upstream.connectTimeout = .seconds(t) }
+            upstreams.append(upstream)
+        }
+        guard !upstreams.isEmpty else {
+            reader.issue(node, "relay has no upstreams", fix: "list at least one under relay.upstreams")
+            return nil
+        }
+        let names = Set(upstreams.map(\.name))
+        let defaultUpstream = reader.string(map["default"], "relay.default") ?? upstreams[0].name
+        if !names.contains(defaultUpstream) { reader.issue(map["default"], "relay.default '\(defaultUpstream)' is not an upstream") }
+        var routes: [RelayConfiguration.Route] = []
+        for entry in reader.sequence(map["routes"], "relay.routes") {
+            let r = reader.mapping(entry, known: ["domain", "upstream"], context: "route")
+            guard let domain = reader.string(r["domain"], "route domain"), let upstream = reader.string(r["upstream"], "route upstream") else {
+                reader.issue(entry, "a route needs domain and upstream")
+                continue
+            }
+            if !names.contains(upstream) { reader.issue(r["upstream"], "route upstream '\(upstream)' is not an upstream") }
+            routes.append(RelayConfiguration.Route(domainPattern: domain.lowercased(), upstream: upstream))
+        }
+        var relay = RelayConfiguration(hostname: reader.string(map["hostname"], "relay.hostname") ?? hostname, upstreams: upstreams,
+                                       defaultUpstream: defaultUpstream, routes: routes)
+        if let retryNode = map["retry"] {
+            let retry = reader.mapping(retryNode, known: ["initial-seconds", "max-seconds", "expire-hours", "scan-seconds"], context: "relay.retry")
+            if let n = reader.int(retry["initial-seconds"], "initial-seconds", range: 1...86_400) { relay.initialRetry = .seconds(n) }
+            if let n = reader.int(retry["max-seconds"], "max-seconds", range: 1...86_400) { relay.maxRetry = .seconds(n) }
+            if let n = reader.int(retry["expire-hours"], "expire-hours", range: 1...24 * 30) { relay.expiry = .seconds(n * 3600) }
+            if let n = reader.int(retry["scan-seconds"], "scan-seconds", range: 1...3600) { relay.scanInterval = .seconds(n) }
+        }
+        return relay
     }
 
     /// `127.0.0.1:25`, `[::1]:25`, `localhost:25`.

@@ -1,0 +1,42 @@
+import Foundation
+import Logging
+import NIOCore
+import PosternRelay
+import PosternSMTP
+import PosternSession
+import PosternSpool
+
+/// Delivers into the durable spool; the relay takes it from there. `.queued` only once the message
+/// and its envelope are on disk (fsync, rename, fsync of the directory).
+public final class SpoolTarget: DeliveryTarget {
+    let spool: Spool
+    let relay: Relay
+    let now: @Sendable () -> Date
+
+    init(spool: Spool, relay: Relay, now: @escaping @Sendable () -> Date) {
+        self.spool = spool
+        self.relay = relay
+        self.now = now
+    }
+
+    public func makeQueueID() -> String { Spool.makeQueueID() }
+
+    public func accept(queueID: String, envelope: Envelope, message: ByteBuffer) async -> DeliveryOutcome {
+        let facts = envelope.facts
+        let spoolEnvelope = SpoolEnvelope(
+            sender: envelope.sender.mailbox.map { "\($0)" } ?? "",
+            recipients: envelope.recipients.map { "\($0)" },
+            receivedAt: now(), clientAddress: facts.clientAddress, listener: facts.listenerName,
+            login: facts.user?.login, messageID: HeaderScanner.messageID(in: message), bodyType: envelope.bodyType)
+        do {
+            try await spool.enqueue(id: queueID, envelope: spoolEnvelope, message: message)
+        } catch {
+            switch error {
+            case .full: return .temporaryFailure(SMTPReply(452, "4.3.1", "Insufficient system storage, try again later"))
+            case .unwritable: return .temporaryFailure(SMTPReply(451, "4.3.0", "Temporary local problem, try again later"))
+            }
+        }
+        relay.wake(id: queueID)
+        return .queued(id: queueID)
+    }
+}
