@@ -84,7 +84,7 @@ final class GatewayHarness: @unchecked Sendable {
     func port(_ listener: String) -> Int { gateway.boundPort(listener: listener)! }
 
     /// `listeners` and `extra` are YAML fragments; listen addresses use port 0.
-    static func start(limits: String = "", listeners: String? = nil, extra: String = "", policies: URL? = nil,
+    static func start(limits: String = "", listeners: String? = nil, extra: String = "", delivery: String? = nil, policies: URL? = nil,
                       now: @escaping @Sendable () -> Date = { Date() }) async throws -> GatewayHarness {
         try Repo.ensureCertificates()
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("postern-test-\(UUID().uuidString)")
@@ -108,8 +108,7 @@ final class GatewayHarness: @unchecked Sendable {
                 kind: submissions
                 listen: 127.0.0.1:0
             """)
-            delivery:
-              outbox: \(directory.path)/outbox
+            \(delivery ?? "delivery: { outbox: \(directory.path)/outbox }")
             \(extra)
             """
         let file = directory.appendingPathComponent("postern.yaml")
