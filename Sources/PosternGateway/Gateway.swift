@@ -21,13 +21,24 @@ public final class Gateway: Service, Sendable {
     private let authenticator: DirectoryAuthenticator?
     /// How long shutdown waits for sessions in DATA before closing them.
     public let drainTimeout: Duration
+    /// Counters and gauges for Prometheus; the admin endpoint serves them.
+    public let metrics: GatewayMetrics
+    private let adminProbes: AdminProbes
+    private let admin = NIOLockedValueBox<AdminServer?>(nil)
+    private let stopping = NIOLockedValueBox(false)
 
     public init(configuration: GatewayConfiguration, rules: @escaping @Sendable () -> any SessionRules,
                 logger: Logger, audit: AuditLog,
-                drainTimeout: Duration = .seconds(30), now: @escaping @Sendable () -> Date = { Date() }) throws {
+                drainTimeout: Duration = .seconds(30), now: @escaping @Sendable () -> Date = { Date() },
+                metrics: GatewayMetrics = GatewayMetrics(), adminProbes: AdminProbes? = nil) throws {
         self.configuration = configuration
         self.logger = logger
         self.drainTimeout = drainTimeout
+        self.metrics = metrics
+        switch configuration.delivery {
+        case .outbox(let path):
+            self.adminProbes = adminProbes ?? AdminProbes(spoolProblem: { HealthProbe.directoryWritable(path) })
+        }
         group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
         // Blocking work (file writes, libldap) runs here; each LDAP pool slot may hold a thread for a whole call.
         threadPool = NIOThreadPool(numberOfThreads: max(8, 2 * (configuration.directory?.maxConnections ?? 0) + 4))
@@ -49,7 +60,8 @@ public final class Gateway: Service, Sendable {
         case .outbox(let path):
             target = try OutboxTarget(directory: URL(fileURLWithPath: path), threadPool: threadPool, logger: logger)
         }
-        let environment = ConnectionEnvironment(target: target, authenticator: authenticator, tls: tls, logger: logger, audit: audit, now: now)
+        let environment = ConnectionEnvironment(target: target, authenticator: authenticator, tls: tls, logger: logger, audit: audit, now: now,
+                                                metrics: metrics)
         shared = SMTPListener.Shared(hostname: configuration.hostname, limits: configuration.limits,
                                      limiter: ConnectionLimiter(maxPerClient: configuration.limits.maxConnectionsPerClient,
                                                                 maxTotal: configuration.limits.maxConnections),
@@ -63,6 +75,23 @@ public final class Gateway: Service, Sendable {
             let listener = try await SMTPListener.bind(listenerConfiguration, shared: shared, group: group)
             listeners.append(listener)
         }
+        if let adminConfiguration = configuration.admin {
+            let context = AdminServer.Context(metrics: metrics, probes: adminProbes, gatewayProblem: { [self] in listenerProblem() },
+                                              logger: logger)
+            let server = try await AdminServer.bind(adminConfiguration, context: context, group: group)
+            admin.withLockedValue { $0 = server }
+        }
+    }
+
+    /// The admin endpoint's port, when one is configured and bound.
+    public var adminPort: Int? { admin.withLockedValue { $0 }?.localAddress?.port }
+
+    /// Why the SMTP side is unhealthy: shutting down, or configured listeners that are not bound.
+    func listenerProblem() -> String? {
+        if stopping.withLockedValue({ $0 }) { return "shutting down" }
+        let bound = Set(listeners.all.filter(\.isActive).map(\.configuration.name))
+        let missing = configuration.listeners.map(\.name).filter { !bound.contains($0) }
+        return missing.isEmpty ? nil : "listeners not bound: \(missing.joined(separator: ", "))"
     }
 
     public func boundPort(listener name: String) -> Int? {
@@ -92,6 +121,7 @@ public final class Gateway: Service, Sendable {
     /// Stops accepting, lets sessions in DATA finish (bounded by `drainTimeout`), then closes everything.
     public func shutdown() async {
         logger.info("shutting down", metadata: ["connections": "\(shared.limiter.total)"])
+        stopping.withLockedValue { $0 = true }
         let all = listeners.all
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
@@ -104,6 +134,7 @@ public final class Gateway: Service, Sendable {
             group.cancelAll()
         }
         for listener in all { await listener.close() }
+        await admin.withLockedValue { $0 }?.close()
         await authenticator?.shutdown()
         try? await group.shutdownGracefully()
         try? await threadPool.shutdownGracefully()

@@ -38,9 +38,12 @@ struct ServeCommand: AsyncParsableCommand {
             FileHandle.standardError.write(Data("\(error)\n".utf8))
             throw ExitCode(1)
         }
-        let audit = try AuditLog.make(output: configuration.auditOutput)
+        let metrics = GatewayMetrics()
+        let audit = try AuditLog.make(output: configuration.auditOutput, metrics: metrics)
+        var probes = AdminProbes(refreshGauges: { metrics in metrics.refreshSunsets(policy: policies.policy, now: Date()) })
+        if case .outbox(let path) = configuration.delivery { probes.spoolProblem = { HealthProbe.directoryWritable(path) } }
         let gateway = try Gateway(configuration: configuration, rules: { policies.rules(audit: audit) },
-                                  logger: logger, audit: audit)
+                                  logger: logger, audit: audit, metrics: metrics, adminProbes: probes)
         try await gateway.start()
         let reloader = ReloadService(policies: policies, gateway: gateway, logger: logger)
         let group = ServiceGroup(configuration: .init(services: [gateway, reloader], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
