@@ -8,17 +8,20 @@ import PosternSession
 /// Never message content: no subject, no headers but Message-ID, no body, no passwords.
 public struct AuditLog: Sendable {
     public let logger: Logger
+    /// Policy decisions are counted here as they are logged (PolicyRules reports them only to the audit log).
+    public var metrics: GatewayMetrics?
 
-    public init(logger: Logger) {
+    public init(logger: Logger, metrics: GatewayMetrics? = nil) {
         self.logger = logger
+        self.metrics = metrics
     }
 
     /// An audit log that writes JSON lines to standard output or to a file (appended).
-    public static func make(output: String?) throws -> AuditLog {
+    public static func make(output: String?, metrics: GatewayMetrics? = nil) throws -> AuditLog {
         let sink = try JSONLineSink(path: output)
         var logger = Logger(label: "postern.audit") { label in JSONLineLogHandler(label: label, sink: sink) }
         logger.logLevel = .info
-        return AuditLog(logger: logger)
+        return AuditLog(logger: logger, metrics: metrics)
     }
 
     /// Discards everything (for tools that run a gateway without an audit trail).
@@ -62,6 +65,7 @@ public struct AuditLog: Sendable {
         if let device { fields["device"] = "\(device)" }
         if let login = facts.user?.login { fields["login"] = "\(login)" }
         event("decision", fields)
+        metrics?.decision(code: reply?.code, rule: rule)
     }
 
     func accepted(_ envelope: Envelope, queueID: String, messageID: String?, size: Int) {

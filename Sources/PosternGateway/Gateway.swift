@@ -27,13 +27,21 @@ public final class Gateway: Service, Sendable {
     private let relayTask = NIOLockedValueBox<Task<Void, Never>?>(nil)
     /// How long shutdown waits for sessions in DATA before closing them.
     public let drainTimeout: Duration
+    /// Counters and gauges for Prometheus; the admin endpoint serves them.
+    public let metrics: GatewayMetrics
+    private let adminProbes: AdminProbes
+    private let admin = NIOLockedValueBox<AdminServer?>(nil)
+    private let stopping = NIOLockedValueBox(false)
 
     public init(configuration: GatewayConfiguration, rules: @escaping @Sendable () -> any SessionRules,
                 logger: Logger, audit: AuditLog,
-                drainTimeout: Duration = .seconds(30), now: @escaping @Sendable () -> Date = { Date() }) throws {
+                drainTimeout: Duration = .seconds(30), now: @escaping @Sendable () -> Date = { Date() },
+                metrics: GatewayMetrics = GatewayMetrics(),
+                refreshPolicyGauges: @escaping @Sendable (GatewayMetrics) async -> Void = { _ in }) throws {
         self.configuration = configuration
         self.logger = logger
         self.drainTimeout = drainTimeout
+        self.metrics = metrics
         group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
         // Blocking work (file writes, libldap) runs here; each LDAP pool slot may hold a thread for a whole call.
         threadPool = NIOThreadPool(numberOfThreads: max(8, 2 * (configuration.directory?.maxConnections ?? 0) + 4))
@@ -61,12 +69,29 @@ public final class Gateway: Service, Sendable {
             let relay = Relay(configuration: relayConfiguration, spool: spool, eventLoopGroup: group, logger: logger, clock: now) { outcome in
                 audit.relay(queueID: outcome.queueID, recipient: outcome.recipient, upstream: outcome.upstream,
                             reply: outcome.reply, attempt: outcome.attempt, outcome: outcome.disposition.rawValue)
+                metrics.relayOutcome(upstream: outcome.upstream, code: Int(outcome.reply.prefix(3)) ?? 0)
+                if outcome.disposition == .delivered {
+                    metrics.deliveryLatency(seconds: outcome.at.timeIntervalSince(outcome.receivedAt))
+                }
             }
             target = SpoolTarget(spool: spool, relay: relay, now: now)
             self.spool = spool
             self.relay = relay
         }
-        let environment = ConnectionEnvironment(target: target, authenticator: authenticator, tls: tls, logger: logger, audit: audit, now: now)
+        let storePath: String
+        switch configuration.delivery {
+        case .outbox(let path): storePath = path
+        case .relay(let spoolPath, _): storePath = URL(fileURLWithPath: spoolPath).appendingPathComponent("queue").path
+        }
+        let spool = self.spool
+        adminProbes = AdminProbes(
+            refreshGauges: { metrics in
+                if let spool { metrics.setQueue(depth: spool.depth, oldestAgeSeconds: spool.oldestAge(now: now())) }
+                await refreshPolicyGauges(metrics)
+            },
+            spoolProblem: { HealthProbe.directoryWritable(storePath) })
+        let environment = ConnectionEnvironment(target: target, authenticator: authenticator, tls: tls, logger: logger, audit: audit, now: now,
+                                                metrics: metrics)
         shared = SMTPListener.Shared(hostname: configuration.hostname, limits: configuration.limits,
                                      limiter: ConnectionLimiter(maxPerClient: configuration.limits.maxConnectionsPerClient,
                                                                 maxTotal: configuration.limits.maxConnections),
@@ -88,6 +113,23 @@ public final class Gateway: Service, Sendable {
             let listener = try await SMTPListener.bind(listenerConfiguration, shared: shared, group: group)
             listeners.append(listener)
         }
+        if let adminConfiguration = configuration.admin {
+            let context = AdminServer.Context(metrics: metrics, probes: adminProbes, gatewayProblem: { [self] in listenerProblem() },
+                                              logger: logger)
+            let server = try await AdminServer.bind(adminConfiguration, context: context, group: group)
+            admin.withLockedValue { $0 = server }
+        }
+    }
+
+    /// The admin endpoint's port, when one is configured and bound.
+    public var adminPort: Int? { admin.withLockedValue { $0 }?.localAddress?.port }
+
+    /// Why the SMTP side is unhealthy: shutting down, or configured listeners that are not bound.
+    func listenerProblem() -> String? {
+        if stopping.withLockedValue({ $0 }) { return "shutting down" }
+        let bound = Set(listeners.all.filter(\.isActive).map(\.configuration.name))
+        let missing = configuration.listeners.map(\.name).filter { !bound.contains($0) }
+        return missing.isEmpty ? nil : "listeners not bound: \(missing.joined(separator: ", "))"
     }
 
     public func boundPort(listener name: String) -> Int? {
@@ -117,6 +159,7 @@ public final class Gateway: Service, Sendable {
     /// Stops accepting, lets sessions in DATA finish (bounded by `drainTimeout`), then closes everything.
     public func shutdown() async {
         logger.info("shutting down", metadata: ["connections": "\(shared.limiter.total)"])
+        stopping.withLockedValue { $0 = true }
         let all = listeners.all
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
@@ -135,6 +178,7 @@ public final class Gateway: Service, Sendable {
             await task.value
         }
         await spool?.shutdown()
+        await admin.withLockedValue { $0 }?.close()
         await authenticator?.shutdown()
         try? await group.shutdownGracefully()
         try? await threadPool.shutdownGracefully()

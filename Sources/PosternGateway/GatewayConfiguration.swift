@@ -55,6 +55,8 @@ public struct GatewayConfiguration: Sendable {
     public var directory: DirectoryConfiguration?
     /// Brute-force limits for one login; a client address gets three times as many failures.
     public var authThrottle = AuthThrottle.Limits.login
+    /// The admin HTTP endpoint (`/metrics`, `/health`); none without an `admin` section.
+    public var admin: AdminConfiguration?
 
     public static func load(path: String) throws(ConfigErrors) -> GatewayConfiguration {
         let text: String
@@ -80,7 +82,7 @@ public struct GatewayConfiguration: Sendable {
         func resolve(_ path: String) -> String {
             path.hasPrefix("/") ? path : base.appendingPathComponent(path).standardizedFileURL.path
         }
-        let top = reader.mapping(root, known: ["hostname", "policies", "tls", "limits", "listeners", "delivery", "audit", "directory"], context: "top level")
+        let top = reader.mapping(root, known: ["hostname", "policies", "tls", "limits", "listeners", "delivery", "audit", "directory", "admin"], context: "top level")
 
         let hostname = reader.string(top["hostname"], "hostname") ?? ProcessInfo.processInfo.hostName
         if !hostname.isEmpty, !hostname.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) {
@@ -200,10 +202,21 @@ public struct GatewayConfiguration: Sendable {
             }
         }
 
+        var admin: AdminConfiguration?
+        if let node = top["admin"] {
+            let map = reader.mapping(node, known: ["listen"], context: "admin")
+            let listen = reader.string(map["listen"], "admin.listen") ?? AdminConfiguration.defaultListen
+            if let (host, port) = parseHostPort(listen) {
+                admin = AdminConfiguration(host: host, port: port)
+            } else {
+                reader.issue(map["listen"] ?? node, "admin listen address '\(listen)' is not HOST:PORT", fix: "e.g. 127.0.0.1:9025")
+            }
+        }
+
         if !reader.issues.isEmpty { throw ConfigErrors(issues: reader.issues) }
         return GatewayConfiguration(file: file, hostname: hostname, policyDirectory: policyDirectory, tls: tls, limits: limits,
                                     listeners: listeners, delivery: delivery, auditOutput: auditOutput, directory: directory,
-                                    authThrottle: authThrottle)
+                                    authThrottle: authThrottle, admin: admin)
     }
 
     static func parseDirectory(_ node: Node, reader: inout ConfigReader, resolve: (String) -> String) -> DirectoryConfiguration? {

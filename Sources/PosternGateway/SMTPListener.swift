@@ -18,6 +18,7 @@ final class SMTPListener: @unchecked Sendable {  // ServerQuiescingHelper is thr
     private let quiescing: NIOLockedValueBox<ServerQuiescingHelper?>
 
     var localAddress: SocketAddress? { serverChannel.localAddress }
+    var isActive: Bool { serverChannel.isActive }
 
     private init(configuration: ListenerConfiguration, serverChannel: any Channel, quiescing: ServerQuiescingHelper) {
         self.configuration = configuration

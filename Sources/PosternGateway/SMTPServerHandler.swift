@@ -19,6 +19,7 @@ struct ConnectionEnvironment: Sendable {
     var logger: Logger
     var audit: AuditLog
     var now: @Sendable () -> Date
+    var metrics: GatewayMetrics
 }
 
 /// The thin I/O layer around `SMTPSession`: frames bytes into lines or DATA, applies the session's
@@ -74,6 +75,7 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         guard !greeted else { return }
         greeted = true
         environment.audit.connection(session.facts, peer: clientAddress(of: context.channel))
+        environment.metrics.connectionOpened(listener: session.facts.listenerName)
         session.greeting().write(into: &outbound)
         flushReplies(context: context)
     }
@@ -108,6 +110,7 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
             let version = (try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self))?.tlsVersion
             session.tlsEstablished(TLSInfo(version: version?.displayName ?? "TLS"))
             environment.audit.tls(session.facts, session.facts.tls!)
+            environment.metrics.tlsHandshake(listener: session.facts.listenerName, success: true)
             handshaking = false
             logger.debug("tls established", metadata: ["version": "\(version?.displayName ?? "?")"])
             resume(context: context)
@@ -131,6 +134,7 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         logger.debug("connection error", metadata: ["error": "\(error)"])
+        if error is NIOSSLError, session.facts.tls == nil { environment.metrics.tlsHandshake(listener: session.facts.listenerName, success: false) }
         context.close(promise: nil)
     }
 
@@ -221,6 +225,7 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
             let this = handler.value
             guard this.active else { return }
             this.environment.audit.auth(this.session.facts, login: credentials.login, mechanism: credentials.mechanism, outcome: outcome)
+            this.environment.metrics.auth(result: outcome)
             this.apply(this.session.authCompleted(outcome), context: boundContext.value)
             this.resume(context: boundContext.value)
         }
@@ -238,6 +243,7 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
         let boundContext = NIOLoopBound(context, eventLoop: context.eventLoop)
         let audit = environment.audit
+        let metrics = environment.metrics
         let logger = self.logger
         context.eventLoop.makeFutureWithTask {
             await target.accept(queueID: queueID, envelope: envelope, message: message)
@@ -246,6 +252,7 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
             switch outcome {
             case .queued(let id):
                 audit.accepted(envelope, queueID: id, messageID: HeaderScanner.messageID(in: body), size: message.readableBytes)
+                metrics.messageAccepted(listener: envelope.facts.listenerName)
             case .temporaryFailure(let reply):
                 logger.warning("message not stored", metadata: ["queue_id": "\(queueID)", "reply": "\(reply)"])
                 audit.refusedMessage(envelope.facts, reply: reply)

@@ -25,6 +25,8 @@ public struct RelayOutcome: Sendable, Hashable {
     /// The message's attempt number (1 for the first).
     public var attempt: Int
     public var at: Date
+    /// When the gateway accepted the message, for delivery latency.
+    public var receivedAt: Date
 }
 
 /// Delivers queued messages to the upstreams until cancelled.
@@ -186,7 +188,7 @@ public final class Relay: Sendable {
                     update(&state, recipient, reply: result.text, upstream: upstreamName, permanent: false)
                 }
                 outcomes.append(RelayOutcome(queueID: id, recipient: recipient, upstream: upstreamName, disposition: disposition,
-                                             reply: result.text, attempt: attempt, at: now))
+                                             reply: result.text, attempt: attempt, at: now, receivedAt: entry.envelope.receivedAt))
             }
         }
 
@@ -199,7 +201,7 @@ public final class Relay: Sendable {
                 let reason = "message expired after \(age) in the queue; last error: \(recipient.lastReply ?? "none")"
                 failed.append(.init(address: recipient.address, status: "4.4.7", diagnostic: reason, remoteMTA: nil))
                 outcomes.append(RelayOutcome(queueID: id, recipient: recipient.address, upstream: recipient.upstream ?? configuration.upstream(for: recipient.address),
-                                             disposition: .expired, reply: reason, attempt: attempt, at: now))
+                                             disposition: .expired, reply: reason, attempt: attempt, at: now, receivedAt: entry.envelope.receivedAt))
             }
         }
 

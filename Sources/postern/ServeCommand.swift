@@ -38,9 +38,11 @@ struct ServeCommand: AsyncParsableCommand {
             FileHandle.standardError.write(Data("\(error)\n".utf8))
             throw ExitCode(1)
         }
-        let audit = try AuditLog.make(output: configuration.auditOutput)
+        let metrics = GatewayMetrics()
+        let audit = try AuditLog.make(output: configuration.auditOutput, metrics: metrics)
         let gateway = try Gateway(configuration: configuration, rules: { policies.rules(audit: audit) },
-                                  logger: logger, audit: audit)
+                                  logger: logger, audit: audit, metrics: metrics,
+                                  refreshPolicyGauges: { $0.refreshSunsets(policy: policies.policy, now: Date()) })
         try await gateway.start()
         let reloader = ReloadService(policies: policies, gateway: gateway, logger: logger)
         let group = ServiceGroup(configuration: .init(services: [gateway, reloader], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))

@@ -117,9 +117,11 @@ final class GatewayHarness: @unchecked Sendable {
         var logger = Logger(label: "postern-test")
         logger.logLevel = .notice
         let store = try PolicyStore(directory: URL(fileURLWithPath: configuration.policyDirectory), logger: logger)
-        let audit = try AuditLog.make(output: directory.appendingPathComponent("audit.jsonl").path)
+        let metrics = GatewayMetrics()
+        let audit = try AuditLog.make(output: directory.appendingPathComponent("audit.jsonl").path, metrics: metrics)
         let gateway = try Gateway(configuration: configuration, rules: { store.rules(now: now, audit: audit) },
-                                  logger: logger, audit: audit, drainTimeout: .seconds(5), now: now)
+                                  logger: logger, audit: audit, drainTimeout: .seconds(5), now: now,
+                                  metrics: metrics, refreshPolicyGauges: { $0.refreshSunsets(policy: store.policy, now: now()) })
         try await gateway.start()
         return GatewayHarness(directory: directory, gateway: gateway, configuration: configuration, policies: store)
     }

@@ -1,0 +1,153 @@
+import Foundation
+import NIOConcurrencyHelpers
+import PosternPolicy
+import PosternSession
+import Prometheus
+
+/// The gateway's Prometheus metrics: one registry, one typed method per thing operators watch.
+/// Label values are bounded (listener names, reply codes, rule categories, departments) so the
+/// number of series stays small whatever clients send.
+public final class GatewayMetrics: Sendable {
+    public let registry: PrometheusCollectorRegistry
+    /// For libraries that report through swift-metrics' API into the same registry.
+    public let factory: PrometheusMetricsFactory
+
+    private let queueDepth: Gauge
+    private let queueOldestAge: Gauge
+    private let latency: ValueHistogram
+    /// Departments with a sunset gauge now; gauges of departments that drop out are unregistered.
+    private let sunsetGauges = NIOLockedValueBox<[String: Gauge]>([:])
+
+    /// Delivery latency buckets in seconds: from a quick relay to a message that waited hours in the queue.
+    public static let latencyBuckets: [Double] = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14_400, 86_400]
+
+    public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
+        self.registry = registry
+        factory = PrometheusMetricsFactory(registry: registry)
+        queueDepth = registry.makeGauge(descriptor: Self.queueDepthName)
+        queueOldestAge = registry.makeGauge(descriptor: Self.queueOldestName)
+        latency = registry.makeValueHistogram(descriptor: Self.latencyName, buckets: Self.latencyBuckets)
+    }
+
+    // MARK: Hook points
+
+    /// A client connection was accepted and greeted.
+    public func connectionOpened(listener: String) {
+        registry.makeCounter(descriptor: Self.connectionsName, labels: [("listener", listener)]).increment()
+    }
+
+    /// A TLS handshake finished (STARTTLS or implicit TLS), or failed.
+    public func tlsHandshake(listener: String, success: Bool) {
+        registry.makeCounter(descriptor: Self.tlsName, labels: [("listener", listener), ("result", success ? "success" : "failure")])
+            .increment()
+    }
+
+    /// One SMTP AUTH attempt's outcome.
+    public func auth(result: AuthOutcome) {
+        auth(result: result.metricLabel)
+    }
+
+    /// One SMTP AUTH attempt's outcome by name (`success`, `invalid_credentials`, ...).
+    public func auth(result: String) {
+        registry.makeCounter(descriptor: Self.authName, labels: [("result", result)]).increment()
+    }
+
+    /// A policy decision at MAIL or RCPT: `code` nil for an accept (counted as 250); `rule` is reduced
+    /// to its category (the rule's first word, e.g. `devices`, `sunset`, `internal-domains`).
+    public func decision(code: Int?, rule: String) {
+        registry.makeCounter(descriptor: Self.decisionsName,
+                             labels: [("code", "\(code ?? 250)"), ("rule", Self.ruleCategory(rule))]).increment()
+    }
+
+    /// A message was stored (queued or written to the outbox) and answered 250.
+    public func messageAccepted(listener: String) {
+        registry.makeCounter(descriptor: Self.acceptedName, labels: [("listener", listener)]).increment()
+    }
+
+    /// One relay attempt's outcome for one upstream: the reply code, or 0 when no reply came (connection failed).
+    public func relayOutcome(upstream: String, code: Int) {
+        registry.makeCounter(descriptor: Self.relayName, labels: [("upstream", upstream), ("code", "\(code)")]).increment()
+    }
+
+    /// Time from acceptance to the final relay outcome of a message.
+    public func deliveryLatency(seconds: Double) {
+        latency.record(seconds)
+    }
+
+    public func setQueue(depth: Int, oldestAgeSeconds: Double) {
+        queueDepth.set(Double(depth))
+        queueOldestAge.set(oldestAgeSeconds)
+    }
+
+    /// Days until the department's next device sunset (0 on the last valid day).
+    public func setDaysToNextSunset(department: String, days: Int) {
+        let gauge = sunsetGauges.withLockedValue { gauges in
+            if let gauge = gauges[department] { return gauge }
+            let gauge = registry.makeGauge(descriptor: Self.sunsetName, labels: [("department", department)])
+            gauges[department] = gauge
+            return gauge
+        }
+        gauge.set(Double(days))
+    }
+
+    /// Sets every department's days to its next device sunset from the policy in force; departments
+    /// with no device still in service lose their series.
+    public func refreshSunsets(policy: PolicySet, now: Date) {
+        let today = policy.today(now)
+        var next: [String: Int] = [:]
+        for device in policy.devices {
+            let days = today.days(until: policy.effectiveSunset(for: device).date)
+            guard days >= 0 else { continue }
+            next[device.department] = min(days, next[device.department] ?? .max)
+        }
+        for (department, days) in next { setDaysToNextSunset(department: department, days: days) }
+        let gone = sunsetGauges.withLockedValue { gauges -> [Gauge] in
+            let gone = gauges.filter { next[$0.key] == nil }
+            for key in gone.keys { gauges[key] = nil }
+            return Array(gone.values)
+        }
+        for gauge in gone { registry.unregisterGauge(gauge) }
+    }
+
+    /// The Prometheus text exposition of everything in the registry.
+    public func exposition() -> [UInt8] {
+        registry.emitToBuffer()
+    }
+
+    /// `sunset: department chem 2026-06-30` → `sunset`; `internal-domains: x is not internal` → `internal-domains`.
+    static func ruleCategory(_ rule: String) -> String {
+        let word = rule.prefix { $0 != ":" && $0 != " " }.lowercased()
+        let clean = word.filter { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }
+        return clean.isEmpty ? "other" : String(clean.prefix(32))
+    }
+
+    // MARK: Names
+
+    private static func name(_ metric: String, unit: String = "", _ help: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(namespace: "postern", metricName: metric, unitName: unit, helpText: help)
+    }
+
+    static var connectionsName: MetricNameDescriptor { name("connections", unit: "total", "Client connections accepted, by listener.") }
+    static var tlsName: MetricNameDescriptor { name("tls_handshakes", unit: "total", "TLS handshakes by listener and result.") }
+    static var authName: MetricNameDescriptor { name("auth_attempts", unit: "total", "SMTP AUTH attempts by result.") }
+    static var decisionsName: MetricNameDescriptor { name("policy_decisions", unit: "total", "Policy decisions at MAIL/RCPT by reply code and rule category.") }
+    static var acceptedName: MetricNameDescriptor { name("messages_accepted", unit: "total", "Messages stored and answered 250, by listener.") }
+    static var relayName: MetricNameDescriptor { name("relay_outcomes", unit: "total", "Relay attempts by upstream and reply code (0: no reply).") }
+    static var latencyName: MetricNameDescriptor { name("delivery_latency", unit: "seconds", "Time from acceptance to the final relay outcome.") }
+    static var queueDepthName: MetricNameDescriptor { name("queue_depth", "Messages waiting in the spool.") }
+    static var queueOldestName: MetricNameDescriptor { name("queue_oldest_age", unit: "seconds", "Age of the oldest message in the spool.") }
+    static var sunsetName: MetricNameDescriptor { name("sunset_days_remaining", "Days until the department's next device sunset.") }
+}
+
+extension AuthOutcome {
+    /// The same names the audit log uses.
+    var metricLabel: String {
+        switch self {
+        case .success: return "success"
+        case .invalidCredentials: return "invalid_credentials"
+        case .refused: return "not_authorized"
+        case .temporaryFailure: return "directory_unavailable"
+        case .throttled: return "throttled"
+        }
+    }
+}

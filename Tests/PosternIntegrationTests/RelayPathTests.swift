@@ -1,0 +1,166 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import PosternSink
+import PosternTestSupport
+import XCTest
+
+/// The whole path: client → listener → durable spool → mutual-TLS relay → sink, and crash safety of it.
+final class RelayPathTests: XCTestCase {
+    var group: MultiThreadedEventLoopGroup!
+    var sink: SinkServer!
+    var sinkPort = 0
+    var sinkOutbox: URL!
+
+    override func setUp() async throws {
+        try Repo.ensureCertificates()
+        group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        sinkOutbox = FileManager.default.temporaryDirectory.appendingPathComponent("postern-sink-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: sinkOutbox, withIntermediateDirectories: true)
+        let certs = Repo.certs.path
+        sink = SinkServer(configuration: SinkConfiguration(certificateFile: "\(certs)/server.pem", keyFile: "\(certs)/server.key",
+                                                           clientCAFile: "\(certs)/ca.pem", outbox: sinkOutbox.path),
+                          group: group, logger: Logger(label: "sink"))
+        sinkPort = try await sink.start()
+    }
+
+    override func tearDown() async throws {
+        await sink.stop()
+        try await group.shutdownGracefully()
+        try? FileManager.default.removeItem(at: sinkOutbox)
+    }
+
+    func relayDelivery(spool: String) -> String {
+        let certs = Repo.certs.path
+        return """
+            delivery:
+              spool: \(spool)
+              relay:
+                upstreams:
+                  - { name: sink, host: 127.0.0.1, port: \(sinkPort), tls: starttls, server-name: localhost, ca-file: \(certs)/ca.pem, certificate: \(certs)/client.pem, key: \(certs)/client.key }
+                retry: { initial-seconds: 1, max-seconds: 2, scan-seconds: 1 }
+            """
+    }
+
+    func waitFor(_ seconds: Double, _ condition: () -> Bool) async -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if condition() { return true }
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        return condition()
+    }
+
+    func testDeviceMessageIsRelayedOverMutualTLSWithDotStuffingAndCRLF() async throws {
+        let spool = FileManager.default.temporaryDirectory.appendingPathComponent("postern-spool-\(UUID().uuidString)")
+        let harness = try await GatewayHarness.start(delivery: relayDelivery(spool: spool.path))
+        let body = "Subject: relayed\r\n\r\n.dot at start\r\n..two dots\r\nend\r\n"
+        let file = harness.directory.appendingPathComponent("m.eml")
+        try (body.replacingOccurrences(of: "\r\n.", with: "\r\n..") + ".\r\n").write(to: file, atomically: true, encoding: .utf8)
+        let output = try Shell.run(["swaks", "--server", "127.0.0.1:\(harness.port("device"))", "--from", "scanner@example.edu",
+                                    "--to", "bob@example.edu", "--data", file.path, "--no-data-fixup"]).output
+        XCTAssertTrue(output.contains("250 2.0.0 Ok: queued as"), output)
+        let arrived = await waitFor(10) { sink.receivedCount == 1 && harness.gateway.spool?.depth == 0 }
+        XCTAssertTrue(arrived, "the sink received the message and the spool is empty")
+        let message = try XCTUnwrap(sink.messages.first)
+        XCTAssertEqual(message.clientCertificateSubject?.contains("postern-gateway.example.edu"), true, "\(String(describing: message.clientCertificateSubject))")
+        XCTAssertEqual(message.recipients, ["bob@example.edu"])
+        let data = String(buffer: message.data)
+        XCTAssertTrue(data.hasPrefix("Received: from "), data)
+        XCTAssertTrue(data.hasSuffix(body), "body arrives unchanged after dot-stuffing both ways: \(data.debugDescription)")
+        let events = try harness.auditEvents()
+        XCTAssertTrue(events.contains { $0["event"] as? String == "relay" && $0["outcome"] as? String == "delivered" && $0["upstream"] as? String == "sink" })
+        await harness.stop()
+        try? FileManager.default.removeItem(at: spool)
+    }
+
+    /// SIGKILL the gateway again and again while a client sends; every message that got a 250 reaches the sink.
+    func testEveryAcceptedMessageSurvivesRepeatedSIGKILL() async throws {
+        let work = FileManager.default.temporaryDirectory.appendingPathComponent("postern-crash-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: work) }
+        let port = freeLoopbackPort()
+        let config = work.appendingPathComponent("postern.yaml")
+        try """
+            hostname: crash.test
+            policies: \(Repo.policies.path)
+            listeners:
+              - { name: device, kind: device, listen: "127.0.0.1:\(port)" }
+            \(relayDelivery(spool: work.appendingPathComponent("spool").path))
+            audit: { output: \(work.appendingPathComponent("audit.jsonl").path) }
+            """.write(to: config, atomically: true, encoding: .utf8)
+        let accepted = work.appendingPathComponent("accepted.txt")
+        let stop = work.appendingPathComponent("stop")
+        let client = Process()
+        client.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        client.arguments = ["-c", """
+            import os, socket, sys, time
+            port, out, stop = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+            n = 0
+            with open(out, "a") as log:
+                while not os.path.exists(stop) and n < 400:
+                    try:
+                        s = socket.create_connection(("127.0.0.1", port), timeout=3)
+                        f = s.makefile("rb")
+                        if not f.readline(): raise OSError("closed")
+                        s.sendall(b"EHLO c\\r\\nMAIL FROM:<scanner@example.edu>\\r\\nRCPT TO:<bob@example.edu>\\r\\nDATA\\r\\n")
+                        while True:
+                            l = f.readline()
+                            if not l: raise OSError("closed")
+                            if l.startswith(b"354"): break
+                        s.sendall(b"Subject: crash %d\\r\\n\\r\\nbody\\r\\n.\\r\\n" % n)
+                        line = f.readline().decode()
+                        if line.startswith("250 2.0.0 Ok: queued as "):
+                            log.write(line.split()[-1] + "\\n"); log.flush()
+                        n += 1
+                        s.close()
+                    except OSError:
+                        time.sleep(0.05)
+            """, "\(port)", accepted.path, stop.path]
+        client.standardOutput = FileHandle.nullDevice
+        client.standardError = FileHandle.nullDevice
+        try client.run()
+
+        func startGateway() throws -> Process {
+            let gateway = Process()
+            gateway.executableURL = Repo.posternBinary
+            gateway.arguments = ["serve", "--config", config.path, "--log-level", "error"]
+            let log = work.appendingPathComponent("gateway.log")
+            if !FileManager.default.fileExists(atPath: log.path) { _ = FileManager.default.createFile(atPath: log.path, contents: nil) }
+            let handle = try FileHandle(forWritingTo: log)
+            handle.seekToEndOfFile()
+            gateway.standardError = handle
+            gateway.standardOutput = handle
+            try gateway.run()
+            return gateway
+        }
+        for round in 0..<4 {
+            let gateway = try startGateway()
+            try await Task.sleep(for: .milliseconds(700 + 150 * round))
+            kill(gateway.processIdentifier, SIGKILL)
+            gateway.waitUntilExit()
+        }
+        try Data().write(to: stop)
+        while client.isRunning { try await Task.sleep(for: .milliseconds(20)) }
+
+        let ids = Set((try String(contentsOf: accepted, encoding: .utf8)).split(separator: "\n").map(String.init))
+        XCTAssertGreaterThan(ids.count, 10, "the client got messages through between the kills; gateway log: \((try? String(contentsOf: work.appendingPathComponent("gateway.log"), encoding: .utf8)) ?? "")")
+        // A last, clean start delivers whatever is still queued.
+        let gateway = try startGateway()
+        defer { gateway.terminate(); gateway.waitUntilExit() }
+        func deliveredIDs() -> Set<String> {
+            let files = (try? FileManager.default.contentsOfDirectory(at: sinkOutbox, includingPropertiesForKeys: nil)) ?? []
+            var found = Set<String>()
+            for file in files {
+                guard let text = try? String(contentsOf: file, encoding: .utf8),
+                      let range = text.range(of: "(Postern) with ESMTP id ") else { continue }
+                found.insert(String(text[range.upperBound...].prefix { !$0.isWhitespace && $0 != ";" }))
+            }
+            return found
+        }
+        let allArrived = await waitFor(60) { ids.isSubset(of: deliveredIDs()) }
+        let missing = ids.subtracting(deliveredIDs())
+        XCTAssertTrue(allArrived, "\(missing.count) of \(ids.count) accepted messages never reached the sink: \(missing.sorted().prefix(5))")
+    }
+}
