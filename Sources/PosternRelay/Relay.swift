@@ -89,7 +89,9 @@ public final class Relay: Sendable {
                 }
                 for id in ready {
                     group.addTask {
-                        await self.process(id: id)
+                        // Shielded from cancellation: on shutdown a delivery in flight finishes and records
+                        // its outcome (bounded by the upstream timeouts) instead of being cut off half-way.
+                        await Task { await self.process(id: id) }.value
                         self.state.withLockedValue { _ = $0.inFlight.remove(id) }
                         self.signal.signal()
                     }
@@ -110,7 +112,7 @@ public final class Relay: Sendable {
                 // The wake file is checked at least every quarter second.
                 await signal.wait(seconds: min(wait, 0.25))
             }
-            group.cancelAll()
+            await group.waitForAll()
         }
         for pool in pools.values { await pool.closeAll() }
     }
