@@ -136,6 +136,17 @@ public final class Gateway: Service, Sendable {
         listeners.all.first { $0.configuration.name == name }?.localAddress?.port
     }
 
+    /// Where accepted mail goes (the spool, or the outbox without a relay).
+    public var deliveryTarget: any DeliveryTarget { shared.environment.target }
+
+    /// A file beside the delivered mail where the gateway keeps small state of its own.
+    public func stateFile(_ name: String) -> URL {
+        switch configuration.delivery {
+        case .outbox(let path): return URL(fileURLWithPath: path).appendingPathComponent(".\(name)")
+        case .relay(let spool, _): return URL(fileURLWithPath: spool).appendingPathComponent(name)
+        }
+    }
+
     /// The TLS context for new handshakes (swapped on reload).
     public var tlsContext: TLSContextBox { shared.environment.tls }
 

@@ -45,7 +45,10 @@ struct ServeCommand: AsyncParsableCommand {
                                   refreshPolicyGauges: { $0.refreshSunsets(policy: policies.policy, now: Date()) })
         try await gateway.start()
         let reloader = ReloadService(policies: policies, gateway: gateway, logger: logger)
-        let group = ServiceGroup(configuration: .init(services: [gateway, reloader], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        let reminders = SunsetReminders(policies: policies, target: gateway.deliveryTarget, stateFile: gateway.stateFile("sunset-reminders.json"),
+                                        hostname: configuration.hostname, logger: logger)
+        let group = ServiceGroup(configuration: .init(services: [gateway, reloader, reminders], gracefulShutdownSignals: [.sigterm, .sigint],
+                                                      logger: logger))
         try await group.run()
     }
 }

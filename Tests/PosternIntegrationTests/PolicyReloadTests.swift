@@ -1,5 +1,7 @@
 import Foundation
+import Logging
 import NIOConcurrencyHelpers
+import PosternGateway
 import XCTest
 
 /// Policy through the real listener: reload keeps the old policy when the new one is broken, sunset with a test clock.
@@ -73,6 +75,34 @@ final class PolicyReloadTests: XCTestCase {
         clock.withLockedValue { $0 = ISO8601DateFormatter().date(from: "2027-08-31T22:00:00Z")! }  // 00:00 on 1 September in Berlin
         let refused = try send(port, from: "127.0.0.1")
         XCTAssertTrue(refused.contains("554 5.7.1 Device demo-scanner registration expired on 2027-08-31; use TLS submission on port 587"), refused)
+        await harness.stop()
+    }
+}
+
+/// Owners are reminded before their device's sunset, once per reminder period, through the delivery path.
+final class SunsetReminderTests: XCTestCase {
+    func testOwnerIsRemindedOncePerPeriod() async throws {
+        // demo-scanner (owner it-helpdesk@example.edu) ends on 2027-08-31; reminders 30, 7 and 1 days before.
+        let clock = NIOLockedValueBox(ISO8601DateFormatter().date(from: "2027-07-15T10:00:00Z")!)
+        let now: @Sendable () -> Date = { clock.withLockedValue { $0 } }
+        let harness = try await GatewayHarness.start(now: now)
+        let reminders = SunsetReminders(policies: harness.policies, target: harness.gateway.deliveryTarget,
+                                        stateFile: harness.gateway.stateFile("sunset-reminders.json"), hostname: "gw.test",
+                                        now: now, logger: Logger(label: "test"))
+        var sent = await reminders.sendDue()
+        XCTAssertFalse(sent.contains { $0.hasPrefix("demo-scanner|") }, "47 days before: no reminder yet")
+        clock.withLockedValue { $0 = ISO8601DateFormatter().date(from: "2027-08-02T10:00:00Z")! }  // 29 days left
+        sent = await reminders.sendDue()
+        XCTAssertTrue(sent.contains("demo-scanner|30|2027-08-31"), "\(sent)")
+        let again = await reminders.sendDue()
+        XCTAssertFalse(again.contains { $0.hasPrefix("demo-scanner|") }, "not twice in one period")
+        clock.withLockedValue { $0 = ISO8601DateFormatter().date(from: "2027-08-26T10:00:00Z")! }  // 5 days left
+        let week = await reminders.sendDue()
+        XCTAssertTrue(week.contains("demo-scanner|7|2027-08-31"), "\(week)")
+        let texts = try harness.outboxFiles().map { try String(contentsOf: $0, encoding: .utf8) }
+        let forScanner = texts.filter { $0.contains("Subject: Device demo-scanner: mail registration ends on 2027-08-31") }
+        XCTAssertEqual(forScanner.count, 2)
+        XCTAssertTrue(forScanner.allSatisfy { $0.contains("To: <it-helpdesk@example.edu>") && $0.contains("port 587") })
         await harness.stop()
     }
 }
