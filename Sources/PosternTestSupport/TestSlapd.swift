@@ -137,39 +137,12 @@ public final class TestSlapd: @unchecked Sendable {
         let outputFile = FileManager.default.temporaryDirectory
             .appendingPathComponent("postern-slapd-run-\(UUID().uuidString.prefix(8)).log").path
         defer { unlink(outputFile) }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, outputFile, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        let argv = (["/bin/bash", executable] + arguments).map { strdup($0) } + [nil]
-        defer { for pointer in argv { free(pointer) } }
-        // The child must not inherit this thread's blocked signals (slapd would never see
-        // SIGTERM) or an ignored SIGPIPE.
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var noSignals = sigset_t()
-        sigemptyset(&noSignals)
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        for signal in [SIGPIPE, SIGTERM, SIGINT, SIGHUP, SIGCHLD] { sigaddset(&defaults, signal) }
-        posix_spawnattr_setsigmask(&attributes, &noSignals)
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        var pid = pid_t()
-        let spawned = posix_spawn(&pid, "/bin/bash", &actions, &attributes, argv, environ)
-        guard spawned == 0 else {
-            throw Failure.command(executable, status: -1, output: "posix_spawn failed: \(String(cString: strerror(spawned)))")
+        let code: Int32
+        do {
+            code = waitForExit(try spawnProcess(["/bin/bash", executable] + arguments, output: outputFile))
+        } catch {
+            throw Failure.command(executable, status: -1, output: "\(error)")
         }
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) == -1 {
-            guard errno == EINTR else { break }
-        }
-        // WIFEXITED and WEXITSTATUS are macros Swift cannot import.
-        let exited = status & 0x7f == 0
-        let code = exited ? (status >> 8) & 0xff : -1
         guard code == 0 else {
             let output = (try? String(contentsOfFile: outputFile, encoding: .utf8)) ?? ""
             throw Failure.command(([executable] + arguments).joined(separator: " "), status: code, output: output)

@@ -44,7 +44,7 @@ while True:
 """#
 
     public init(certificates: RelayTestCertificates, clientCA: String? = nil) throws {
-        port = relayTestFreePort()
+        port = freeLoopbackPort()
         outbox = FileManager.default.temporaryDirectory.appendingPathComponent("postern-upstream-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: outbox, withIntermediateDirectories: true)
         let scriptPath = outbox + ".py"

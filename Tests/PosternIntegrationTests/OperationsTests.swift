@@ -206,7 +206,10 @@ final class OperationsTests: XCTestCase {
         XCTAssertEqual(try server.waitForExit(timeout: 15), 0, server.log())
 
         let outbox = directory.appendingPathComponent("outbox")
-        let files = try FileManager.default.contentsOfDirectory(at: outbox, includingPropertiesForKeys: nil).filter { $0.pathExtension == "eml" }
+        // Besides the test message the outbox may hold sunset reminders the gateway sent on start.
+        let files = try FileManager.default.contentsOfDirectory(at: outbox, includingPropertiesForKeys: nil).filter {
+            $0.pathExtension == "eml" && ((try? String(contentsOf: $0, encoding: .utf8)) ?? "").contains("Subject: drain test")
+        }
         XCTAssertEqual(files.count, 1)
         let stored = try String(contentsOf: try XCTUnwrap(files.first), encoding: .utf8)
         XCTAssertTrue(stored.hasSuffix("Subject: drain test\r\n\r\nfirst half of the body\r\nsecond half of the body\r\n"), stored)
@@ -383,28 +386,7 @@ final class Spawned {
 
     init(_ arguments: [String], output: String) throws {
         outputPath = output
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var noSignals = sigset_t()
-        sigemptyset(&noSignals)
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        for signal in [SIGPIPE, SIGTERM, SIGINT, SIGHUP, SIGCHLD] { sigaddset(&defaults, signal) }
-        posix_spawnattr_setsigmask(&attributes, &noSignals)
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        let argv = arguments.map { strdup($0) } + [nil]
-        defer { for pointer in argv { free(pointer) } }
-        var pid = pid_t()
-        let spawned = posix_spawn(&pid, arguments[0], &actions, &attributes, argv, environ)
-        guard spawned == 0 else { throw HarnessError("posix_spawn \(arguments[0]): \(String(cString: strerror(spawned)))") }
+        let pid = try spawnProcess(arguments, output: output)
         self.pid = pid
     }
 

@@ -148,7 +148,7 @@ final class RelayPathTests: XCTestCase {
         XCTAssertGreaterThan(ids.count, 10, "the client got messages through between the kills; gateway log: \((try? String(contentsOf: work.appendingPathComponent("gateway.log"), encoding: .utf8)) ?? "")")
         // A last, clean start delivers whatever is still queued.
         let gateway = try startGateway()
-        defer { gateway.terminate(); gateway.waitUntilExit() }
+        defer { kill(gateway.processIdentifier, SIGKILL); gateway.waitUntilExit() }
         func deliveredIDs() -> Set<String> {
             let files = (try? FileManager.default.contentsOfDirectory(at: sinkOutbox, includingPropertiesForKeys: nil)) ?? []
             var found = Set<String>()
