@@ -28,7 +28,8 @@ mkdir -p "$work/corpus" "$SCRATCH/findings"
 cp Fuzz/corpus/* "$work/corpus/"
 log="$work/fuzz.log"
 status=0
-"$binary" -runs="$RUNS" -max_len=4096 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+# Swift's own crash backtracer would take the trap before libFuzzer could save the input.
+SWIFT_BACKTRACE=enable=no "$binary" -runs="$RUNS" -max_len=4096 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
     -artifact_prefix="$SCRATCH/findings/" "$work/corpus" >"$log" 2>&1 || status=$?
 grep -E '^(stat::number_of_executed_units|stat::average_exec_per_sec|stat::new_units_added|stat::peak_rss_mb)|^#[0-9]+ +DONE|ERROR|fuzz invariant|Fatal error|SUMMARY' "$log" || true
 if [[ $status -ne 0 ]]; then

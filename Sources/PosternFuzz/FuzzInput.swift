@@ -302,10 +302,11 @@ struct SplitMix {
     }
 }
 
-/// A violated invariant: a trap libFuzzer records as a crash, with the reason on stderr.
+/// A violated invariant: a trap libFuzzer records as a crash, with the reason on stderr (`fatalError` keeps
+/// its message in optimised builds, `preconditionFailure` does not).
 @inline(never)
 func fuzzCheck(_ condition: @autoclosure () -> Bool, _ message: @autoclosure () -> String) {
     if !condition() {
-        preconditionFailure("fuzz invariant: \(message())")
+        fatalError("fuzz invariant: \(message())")
     }
 }
