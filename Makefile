@@ -22,11 +22,11 @@ demo: deps certs
 test: deps certs
 	$(SWIFT) build --build-tests $(BUILD_FLAGS)
 	$(SWIFT) test --skip-build $(BUILD_FLAGS)
-	scripts/fuzz.sh 20000
+	SWIFT=$(SWIFT) scripts/fuzz.sh 20000
 
 # libFuzzer over the wire format and the session state machine (FUZZ_RUNS inputs, default 200000).
 fuzz:
-	scripts/fuzz.sh $(FUZZ_RUNS)
+	SWIFT=$(SWIFT) scripts/fuzz.sh $(FUZZ_RUNS)
 
 # sslyze (Mozilla intermediate) against the TLS endpoints and nmap smtp-open-relay against the device endpoint.
 security: deps certs
