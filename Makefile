@@ -2,7 +2,7 @@
 SWIFT ?= swift
 BUILD_FLAGS ?=
 
-.PHONY: demo test deps certs build release clean-var
+.PHONY: demo test deps certs build release clean-var fuzz security
 
 deps:
 	@scripts/install-deps.sh
@@ -22,6 +22,15 @@ demo: deps certs
 test: deps certs
 	$(SWIFT) build --build-tests $(BUILD_FLAGS)
 	$(SWIFT) test --skip-build $(BUILD_FLAGS)
+	SWIFT=$(SWIFT) scripts/fuzz.sh 20000
+
+# libFuzzer over the wire format and the session state machine (FUZZ_RUNS inputs, default 200000).
+fuzz:
+	SWIFT=$(SWIFT) scripts/fuzz.sh $(FUZZ_RUNS)
+
+# sslyze (Mozilla intermediate) against the TLS endpoints and nmap smtp-open-relay against the device endpoint.
+security: deps certs
+	scripts/security.sh
 
 clean-var:
 	rm -rf var

@@ -126,6 +126,11 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // libFuzzer target for the wire format and the session (scripts/fuzz.sh); plain builds replay files.
+        .executableTarget(
+            name: "PosternFuzz",
+            dependencies: ["PosternSMTP", "PosternSession", .product(name: "NIOCore", package: "swift-nio")]
+        ),
         .testTarget(name: "PosternSMTPTests", dependencies: ["PosternSMTP"]),
         .testTarget(name: "PosternSessionTests", dependencies: ["PosternSession", "PosternSMTP"]),
         .testTarget(name: "PosternPolicyTests", dependencies: ["PosternPolicy", "PosternSMTP"]),

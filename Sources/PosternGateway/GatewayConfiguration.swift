@@ -29,6 +29,10 @@ public struct Limits: Sendable, Hashable {
     public var idleTimeoutSeconds = 300
     public var maxConnectionsPerClient = 50
     public var maxConnections = 20_000
+    /// Messages one authenticated login may send per hour, on every endpoint together; nil for no limit.
+    public var messagesPerUserPerHour: Int?
+    /// Wait this long before the 220 and refuse clients that talk first (postscreen's "pregreet"); 0 is off.
+    public var greetingDelayMilliseconds = 0
 }
 
 /// Where accepted mail goes.
@@ -107,12 +111,15 @@ public struct GatewayConfiguration: Sendable {
 
         var limits = Limits()
         if let node = top["limits"] {
-            let map = reader.mapping(node, known: ["max-message-size", "max-recipients", "idle-timeout-seconds", "max-connections-per-client", "max-connections"], context: "limits")
+            let map = reader.mapping(node, known: ["max-message-size", "max-recipients", "idle-timeout-seconds", "max-connections-per-client", "max-connections",
+                                                     "messages-per-user-per-hour", "greeting-delay-ms"], context: "limits")
             limits.maxMessageSize = reader.int(map["max-message-size"], "limits.max-message-size", range: 1024...(1 << 30)) ?? limits.maxMessageSize
             limits.maxRecipients = reader.int(map["max-recipients"], "limits.max-recipients", range: 1...10_000) ?? limits.maxRecipients
             limits.idleTimeoutSeconds = reader.int(map["idle-timeout-seconds"], "limits.idle-timeout-seconds", range: 1...3600) ?? limits.idleTimeoutSeconds
             limits.maxConnectionsPerClient = reader.int(map["max-connections-per-client"], "limits.max-connections-per-client", range: 1...100_000) ?? limits.maxConnectionsPerClient
             limits.maxConnections = reader.int(map["max-connections"], "limits.max-connections", range: 1...1_000_000) ?? limits.maxConnections
+            limits.messagesPerUserPerHour = reader.int(map["messages-per-user-per-hour"], "limits.messages-per-user-per-hour", range: 1...1_000_000)
+            limits.greetingDelayMilliseconds = reader.int(map["greeting-delay-ms"], "limits.greeting-delay-ms", range: 0...30_000) ?? limits.greetingDelayMilliseconds
         }
 
         var listeners: [ListenerConfiguration] = []

@@ -12,10 +12,16 @@ public final class PolicyStore: Sendable {
     private let current: NIOLockedValueBox<PolicySet>
     private let fingerprint: NIOLockedValueBox<String>
     private let logger: Logger
+    /// Message rate limits, shared by every session and kept across reloads.
+    public let rateLimiter: RateLimiter
+    /// The gateway-wide limit for each authenticated login (`limits.messages-per-user-per-hour`); nil for none.
+    public let userRateLimit: RateLimit?
 
-    public init(directory: URL, logger: Logger) throws(PolicyErrors) {
+    public init(directory: URL, logger: Logger, userMessagesPerHour: Int? = nil, rateLimiter: RateLimiter = RateLimiter()) throws(PolicyErrors) {
         self.directory = directory
         self.logger = logger
+        self.rateLimiter = rateLimiter
+        self.userRateLimit = userMessagesPerHour.flatMap { RateLimit("\($0)/hour") }
         let policy = try PolicyLoader.load(directory: directory).get()
         current = NIOLockedValueBox(policy)
         fingerprint = NIOLockedValueBox(Self.fingerprint(of: directory))
@@ -67,7 +73,7 @@ public final class PolicyStore: Sendable {
 
     /// Session rules bound to the policy in force now.
     public func rules(now: @escaping @Sendable () -> Date = { Date() }, audit: AuditLog) -> PolicyRules {
-        PolicyRules(policy: policy, now: now, audit: audit)
+        PolicyRules(policy: policy, now: now, audit: audit, rateLimiter: rateLimiter, userRateLimit: userRateLimit)
     }
 }
 
@@ -76,9 +82,32 @@ public struct PolicyRules: SessionRules {
     public let policy: PolicySet
     let now: @Sendable () -> Date
     let audit: AuditLog
+    let rateLimiter: RateLimiter
+    let userRateLimit: RateLimit?
 
+    /// Policy first; a sender policy accepts then counts against its device's or login's message rate.
     public func checkSender(_ facts: ConnectionFacts, sender: ReversePath) -> Verdict {
-        verdict(policy.decide(input(facts, sender: sender, recipient: nil)), facts, stage: "mail", sender: sender, recipient: nil)
+        var decision = policy.decide(input(facts, sender: sender, recipient: nil))
+        if decision.isAccepted, let refusal = rateLimitRefusal(facts) { decision = refusal }
+        return verdict(decision, facts, stage: "mail", sender: sender, recipient: nil)
+    }
+
+    /// Counts one message for the device (its `max-rate`) or the authenticated login (the gateway default).
+    private func rateLimitRefusal(_ facts: ConnectionFacts) -> Decision? {
+        let key: String
+        let limit: RateLimit
+        if facts.kind == .device, let device = policy.device(forAddress: facts.clientAddress), let rate = device.maxRate {
+            key = "device:\(device.id)"
+            limit = rate
+        } else if facts.kind != .device, let user = facts.user, let rate = userRateLimit {
+            key = "user:\(user.login.lowercased())"
+            limit = rate
+        } else {
+            return nil
+        }
+        guard !rateLimiter.admit(key, limit: limit, at: now()) else { return nil }
+        return Decision(reply: SMTPReply(450, "4.7.1", "Message rate limit of \(limit) exceeded for \(key); try again later"),
+                        rule: "rate-limit \(key) \(limit)")
     }
 
     public func checkRecipient(_ facts: ConnectionFacts, sender: ReversePath, recipient: Mailbox) -> Verdict {

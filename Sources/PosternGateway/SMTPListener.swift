@@ -118,7 +118,8 @@ private func installSession(on channel: any Channel, client: String, port: Int, 
     let facts = ConnectionFacts(listenerName: configuration.name, kind: configuration.kind, clientAddress: client,
                                 clientPort: port, sessionID: SessionID.make())
     let session = SMTPSession(configuration: sessionConfiguration, facts: facts, rules: shared.rules())
-    try sync.addHandler(SMTPServerHandler(session: session, environment: shared.environment))
+    try sync.addHandler(SMTPServerHandler(session: session, environment: shared.environment,
+                                         greetingDelay: .milliseconds(Int64(shared.limits.greetingDelayMilliseconds))))
 }
 
 /// The client's IP as policy sees it; IPv4-mapped IPv6 (`::ffff:a.b.c.d`) is reported as IPv4.

@@ -46,9 +46,15 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Shutdown was asked for while a message was being received: close after it is answered.
     private var quiesceAfterMessage = false
 
-    init(session: SMTPSession, environment: ConnectionEnvironment) {
+    /// How long to hold the 220; a client that talks before it is refused (see `greet`).
+    private let greetingDelay: TimeAmount
+    /// The greeting is being held back.
+    private var greetingHeld = false
+
+    init(session: SMTPSession, environment: ConnectionEnvironment, greetingDelay: TimeAmount = .zero) {
         self.session = session
         self.environment = environment
+        self.greetingDelay = greetingDelay
         var logger = environment.logger
         logger[metadataKey: "session"] = "\(session.facts.sessionID)"
         logger[metadataKey: "listener"] = "\(session.facts.listenerName)"
@@ -76,8 +82,30 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         greeted = true
         environment.audit.connection(session.facts, peer: clientAddress(of: context.channel))
         environment.metrics.connectionOpened(listener: session.facts.listenerName)
-        session.greeting().write(into: &outbound)
-        flushReplies(context: context)
+        guard greetingDelay > .zero else {
+            session.greeting().write(into: &outbound)
+            flushReplies(context: context)
+            return
+        }
+        // RFC 5321 4.3.1 lets a client wait for the greeting; one that sends before it is a spam bot or a
+        // pipelining attack (Postfix postscreen "pregreet"): refuse it rather than read what it sent.
+        greetingHeld = true
+        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let boundContext = NIOLoopBound(context, eventLoop: context.eventLoop)
+        context.eventLoop.scheduleTask(in: greetingDelay) {
+            let this = handler.value
+            guard this.active, !this.closing else { return }
+            this.greetingHeld = false
+            if this.inbound.readableBytes > 0 {
+                this.logger.notice("client talked before the greeting", metadata: ["bytes": "\(this.inbound.readableBytes)"])
+                this.inbound.clear()
+                this.apply(this.session.close(with: SMTPReply(554, "5.5.1", "Protocol error: data before greeting")),
+                           context: boundContext.value)
+                return
+            }
+            this.session.greeting().write(into: &this.outbound)
+            this.process(context: boundContext.value)
+        }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -93,6 +121,11 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         guard !closing else { return }
         var bytes = unwrapInboundIn(data)
         inbound.writeBuffer(&bytes)
+        if greetingHeld {
+            // Keep no more than a line of an early talker's bytes; it is refused when the delay ends.
+            if inbound.readableBytes > 512 { inbound.moveReaderIndex(forwardBy: inbound.readableBytes - 512); inbound.discardReadBytes() }
+            return
+        }
         if !waiting { process(context: context) }
     }
 

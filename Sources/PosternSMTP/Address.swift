@@ -234,10 +234,13 @@ public enum AddressParser {
         }
         let parts = text.split(separator: ".", omittingEmptySubsequences: false)
         guard parts.count == 4 else {
-            // General-address-literal = Standardized-tag ":" 1*dcontent
+            // General-address-literal = Standardized-tag ":" 1*dcontent; dcontent = %d33-90 / %d94-126
+            // (no space, control character, CR or LF: they would travel on into headers and the relay).
             guard let colon = text.firstIndex(of: ":") else { return false }
             let tag = text[..<colon]
-            return !tag.isEmpty && isDomain(tag.utf8) && text.index(after: colon) < text.endIndex
+            let content = text[text.index(after: colon)...]
+            return !tag.isEmpty && isDomain(tag.utf8) && !content.isEmpty
+                && content.utf8.allSatisfy { (33...90).contains($0) || (94...126).contains($0) }
         }
         return parts.allSatisfy { part in
             guard (1...3).contains(part.count), let v = Int(part) else { return false }

@@ -149,10 +149,18 @@ public struct DataFramer: Sendable {
     }
 
     private mutating func append(_ bytes: UnsafeRawBufferPointer) {
+        // The reason is the limit the byte stream crossed first, so it does not depend on how the bytes
+        // arrived: a run that crosses both at once is judged as if it came byte by byte.
+        let roomInLine = maxLineLength - lineLength
+        let roomInMessage = maxMessageSize - receivedOctets
         lineLength += bytes.count
         receivedOctets += bytes.count
-        if lineLength > maxLineLength { taint(.lineTooLong) }
-        if receivedOctets > maxMessageSize { taint(.tooBig) }
+        switch (bytes.count > roomInLine, bytes.count > roomInMessage) {
+        case (true, true): taint(roomInLine <= roomInMessage ? .lineTooLong : .tooBig)
+        case (true, false): taint(.lineTooLong)
+        case (false, true): taint(.tooBig)
+        case (false, false): break
+        }
         if rejection == nil { body.writeBytes(bytes) }
     }
 

@@ -33,7 +33,8 @@ struct ServeCommand: AsyncParsableCommand {
         }
         let policies: PolicyStore
         do {
-            policies = try PolicyStore(directory: URL(fileURLWithPath: configuration.policyDirectory), logger: logger)
+            policies = try PolicyStore(directory: URL(fileURLWithPath: configuration.policyDirectory), logger: logger,
+                                       userMessagesPerHour: configuration.limits.messagesPerUserPerHour)
         } catch {
             FileHandle.standardError.write(Data("\(error)\n".utf8))
             throw ExitCode(1)

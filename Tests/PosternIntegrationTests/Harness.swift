@@ -116,7 +116,8 @@ final class GatewayHarness: @unchecked Sendable {
         let configuration = try GatewayConfiguration.load(path: file.path)
         var logger = Logger(label: "postern-test")
         logger.logLevel = .notice
-        let store = try PolicyStore(directory: URL(fileURLWithPath: configuration.policyDirectory), logger: logger)
+        let store = try PolicyStore(directory: URL(fileURLWithPath: configuration.policyDirectory), logger: logger,
+                                    userMessagesPerHour: configuration.limits.messagesPerUserPerHour)
         let metrics = GatewayMetrics()
         let audit = try AuditLog.make(output: directory.appendingPathComponent("audit.jsonl").path, metrics: metrics)
         let gateway = try Gateway(configuration: configuration, rules: { store.rules(now: now, audit: audit) },
