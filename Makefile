@@ -2,7 +2,7 @@
 SWIFT ?= swift
 BUILD_FLAGS ?=
 
-.PHONY: demo test deps certs build release clean-var
+.PHONY: demo test deps certs build release clean-var bench
 
 deps:
 	@scripts/install-deps.sh
@@ -22,6 +22,12 @@ demo: deps certs
 test: deps certs
 	$(SWIFT) build --build-tests $(BUILD_FLAGS)
 	$(SWIFT) test --skip-build $(BUILD_FLAGS)
+
+# Benchmarks against Postfix on this machine (loopback, bounded); see BENCHMARKS.md. Release build.
+bench: deps
+	$(SWIFT) build -c release --scratch-path .build-release --product postern
+	$(SWIFT) build -c release --scratch-path .build-release --product postern-load
+	bench/run.sh
 
 clean-var:
 	rm -rf var
