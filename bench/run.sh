@@ -6,7 +6,7 @@
 #
 # Environment: MESSAGES (20000) SESSIONS (50) SIZE (10240) SUB_SESSIONS (50) SUB_MESSAGES (10000)
 #   IDLE_CONNECTIONS (10000) POLICY_DEVICES (100000) RELAY_CONNECTIONS (8) TIMEOUT (600 s per load)
-#   BIN (directory with release binaries; default .build-release/release)
+#   BIN (directory with release binaries; default .build-release/release); PERF=1 profiles Postern (perf)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -219,9 +219,19 @@ measure_smtp_source() { # port
 if want postern; then
   start_postern
   sleep 1
+  if [ -n "${PERF:-}" ]; then  # PERF=1: profile Postern during the smtp-source run (figures then include perf's cost)
+    perf record -F 999 -g -o "$ROOT/var/bench/postern.perf.data" -p "$POSTERN_PID" >/dev/null 2>&1 & perf_pid=$!
+    sleep 0.5
+  fi
   cpu0=$(proc_cpu "$POSTERN_PID")
   measure_smtp_source "$DEVICE_PORT"
   cpu1=$(proc_cpu "$POSTERN_PID")
+  if [ -n "${PERF:-}" ]; then
+    kill -INT "$perf_pid"; wait "$perf_pid" || true
+    perf report -i "$ROOT/var/bench/postern.perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null \
+      | grep -v '^$' | swift demangle --simplified > "$ROOT/var/bench/postern.perf.txt" || true
+    log "perf profile: var/bench/postern.perf.txt"
+  fi
   P_RATE=$RUN_RATE
   P_CPU=$(calc "($cpu1 - $cpu0) * 1000 / $MESSAGES")
   log "postern  smtp-source -> device -> spool -> mTLS -> sink: $(fmt "$P_RATE" .0f) msg/s at the sink ($MESSAGES in $(fmt "$RUN_SECONDS" .2f) s; smtp-source done after $(fmt "$ACCEPT_SECONDS" .2f) s), $(fmt "$P_CPU" .2f) CPU-s/1000 msgs"
