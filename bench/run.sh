@@ -49,8 +49,9 @@ cleanup() {
   sleep 0.5
   for cg in "${CGROUPS[@]}"; do
     if [ -d "$cg" ]; then
+      for _ in $(seq 1 50); do [ -s "$cg/cgroup.procs" ] || break; sleep 0.1; done  # postfix stop takes a moment
       for p in $(cat "$cg/cgroup.procs" 2>/dev/null); do kill "$p" 2>/dev/null; done
-      rmdir "$cg" 2>/dev/null
+      for _ in $(seq 1 20); do rmdir "$cg" 2>/dev/null && break; sleep 0.1; done
     fi
   done
   rm -rf "$WORK"
