@@ -2,7 +2,7 @@
 SWIFT ?= swift
 BUILD_FLAGS ?=
 
-.PHONY: demo test deps certs build release clean-var fuzz security
+.PHONY: demo test deps certs build release clean-var fuzz security bench
 
 deps:
 	@scripts/install-deps.sh
@@ -31,6 +31,12 @@ fuzz:
 # sslyze (Mozilla intermediate) against the TLS endpoints and nmap smtp-open-relay against the device endpoint.
 security: deps certs
 	scripts/security.sh
+
+# Benchmarks against Postfix on this machine (loopback, bounded); see BENCHMARKS.md. Release build.
+bench: deps
+	$(SWIFT) build -c release --scratch-path .build-release --product postern
+	$(SWIFT) build -c release --scratch-path .build-release --product postern-load
+	bench/run.sh
 
 clean-var:
 	rm -rf var

@@ -131,6 +131,18 @@ let package = Package(
             name: "PosternFuzz",
             dependencies: ["PosternSMTP", "PosternSession", .product(name: "NIOCore", package: "swift-nio")]
         ),
+        // Benchmark load generator and micro-benchmarks (bench/run.sh).
+        .executableTarget(
+            name: "postern-load",
+            dependencies: [
+                "PosternGateway", "PosternPolicy", "PosternSMTP",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .testTarget(name: "PosternSMTPTests", dependencies: ["PosternSMTP"]),
         .testTarget(name: "PosternSessionTests", dependencies: ["PosternSession", "PosternSMTP"]),
         .testTarget(name: "PosternPolicyTests", dependencies: ["PosternPolicy", "PosternSMTP"]),

@@ -135,22 +135,66 @@ public struct JSONLineLogHandler: LogHandler {
     }
 
     public func log(event: LogEvent) {
-        var object: [String: Any] = ["time": Self.timestamp(), "event": "\(event.message)"]
+        var object: Logger.Metadata = ["time": .string(Self.timestamp()), "event": .string("\(event.message)")]
         for (key, value) in metadata.merging(event.metadata ?? [:], uniquingKeysWith: { $1 }) {
-            object[key] = Self.json(value)
+            object[key] = value
         }
-        guard var data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]) else { return }
-        data.append(0x0A)
-        sink.write(data)
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(512)
+        Self.appendJSON(object, to: &bytes)
+        bytes.append(0x0A)
+        sink.write(Data(bytes))
     }
 
-    static func json(_ value: Logger.Metadata.Value) -> Any {
-        switch value {
-        case .string(let s): return s
-        case .stringConvertible(let s): return s.description
-        case .array(let a): return a.map(json)
-        case .dictionary(let d): return d.mapValues(json)
+    /// One JSON object, keys sorted, strings escaped as RFC 8259 requires ('/' is not escaped).
+    /// Written by hand: JSONSerialization (locale-aware key sorting, boxing) was the largest single
+    /// cost of an accepted message in profiles.
+    static func appendJSON(_ object: Logger.Metadata, to out: inout [UInt8]) {
+        out.append(UInt8(ascii: "{"))
+        for (n, key) in object.keys.sorted().enumerated() {
+            if n > 0 { out.append(UInt8(ascii: ",")) }
+            appendJSON(string: key, to: &out)
+            out.append(UInt8(ascii: ":"))
+            appendJSON(value: object[key]!, to: &out)
         }
+        out.append(UInt8(ascii: "}"))
+    }
+
+    static func appendJSON(value: Logger.Metadata.Value, to out: inout [UInt8]) {
+        switch value {
+        case .string(let s): appendJSON(string: s, to: &out)
+        case .stringConvertible(let s): appendJSON(string: s.description, to: &out)
+        case .array(let a):
+            out.append(UInt8(ascii: "["))
+            for (n, element) in a.enumerated() {
+                if n > 0 { out.append(UInt8(ascii: ",")) }
+                appendJSON(value: element, to: &out)
+            }
+            out.append(UInt8(ascii: "]"))
+        case .dictionary(let d): appendJSON(d, to: &out)
+        }
+    }
+
+    private static let hex = Array("0123456789abcdef".utf8)
+
+    static func appendJSON(string: String, to out: inout [UInt8]) {
+        out.append(UInt8(ascii: "\""))
+        for byte in string.utf8 {
+            switch byte {
+            case UInt8(ascii: "\""): out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\"")])
+            case UInt8(ascii: "\\"): out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\\")])
+            case 0x0A: out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "n")])
+            case 0x0D: out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "r")])
+            case 0x09: out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "t")])
+            case 0x08: out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "b")])
+            case 0x0C: out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "f")])
+            case 0..<0x20:
+                out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0"),
+                                        hex[Int(byte >> 4)], hex[Int(byte & 0xF)]])
+            default: out.append(byte)
+            }
+        }
+        out.append(UInt8(ascii: "\""))
     }
 
     static func timestamp() -> String {

@@ -81,9 +81,17 @@ public final class Relay: Sendable {
                 let ready: [String] = state.withLockedValue { state in
                     let room = maxInFlight - state.inFlight.count
                     guard room > 0 else { return [] }
-                    let ids = state.due.filter { $0.value <= now && !state.inFlight.contains($0.key) }
-                        .sorted { $0.value == $1.value ? $0.key < $1.key : $0.value < $1.value }
-                        .prefix(room).map(\.key)
+                    // The `room` earliest due entries (ties by id), in one pass: sorting the whole
+                    // queue on every completion made relaying quadratic in the queue's depth.
+                    var best: [(id: String, due: Date)] = []
+                    best.reserveCapacity(room + 1)
+                    for (id, due) in state.due where due <= now && !state.inFlight.contains(id) {
+                        func before(_ other: (id: String, due: Date)) -> Bool { due == other.due ? id < other.id : due < other.due }
+                        if best.count == room, let last = best.last, !before(last) { continue }
+                        best.insert((id, due), at: best.firstIndex(where: { before($0) }) ?? best.count)
+                        if best.count > room { best.removeLast() }
+                    }
+                    let ids = best.map(\.id)
                     for id in ids { state.inFlight.insert(id); state.due.removeValue(forKey: id) }
                     return ids
                 }

@@ -22,6 +22,8 @@ struct SinkCommand: AsyncParsableCommand {
     @Option(help: "Failure injection: reply to every RCPT with this, e.g. \"450 4.7.230 throttled\".") var rcptReply: String?
     @Option(help: "Failure injection: reply to DATA's end with this.") var dataReply: String?
     @Flag(help: "Failure injection: drop the connection after the message data.") var dropAfterData = false
+    @Option(help: "Benchmarks: keep FILE updated (about every 10 ms, replaced atomically) with one line `received N connections C at T`, T the Unix time (s) the count last changed.")
+    var statsFile: String?
 
     func validate() throws {
         guard (outbox != nil) != discard else { throw ValidationError("give exactly one of --outbox DIR and --discard") }
@@ -44,6 +46,23 @@ struct SinkCommand: AsyncParsableCommand {
         let bound = try await sink.start()
         print("sink listening on \(host):\(bound)")
         // Runs until the process is stopped (SIGINT/SIGTERM end it).
+        if let statsFile {
+            var last = (-1, -1)
+            var changedAt = Date().timeIntervalSince1970
+            while !Task.isCancelled {
+                let now = (sink.receivedCount, sink.connectionCount)
+                if now != last {
+                    if now.0 != last.0 { changedAt = Date().timeIntervalSince1970 }
+                    last = now
+                    let line = "received \(now.0) connections \(now.1) at \(String(format: "%.6f", changedAt))\n"
+                    let tmp = statsFile + ".tmp"
+                    if FileManager.default.createFile(atPath: tmp, contents: Data(line.utf8)) {
+                        _ = rename(tmp, statsFile)
+                    }
+                }
+                try await Task.sleep(for: .milliseconds(10))
+            }
+        }
         while !Task.isCancelled {
             try await Task.sleep(for: .seconds(3600))
         }

@@ -1,0 +1,88 @@
+import ArgumentParser
+import Foundation
+import Logging
+import PosternGateway
+import PosternPolicy
+import PosternSMTP
+
+struct PolicyBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "policy",
+        abstract: "Times the device policy decision with N registered devices, and a reload of that policy.")
+
+    @Option(help: "Directory with the policy.yaml and departments.yaml to use.") var policies = "policies"
+    @Option var devices = 100_000
+    @Option(help: "Decisions timed (per kind).") var iterations = 1_000_000
+    @Option(help: "Reloads timed.") var reloads = 10
+    @Option(help: "Give up after this many seconds.") var timeout = 300
+
+    func run() async throws {
+        armWatchdog(seconds: timeout, what: "the policy benchmark")
+        let fm = FileManager.default
+        let dir = fm.temporaryDirectory.appendingPathComponent("postern-policy-bench-\(getpid())")
+        try fm.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? fm.removeItem(at: dir) }
+        for name in [PolicyLoader.policyFile, PolicyLoader.departmentsFile] {
+            try fm.copyItem(at: URL(fileURLWithPath: policies).appendingPathComponent(name), to: dir.appendingPathComponent(name))
+        }
+        // Device i sits at 10.(i>>16).(i>>8 & 255).(i & 255) + 1<<24 offset so no address is .0 of 10.0.0.0.
+        func address(_ i: Int) -> String { let n = i + 1; return "10.\((n >> 16) & 255).\((n >> 8) & 255).\(n & 255)" }
+        var yaml = "devices:\n"
+        yaml.reserveCapacity(devices * 200)
+        for i in 0..<devices {
+            yaml += "  - id: dev-\(i)\n    department: it\n    owner: it-helpdesk@example.edu\n    addresses: [\(address(i))]\n"
+            yaml += "    senders: [dev\(i)@example.edu]\n    registered: 2026-01-15\n    sunset: 2027-08-31\n"
+        }
+        try yaml.write(to: dir.appendingPathComponent(PolicyLoader.devicesFile), atomically: true, encoding: .utf8)
+
+        let clock = ContinuousClock()
+        var logger = Logger(label: "bench")
+        logger.logLevel = .critical
+        let loadStart = clock.now
+        let store = try PolicyStore(directory: dir, logger: logger)
+        let firstLoad = clock.now - loadStart
+        let policy = store.policy
+        guard policy.devices.count == devices else { throw ValidationError("loaded \(policy.devices.count) devices, expected \(devices)") }
+
+        // Inputs prepared up front so that only the decision is timed.
+        let now = ISO8601DateFormatter().date(from: "2026-06-01T12:00:00Z")!
+        let distinct = 4096
+        let recipient = try AddressParser.parseMailbox("bob@example.edu")
+        var connInputs: [DecisionInput] = [], rcptInputs: [DecisionInput] = []
+        var state: UInt64 = 0x9E3779B97F4A7C15
+        for _ in 0..<distinct {
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            let i = Int((state >> 33) % UInt64(devices))
+            let sender = ReversePath.mailbox(try AddressParser.parseMailbox("dev\(i)@example.edu"))
+            connInputs.append(DecisionInput(endpoint: .device, clientAddress: address(i), tls: false, now: now))
+            rcptInputs.append(DecisionInput(endpoint: .device, clientAddress: address(i), tls: false, sender: sender, recipient: recipient, now: now))
+        }
+        func time(_ inputs: [DecisionInput]) -> (ns: Double, accepted: Int) {
+            var accepted = 0
+            for k in 0..<min(iterations, 10_000) where policy.decide(inputs[k % distinct]).isAccepted { accepted += 1 }  // warm-up
+            accepted = 0
+            let start = clock.now
+            for k in 0..<iterations where policy.decide(inputs[k % distinct]).isAccepted { accepted += 1 }
+            let d = clock.now - start
+            let ns = Double(d.components.seconds) * 1e9 + Double(d.components.attoseconds) / 1e9
+            return (ns / Double(iterations), accepted)
+        }
+        let conn = time(connInputs)
+        let rcpt = time(rcptInputs)
+        guard conn.accepted == iterations, rcpt.accepted == iterations else {
+            throw ValidationError("some decisions refused (connect \(conn.accepted), rcpt \(rcpt.accepted) of \(iterations))")
+        }
+
+        var reloadMs: [Double] = []
+        for _ in 0..<reloads {
+            let start = clock.now
+            if let errors = store.reload(reason: "benchmark") { throw ValidationError("reload refused: \(errors)") }
+            let d = clock.now - start
+            reloadMs.append(Double(d.components.seconds) * 1e3 + Double(d.components.attoseconds) / 1e15)
+        }
+        reloadMs.sort()
+        let firstMs = Double(firstLoad.components.seconds) * 1e3 + Double(firstLoad.components.attoseconds) / 1e15
+        print(String(format: "RESULT label=policy devices=%d iterations=%d decide_connect_ns=%.0f decide_rcpt_ns=%.0f first_load_ms=%.1f reload_p50_ms=%.1f reload_max_ms=%.1f reloads=%d",
+                     devices, iterations, conn.ns, rcpt.ns, firstMs, reloadMs[reloadMs.count / 2], reloadMs.last!, reloads))
+    }
+}
