@@ -102,8 +102,11 @@ final class EndToEndTests: XCTestCase {
             try await Task.sleep(for: .milliseconds(250))
         }
         XCTAssertTrue(after.contains("ACCEPTED"), after + "\n" + serveLog())
-        let outbox = (try? FileManager.default.contentsOfDirectory(atPath: directory.appendingPathComponent("outbox").path)) ?? []
-        XCTAssertEqual(outbox.filter { $0.hasSuffix(".eml") }.count, 1)
+        // (The outbox also gets the gateway's own sunset reminders; count only the device's message.)
+        let outbox = directory.appendingPathComponent("outbox")
+        let messages = ((try? FileManager.default.contentsOfDirectory(atPath: outbox.path)) ?? []).filter { $0.hasSuffix(".eml") }
+            .compactMap { try? String(contentsOf: outbox.appendingPathComponent($0), encoding: .utf8) }
+        XCTAssertEqual(messages.filter { $0.contains("Subject: registered") }.count, 1, messages.joined(separator: "\n----\n"))
         let audit = (try? String(contentsOf: directory.appendingPathComponent("audit.jsonl"), encoding: .utf8)) ?? ""
         XCTAssertTrue(audit.contains("\"event\":\"registration_approved\""), audit)
         XCTAssertTrue(audit.contains("\"actor\":\"alice\""), audit)
@@ -149,7 +152,10 @@ final class EndToEndTests: XCTestCase {
             notice = driver.find_element(By.ID, "notice").text
             assert "Approved: it-scanner-9" in notice, driver.page_source
             driver.find_element(By.ID, "device-it-scanner-9")
-            driver.execute_script("document.getElementById('department-it').scrollIntoView()")
+            assert "approved" in driver.find_element(By.ID, "request-it-scanner-9").text, driver.page_source
+            # The whole page: the notice, the approved request and the device in IT Services' list.
+            height = driver.execute_script("return document.documentElement.scrollHeight")
+            driver.set_window_size(1400, min(height + 120, 4000))
             driver.save_screenshot(screenshot)
             print("BROWSER FLOW OK")
         finally:
