@@ -224,7 +224,7 @@ public struct GatewayConfiguration: Sendable {
                                     authThrottle: authThrottle, admin: admin)
     }
 
-    public static func parseDirectory(_ node: Node, reader: inout ConfigReader, resolve: (String) -> String) -> DirectoryConfiguration? {
+    static func parseDirectory(_ node: Node, reader: inout ConfigReader, resolve: (String) -> String) -> DirectoryConfiguration? {
         let map = reader.mapping(node, known: ["uris", "ca-file", "bind-dn", "bind-password-file", "bind-password-env", "search-base",
                                                "user-filter", "address-attributes", "group-attribute", "group-search-base",
                                                "group-search-filter", "required-groups", "connect-timeout-seconds",
