@@ -17,6 +17,8 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        .package(url: "https://github.com/hummingbird-project/swift-mustache.git", from: "2.1.1"),
     ],
     targets: [
         // OpenLDAP's client library (libldap, liblber) as a Swift module.
@@ -116,10 +118,28 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),
+        // The department device-registration web application (HTTPS, LDAP login, admin approval).
+        .target(
+            name: "PosternRegistration",
+            dependencies: [
+                "PosternPolicy", "PosternDirectory", "PosternGateway",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTLS", package: "hummingbird"),
+                .product(name: "Mustache", package: "swift-mustache"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
+            ],
+            resources: [.copy("Templates")]
+        ),
         .executableTarget(
             name: "postern",
             dependencies: [
-                "PosternGateway", "PosternSink", "PosternPolicy", "PosternSMTP", "PosternSpool", "PosternRelay",
+                "PosternGateway", "PosternSink", "PosternPolicy", "PosternSMTP", "PosternSpool", "PosternRelay", "PosternRegistration",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -149,6 +169,10 @@ let package = Package(
         .testTarget(name: "PosternDirectoryTests", dependencies: ["PosternDirectory", "PosternTestSupport"]),
         .testTarget(name: "PosternSpoolTests", dependencies: ["PosternSpool", "PosternTestSupport"]),
         .testTarget(name: "PosternRelayTests", dependencies: ["PosternRelay", "PosternSpool", "PosternSink", "PosternTestSupport"]),
+        .testTarget(
+            name: "PosternRegistrationTests",
+            dependencies: ["PosternRegistration", "PosternGateway", "PosternPolicy", "PosternDirectory", "PosternTestSupport"]
+        ),
         .testTarget(
             name: "PosternIntegrationTests",
             dependencies: [

@@ -2,7 +2,8 @@
 # Installs the Debian packages Postern's demo and tests use, if they are missing.
 # Idempotent and quiet when everything is there. Needs root (or sudo) to install.
 set -euo pipefail
-packages=(swaks slapd ldap-utils libldap2-dev postfix python3 python3-aiosmtpd openssl pkg-config)
+# chromium, chromium-driver and python3-selenium: the registration page's end-to-end browser test (headless).
+packages=(swaks slapd ldap-utils libldap2-dev postfix python3 python3-aiosmtpd openssl pkg-config curl chromium chromium-driver python3-selenium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

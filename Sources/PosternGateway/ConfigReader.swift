@@ -23,24 +23,25 @@ public struct ConfigIssue: Error, Sendable, CustomStringConvertible, Hashable {
 /// All the problems found in one go, so an admin fixes them in one pass.
 public struct ConfigErrors: Error, Sendable, CustomStringConvertible {
     public var issues: [ConfigIssue]
+    public init(issues: [ConfigIssue]) { self.issues = issues }
     public var description: String { issues.map(\.description).joined(separator: "\n") }
 }
 
 /// Reads a YAML mapping with line numbers, reporting unknown keys and wrong types as issues.
-struct ConfigReader {
-    let file: String
-    private(set) var issues: [ConfigIssue] = []
+public struct ConfigReader {
+    public let file: String
+    public private(set) var issues: [ConfigIssue] = []
 
-    init(file: String) {
+    public init(file: String) {
         self.file = file
     }
 
-    mutating func issue(_ node: Node?, _ message: String, fix: String? = nil) {
+    public mutating func issue(_ node: Node?, _ message: String, fix: String? = nil) {
         issues.append(ConfigIssue(file: file, line: node?.mark?.line ?? 1, message: message, fix: fix))
     }
 
     /// The pairs of a mapping; reports keys outside `known`.
-    mutating func mapping(_ node: Node?, known: Set<String>, context: String) -> [String: Node] {
+    public mutating func mapping(_ node: Node?, known: Set<String>, context: String) -> [String: Node] {
         guard let node else { return [:] }
         guard let mapping = node.mapping else {
             issue(node, "\(context) must be a mapping")
@@ -63,7 +64,7 @@ struct ConfigReader {
         return result
     }
 
-    mutating func string(_ node: Node?, _ context: String) -> String? {
+    public mutating func string(_ node: Node?, _ context: String) -> String? {
         guard let node else { return nil }
         guard case .scalar(let scalar) = node else {
             issue(node, "\(context) must be a string")
@@ -72,7 +73,7 @@ struct ConfigReader {
         return scalar.string
     }
 
-    mutating func int(_ node: Node?, _ context: String, range: ClosedRange<Int>) -> Int? {
+    public mutating func int(_ node: Node?, _ context: String, range: ClosedRange<Int>) -> Int? {
         guard let node else { return nil }
         guard let text = node.scalar?.string, let value = Int(text.replacingOccurrences(of: "_", with: "")) else {
             issue(node, "\(context) must be a whole number")
@@ -85,7 +86,7 @@ struct ConfigReader {
         return value
     }
 
-    mutating func bool(_ node: Node?, _ context: String) -> Bool? {
+    public mutating func bool(_ node: Node?, _ context: String) -> Bool? {
         guard let node else { return nil }
         switch node.scalar?.string.lowercased() {
         case "true", "yes", "on": return true
@@ -96,7 +97,7 @@ struct ConfigReader {
         }
     }
 
-    mutating func sequence(_ node: Node?, _ context: String) -> [Node] {
+    public mutating func sequence(_ node: Node?, _ context: String) -> [Node] {
         guard let node else { return [] }
         guard let sequence = node.sequence else {
             issue(node, "\(context) must be a list")
@@ -105,7 +106,7 @@ struct ConfigReader {
         return Array(sequence)
     }
 
-    mutating func strings(_ node: Node?, _ context: String) -> [String] {
+    public mutating func strings(_ node: Node?, _ context: String) -> [String] {
         sequence(node, context).compactMap { string($0, context) }
     }
 }

@@ -21,6 +21,11 @@ public struct ListenerConfiguration: Sendable, Hashable {
 public struct TLSFiles: Sendable, Hashable {
     public var certificateChain: String
     public var privateKey: String
+
+    public init(certificateChain: String, privateKey: String) {
+        self.certificateChain = certificateChain
+        self.privateKey = privateKey
+    }
 }
 
 public struct Limits: Sendable, Hashable {
@@ -86,7 +91,7 @@ public struct GatewayConfiguration: Sendable {
         func resolve(_ path: String) -> String {
             path.hasPrefix("/") ? path : base.appendingPathComponent(path).standardizedFileURL.path
         }
-        let top = reader.mapping(root, known: ["hostname", "policies", "tls", "limits", "listeners", "delivery", "audit", "directory", "admin"], context: "top level")
+        let top = reader.mapping(root, known: ["hostname", "policies", "tls", "limits", "listeners", "delivery", "audit", "directory", "admin", "registration"], context: "top level")
 
         let hostname = reader.string(top["hostname"], "hostname") ?? ProcessInfo.processInfo.hostName
         if !hostname.isEmpty, !hostname.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) {
@@ -333,7 +338,7 @@ public struct GatewayConfiguration: Sendable {
     }
 
     /// `127.0.0.1:25`, `[::1]:25`, `localhost:25`.
-    static func parseHostPort(_ text: String) -> (String, Int)? {
+    public static func parseHostPort(_ text: String) -> (String, Int)? {
         let host: Substring, portText: Substring
         if text.hasPrefix("[") {
             guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else { return nil }

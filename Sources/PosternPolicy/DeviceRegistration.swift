@@ -11,6 +11,8 @@ public struct DeviceRegistration: Sendable, Hashable {
     public var department: String
     public var owner: String
     public var location: String?
+    /// Free text kept with the entry (e.g. the model, or where the registration came from).
+    public var note: String?
     public var addresses: [String]
     public var senders: [String]
     /// Defaults to the global sunset date.
@@ -21,8 +23,10 @@ public struct DeviceRegistration: Sendable, Hashable {
     public var maxRate: String?
 
     public init(id: String, department: String, owner: String, location: String? = nil, addresses: [String],
-                senders: [String], sunset: CalendarDate? = nil, maxMessageSize: String? = nil, maxRate: String? = nil) {
+                senders: [String], sunset: CalendarDate? = nil, maxMessageSize: String? = nil, maxRate: String? = nil,
+                note: String? = nil) {
         self.id = id
+        self.note = note
         self.department = department
         self.owner = owner
         self.location = location
@@ -97,6 +101,7 @@ public enum DevicesFileEditor {
                      "  department: \(quote(r.department))",
                      "  owner: \(quote(r.owner))"]
         if let location = r.location { lines.append("  location: \(quote(location))") }
+        if let note = r.note { lines.append("  note: \(quote(note))") }
         lines.append("  addresses:")
         lines += r.addresses.map { "    - \(quote($0))" }
         lines.append("  senders:")

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import PosternGateway
 import PosternPolicy
+import PosternRegistration
 
 struct CheckCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -20,9 +21,22 @@ struct CheckCommand: ParsableCommand {
             throw ExitCode(1)
         }
         print("\(config): ok (\(configuration.listeners.count) listeners)")
+        // The registration page's section, when there is one.
+        let registration: RegistrationConfiguration?
+        do {
+            registration = try RegistrationConfiguration.load(path: config, gateway: configuration)
+        } catch {
+            for issue in error.issues { print(issue) }
+            throw ExitCode(1)
+        }
         switch PolicyLoader.load(directory: URL(fileURLWithPath: configuration.policyDirectory)) {
         case .success(let policy):
             print("\(configuration.policyDirectory): ok (\(policy.devices.count) devices, \(policy.departments.count) departments)")
+            let unknown = (registration?.departmentGroups.keys.sorted() ?? []).filter { policy.departments[$0] == nil }
+            if !unknown.isEmpty {
+                print("\(config): registration.department-groups names unknown department(s) \(unknown.joined(separator: ", ")) (fix: use ids from departments.yaml)")
+                throw ExitCode(1)
+            }
         case .failure(let errors):
             for issue in errors.issues { print(issue) }
             throw ExitCode(1)

@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import PosternGateway
 import PosternPolicy
+import PosternRegistration
 import ServiceLifecycle
 
 struct ServeCommand: AsyncParsableCommand {
@@ -48,7 +49,18 @@ struct ServeCommand: AsyncParsableCommand {
         let reloader = ReloadService(policies: policies, gateway: gateway, logger: logger)
         let reminders = SunsetReminders(policies: policies, target: gateway.deliveryTarget, stateFile: gateway.stateFile("sunset-reminders.json"),
                                         hostname: configuration.hostname, logger: logger)
-        let group = ServiceGroup(configuration: .init(services: [gateway, reloader, reminders], gracefulShutdownSignals: [.sigterm, .sigint],
+        var services: [any Service] = [gateway, reloader, reminders]
+        // The device-registration web page, when postern.yaml has a `registration:` section.
+        do {
+            if let registration = try await RegistrationServer.make(configurationFile: config, gateway: configuration, audit: audit, logger: logger) {
+                services.append(registration)
+            }
+        } catch {
+            FileHandle.standardError.write(Data("\(error)\n".utf8))
+            await gateway.shutdown()
+            throw ExitCode(1)
+        }
+        let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint],
                                                       logger: logger))
         try await group.run()
     }

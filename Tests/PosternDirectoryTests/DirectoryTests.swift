@@ -101,7 +101,7 @@ final class DirectoryTests: XCTestCase {
         XCTAssertEqual(identity.login, "alice")
         XCTAssertEqual(identity.dn.lowercased(), Self.alice)
         XCTAssertEqual(identity.addresses, ["alice@example.edu", "a.smith@example.edu"])
-        XCTAssertEqual(Set(identity.groups.map { $0.lowercased() }), [Self.submitters, "cn=staff,ou=groups,dc=example,dc=edu"])
+        XCTAssertEqual(Set(identity.groups.map { $0.lowercased() }), [Self.submitters, "cn=staff,ou=groups,dc=example,dc=edu", "cn=postern-admins,ou=groups,dc=example,dc=edu"])
     }
 
     func testRightPasswordOverLDAPWithStartTLS() async throws {
@@ -179,7 +179,7 @@ final class DirectoryTests: XCTestCase {
         let alice = await directory.authenticate(login: "alice", password: "alice-demo-pass")
         let bob = await directory.authenticate(login: "bob", password: "bob-demo-pass")
         await directory.shutdown()
-        XCTAssertEqual(Set(identity(alice)?.groups.map { $0.lowercased() } ?? []), [Self.submitters, "cn=staff,ou=groups,dc=example,dc=edu"])
+        XCTAssertEqual(Set(identity(alice)?.groups.map { $0.lowercased() } ?? []), [Self.submitters, "cn=staff,ou=groups,dc=example,dc=edu", "cn=postern-admins,ou=groups,dc=example,dc=edu"])
         XCTAssertEqual(bob, .notAuthorized)
     }
 

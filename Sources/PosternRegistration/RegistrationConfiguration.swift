@@ -1,0 +1,120 @@
+import Foundation
+import PosternGateway
+import PosternPolicy
+import Yams
+
+/// The `registration:` section of postern.yaml: where the device-registration web page listens and who may do what.
+///
+/// ```yaml
+/// registration:
+///   listen: 127.0.0.1:8443
+///   tls: { certificate: ..., key: ... }      # default: the gateway's tls
+///   admin-groups: [postern-admins]           # group names (first RDN value) or full DNs
+///   department-groups:                       # department id (departments.yaml) -> groups of its contacts
+///     it: [dept-it]
+///     chem: [cn=dept-chem,ou=groups,dc=example,dc=edu]
+///   campus-ranges: [10.0.0.0/8, 127.0.0.0/8]
+///   state: ../var/registration               # pending requests (requests.json)
+///   session-minutes: 60
+/// ```
+public struct RegistrationConfiguration: Sendable {
+    public var host: String
+    public var port: Int
+    public var tls: TLSFiles
+    public var adminGroups: [String]
+    public var departmentGroups: [String: [String]]
+    public var campusRanges: [AddressRange]
+    public var stateDirectory: String
+    public var sessionLifetime: Duration = .seconds(3600)
+
+    public init(host: String, port: Int, tls: TLSFiles, adminGroups: [String], departmentGroups: [String: [String]],
+                campusRanges: [AddressRange], stateDirectory: String) {
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self.adminGroups = adminGroups
+        self.departmentGroups = departmentGroups
+        self.campusRanges = campusRanges
+        self.stateDirectory = stateDirectory
+    }
+
+    /// The section from the same file the gateway reads; nil when the file has no `registration:` section.
+    public static func load(path: String, gateway: GatewayConfiguration) throws(ConfigErrors) -> RegistrationConfiguration? {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw ConfigErrors(issues: [ConfigIssue(file: path, line: 0, message: "cannot read: \(error.localizedDescription)")])
+        }
+        return try parse(text, file: path, gateway: gateway)
+    }
+
+    public static func parse(_ text: String, file: String, gateway: GatewayConfiguration) throws(ConfigErrors) -> RegistrationConfiguration? {
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: text)
+        } catch {
+            throw ConfigErrors(issues: [ConfigIssue(file: file, line: 1, message: "not valid YAML: \(error)")])
+        }
+        guard let node = root?.mapping?["registration"] else { return nil }
+        var reader = ConfigReader(file: file)
+        let base = URL(fileURLWithPath: file).deletingLastPathComponent()
+        func resolve(_ path: String) -> String {
+            path.hasPrefix("/") ? path : base.appendingPathComponent(path).standardizedFileURL.path
+        }
+        let map = reader.mapping(node, known: ["listen", "tls", "admin-groups", "department-groups", "campus-ranges", "state", "session-minutes"],
+                                 context: "registration")
+        var host = "127.0.0.1", port = 8443
+        if let listen = reader.string(map["listen"], "registration.listen") {
+            if let (h, p) = GatewayConfiguration.parseHostPort(listen) {
+                (host, port) = (h, p)
+            } else {
+                reader.issue(map["listen"], "registration listen address '\(listen)' is not HOST:PORT", fix: "e.g. 127.0.0.1:8443")
+            }
+        }
+        var tls = gateway.tls
+        if let tlsNode = map["tls"] {
+            let t = reader.mapping(tlsNode, known: ["certificate", "key"], context: "registration.tls")
+            if let cert = reader.string(t["certificate"], "registration.tls.certificate"), let key = reader.string(t["key"], "registration.tls.key") {
+                tls = TLSFiles(certificateChain: resolve(cert), privateKey: resolve(key))
+                for (n, path) in [(t["certificate"], resolve(cert)), (t["key"], resolve(key))] where !FileManager.default.isReadableFile(atPath: path) {
+                    reader.issue(n, "cannot read \(path)", fix: "run certs/make-dev-certs.sh for development certificates")
+                }
+            } else {
+                reader.issue(tlsNode, "registration.tls needs certificate and key")
+            }
+        }
+        if tls == nil { reader.issue(node, "the registration page is served over HTTPS only and no tls is configured", fix: "add tls: certificate/key") }
+        let admins = reader.strings(map["admin-groups"], "registration.admin-groups")
+        if admins.isEmpty { reader.issue(map["admin-groups"] ?? node, "registration.admin-groups is empty", fix: "name the LDAP group(s) of gateway admins") }
+        var departments: [String: [String]] = [:]
+        if let d = map["department-groups"] {
+            for (key, value) in d.mapping ?? [:] {
+                guard let id = key.string else { continue }
+                let groups = value.sequence != nil ? reader.strings(value, "department-groups.\(id)") : [reader.string(value, "department-groups.\(id)")].compactMap { $0 }
+                departments[id] = groups
+            }
+            if d.mapping == nil { reader.issue(d, "registration.department-groups must map department ids to group names") }
+        }
+        var ranges: [AddressRange] = []
+        for entry in reader.sequence(map["campus-ranges"], "registration.campus-ranges") {
+            guard let text = reader.string(entry, "campus-ranges") else { continue }
+            switch AddressRange.parse(text) {
+            case .success(let r): ranges.append(r)
+            case .failure: reader.issue(entry, "'\(text)' is not an address or CIDR range", fix: "e.g. 10.0.0.0/8")
+            }
+        }
+        if ranges.isEmpty { reader.issue(map["campus-ranges"] ?? node, "registration.campus-ranges is empty", fix: "list the campus networks devices may sit in") }
+        guard let state = reader.string(map["state"], "registration.state") else {
+            reader.issue(node, "registration.state is missing", fix: "a directory for pending requests, e.g. /var/lib/postern/registration")
+            throw ConfigErrors(issues: reader.issues)
+        }
+        let minutes = reader.int(map["session-minutes"], "registration.session-minutes", range: 1...24 * 60) ?? 60
+        if gateway.directory == nil { reader.issue(node, "the registration page logs in against the directory, and no directory is configured") }
+        if !reader.issues.isEmpty { throw ConfigErrors(issues: reader.issues) }
+        var configuration = RegistrationConfiguration(host: host, port: port, tls: tls!, adminGroups: admins, departmentGroups: departments,
+                                                      campusRanges: ranges, stateDirectory: resolve(state))
+        configuration.sessionLifetime = .seconds(minutes * 60)
+        return configuration
+    }
+}

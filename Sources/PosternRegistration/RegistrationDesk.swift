@@ -1,0 +1,281 @@
+import Foundation
+import Logging
+import PosternGateway
+import PosternPolicy
+import PosternSMTP
+
+/// What a department contact typed into the registration form.
+public struct RegistrationForm: Sendable, Hashable {
+    public var department = ""
+    public var deviceID = ""
+    public var model = ""
+    public var location = ""
+    public var address = ""
+    public var sender = ""
+    public var contact = ""
+    public var sunset = ""
+    public var justification = ""
+
+    public init() {}
+
+    public init(fields: [String: String]) {
+        func f(_ k: String) -> String { (fields[k] ?? "").trimmingCharacters(in: .whitespacesAndNewlines) }
+        department = f("department")
+        deviceID = f("device")
+        model = f("model")
+        location = f("location")
+        address = f("address")
+        sender = f("sender")
+        contact = f("contact")
+        sunset = f("sunset")
+        justification = f("justification")
+    }
+}
+
+/// Errors by form field name (`device`, `address`, ...); `form` for the whole form.
+public struct FieldErrors: Error, Sendable, Hashable {
+    public var messages: [String: String] = [:]
+    public init(_ messages: [String: String] = [:]) { self.messages = messages }
+    public var isEmpty: Bool { messages.isEmpty }
+    public subscript(_ field: String) -> String? {
+        get { messages[field] }
+        set { messages[field] = newValue }
+    }
+}
+
+/// One device as a department page shows it.
+public struct DeviceRow: Sendable, Hashable {
+    public var device: RegisteredDevice
+    public var effectiveSunset: EffectiveSunset
+    /// Days from today to the last valid day: 0 on the last day, negative once expired.
+    public var daysLeft: Int
+    public var isExpired: Bool { daysLeft < 0 }
+    /// Within the largest reminder period and not yet expired.
+    public var isDueSoon: Bool
+}
+
+/// The registration workflow without HTTP: requests, approval through `DevicesFileEditor`, rejection, revocation,
+/// sunset extension; every change goes to the audit log with who did it.
+public final class RegistrationDesk: Sendable {
+    public let configuration: RegistrationConfiguration
+    public let policyDirectory: URL
+    public let requests: RequestStore
+    let audit: AuditLog
+    let now: @Sendable () -> Date
+
+    public init(configuration: RegistrationConfiguration, policyDirectory: URL, audit: AuditLog,
+                now: @escaping @Sendable () -> Date = { Date() }) throws {
+        self.configuration = configuration
+        self.policyDirectory = policyDirectory
+        self.requests = try RequestStore(directory: URL(fileURLWithPath: configuration.stateDirectory))
+        self.audit = audit
+        self.now = now
+    }
+
+    public func policy() throws -> PolicySet {
+        switch PolicyLoader.load(directory: policyDirectory) {
+        case .success(let p): return p
+        case .failure(let e): throw RegistrationFailure("the policy files do not load: \(e.issues.first?.description ?? "")")
+        }
+    }
+
+    /// The latest sunset the rules allow for a department's devices: the earlier of the global and the department date.
+    public func latestSunset(department: String, policy: PolicySet) -> CalendarDate? {
+        [policy.globalSunset, policy.departments[department]?.sunset].compactMap { $0 }.min()
+    }
+
+    /// Departments the user may see, with their names, sorted by id.
+    public func departments(for user: WebUser, policy: PolicySet) -> [Department] {
+        policy.departments.values.filter { user.isAdmin || user.departments.contains($0.id) }.sorted { $0.id < $1.id }
+    }
+
+    public func rows(for user: WebUser, policy: PolicySet) -> [DeviceRow] {
+        let today = policy.today(now())
+        let window = policy.reminderDays.first ?? 0
+        return policy.devices.filter { user.mayAct(for: $0.department) }.map { device in
+            let sunset = policy.effectiveSunset(for: device)
+            let left = today.days(until: sunset.date)
+            return DeviceRow(device: device, effectiveSunset: sunset, daysLeft: left, isDueSoon: left >= 0 && left <= window)
+        }
+    }
+
+    public func visibleRequests(for user: WebUser) throws -> [RegistrationRequest] {
+        try requests.all().filter { user.mayAct(for: $0.department) }.sorted { $0.requestedAt > $1.requestedAt }
+    }
+
+    // MARK: Changes
+
+    /// Validates the form and stores a pending request.
+    public func submit(_ form: RegistrationForm, by user: WebUser) throws -> Result<RegistrationRequest, FieldErrors> {
+        let policy = try policy()
+        var errors = FieldErrors()
+        if form.department.isEmpty || policy.departments[form.department] == nil {
+            errors["department"] = "Choose a department."
+        } else if !user.mayAct(for: form.department) {
+            errors["department"] = "You may only register devices for your own department."
+        }
+        if form.deviceID.range(of: #"^[a-z0-9][a-z0-9-]{1,62}$"#, options: .regularExpression) == nil {
+            errors["device"] = "Use 2–63 lower-case letters, digits and dashes, starting with a letter or digit."
+        } else if policy.device(id: form.deviceID) != nil {
+            errors["device"] = "A device with this name is already registered."
+        }
+        check(text: form.model, field: "model", max: 200, "Give the make and model.", into: &errors)
+        check(text: form.location, field: "location", max: 200, "Say where the device stands (building, room).", into: &errors)
+        check(text: form.justification, field: "justification", max: 2000, "Explain why the device cannot use TLS with authentication.", into: &errors)
+        if let message = addressProblem(form.address, policy: policy) { errors["address"] = message }
+        if !form.sender.contains("@") || SenderPattern(form.sender) == nil || form.sender.hasPrefix("@") {
+            errors["sender"] = "Give one mail address, e.g. scanner@dept.example.edu."
+        }
+        if (try? AddressParser.parseMailbox(form.contact)) == nil {
+            errors["contact"] = "Give the mail address that gets sunset reminders."
+        }
+        if let message = sunsetProblem(form.sunset, department: form.department, policy: policy) { errors["sunset"] = message }
+
+        guard errors.isEmpty else { return .failure(errors) }
+        let request = try requests.modify { all -> Result<RegistrationRequest, FieldErrors> in
+            if all.contains(where: { $0.status == .pending && $0.deviceID == form.deviceID }) {
+                return .failure(FieldErrors(["device": "A request for a device with this name is already pending."]))
+            }
+            if all.contains(where: { $0.status == .pending && $0.address == normalizedAddress(form.address) }) {
+                return .failure(FieldErrors(["address": "A request for this address is already pending."]))
+            }
+            let request = RegistrationRequest(
+                id: Self.newID(), department: form.department, deviceID: form.deviceID, model: form.model, location: form.location,
+                address: normalizedAddress(form.address), sender: form.sender, contact: form.contact, sunset: form.sunset,
+                justification: form.justification, requestedBy: user.login, requestedAt: now(), status: .pending)
+            all.append(request)
+            return .success(request)
+        }
+        if case .success(let r) = request {
+            record("registration_requested", user, ["request": "\(r.id)", "device": "\(r.deviceID)", "department": "\(r.department)",
+                                                    "address": "\(r.address)", "sender": "\(r.sender)", "sunset": "\(r.sunset)"])
+        }
+        return request
+    }
+
+    /// Writes the requested device to devices.yaml through `DevicesFileEditor.append` (validated, locked, atomic).
+    public func approve(requestID: String, by user: WebUser) throws -> RegisteredDevice {
+        guard user.isAdmin else { throw RegistrationFailure("Only gateway admins approve requests.") }
+        let device = try requests.modify { all -> RegisteredDevice in
+            guard let i = all.firstIndex(where: { $0.id == requestID }) else { throw RegistrationFailure("There is no such request.") }
+            let r = all[i]
+            guard r.status == .pending else { throw RegistrationFailure("Request \(r.deviceID) was already \(r.status.rawValue).") }
+            // The rules may have changed since the request was made.
+            let policy = try policy()
+            if let message = addressProblem(r.address, policy: policy) { throw RegistrationFailure("\(r.deviceID): \(message)") }
+            if let message = sunsetProblem(r.sunset, department: r.department, policy: policy) { throw RegistrationFailure("\(r.deviceID): \(message)") }
+            let registration = DeviceRegistration(id: r.deviceID, department: r.department, owner: r.contact, location: r.location,
+                                                  addresses: [r.address], senders: [r.sender], sunset: CalendarDate(r.sunset),
+                                                  note: "model: \(r.model); web request \(r.id) by \(r.requestedBy), approved by \(user.login)")
+            switch DevicesFileEditor.append(registration, directory: policyDirectory, now: now()) {
+            case .failure(let errors):
+                throw RegistrationFailure("\(r.deviceID) was not registered: " + errors.issues.map(\.message).joined(separator: "; "))
+            case .success(let device):
+                all[i].status = .approved
+                all[i].decidedBy = user.login
+                all[i].decidedAt = now()
+                return device
+            }
+        }
+        record("registration_approved", user, ["request": "\(requestID)", "device": "\(device.id)", "department": "\(device.department)",
+                                               "address": "\(device.addresses.map(\.description).joined(separator: ","))",
+                                               "sunset": "\(device.sunset)"])
+        return device
+    }
+
+    public func reject(requestID: String, reason: String, by user: WebUser) throws -> RegistrationRequest {
+        guard user.isAdmin else { throw RegistrationFailure("Only gateway admins reject requests.") }
+        let reason = reason.trimmingCharacters(in: .whitespacesAndNewlines)
+        let request = try requests.modify { all -> RegistrationRequest in
+            guard let i = all.firstIndex(where: { $0.id == requestID }) else { throw RegistrationFailure("There is no such request.") }
+            guard all[i].status == .pending else { throw RegistrationFailure("Request \(all[i].deviceID) was already \(all[i].status.rawValue).") }
+            all[i].status = .rejected
+            all[i].decidedBy = user.login
+            all[i].decidedAt = now()
+            all[i].reason = reason.isEmpty ? nil : String(reason.prefix(500))
+            return all[i]
+        }
+        record("registration_rejected", user, ["request": "\(request.id)", "device": "\(request.deviceID)", "department": "\(request.department)",
+                                               "reason": "\(request.reason ?? "")"])
+        return request
+    }
+
+    public func revoke(deviceID: String, by user: WebUser) throws -> RegisteredDevice {
+        guard user.isAdmin else { throw RegistrationFailure("Only gateway admins revoke devices.") }
+        switch DevicesFileEditor.remove(id: deviceID, directory: policyDirectory) {
+        case .failure(let errors): throw RegistrationFailure("\(deviceID) was not revoked: " + errors.issues.map(\.message).joined(separator: "; "))
+        case .success(let device):
+            record("device_revoked", user, ["device": "\(device.id)", "department": "\(device.department)",
+                                             "address": "\(device.addresses.map(\.description).joined(separator: ","))"])
+            return device
+        }
+    }
+
+    /// Sets a device's own sunset; the date must be today or later and not later than the rules allow.
+    public func extend(deviceID: String, to text: String, by user: WebUser) throws -> RegisteredDevice {
+        guard user.isAdmin else { throw RegistrationFailure("Only gateway admins extend sunsets.") }
+        let policy = try policy()
+        guard let device = policy.device(id: deviceID) else { throw RegistrationFailure("\(deviceID) is not registered.") }
+        if let message = sunsetProblem(text, department: device.department, policy: policy) { throw RegistrationFailure("\(deviceID): \(message)") }
+        let date = CalendarDate(text)!
+        switch DevicesFileEditor.setSunset(id: deviceID, date: date, directory: policyDirectory) {
+        case .failure(let errors): throw RegistrationFailure("\(deviceID): " + errors.issues.map(\.message).joined(separator: "; "))
+        case .success(let updated):
+            record("sunset_changed", user, ["device": "\(deviceID)", "department": "\(device.department)",
+                                            "from": "\(device.sunset)", "to": "\(date)"])
+            return updated
+        }
+    }
+
+    // MARK: Validation
+
+    func check(text: String, field: String, max: Int, _ message: String, into errors: inout FieldErrors) {
+        if text.isEmpty {
+            errors[field] = message
+        } else if text.count > max {
+            errors[field] = "At most \(max) characters."
+        } else if text.unicodeScalars.contains(where: { $0.value < 0x20 && $0 != "\n" && $0 != "\r" }) {
+            errors[field] = "Control characters are not allowed."
+        }
+    }
+
+    func normalizedAddress(_ text: String) -> String {
+        IPAddress(text).map(\.description) ?? text
+    }
+
+    /// nil when the text is one address inside the campus ranges that no registered device already uses.
+    func addressProblem(_ text: String, policy: PolicySet) -> String? {
+        guard !text.contains("/"), let ip = IPAddress(text) else {
+            return "Give one IPv4 or IPv6 address (no range)."
+        }
+        guard configuration.campusRanges.contains(where: { $0.contains(ip) }) else {
+            return "\(ip) is outside the campus networks (\(configuration.campusRanges.map(\.description).joined(separator: ", ")))."
+        }
+        if let other = policy.device(forAddress: ip.description) {
+            return "\(ip) is already used by device \(other.id)."
+        }
+        return nil
+    }
+
+    func sunsetProblem(_ text: String, department: String, policy: PolicySet) -> String? {
+        guard let date = CalendarDate(text) else { return "Give a date as YYYY-MM-DD." }
+        let today = policy.today(now())
+        if date < today { return "The sunset date cannot be in the past." }
+        if let latest = latestSunset(department: department, policy: policy), date > latest {
+            return "The rules allow \(latest) at the latest for this department."
+        }
+        return nil
+    }
+
+    func record(_ event: String, _ user: WebUser, _ fields: Logger.Metadata) {
+        var fields = fields
+        fields["actor"] = "\(user.login)"
+        fields["role"] = "\(user.isAdmin ? "admin" : "department")"
+        audit.logger.info("\(event)", metadata: fields)
+    }
+
+    static func newID() -> String {
+        var g = SystemRandomNumberGenerator()
+        return (0..<6).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &g)) }.joined()
+    }
+}
