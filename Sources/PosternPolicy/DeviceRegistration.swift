@@ -49,23 +49,13 @@ public enum DevicesFileEditor {
             .failure(PolicyErrors(issues: [PolicyIssue(file: display, line: line, message: message, fix: fix)]))
         }
 
-        // The lock lives beside the file, not on it: rename replaces the file's inode, a lock on it would not hold.
-        let lockPath = directory.appendingPathComponent(".devices.yaml.lock").path
-        let lockFD = open(lockPath, O_CREAT | O_RDWR | O_CLOEXEC, 0o644)
-        guard lockFD >= 0 else { return failure("cannot open lock file \(lockPath): \(errnoText())", "check the directory's permissions") }
-        defer { close(lockFD) }
-        guard flock(lockFD, LOCK_EX) == 0 else { return failure("cannot lock \(lockPath): \(errnoText())", "try again") }
-        defer { flock(lockFD, LOCK_UN) }
-
         let current: PolicySet
-        switch PolicyLoader.load(directory: directory) {
-        case .success(let p): current = p
-        case .failure(let errors):
-            var issues = errors.issues
-            issues.append(PolicyIssue(file: display, line: 0, message: "the current policy does not load, so no device was added",
-                                      fix: "fix the errors above first (postern check)"))
-            return .failure(PolicyErrors(issues: issues))
+        let lock: DevicesLock
+        switch lockAndLoad(directory: directory, display: display, refusal: "no device was added") {
+        case .failure(let errors): return .failure(errors)
+        case .success(let (held, policy)): (lock, current) = (held, policy)
         }
+        defer { lock.release() }
         guard let sunset = registration.sunset ?? current.globalSunset else {
             return failure("no sunset date given and policy.yaml sets no global sunset", "pass --sunset YYYY-MM-DD")
         }
@@ -192,4 +182,40 @@ public enum DevicesFileEditor {
     }
 
     private static func errnoText() -> String { String(cString: strerror(errno)) }
+
+    /// The advisory lock that serialises every edit of devices.yaml; held until `release()`.
+    struct DevicesLock {
+        let fd: Int32
+        func release() {
+            flock(fd, LOCK_UN)
+            close(fd)
+        }
+    }
+
+    /// Takes the devices lock and loads the current policy; an edit starts only from a policy that loads.
+    /// `refusal` says what did not happen when it does not load.
+    static func lockAndLoad(directory: URL, display: String, refusal: String) -> Result<(DevicesLock, PolicySet), PolicyErrors> {
+        func failure(_ message: String, _ fix: String) -> Result<(DevicesLock, PolicySet), PolicyErrors> {
+            .failure(PolicyErrors(issues: [PolicyIssue(file: display, line: 0, message: message, fix: fix)]))
+        }
+        // The lock lives beside the file, not on it: rename replaces the file's inode, a lock on it would not hold.
+        let lockPath = directory.appendingPathComponent(".devices.yaml.lock").path
+        let fd = open(lockPath, O_CREAT | O_RDWR | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { return failure("cannot open lock file \(lockPath): \(errnoText())", "check the directory's permissions") }
+        guard flock(fd, LOCK_EX) == 0 else {
+            let reason = errnoText()
+            close(fd)
+            return failure("cannot lock \(lockPath): \(reason)", "try again")
+        }
+        let lock = DevicesLock(fd: fd)
+        switch PolicyLoader.load(directory: directory) {
+        case .success(let policy):
+            return .success((lock, policy))
+        case .failure(var errors):
+            lock.release()
+            errors.issues.append(PolicyIssue(file: display, line: 0, message: "the current policy does not load, so \(refusal)",
+                                             fix: "fix the errors above first (postern check)"))
+            return .failure(errors)
+        }
+    }
 }

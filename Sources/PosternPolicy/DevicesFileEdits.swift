@@ -73,21 +73,13 @@ extension DevicesFileEditor {
         func failure(_ message: String, _ fix: String, line: Int = 0) -> Result<RegisteredDevice, PolicyErrors> {
             .failure(PolicyErrors(issues: [PolicyIssue(file: display, line: line, message: message, fix: fix)]))
         }
-        let lockPath = directory.appendingPathComponent(".devices.yaml.lock").path
-        let lockFD = open(lockPath, O_CREAT | O_RDWR | O_CLOEXEC, 0o644)
-        guard lockFD >= 0 else { return failure("cannot open lock file \(lockPath): \(String(cString: strerror(errno)))", "check the directory's permissions") }
-        defer { close(lockFD) }
-        guard flock(lockFD, LOCK_EX) == 0 else { return failure("cannot lock \(lockPath)", "try again") }
-        defer { flock(lockFD, LOCK_UN) }
-
         let current: PolicySet
-        switch PolicyLoader.load(directory: directory) {
-        case .success(let p): current = p
-        case .failure(var errors):
-            errors.issues.append(PolicyIssue(file: display, line: 0, message: "the current policy does not load, so devices.yaml was not changed",
-                                             fix: "fix the errors above first (postern check)"))
-            return .failure(errors)
+        let lock: DevicesLock
+        switch lockAndLoad(directory: directory, display: display, refusal: "devices.yaml was not changed") {
+        case .failure(let errors): return .failure(errors)
+        case .success(let (held, policy)): (lock, current) = (held, policy)
         }
+        defer { lock.release() }
         guard let before = current.device(id: id) else { return failure("device '\(id)' is not registered", "check the id (postern devices list)") }
         guard let data = try? Data(contentsOf: devicesURL), let text = String(data: data, encoding: .utf8) else {
             return failure("cannot read \(display)", "check that it exists and is UTF-8")
