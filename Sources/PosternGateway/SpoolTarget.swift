@@ -36,7 +36,7 @@ public final class SpoolTarget: DeliveryTarget {
             case .unwritable: return .temporaryFailure(SMTPReply(451, "4.3.0", "Temporary local problem, try again later"))
             }
         }
-        relay.wake(id: queueID)
+        relay.submit(id: queueID, envelope: spoolEnvelope, message: message)
         return .queued(id: queueID)
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import PosternSMTP
 
 /// A failure report (RFC 3464 multipart/report) for the envelope sender. Carries the original
 /// headers only (text/rfc822-headers), never the body: mail here may hold payslips.
@@ -113,11 +114,5 @@ public struct DeliveryStatusNotification: Sendable {
         String(String(s.unicodeScalars.map { $0.value < 0x20 || $0.value >= 0x7F ? " " : Character($0) }).prefix(900))
     }
 
-    static func rfc5322Date(_ date: Date) -> String {
-        let formatter = DateFormatter()
-        formatter.locale = Locale(identifier: "en_US_POSIX")
-        formatter.timeZone = TimeZone(identifier: "UTC")
-        formatter.dateFormat = "EEE, dd MMM yyyy HH:mm:ss '+0000'"
-        return formatter.string(from: date)
-    }
+    static func rfc5322Date(_ date: Date) -> String { MessageDate.rfc5322(date) }
 }

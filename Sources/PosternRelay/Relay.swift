@@ -39,12 +39,19 @@ public final class Relay: Sendable {
     let pools: [String: UpstreamPool]
     let schedule: RetrySchedule
     private let state = NIOLockedValueBox(SchedulerState())
-    private let signal = WakeSignal()
+    private let signal: WakeSignal
 
     struct SchedulerState {
-        var due: [String: Date] = [:]
-        var inFlight: Set<String> = []
+        var schedule = DeliverySchedule()
+        /// Messages handed over by `submit` right after they were spooled, kept in memory (up to
+        /// `preloadLimit` bytes) so that the first attempt does not read back what was just written.
+        var preloaded: [String: (envelope: SpoolEnvelope, message: ByteBuffer)] = [:]
+        var preloadedBytes = 0
     }
+
+    /// Bytes of just-spooled messages kept in memory for their first attempt; beyond it the relay
+    /// reads them from the spool like any other queued message.
+    static let preloadLimit = 64 << 20
 
     public init(configuration: RelayConfiguration, spool: Spool, eventLoopGroup: EventLoopGroup, logger: Logger,
                 clock: @escaping @Sendable () -> Date = { Date() }, onOutcome: (@Sendable (RelayOutcome) -> Void)? = nil) {
@@ -53,6 +60,7 @@ public final class Relay: Sendable {
         self.logger = logger
         self.clock = clock
         self.onOutcome = onOutcome
+        self.signal = WakeSignal(eventLoop: eventLoopGroup.next())
         let schedule = RetrySchedule(initial: configuration.initialRetry, maximum: configuration.maxRetry, jitter: configuration.jitter)
         self.schedule = schedule
         var pools: [String: UpstreamPool] = [:]
@@ -64,60 +72,74 @@ public final class Relay: Sendable {
 
     /// A message was queued: deliver it now.
     public func wake(id: String? = nil) {
-        if let id { state.withLockedValue { $0.due[id] = .distantPast } }
+        if let id { state.withLockedValue { $0.schedule.schedule(id, at: .distantPast) } }
         signal.signal()
+    }
+
+    /// A message was just spooled (it is on disk for good): deliver it now, from memory when there is room.
+    public func submit(id: String, envelope: SpoolEnvelope, message: ByteBuffer) {
+        state.withLockedValue { state in
+            if state.preloadedBytes + message.readableBytes <= Self.preloadLimit {
+                state.preloaded[id] = (envelope, message)
+                state.preloadedBytes += message.readableBytes
+            }
+            state.schedule.schedule(id, at: .distantPast)
+        }
+        signal.signal()
+    }
+
+    private func takePreloaded(_ id: String) -> (envelope: SpoolEnvelope, message: ByteBuffer)? {
+        state.withLockedValue { state in
+            guard let entry = state.preloaded.removeValue(forKey: id) else { return nil }
+            state.preloadedBytes -= entry.message.readableBytes
+            return entry
+        }
     }
 
     private var maxInFlight: Int { max(1, configuration.upstreams.reduce(0) { $0 + $1.maxConnections }) }
 
     /// Runs until the task is cancelled.
     public func run() async throws {
-        await rescan()
+        await rescan(full: true)
         var lastScan = ContinuousClock.now
+        var lastStampCheck = ContinuousClock.now
         var wakeStamp = spool.directory.wakeStamp()
         await withTaskGroup(of: Void.self) { group in
             while !Task.isCancelled {
                 let now = clock()
                 let ready: [String] = state.withLockedValue { state in
-                    let room = maxInFlight - state.inFlight.count
-                    guard room > 0 else { return [] }
-                    // The `room` earliest due entries (ties by id), in one pass: sorting the whole
-                    // queue on every completion made relaying quadratic in the queue's depth.
-                    var best: [(id: String, due: Date)] = []
-                    best.reserveCapacity(room + 1)
-                    for (id, due) in state.due where due <= now && !state.inFlight.contains(id) {
-                        func before(_ other: (id: String, due: Date)) -> Bool { due == other.due ? id < other.id : due < other.due }
-                        if best.count == room, let last = best.last, !before(last) { continue }
-                        best.insert((id, due), at: best.firstIndex(where: { before($0) }) ?? best.count)
-                        if best.count > room { best.removeLast() }
-                    }
-                    let ids = best.map(\.id)
-                    for id in ids { state.inFlight.insert(id); state.due.removeValue(forKey: id) }
-                    return ids
+                    let room = maxInFlight - state.schedule.inFlight.count
+                    return room > 0 ? state.schedule.takeDue(now: now, limit: room) : []
                 }
                 for id in ready {
                     group.addTask {
                         // Shielded from cancellation: on shutdown a delivery in flight finishes and records
                         // its outcome (bounded by the upstream timeouts) instead of being cut off half-way.
-                        await Task { await self.process(id: id) }.value
-                        self.state.withLockedValue { _ = $0.inFlight.remove(id) }
+                        let next = await Task { await self.process(id: id) }.value
+                        self.state.withLockedValue { $0.schedule.finish(id, next: next) }
                         self.signal.signal()
                     }
                 }
-                let stamp = spool.directory.wakeStamp()
-                if ContinuousClock.now - lastScan >= configuration.scanInterval || stamp != wakeStamp {
+                // The wake file (touched by `postern queue`) is checked every quarter second.
+                let clockNow = ContinuousClock.now
+                var stampChanged = false
+                if clockNow - lastStampCheck >= .milliseconds(250) {
+                    lastStampCheck = clockNow
+                    let stamp = spool.directory.wakeStamp()
+                    stampChanged = stamp != wakeStamp
                     wakeStamp = stamp
-                    lastScan = .now
-                    await rescan()
+                }
+                if clockNow - lastScan >= configuration.scanInterval || stampChanged {
+                    lastScan = clockNow
+                    await rescan(full: stampChanged)
                     for pool in pools.values { await pool.closeIdle() }
                     continue
                 }
                 let next = state.withLockedValue { state in
-                    state.inFlight.count < maxInFlight ? state.due.values.min() : nil
+                    state.schedule.inFlight.count < maxInFlight ? state.schedule.nextDue() : nil
                 }
                 var wait = configuration.scanInterval.seconds
                 if let next { wait = min(wait, max(0.001, next.timeIntervalSince(clock()))) }
-                // The wake file is checked at least every quarter second.
                 await signal.wait(seconds: min(wait, 0.25))
             }
             await group.waitForAll()
@@ -125,36 +147,49 @@ public final class Relay: Sendable {
         for pool in pools.values { await pool.closeAll() }
     }
 
-    /// Reloads the schedule from disk: picks up CLI retries and deletions.
-    func rescan() async {
-        let entries = await spool.scan()
+    /// Reconciles the schedule with the spool on disk. A full rescan (at start, and when
+    /// `postern queue` touched the wake file) re-reads every entry's state, picking up retries;
+    /// the periodic one only reads entries the schedule does not know and drops vanished ones.
+    func rescan(full: Bool) async {
+        let state = self.state
+        let known: @Sendable (String) -> Bool
+        if full {
+            known = { _ in false }
+        } else {
+            known = { id in state.withLockedValue { $0.schedule.isKnown(id) } }
+        }
+        // Only ids scheduled before the listing can be missing from it for good; one submitted
+        // while the scan ran is simply newer than the listing.
+        let before = state.withLockedValue { Set($0.schedule.due.keys) }
+        let (present, entries) = await spool.scan(skipping: known)
         state.withLockedValue { state in
-            let present = Set(entries.map(\.id))
-            for id in state.due.keys where !present.contains(id) { state.due.removeValue(forKey: id) }
-            for entry in entries where !state.inFlight.contains(entry.id) {
-                state.due[entry.id] = entry.state.nextAttempt
+            for id in before.subtracting(present) where state.schedule.due[id] != nil {
+                state.schedule.drop(id)
+                if let gone = state.preloaded.removeValue(forKey: id) { state.preloadedBytes -= gone.message.readableBytes }
             }
+            for entry in entries { state.schedule.schedule(entry.id, at: entry.state.nextAttempt) }
         }
     }
 
-    private func reschedule(_ id: String, at date: Date) {
-        state.withLockedValue { $0.due[id] = date }
-    }
-
-    /// One delivery attempt for one queued message, under its lock.
-    func process(id: String) async {
+    /// One delivery attempt for one queued message, under its lock. Returns when to try it next,
+    /// nil when it is finished or gone.
+    func process(id: String) async -> Date? {
+        let preloaded = takePreloaded(id)
         guard let lock = spool.lock(id: id) else {
             // Busy (the CLI holds it) or gone; the next scan settles which.
-            if spool.directory.listIDs().contains(id) { reschedule(id, at: clock().addingTimeInterval(1)) }
-            return
+            return spool.directory.contains(id: id) ? clock().addingTimeInterval(1) : nil
         }
         defer { lock.release() }
-        guard let (entry, message) = await spool.read(id: id) else { return }
-        let now = clock()
-        if entry.state.nextAttempt > now {
-            reschedule(id, at: entry.state.nextAttempt)
-            return
+        let loaded: (entry: SpoolEntry, message: ByteBuffer)?
+        if let preloaded {
+            // Still read the state: `postern queue` may have changed it since the message was spooled.
+            loaded = spool.entry(id: id, envelope: preloaded.envelope, message: preloaded.message).map { ($0, preloaded.message) }
+        } else {
+            loaded = await spool.read(id: id)
         }
+        guard let (entry, message) = loaded else { return nil }
+        let now = clock()
+        if entry.state.nextAttempt > now { return entry.state.nextAttempt }
         var state = entry.state
         let attempt = state.attempts + 1
         var byUpstream: [String: [String]] = [:]
@@ -224,23 +259,24 @@ public final class Relay: Sendable {
         state.nextAttempt = next
 
         if !failed.isEmpty { await bounce(entry: entry, message: message, failed: failed, now: now) }
+        var result: Date? = next
         do {
             if state.isFinished {
                 try await spool.remove(id: id)
+                result = nil
             } else {
                 try await spool.writeState(id: id, state)
-                reschedule(id, at: next)
             }
         } catch {
             // The old state stays on disk: the worst case is a repeated attempt, never a loss.
             logger.error("could not record delivery state", metadata: ["queue_id": "\(id)", "error": "\(error)"])
-            reschedule(id, at: next)
         }
         for outcome in outcomes {
             logger.info("relay", metadata: ["queue_id": "\(id)", "rcpt": "\(outcome.recipient)", "upstream": "\(outcome.upstream)",
                                             "result": "\(outcome.disposition.rawValue)", "reply": "\(outcome.reply)", "attempt": "\(attempt)"])
             onOutcome?(outcome)
         }
+        return result
     }
 
     enum RecipientResult: Sendable {
@@ -319,7 +355,7 @@ public final class Relay: Sendable {
                                      listener: "dsn", login: nil, messageID: "<\(dsnID)@\(configuration.hostname)>", bodyType: nil)
         do {
             try await spool.enqueue(id: dsnID, envelope: envelope, message: body)
-            reschedule(dsnID, at: now)
+            submit(id: dsnID, envelope: envelope, message: body)
             logger.info("DSN queued", metadata: ["queue_id": "\(entry.id)", "dsn_id": "\(dsnID)", "to": "\(entry.envelope.sender)"])
         } catch {
             logger.error("could not queue DSN", metadata: ["queue_id": "\(entry.id)", "error": "\(error)"])
@@ -328,8 +364,15 @@ public final class Relay: Sendable {
 }
 
 /// A wake-up that is never lost: a signal before the wait makes the wait return at once.
+/// The timeout is an event-loop timer (cancelled when the signal comes first), not `Task.sleep`:
+/// the relay waits once per completed delivery, and a dispatch timer per wait showed in profiles.
 final class WakeSignal: Sendable {
+    private let eventLoop: EventLoop
     private let box = NIOLockedValueBox<(pending: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
+
+    init(eventLoop: EventLoop) {
+        self.eventLoop = eventLoop
+    }
 
     func signal() {
         let waiter = box.withLockedValue { state -> CheckedContinuation<Void, Never>? in
@@ -341,10 +384,12 @@ final class WakeSignal: Sendable {
     }
 
     func wait(seconds: TimeInterval) async {
-        let timer = Task {
-            try? await Task.sleep(for: .milliseconds(Int(seconds * 1000)))
-            self.signal()
-        }
+        if box.withLockedValue({ state in
+            guard state.pending else { return false }
+            state.pending = false
+            return true
+        }) { return }
+        let timer = eventLoop.scheduleTask(in: .nanoseconds(Int64(seconds * 1e9))) { self.signal() }
         await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
                 let resumeNow = box.withLockedValue { state -> Bool in

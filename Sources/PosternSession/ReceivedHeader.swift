@@ -24,13 +24,7 @@ public enum ReceivedHeader {
     }
 
     /// `Tue, 24 Nov 2026 16:13:54 +0000`
-    public static func rfc5322Date(_ date: Date) -> String {
-        let formatter = DateFormatter()
-        formatter.locale = Locale(identifier: "en_US_POSIX")
-        formatter.timeZone = TimeZone(identifier: "UTC")
-        formatter.dateFormat = "EEE, dd MMM yyyy HH:mm:ss Z"
-        return formatter.string(from: date)
-    }
+    public static func rfc5322Date(_ date: Date) -> String { MessageDate.rfc5322(date) }
 
     /// HELO names are client input: keep them from breaking the header.
     static func sanitize(_ text: String) -> String {

@@ -81,7 +81,8 @@ public final class Spool: Sendable {
         do {
             try await pool.runIfActive { try directory.remove(id: id) }
         } catch let error as SpoolError { throw error } catch { throw .unwritable("\(error)") }
-        try await syncDirectory()
+        // No directory fsync: if a crash loses the unlink, the message is delivered again, the same
+        // as a crash between the upstream's 250 and the unlink. Postfix does not sync removals either.
         index.withLockedValue { _ = $0.removeValue(forKey: id) }
     }
 
@@ -102,29 +103,57 @@ public final class Spool: Sendable {
         return result
     }
 
+    /// The entry of a message already in memory (just spooled): reads only its state from disk,
+    /// since `postern queue` may have changed it. Call with the entry locked.
+    public func entry(id: String, envelope: SpoolEnvelope, message: ByteBuffer) -> SpoolEntry? {
+        do {
+            let state = try SpoolRecovery.stateOrReset(directory, id: id, envelope: envelope, logger: logger)
+            return SpoolEntry(id: id, envelope: envelope, state: state, messageSize: message.readableBytes)
+        } catch {
+            return nil
+        }
+    }
+
     /// All queued entries (envelope and state, not the bodies), refreshing the metrics index.
     /// Picks up changes made by the CLI or another process.
     public func scan() async -> [SpoolEntry] {
+        await scan(skipping: { _ in false }).entries
+    }
+
+    /// The ids queued now, and the entries (envelope and state) of those `skip` does not exclude.
+    /// Reads each entry's header and envelope, not its body: the body's checksum is verified when
+    /// the message is read for delivery. Refreshes the metrics index.
+    public func scan(skipping skip: @escaping @Sendable (String) -> Bool) async -> (present: Set<String>, entries: [SpoolEntry]) {
         let directory = self.directory
         let logger = self.logger
-        let entries = (try? await pool.runIfActive { () -> [SpoolEntry] in
+        let result = (try? await pool.runIfActive { () -> (Set<String>, [SpoolEntry]) in
+            var present = Set<String>()
             var entries: [SpoolEntry] = []
             for id in directory.listIDs() {
+                present.insert(id)
+                if skip(id) { continue }
                 do {
-                    let (envelope, message) = try directory.readMessage(id: id)
+                    let (envelope, size) = try directory.readEnvelope(id: id)
                     let state = try SpoolRecovery.stateOrReset(directory, id: id, envelope: envelope, logger: logger)
-                    entries.append(SpoolEntry(id: id, envelope: envelope, state: state, messageSize: message.readableBytes))
+                    entries.append(SpoolEntry(id: id, envelope: envelope, state: state, messageSize: size))
+                } catch let error as SpoolDirectory.ReadError {
+                    switch error {
+                    case .missing: present.remove(id)
+                    case .corrupt(let reason):
+                        present.remove(id)
+                        SpoolRecovery.quarantine(directory, id: id, reason: reason, logger: logger)
+                    }
                 } catch {
-                    guard case .corrupt(let reason)? = error as? SpoolDirectory.ReadError else { continue }
-                    SpoolRecovery.quarantine(directory, id: id, reason: reason, logger: logger)
+                    present.remove(id)
                 }
             }
-            return entries
-        }) ?? []
+            return (present, entries)
+        }) ?? ([], [])
         index.withLockedValue { index in
-            index = Dictionary(entries.map { ($0.id, $0.envelope.receivedAt) }, uniquingKeysWith: { a, _ in a })
+            for id in Array(index.keys) where !result.0.contains(id) { index.removeValue(forKey: id) }
+            for entry in result.1 { index[entry.id] = entry.envelope.receivedAt }
         }
-        return entries
+        return (result.0, result.1)
     }
 
     public func lock(id: String) -> SpoolDirectory.EntryLock? { directory.lock(id: id) }

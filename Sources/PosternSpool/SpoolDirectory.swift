@@ -194,25 +194,86 @@ public struct SpoolDirectory: Sendable {
         return bytes
     }
 
-    /// Reads and validates a message file: its header, lengths, checksum and envelope.
-    public func readMessage(id: String) throws(ReadError) -> (envelope: SpoolEnvelope, message: ByteBuffer) {
-        let bytes = try Self.readFile(messagePath(id))
-        guard let newline = bytes.firstIndex(of: 0x0A), newline < 200 else { throw .corrupt("no header line") }
+    struct Header {
+        var envelopeLength: Int
+        var messageLength: Int
+        var checksum: UInt64
+        /// Offset of the envelope JSON (just past the header line).
+        var envelopeStart: Int
+        var fileSize: Int { envelopeStart + envelopeLength + messageLength }
+    }
+
+    /// Parses the header line at the start of `bytes` (at least its first 200 bytes, or all of a shorter file).
+    static func parseHeader(_ bytes: [UInt8]) throws(ReadError) -> Header {
+        guard let newline = bytes.prefix(200).firstIndex(of: 0x0A) else { throw .corrupt("no header line") }
         let fields = String(decoding: bytes[..<newline], as: UTF8.self).split(separator: " ")
         guard fields.count == 5, "\(fields[0]) \(fields[1])" == Self.magic,
               let envLength = Int(fields[2]), let msgLength = Int(fields[3]), let checksum = UInt64(fields[4], radix: 16),
               envLength >= 0, msgLength >= 0
         else { throw .corrupt("bad header line") }
-        let envStart = newline + 1
-        guard bytes.count == envStart + envLength + msgLength else {
-            throw .corrupt("size \(bytes.count), header says \(envStart + envLength + msgLength)")
-        }
-        let envelope: SpoolEnvelope
+        return Header(envelopeLength: envLength, messageLength: msgLength, checksum: checksum, envelopeStart: newline + 1)
+    }
+
+    static func decodeEnvelope(_ bytes: ArraySlice<UInt8>) throws(ReadError) -> SpoolEnvelope {
         do {
-            envelope = try JSONDecoder.spool.decode(SpoolEnvelope.self, from: Data(bytes[envStart..<(envStart + envLength)]))
+            return try JSONDecoder.spool.decode(SpoolEnvelope.self, from: Data(bytes))
         } catch {
             throw .corrupt("envelope: \(error)")
         }
+    }
+
+    /// Whether a message file exists for `id`.
+    public func contains(id: String) -> Bool {
+        var st = stat()
+        return stat(messagePath(id), &st) == 0
+    }
+
+    /// Reads a message file's header and envelope, not its body (whose checksum is therefore not
+    /// checked): what a queue scan needs. Returns the envelope and the message's length.
+    public func readEnvelope(id: String) throws(ReadError) -> (envelope: SpoolEnvelope, messageSize: Int) {
+        let fd = open(messagePath(id), O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            if errno == ENOENT { throw .missing }
+            throw .corrupt("open: \(String(cString: strerror(errno)))")
+        }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw .corrupt("fstat failed") }
+        let fileSize = Int(st.st_size)
+        func readPrefix(_ count: Int) -> [UInt8]? {
+            var bytes = [UInt8](repeating: 0, count: count)
+            var offset = 0
+            let ok = bytes.withUnsafeMutableBytes { buffer -> Bool in
+                while offset < buffer.count {
+                    let n = pread(fd, buffer.baseAddress! + offset, buffer.count - offset, off_t(offset))
+                    if n < 0 && errno == EINTR { continue }
+                    if n <= 0 { return false }
+                    offset += n
+                }
+                return true
+            }
+            return ok ? bytes : nil
+        }
+        guard var bytes = readPrefix(min(fileSize, 4096)) else { throw .corrupt("short read") }
+        let header = try Self.parseHeader(bytes)
+        guard fileSize == header.fileSize else { throw .corrupt("size \(fileSize), header says \(header.fileSize)") }
+        let envelopeEnd = header.envelopeStart + header.envelopeLength
+        if bytes.count < envelopeEnd {
+            guard let longer = readPrefix(envelopeEnd) else { throw .corrupt("short read") }
+            bytes = longer
+        }
+        return (try Self.decodeEnvelope(bytes[header.envelopeStart..<envelopeEnd]), header.messageLength)
+    }
+
+    /// Reads and validates a message file: its header, lengths, checksum and envelope.
+    public func readMessage(id: String) throws(ReadError) -> (envelope: SpoolEnvelope, message: ByteBuffer) {
+        let bytes = try Self.readFile(messagePath(id))
+        let header = try Self.parseHeader(bytes)
+        guard bytes.count == header.fileSize else {
+            throw .corrupt("size \(bytes.count), header says \(header.fileSize)")
+        }
+        let envStart = header.envelopeStart, envLength = header.envelopeLength, checksum = header.checksum
+        let envelope = try Self.decodeEnvelope(bytes[envStart..<(envStart + envLength)])
         let body = bytes[(envStart + envLength)...]
         let actual = body.withUnsafeBytes { Self.fnv1a64($0) }
         guard actual == checksum else { throw .corrupt("checksum mismatch") }
