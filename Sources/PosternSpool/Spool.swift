@@ -15,6 +15,10 @@ public final class Spool: Sendable {
     private let syncer: DirectorySyncer
     /// Queued ids and their arrival times, for metrics.
     private let index = NIOLockedValueBox<[String: Date]>([:])
+    /// Files in `free/` that the next messages overwrite instead of creating new ones.
+    private let free = NIOLockedValueBox<[String]>([])
+    /// At most this many files are kept in `free/`.
+    static let freeLimit = 1024
 
     /// Opens (creating if needed) the spool at `directory` and recovers it.
     public init(directory: URL, logger: Logger, ioThreads: Int = 8) throws {
@@ -28,6 +32,9 @@ public final class Spool: Sendable {
         index.withLockedValue { index in
             for entry in recovered { index[entry.id] = entry.envelope.receivedAt }
         }
+        var names = self.directory.freeNames().filter(SpoolDirectory.isValidID)
+        while names.count > Self.freeLimit { unlink("\(self.directory.freePath)/\(names.removeLast())") }
+        free.withLockedValue { $0 = names }
     }
 
     public func shutdown() async {
@@ -54,8 +61,9 @@ public final class Spool: Sendable {
     /// directory fsync.
     public func enqueue(id: String, envelope: SpoolEnvelope, message: ByteBuffer) async throws(SpoolError) {
         let directory = self.directory
+        let reuse = free.withLockedValue { $0.popLast() }
         do {
-            try await pool.runIfActive { try directory.writeMessage(id: id, envelope: envelope, message: message) }
+            try await pool.runIfActive { try directory.writeMessage(id: id, envelope: envelope, message: message, reuse: reuse) }
         } catch let error as SpoolError {
             logger.error("spool write failed", metadata: ["queue_id": "\(id)", "error": "\(error)"])
             throw error
@@ -75,11 +83,24 @@ public final class Spool: Sendable {
         try await syncDirectory()
     }
 
-    /// Removes a finished entry.
+    /// Removes a finished entry, keeping its file for reuse while `free/` has room.
     public func remove(id: String) async throws(SpoolError) {
         let directory = self.directory
+        let keep = free.withLockedValue { $0.count < Self.freeLimit }
         do {
-            try await pool.runIfActive { try directory.remove(id: id) }
+            let kept = try await pool.runIfActive { () throws(SpoolError) -> Bool in
+                if keep { return try directory.recycle(id: id) }
+                try directory.remove(id: id)
+                return false
+            }
+            if kept {
+                let full = free.withLockedValue { names -> Bool in
+                    guard names.count < Self.freeLimit else { return true }
+                    names.append(id)
+                    return false
+                }
+                if full { unlink("\(directory.freePath)/\(id)") }
+            }
         } catch let error as SpoolError { throw error } catch { throw .unwritable("\(error)") }
         // No directory fsync: if a crash loses the unlink, the message is delivered again, the same
         // as a crash between the upstream's 250 and the unlink. Postfix does not sync removals either.

@@ -11,8 +11,9 @@ import Darwin
 ///
 /// Layout: `tmp/` (files being written), `queue/<id>.msg` (envelope and message, written once:
 /// temp file, fsync, rename, directory fsync), `queue/<id>.state` (delivery state, replaced
-/// atomically), `corrupt/` (files that failed validation, kept for a human), `wake` (touched to
-/// make a running relay rescan now).
+/// atomically), `corrupt/` (files that failed validation, kept for a human), `free/` (files of
+/// delivered messages kept for reuse: see `recycle`), `wake` (touched to make a running relay
+/// rescan now).
 public struct SpoolDirectory: Sendable {
     public let root: URL
     // Computed once: the relay checks `wakePath` on every loop turn and every file operation builds
@@ -20,6 +21,7 @@ public struct SpoolDirectory: Sendable {
     public let tmpPath: String
     public let queuePath: String
     public let corruptPath: String
+    public let freePath: String
     public let wakePath: String
 
     static let magic = "POSTERN-SPOOL 1"
@@ -29,11 +31,12 @@ public struct SpoolDirectory: Sendable {
         tmpPath = root.appendingPathComponent("tmp").path
         queuePath = root.appendingPathComponent("queue").path
         corruptPath = root.appendingPathComponent("corrupt").path
+        freePath = root.appendingPathComponent("free").path
         wakePath = root.appendingPathComponent("wake").path
     }
 
     public func createDirectories() throws(SpoolError) {
-        for path in [tmpPath, queuePath, corruptPath] {
+        for path in [tmpPath, queuePath, corruptPath, freePath] {
             do {
                 try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
             } catch {
@@ -59,14 +62,24 @@ public struct SpoolDirectory: Sendable {
 
     // MARK: Writing
 
-    /// Writes `bytes` to a fresh temp file, fsyncs it and renames it to `destination`.
-    /// The caller fsyncs the destination directory.
-    func writeDurably(_ destination: String, tmpName: String, _ write: (Int32) throws -> Void) throws(SpoolError) {
+    /// Writes a temp file, fsyncs it and renames it to `destination`. The caller fsyncs the
+    /// destination directory. With `reuse` (a name in `free/`), that file is overwritten and cut to
+    /// length instead of a new one being created; if it is gone, a new file is created.
+    func writeDurably(_ destination: String, tmpName: String, reuse: String? = nil, _ write: (Int32) throws -> Void) throws(SpoolError) {
         let tmp = "\(tmpPath)/\(tmpName)"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        var fd: Int32 = -1
+        if let reuse, rename("\(freePath)/\(reuse)", tmp) == 0 {
+            fd = open(tmp, O_WRONLY | O_CLOEXEC)
+            if fd < 0 { unlink(tmp) }
+        }
+        if fd < 0 { fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600) }
         guard fd >= 0 else { throw Self.error("open \(tmp)") }
         do {
             try write(fd)
+            if reuse != nil {
+                let length = lseek(fd, 0, SEEK_CUR)
+                if length < 0 || ftruncate(fd, length) != 0 { throw Self.error("truncate \(tmp)") }
+            }
             if fsync(fd) != 0 { throw Self.error("fsync \(tmp)") }
         } catch {
             close(fd)
@@ -108,10 +121,10 @@ public struct SpoolDirectory: Sendable {
         return header
     }
 
-    public func writeMessage(id: String, envelope: SpoolEnvelope, message: ByteBuffer) throws(SpoolError) {
+    public func writeMessage(id: String, envelope: SpoolEnvelope, message: ByteBuffer, reuse: String? = nil) throws(SpoolError) {
         guard Self.isValidID(id) else { throw .unwritable("invalid queue id \(id)") }
         let header = try Self.encodeHeader(envelope: envelope, message: message)
-        try writeDurably(messagePath(id), tmpName: "\(id).msg") { fd in
+        try writeDurably(messagePath(id), tmpName: "\(id).msg", reuse: reuse) { fd in
             try header.withUnsafeBytes { bytes in try Self.writeAll(fd, bytes) }
             try message.withUnsafeReadableBytes { bytes in try Self.writeAll(fd, bytes) }
         }
@@ -131,6 +144,26 @@ public struct SpoolDirectory: Sendable {
     public func remove(id: String) throws(SpoolError) {
         if unlink(messagePath(id)) != 0 && errno != ENOENT { throw Self.error("unlink \(id).msg") }
         if unlink(statePath(id)) != 0 && errno != ENOENT { throw Self.error("unlink \(id).state") }
+    }
+
+    /// Removes a finished entry like `remove`, but keeps its message file's inode for the next
+    /// message: renamed to `free/<id>`. Creating a file costs an inode allocation, which on ext4
+    /// (most of all without a journal, where it skips recently deleted inodes one by one) showed as
+    /// a fifth of the gateway's CPU, under the directory's lock. Returns false if the message file
+    /// was already gone.
+    public func recycle(id: String) throws(SpoolError) -> Bool {
+        guard rename(messagePath(id), "\(freePath)/\(id)") == 0 else {
+            // Gone already, or not movable: remove it the ordinary way.
+            try remove(id: id)
+            return false
+        }
+        if unlink(statePath(id)) != 0 && errno != ENOENT { throw Self.error("unlink \(id).state") }
+        return true
+    }
+
+    /// Names of the files in `free/`.
+    public func freeNames() -> [String] {
+        (try? FileManager.default.contentsOfDirectory(atPath: freePath)) ?? []
     }
 
     public func syncQueueDirectory() throws(SpoolError) {

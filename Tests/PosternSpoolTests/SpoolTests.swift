@@ -192,3 +192,82 @@ final class SpoolTests: XCTestCase {
         XCTAssertTrue(text.contains("open x"))
     }
 }
+
+final class SpoolFileReuseTests: XCTestCase {
+    var root: URL!
+    let logger = Logger(label: "spool-reuse-test")
+
+    override func setUp() {
+        root = FileManager.default.temporaryDirectory.appendingPathComponent("postern-spool-reuse-\(UUID().uuidString)")
+    }
+
+    override func tearDown() {
+        try? FileManager.default.removeItem(at: root)
+    }
+
+    func inode(_ path: String) -> UInt64? {
+        var st = stat()
+        return stat(path, &st) == 0 ? UInt64(st.st_ino) : nil
+    }
+
+    func envelope(_ n: Int) -> SpoolEnvelope {
+        SpoolEnvelope(sender: "s\(n)@example.edu", recipients: ["r\(n)@example.edu"], receivedAt: Date(timeIntervalSince1970: 1_700_000_000),
+                      clientAddress: "192.0.2.7", listener: "device", login: nil, messageID: nil, bodyType: nil)
+    }
+
+    /// A delivered message's file is renamed into free/ and the next message overwrites it: same
+    /// inode, and a shorter message after a longer one reads back exactly (cut to length, checksum good).
+    func testRemovedFileIsReusedAndCutToLength() async throws {
+        let spool = try Spool(directory: root, logger: logger)
+        let first = Spool.makeQueueID()
+        let long = ByteBuffer(string: "Subject: long\r\n\r\n" + String(repeating: "x", count: 50_000) + "\r\n")
+        try await spool.enqueue(id: first, envelope: envelope(1), message: long)
+        let firstInode = inode(spool.directory.messagePath(first))
+        XCTAssertNotNil(firstInode)
+        try await spool.remove(id: first)
+        XCTAssertFalse(spool.directory.contains(id: first))
+        XCTAssertEqual(spool.directory.freeNames(), [first])
+        XCTAssertEqual(spool.depth, 0)
+
+        let second = Spool.makeQueueID()
+        let short = ByteBuffer(string: "Subject: short\r\n\r\nhi\r\n")
+        try await spool.enqueue(id: second, envelope: envelope(2), message: short)
+        XCTAssertEqual(inode(spool.directory.messagePath(second)), firstInode)
+        XCTAssertEqual(spool.directory.freeNames(), [])
+        let read = await spool.read(id: second)
+        XCTAssertEqual(read?.message, short)
+        XCTAssertEqual(read?.entry.envelope, envelope(2))
+        var st = stat()
+        XCTAssertEqual(stat(spool.directory.messagePath(second), &st), 0)
+        XCTAssertLessThan(Int(st.st_size), 1000)
+        await spool.shutdown()
+    }
+
+    /// free/ files survive a restart and are reused; a file someone removed from free/ meanwhile
+    /// just means a new file is created.
+    func testFreeFilesAreAdoptedAfterRestartAndMissingOnesTolerated() async throws {
+        var spool = try Spool(directory: root, logger: logger)
+        var ids: [String] = []
+        for n in 0..<3 {
+            let id = Spool.makeQueueID()
+            try await spool.enqueue(id: id, envelope: envelope(n), message: ByteBuffer(string: "Subject: \(n)\r\n\r\nbody\r\n"))
+            ids.append(id)
+        }
+        for id in ids { try await spool.remove(id: id) }
+        XCTAssertEqual(Set(spool.directory.freeNames()), Set(ids))
+        await spool.shutdown()
+
+        spool = try Spool(directory: root, logger: logger)
+        unlink("\(spool.directory.freePath)/\(ids[2])")  // gone: enqueue creates a new file instead
+        for n in 0..<4 {
+            let id = Spool.makeQueueID()
+            let body = ByteBuffer(string: "Subject: again \(n)\r\n\r\nbody\r\n")
+            try await spool.enqueue(id: id, envelope: envelope(n), message: body)
+            let read = await spool.read(id: id)
+            XCTAssertEqual(read?.message, body)
+        }
+        XCTAssertEqual(spool.directory.freeNames(), [])
+        XCTAssertEqual(spool.depth, 4)
+        await spool.shutdown()
+    }
+}
