@@ -92,9 +92,7 @@ final class RelayPathTests: XCTestCase {
             """.write(to: config, atomically: true, encoding: .utf8)
         let accepted = work.appendingPathComponent("accepted.txt")
         let stop = work.appendingPathComponent("stop")
-        let client = Process()
-        client.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        client.arguments = ["-c", """
+        let client = try spawnProcess(["/usr/bin/python3", "-c", """
             import os, socket, sys, time
             port, out, stop = int(sys.argv[1]), sys.argv[2], sys.argv[3]
             n = 0
@@ -117,38 +115,32 @@ final class RelayPathTests: XCTestCase {
                         s.close()
                     except OSError:
                         time.sleep(0.05)
-            """, "\(port)", accepted.path, stop.path]
-        client.standardOutput = FileHandle.nullDevice
-        client.standardError = FileHandle.nullDevice
-        try client.run()
+            """, "\(port)", accepted.path, stop.path], output: work.appendingPathComponent("client.log").path)
 
-        func startGateway() throws -> Process {
-            let gateway = Process()
-            gateway.executableURL = Repo.posternBinary
-            gateway.arguments = ["serve", "--config", config.path, "--log-level", "error"]
-            let log = work.appendingPathComponent("gateway.log")
-            if !FileManager.default.fileExists(atPath: log.path) { _ = FileManager.default.createFile(atPath: log.path, contents: nil) }
-            let handle = try FileHandle(forWritingTo: log)
-            handle.seekToEndOfFile()
-            gateway.standardError = handle
-            gateway.standardOutput = handle
-            try gateway.run()
-            return gateway
+        // posix_spawn and waitpid, not Foundation's Process: its waitUntilExit on a cooperative
+        // thread polls a run loop without sources (a busy loop), and it missed a SIGKILLed child's
+        // exit here more than once, leaving the test spinning on a zombie.
+        var logs: [URL] = []
+        func startGateway() throws -> pid_t {
+            let log = work.appendingPathComponent("gateway-\(logs.count).log")
+            logs.append(log)
+            return try spawnProcess([Repo.posternBinary.path, "serve", "--config", config.path, "--log-level", "error"], output: log.path)
         }
+        func gatewayLog() -> String { logs.compactMap { try? String(contentsOf: $0, encoding: .utf8) }.joined() }
         for round in 0..<4 {
             let gateway = try startGateway()
             try await Task.sleep(for: .milliseconds(700 + 150 * round))
-            kill(gateway.processIdentifier, SIGKILL)
-            gateway.waitUntilExit()
+            kill(gateway, SIGKILL)
+            _ = waitForExit(gateway)
         }
         try Data().write(to: stop)
-        while client.isRunning { try await Task.sleep(for: .milliseconds(20)) }
+        _ = waitForExit(client)  // it stops within its 3 s socket timeout
 
         let ids = Set((try String(contentsOf: accepted, encoding: .utf8)).split(separator: "\n").map(String.init))
-        XCTAssertGreaterThan(ids.count, 10, "the client got messages through between the kills; gateway log: \((try? String(contentsOf: work.appendingPathComponent("gateway.log"), encoding: .utf8)) ?? "")")
+        XCTAssertGreaterThan(ids.count, 10, "the client got messages through between the kills; gateway log: \(gatewayLog()); client log: \((try? String(contentsOf: work.appendingPathComponent("client.log"), encoding: .utf8)) ?? "")")
         // A last, clean start delivers whatever is still queued.
         let gateway = try startGateway()
-        defer { kill(gateway.processIdentifier, SIGKILL); gateway.waitUntilExit() }
+        defer { kill(gateway, SIGKILL); _ = waitForExit(gateway) }
         func deliveredIDs() -> Set<String> {
             let files = (try? FileManager.default.contentsOfDirectory(at: sinkOutbox, includingPropertiesForKeys: nil)) ?? []
             var found = Set<String>()
