@@ -4,6 +4,15 @@ import PosternSMTP
 /// The kinds of listener policy knows about.
 public enum PolicyEndpoint: String, Sendable, Hashable, CaseIterable {
     case submission, submissions, device
+
+    /// The index in `allCases`.
+    var position: Int {
+        switch self {
+        case .submission: return 0
+        case .submissions: return 1
+        case .device: return 2
+        }
+    }
 }
 
 /// Who authenticated on a TLS endpoint, as the directory described them.
