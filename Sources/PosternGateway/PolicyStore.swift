@@ -11,6 +11,9 @@ public final class PolicyStore: Sendable {
     public let directory: URL
     private let current: NIOLockedValueBox<PolicySet>
     private let fingerprint: NIOLockedValueBox<String>
+    /// devices.yaml as last read: a reload with the same devices.yaml (an edit of policy.yaml, a SIGHUP
+    /// for a new certificate) does not parse its entries again.
+    private let parsedDevices: NIOLockedValueBox<ParsedDevices?>
     private let logger: Logger
     /// Message rate limits, shared by every session and kept across reloads.
     public let rateLimiter: RateLimiter
@@ -22,7 +25,9 @@ public final class PolicyStore: Sendable {
         self.logger = logger
         self.rateLimiter = rateLimiter
         self.userRateLimit = userMessagesPerHour.flatMap { RateLimit("\($0)/hour") }
-        let policy = try PolicyLoader.load(directory: directory).get()
+        let (result, parsed) = PolicyLoader.load(directory: directory, reusing: nil)
+        let policy = try result.get()
+        parsedDevices = NIOLockedValueBox(parsed)
         current = NIOLockedValueBox(policy)
         fingerprint = NIOLockedValueBox(Self.fingerprint(of: directory))
     }
@@ -33,7 +38,9 @@ public final class PolicyStore: Sendable {
     @discardableResult
     public func reload(reason: String) -> PolicyErrors? {
         let print = Self.fingerprint(of: directory)
-        switch PolicyLoader.load(directory: directory) {
+        let (result, parsed) = PolicyLoader.load(directory: directory, reusing: parsedDevices.withLockedValue { $0 })
+        parsedDevices.withLockedValue { $0 = parsed }
+        switch result {
         case .success(let policy):
             current.withLockedValue { $0 = policy }
             fingerprint.withLockedValue { $0 = print }

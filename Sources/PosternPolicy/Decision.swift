@@ -179,9 +179,12 @@ public struct PolicySet: Sendable {
         sunsets.reserveCapacity(devices.count)
         // Devices of one department usually come together: look the department up once per run of them.
         var department: (id: String, sunset: CalendarDate?)?
-        for d in devices {
-            if department?.id != d.department { department = (d.department, departments[d.department]?.sunset) }
-            sunsets.append(Self.effectiveSunset(for: d, department: department!.sunset, global: globalSunset))
+        for i in devices.indices {
+            if department?.id != devices[i].department {
+                department = (devices[i].department, departments[devices[i].department]?.sunset)
+            }
+            sunsets.append(Self.effectiveSunset(id: devices[i].id, sunset: devices[i].sunset, department: devices[i].department,
+                                                departmentSunset: department!.sunset, global: globalSunset))
         }
         self.sunsets = sunsets
     }
@@ -209,13 +212,15 @@ public struct PolicySet: Sendable {
 
     /// The earliest of the global, department and device dates.
     public func effectiveSunset(for device: RegisteredDevice) -> EffectiveSunset {
-        Self.effectiveSunset(for: device, department: departments[device.department]?.sunset, global: globalSunset)
+        Self.effectiveSunset(id: device.id, sunset: device.sunset, department: device.department,
+                             departmentSunset: departments[device.department]?.sunset, global: globalSunset)
     }
 
-    private static func effectiveSunset(for device: RegisteredDevice, department: CalendarDate?, global: CalendarDate?) -> EffectiveSunset {
-        var best = EffectiveSunset(date: device.sunset, source: .device(device.id))
-        if let d = department, d < best.date {
-            best = EffectiveSunset(date: d, source: .department(device.department))
+    private static func effectiveSunset(id: String, sunset: CalendarDate, department: String, departmentSunset: CalendarDate?,
+                                        global: CalendarDate?) -> EffectiveSunset {
+        var best = EffectiveSunset(date: sunset, source: .device(id))
+        if let d = departmentSunset, d < best.date {
+            best = EffectiveSunset(date: d, source: .department(department))
         }
         if let g = global, g < best.date {
             best = EffectiveSunset(date: g, source: .global)

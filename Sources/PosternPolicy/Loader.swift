@@ -44,6 +44,19 @@ public enum PolicyLoader {
 
     /// Loads the policy with some files' text given in memory (by file name), e.g. to validate an edit before writing it.
     public static func load(directory: URL, replacing overrides: [String: String]) -> Result<PolicySet, PolicyErrors> {
+        load(directory: directory, replacing: overrides, reusing: nil).policy
+    }
+
+    /// Loads the three policy files, taking the device entries from `previous` when devices.yaml has the
+    /// same name and text (a reload for an edit of policy.yaml, or a SIGHUP). Returns what devices.yaml
+    /// gave, for the next load.
+    public static func load(directory: URL, reusing previous: ParsedDevices?) -> (policy: Result<PolicySet, PolicyErrors>, devices: ParsedDevices?) {
+        load(directory: directory, replacing: [:], reusing: previous)
+    }
+
+    static func load(directory: URL, replacing overrides: [String: String], reusing previous: ParsedDevices?)
+        -> (policy: Result<PolicySet, PolicyErrors>, devices: ParsedDevices?)
+    {
         var texts: [String: String] = [:]
         var issues: [PolicyIssue] = []
         for name in fileNames {
@@ -65,10 +78,14 @@ public enum PolicyLoader {
                                           fix: "create \(name) in \(directory.relativePath) (see the shipped policies/ for an example)"))
             }
         }
-        guard issues.isEmpty else { return .failure(PolicyErrors(issues: issues)) }
-        return load(policy: (displayPath(directory: directory, name: policyFile), texts[displayPath(directory: directory, name: policyFile)]!),
-                    departments: (displayPath(directory: directory, name: departmentsFile), texts[displayPath(directory: directory, name: departmentsFile)]!),
-                    devices: (displayPath(directory: directory, name: devicesFile), texts[displayPath(directory: directory, name: devicesFile)]!))
+        guard issues.isEmpty else { return (.failure(PolicyErrors(issues: issues)), previous) }
+        let builder = PolicyBuilder()
+        builder.reusable = previous
+        builder.readPolicy(file: displayPath(directory: directory, name: policyFile), text: texts[displayPath(directory: directory, name: policyFile)]!)
+        builder.readDepartments(file: displayPath(directory: directory, name: departmentsFile),
+                                text: texts[displayPath(directory: directory, name: departmentsFile)]!)
+        builder.readDevices(file: displayPath(directory: directory, name: devicesFile), text: texts[displayPath(directory: directory, name: devicesFile)]!)
+        return (builder.finish(), builder.parsedDevices)
     }
 
     /// Loads from texts; each argument is (name to report, YAML text).
@@ -101,6 +118,27 @@ public enum PolicyLoader {
     }
 }
 
+/// What devices.yaml gave when it was last read (its entries, index order and issues), for a later load
+/// of the same text. Everything in it depends on devices.yaml alone.
+public struct ParsedDevices: Sendable {
+    let file: String
+    let text: String
+    let devices: [RegisteredDevice]
+    let deviceByID: [String: Int]
+    let departmentReferences: [(device: String, department: String, line: Int)]
+    let issues: [PolicyIssue]
+    /// Every device's address ranges, sorted for the index and the overlap check.
+    let entries: [AddressIndex.Entry]
+
+    /// Byte for byte the same name and text.
+    func matches(file: String, text: String) -> Bool {
+        guard file == self.file else { return false }
+        var a = text
+        var b = self.text
+        return a.withUTF8 { x in b.withUTF8 { y in x.count == y.count && (x.count == 0 || memcmp(x.baseAddress!, y.baseAddress!, x.count) == 0) } }
+    }
+}
+
 /// Walks the YAML trees, collecting every issue rather than stopping at the first.
 final class PolicyBuilder {
     private(set) var issues: [PolicyIssue] = []
@@ -120,6 +158,12 @@ final class PolicyBuilder {
     var devicesFile = ""
     /// Every device entry's department, valid entry or not, so an unknown department is always reported.
     var departmentReferences: [(device: String, department: String, line: Int)] = []
+    /// Address ranges of `devices`, sorted by `AddressIndex.sort`.
+    var entries: [AddressIndex.Entry] = []
+    /// A previous reading of devices.yaml that `readDevices` may take instead of parsing the same text again.
+    var reusable: ParsedDevices?
+    /// What `readDevices` read (or took from `reusable`).
+    private(set) var parsedDevices: ParsedDevices?
 
     // MARK: Files
 
@@ -260,6 +304,27 @@ final class PolicyBuilder {
     func readDevices(file: String, text: String) {
         self.file = file
         devicesFile = file
+        if let previous = reusable, previous.matches(file: file, text: text) {
+            devices = previous.devices
+            deviceByID = previous.deviceByID
+            departmentReferences = previous.departmentReferences
+            issues += previous.issues
+            entries = previous.entries
+            parsedDevices = previous
+            return
+        }
+        let issuesBefore = issues.count
+        parseDevices(text)
+        entries.reserveCapacity(devices.count)
+        for i in devices.indices {
+            for r in devices[i].addresses { entries.append(AddressIndex.Entry(range: r, device: i)) }
+        }
+        AddressIndex.sort(&entries)
+        parsedDevices = ParsedDevices(file: file, text: text, devices: devices, deviceByID: deviceByID,
+                                      departmentReferences: departmentReferences, issues: Array(issues[issuesBefore...]), entries: entries)
+    }
+
+    private func parseDevices(_ text: String) {
         guard let root = compose(text),
               let top = mapping(root, what: "devices.yaml", allowed: ["devices"], required: ["devices"]),
               let items = top["devices"].flatMap({ list($0, what: "devices") })
@@ -292,8 +357,10 @@ final class PolicyBuilder {
             if !department.isEmpty { departmentReferences.append((id, department, departmentNode?.line ?? line)) }
             var owner = ""
             if let o = entry[DeviceKey.owner.rawValue], let text = string(o, what: "owner") {
-                owner = text
-                if text != lastValidOwner {
+                if let last = lastValidOwner, text == last {
+                    owner = last  // one shared string for the many devices of one owner
+                } else {
+                    owner = text
                     if Self.isMailbox(text) {
                         lastValidOwner = text
                     } else {
@@ -386,12 +453,6 @@ final class PolicyBuilder {
                                           fix: names.isEmpty ? "add the department to departments.yaml" : "use one of: \(names), or add it to departments.yaml"))
             }
         }
-        var entries: [AddressIndex.Entry] = []
-        entries.reserveCapacity(devices.count)
-        for (i, d) in devices.enumerated() {
-            for r in d.addresses { entries.append(AddressIndex.Entry(range: r, device: i)) }
-        }
-        AddressIndex.sort(&entries)
         for (a, b) in AddressIndex.overlaps(inSorted: entries) where a.device != b.device {
             let (first, second) = devices[a.device].line <= devices[b.device].line ? (a, b) : (b, a)
             issues.append(PolicyIssue(
@@ -444,9 +505,11 @@ final class PolicyBuilder {
             return nil
         }
         var out = Fields(keys: allowed, values: Array(repeating: nil, count: allowed.count))
+        // Keys usually come in the order `allowed` lists them: look after the previous one first.
+        var hint = 0
         for (k, v) in m {
             guard let key = k.string else { issue(k, "keys in \(what) must be plain words", fix: "use one of: \(allowed.sorted().joined(separator: ", "))"); continue }
-            guard let position = allowed.firstIndex(of: key) else {
+            guard let position = allowed[hint...].firstIndex(of: key) ?? allowed[..<hint].firstIndex(of: key) else {
                 let suggestion = Self.closest(key, in: allowed).map { "did you mean '\($0)'? " } ?? ""
                 issue(k, "unknown key '\(key)' in \(what)",
                       fix: suggestion + (unknownFix ?? "allowed keys are: \(allowed.sorted().joined(separator: ", "))"))
@@ -457,6 +520,7 @@ final class PolicyBuilder {
                 continue
             }
             out.values[position] = v
+            hint = position + 1 < allowed.count ? position + 1 : 0
         }
         for key in required where out[key] == nil {
             issue(node, "\(what) is missing '\(key)'", fix: "add '\(key): ...'")
