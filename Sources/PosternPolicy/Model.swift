@@ -61,7 +61,8 @@ public enum SenderPattern: Sendable, Hashable, CustomStringConvertible {
     case domain(DomainPattern)
 
     public init?(_ text: String) {
-        if text.contains(Character("@")), !text.hasPrefix("@") {
+        // The byte test first: only text with an '@' byte can hold an '@' character.
+        if text.utf8.contains(UInt8(ascii: "@")), text.contains(Character("@")), !text.hasPrefix("@") {
             guard let mailbox = try? AddressParser.parseMailbox(text), case .name = mailbox.domain,
                   !mailbox.isQuotedLocalPart
             else { return nil }
