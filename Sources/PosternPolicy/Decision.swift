@@ -159,7 +159,8 @@ public struct PolicySet: Sendable {
     /// `isEndpointEnabled` by `PolicyEndpoint.allCases` order.
     private let enabled: [Bool]
 
-    /// `deviceByID` maps each device's id to its position in `devices`; `index` is built from `devices`.
+    /// `deviceByID` maps each device's id to its position in `devices` (rebuilt if it does not cover them
+    /// all); `index` is built from `devices`.
     init(timeZone: TimeZone, internalDomains: [DomainPattern], globalSunset: CalendarDate?, reminderDays: [Int],
          listeners: [PolicyEndpoint: ListenerRule], serviceAccounts: [ServiceAccount],
          departments: [String: Department], devices: [RegisteredDevice], deviceByID: [String: Int], index: AddressIndex) {
@@ -172,8 +173,13 @@ public struct PolicySet: Sendable {
         self.departments = departments
         self.devices = devices
         self.index = index
-        precondition(deviceByID.count == devices.count, "deviceByID must index every device")
-        self.deviceByID = deviceByID
+        if deviceByID.count == devices.count {
+            self.deviceByID = deviceByID  // every device's id, so every value is an index into `devices`
+        } else {
+            var byID: [String: Int] = [:]
+            for i in devices.indices { byID[devices[i].id] = i }
+            self.deviceByID = byID
+        }
         enabled = PolicyEndpoint.allCases.map { listeners[$0]?.enabled ?? true }
         var sunsets: [EffectiveSunset] = []
         sunsets.reserveCapacity(devices.count)
