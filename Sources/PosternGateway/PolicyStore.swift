@@ -11,6 +11,9 @@ public final class PolicyStore: Sendable {
     public let directory: URL
     private let current: NIOLockedValueBox<PolicySet>
     private let fingerprint: NIOLockedValueBox<String>
+    /// devices.yaml as last read: a reload with the same devices.yaml (an edit of policy.yaml, a SIGHUP
+    /// for a new certificate) does not parse its entries again.
+    private let parsedDevices: NIOLockedValueBox<ParsedDevices?>
     private let logger: Logger
     /// Message rate limits, shared by every session and kept across reloads.
     public let rateLimiter: RateLimiter
@@ -22,7 +25,9 @@ public final class PolicyStore: Sendable {
         self.logger = logger
         self.rateLimiter = rateLimiter
         self.userRateLimit = userMessagesPerHour.flatMap { RateLimit("\($0)/hour") }
-        let policy = try PolicyLoader.load(directory: directory).get()
+        let (result, parsed) = PolicyLoader.load(directory: directory, reusing: nil)
+        let policy = try result.get()
+        parsedDevices = NIOLockedValueBox(parsed)
         current = NIOLockedValueBox(policy)
         fingerprint = NIOLockedValueBox(Self.fingerprint(of: directory))
     }
@@ -33,7 +38,9 @@ public final class PolicyStore: Sendable {
     @discardableResult
     public func reload(reason: String) -> PolicyErrors? {
         let print = Self.fingerprint(of: directory)
-        switch PolicyLoader.load(directory: directory) {
+        let (result, parsed) = PolicyLoader.load(directory: directory, reusing: parsedDevices.withLockedValue { $0 })
+        parsedDevices.withLockedValue { $0 = parsed }
+        switch result {
         case .success(let policy):
             current.withLockedValue { $0 = policy }
             fingerprint.withLockedValue { $0 = print }
@@ -84,6 +91,34 @@ public struct PolicyRules: SessionRules {
     let audit: AuditLog
     let rateLimiter: RateLimiter
     let userRateLimit: RateLimit?
+    /// The client address of the connection these rules were bound to by `forConnection`, parsed once.
+    private var client: ClientAddress?
+
+    init(policy: PolicySet, now: @escaping @Sendable () -> Date, audit: AuditLog, rateLimiter: RateLimiter, userRateLimit: RateLimit?) {
+        self.policy = policy
+        self.now = now
+        self.audit = audit
+        self.rateLimiter = rateLimiter
+        self.userRateLimit = userRateLimit
+    }
+
+    public func forConnection(_ facts: ConnectionFacts) -> any SessionRules {
+        var bound = self
+        bound.client = ClientAddress(facts.clientAddress)
+        return bound
+    }
+
+    /// The parsed client address; parsed here only for facts of another connection than the bound one.
+    private func client(_ facts: ConnectionFacts) -> ClientAddress {
+        if let client, client.text == facts.clientAddress { return client }
+        return ClientAddress(facts.clientAddress)
+    }
+
+    /// The device registered for the client, on the device endpoint only.
+    private func device(_ facts: ConnectionFacts) -> RegisteredDevice? {
+        guard facts.kind == .device, let ip = client(facts).ip else { return nil }
+        return policy.device(forAddress: ip)
+    }
 
     /// Policy first; a sender policy accepts then counts against its device's or login's message rate.
     public func checkSender(_ facts: ConnectionFacts, sender: ReversePath) -> Verdict {
@@ -96,7 +131,7 @@ public struct PolicyRules: SessionRules {
     private func rateLimitRefusal(_ facts: ConnectionFacts) -> Decision? {
         let key: String
         let limit: RateLimit
-        if facts.kind == .device, let device = policy.device(forAddress: facts.clientAddress), let rate = device.maxRate {
+        if facts.kind == .device, let device = device(facts), let rate = device.maxRate {
             key = "device:\(device.id)"
             limit = rate
         } else if facts.kind != .device, let user = facts.user, let rate = userRateLimit {
@@ -115,20 +150,17 @@ public struct PolicyRules: SessionRules {
     }
 
     public func messageSizeLimit(_ facts: ConnectionFacts) -> Int? {
-        let endpoint = PolicyEndpoint(facts.kind)
-        let device = endpoint == .device ? policy.device(forAddress: facts.clientAddress) : nil
-        return policy.messageSizeLimit(endpoint: endpoint, device: device)
+        policy.messageSizeLimit(endpoint: PolicyEndpoint(facts.kind), device: device(facts))
     }
 
     private func input(_ facts: ConnectionFacts, sender: ReversePath, recipient: Mailbox?) -> DecisionInput {
-        DecisionInput(endpoint: PolicyEndpoint(facts.kind), clientAddress: facts.clientAddress, tls: facts.tls != nil,
+        DecisionInput(endpoint: PolicyEndpoint(facts.kind), client: client(facts), tls: facts.tls != nil,
                       identity: facts.user.map { SubmitterIdentity(login: $0.login, addresses: $0.addresses, groups: $0.groups) },
                       sender: sender, recipient: recipient, now: now())
     }
 
     private func verdict(_ decision: Decision, _ facts: ConnectionFacts, stage: String, sender: ReversePath, recipient: Mailbox?) -> Verdict {
-        let device = facts.kind == .device ? policy.device(forAddress: facts.clientAddress)?.id : nil
-        audit.decision(facts, stage: stage, sender: sender, recipient: recipient, reply: decision.reply, rule: decision.rule, device: device)
+        audit.decision(facts, stage: stage, sender: sender, recipient: recipient, reply: decision.reply, rule: decision.rule, device: device(facts)?.id)
         return decision.reply.map(Verdict.refuse) ?? .accept
     }
 }

@@ -1,26 +1,53 @@
 import Foundation
 import PosternSMTP
 
+/// A client's address as the connection reported it, parsed once (per connection, not per decision).
+public struct ClientAddress: Sendable, Hashable, CustomStringConvertible {
+    /// Textual IPv4/IPv6, e.g. `127.0.0.1` or `::1`; refusals quote it as given.
+    public let text: String
+    /// `nil` when the text is not an address (no device is registered for it then).
+    public let ip: IPAddress?
+
+    public init(_ text: String) {
+        self.text = text
+        ip = IPAddress(text)
+    }
+
+    public var description: String { text }
+}
+
 /// The facts one decision rests on. `sender == nil` judges the connection, `recipient == nil` judges MAIL.
 public struct DecisionInput: Sendable {
     public var endpoint: PolicyEndpoint
-    /// Textual IPv4/IPv6, e.g. `127.0.0.1` or `::1`.
-    public var clientAddress: String
+    public var client: ClientAddress
     public var tls: Bool
     public var identity: SubmitterIdentity?
     public var sender: ReversePath?
     public var recipient: Mailbox?
     public var now: Date
 
-    public init(endpoint: PolicyEndpoint, clientAddress: String, tls: Bool, identity: SubmitterIdentity? = nil,
+    public init(endpoint: PolicyEndpoint, client: ClientAddress, tls: Bool, identity: SubmitterIdentity? = nil,
                 sender: ReversePath? = nil, recipient: Mailbox? = nil, now: Date) {
         self.endpoint = endpoint
-        self.clientAddress = clientAddress
+        self.client = client
         self.tls = tls
         self.identity = identity
         self.sender = sender
         self.recipient = recipient
         self.now = now
+    }
+
+    /// Parses `clientAddress`; where one client makes many decisions, parse it once with `ClientAddress`.
+    public init(endpoint: PolicyEndpoint, clientAddress: String, tls: Bool, identity: SubmitterIdentity? = nil,
+                sender: ReversePath? = nil, recipient: Mailbox? = nil, now: Date) {
+        self.init(endpoint: endpoint, client: ClientAddress(clientAddress), tls: tls, identity: identity,
+                  sender: sender, recipient: recipient, now: now)
+    }
+
+    /// Textual IPv4/IPv6, e.g. `127.0.0.1` or `::1`.
+    public var clientAddress: String {
+        get { client.text }
+        set { client = ClientAddress(newValue) }
     }
 }
 
@@ -28,19 +55,68 @@ public struct DecisionInput: Sendable {
 public struct Decision: Sendable, Hashable, CustomStringConvertible {
     /// `nil` means accept.
     public var reply: SMTPReply?
-    /// Which rule decided, e.g. `device demo-scanner: allowed sender scanner@example.edu`.
-    public var rule: String
+    /// The facts the rule text is made of; the text is written only when someone reads `rule`.
+    private var reason: DecisionReason
 
     public init(reply: SMTPReply?, rule: String) {
         self.reply = reply
-        self.rule = rule
+        reason = .text(rule)
+    }
+
+    init(reply: SMTPReply?, reason: DecisionReason) {
+        self.reply = reply
+        self.reason = reason
     }
 
     public static func accept(_ rule: String) -> Decision { Decision(reply: nil, rule: rule) }
 
+    static func accept(_ reason: DecisionReason) -> Decision { Decision(reply: nil, reason: reason) }
+
+    /// Which rule decided, e.g. `device demo-scanner: allowed sender scanner@example.edu`.
+    public var rule: String {
+        get { reason.text }
+        set { reason = .text(newValue) }
+    }
+
     public var isAccepted: Bool { reply == nil }
 
     public var description: String { "\(reply.map(\.description) ?? "accept") [\(rule)]" }
+
+    /// Decisions are equal when they give the same reply for the same rule text.
+    public static func == (lhs: Decision, rhs: Decision) -> Bool { lhs.reply == rhs.reply && lhs.rule == rhs.rule }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(reply)
+        hasher.combine(rule)
+    }
+}
+
+/// Why a decision was made, before it is written as text: accepts are the common case and are mostly
+/// only counted, so their text (dates, patterns) is not built on the decision path.
+enum DecisionReason: Sendable {
+    case text(String)
+    case deviceRegistered(device: String, sunset: EffectiveSunset)
+    case deviceSender(device: String, sender: SenderPattern)
+    case internalDomain(domain: String, pattern: DomainPattern)
+    case tlsConnection(PolicyEndpoint)
+    case anyRecipient(PolicyEndpoint)
+    case nullSenderAllowed(account: String)
+    case senderOwned(address: String, login: String)
+    case serviceAccountDomain(account: String, pattern: DomainPattern)
+
+    var text: String {
+        switch self {
+        case .text(let text): return text
+        case .deviceRegistered(let device, let sunset): return "device \(device): registered until \(sunset.date) (\(sunset))"
+        case .deviceSender(let device, let sender): return "device \(device): allowed sender \(sender)"
+        case .internalDomain(let domain, let pattern): return "internal-domains: \(domain) matches \(pattern)"
+        case .tlsConnection(let endpoint): return "\(endpoint.rawValue): TLS connection"
+        case .anyRecipient(let endpoint): return "\(endpoint.rawValue): authenticated users may send to any recipient"
+        case .nullSenderAllowed(let account): return "service-account \(account): null sender allowed"
+        case .senderOwned(let address, let login): return "sender: \(address) owned by user \(login)"
+        case .serviceAccountDomain(let account, let pattern): return "service-account \(account): domain \(pattern)"
+        }
+    }
 }
 
 /// Replies policy gives; each refusal has exactly one.
@@ -78,10 +154,16 @@ public struct PolicySet: Sendable {
     public let devices: [RegisteredDevice]
     private let index: AddressIndex
     private let deviceByID: [String: Int]
+    /// `effectiveSunset(for: devices[i])`, worked out once per load for the decision path.
+    private let sunsets: [EffectiveSunset]
+    /// `isEndpointEnabled` by `PolicyEndpoint.allCases` order.
+    private let enabled: [Bool]
 
+    /// `deviceByID` maps each device's id to its position in `devices` (rebuilt if it does not cover them
+    /// all); `index` is built from `devices`.
     init(timeZone: TimeZone, internalDomains: [DomainPattern], globalSunset: CalendarDate?, reminderDays: [Int],
          listeners: [PolicyEndpoint: ListenerRule], serviceAccounts: [ServiceAccount],
-         departments: [String: Department], devices: [RegisteredDevice], index: AddressIndex) {
+         departments: [String: Department], devices: [RegisteredDevice], deviceByID: [String: Int], index: AddressIndex) {
         self.timeZone = timeZone
         self.internalDomains = internalDomains
         self.globalSunset = globalSunset
@@ -91,22 +173,43 @@ public struct PolicySet: Sendable {
         self.departments = departments
         self.devices = devices
         self.index = index
-        var byID: [String: Int] = [:]
-        for (i, d) in devices.enumerated() { byID[d.id] = i }
-        self.deviceByID = byID
+        if deviceByID.count == devices.count {
+            self.deviceByID = deviceByID  // every device's id, so every value is an index into `devices`
+        } else {
+            var byID: [String: Int] = [:]
+            for i in devices.indices { byID[devices[i].id] = i }
+            self.deviceByID = byID
+        }
+        enabled = PolicyEndpoint.allCases.map { listeners[$0]?.enabled ?? true }
+        var sunsets: [EffectiveSunset] = []
+        sunsets.reserveCapacity(devices.count)
+        // Devices of one department usually come together: look the department up once per run of them.
+        var department: (id: String, sunset: CalendarDate?)?
+        for i in devices.indices {
+            if department?.id != devices[i].department {
+                department = (devices[i].department, departments[devices[i].department]?.sunset)
+            }
+            sunsets.append(Self.effectiveSunset(id: devices[i].id, sunset: devices[i].sunset, department: devices[i].department,
+                                                departmentSunset: department!.sunset, global: globalSunset))
+        }
+        self.sunsets = sunsets
     }
 
     // MARK: Lookups
 
     /// The device registered for a client address (IPv4-mapped IPv6 counts as IPv4).
     public func device(forAddress address: String) -> RegisteredDevice? {
-        guard let ip = IPAddress(address), let i = index.device(for: ip) else { return nil }
-        return devices[i]
+        IPAddress(address).flatMap { device(forAddress: $0) }
+    }
+
+    /// The device registered for a client address (IPv4-mapped IPv6 counts as IPv4).
+    public func device(forAddress address: IPAddress) -> RegisteredDevice? {
+        index.device(for: address).map { devices[$0] }
     }
 
     public func device(id: String) -> RegisteredDevice? { deviceByID[id].map { devices[$0] } }
 
-    public func isEndpointEnabled(_ endpoint: PolicyEndpoint) -> Bool { listeners[endpoint]?.enabled ?? true }
+    public func isEndpointEnabled(_ endpoint: PolicyEndpoint) -> Bool { enabled[endpoint.position] }
 
     /// The smaller of the listener's and the device's size limit; `nil` when neither sets one.
     public func messageSizeLimit(endpoint: PolicyEndpoint, device: RegisteredDevice?) -> Int? {
@@ -115,11 +218,17 @@ public struct PolicySet: Sendable {
 
     /// The earliest of the global, department and device dates.
     public func effectiveSunset(for device: RegisteredDevice) -> EffectiveSunset {
-        var best = EffectiveSunset(date: device.sunset, source: .device(device.id))
-        if let d = departments[device.department]?.sunset, d < best.date {
-            best = EffectiveSunset(date: d, source: .department(device.department))
+        Self.effectiveSunset(id: device.id, sunset: device.sunset, department: device.department,
+                             departmentSunset: departments[device.department]?.sunset, global: globalSunset)
+    }
+
+    private static func effectiveSunset(id: String, sunset: CalendarDate, department: String, departmentSunset: CalendarDate?,
+                                        global: CalendarDate?) -> EffectiveSunset {
+        var best = EffectiveSunset(date: sunset, source: .device(id))
+        if let d = departmentSunset, d < best.date {
+            best = EffectiveSunset(date: d, source: .department(department))
         }
-        if let g = globalSunset, g < best.date {
+        if let g = global, g < best.date {
             best = EffectiveSunset(date: g, source: .global)
         }
         return best
@@ -152,25 +261,25 @@ public struct PolicySet: Sendable {
     }
 
     private func decideDevice(_ input: DecisionInput) -> Decision {
-        guard let device = device(forAddress: input.clientAddress) else {
+        guard let ip = input.client.ip, let i = index.device(for: ip) else {
             return Decision(reply: PolicyReply.notRegistered(input.clientAddress),
                             rule: "devices: no device registered for \(input.clientAddress)")
         }
-        let sunset = effectiveSunset(for: device)
+        let sunset = sunsets[i]
         if today(input.now) > sunset.date {
-            return Decision(reply: PolicyReply.expired(device: device.id, on: sunset.date), rule: sunset.description)
+            return Decision(reply: PolicyReply.expired(device: devices[i].id, on: sunset.date), rule: sunset.description)
         }
         guard let sender = input.sender else {
-            return .accept("device \(device.id): registered until \(sunset.date) (\(sunset))")
+            return .accept(.deviceRegistered(device: devices[i].id, sunset: sunset))
         }
         guard case .mailbox(let mailbox) = sender, let domain = Self.plainDomain(mailbox),
-              let matched = device.senders.first(where: { $0.matches(localPart: mailbox.localPart, domain: domain) })
+              let matched = devices[i].senders.first(where: { $0.matches(localPart: mailbox.localPart, domain: domain) })
         else {
-            return Decision(reply: PolicyReply.senderNotAllowed(sender, device: device.id),
-                            rule: "device \(device.id): sender not in allowed senders")
+            return Decision(reply: PolicyReply.senderNotAllowed(sender, device: devices[i].id),
+                            rule: "device \(devices[i].id): sender not in allowed senders")
         }
         guard let recipient = input.recipient else {
-            return .accept("device \(device.id): allowed sender \(matched)")
+            return .accept(.deviceSender(device: devices[i].id, sender: matched))
         }
         guard let domain = Self.plainDomain(recipient) else {
             return Decision(reply: PolicyReply.externalRecipient(recipient),
@@ -180,7 +289,7 @@ public struct PolicySet: Sendable {
             return Decision(reply: PolicyReply.externalRecipient(recipient),
                             rule: "internal-domains: \(domain) is not internal")
         }
-        return .accept("internal-domains: \(domain) matches \(pattern)")
+        return .accept(.internalDomain(domain: domain, pattern: pattern))
     }
 
     private func decideSubmission(_ input: DecisionInput) -> Decision {
@@ -188,7 +297,7 @@ public struct PolicySet: Sendable {
             return Decision(reply: .mustStartTLS, rule: "\(input.endpoint.rawValue): TLS required")
         }
         guard let sender = input.sender else {
-            return .accept("\(input.endpoint.rawValue): TLS connection")
+            return .accept(.tlsConnection(input.endpoint))
         }
         guard let identity = input.identity else {
             return Decision(reply: PolicyReply.authenticationRequired, rule: "\(input.endpoint.rawValue): authentication required")
@@ -198,22 +307,22 @@ public struct PolicySet: Sendable {
         switch sender {
         case .null:
             if let account, account.allowNullSender {
-                senderDecision = .accept("service-account \(account.login): null sender allowed")
+                senderDecision = .accept(.nullSenderAllowed(account: account.login))
             } else {
                 return Decision(reply: PolicyReply.nullSenderRefused, rule: "sender: null sender refused for user \(identity.login)")
             }
         case .mailbox(let mailbox):
             if let owned = Self.ownedAddress(mailbox, identity: identity) {
-                senderDecision = .accept("sender: \(owned) owned by user \(identity.login)")
+                senderDecision = .accept(.senderOwned(address: owned, login: identity.login))
             } else if let account, let domain = Self.plainDomain(mailbox),
                       let pattern = account.domains.first(where: { $0.matches(domain) }) {
-                senderDecision = .accept("service-account \(account.login): domain \(pattern)")
+                senderDecision = .accept(.serviceAccountDomain(account: account.login, pattern: pattern))
             } else {
                 return Decision(reply: PolicyReply.senderNotOwned, rule: "sender: not an address of user \(identity.login)")
             }
         }
         guard input.recipient != nil else { return senderDecision }
-        return .accept("\(input.endpoint.rawValue): authenticated users may send to any recipient")
+        return .accept(.anyRecipient(input.endpoint))
     }
 
     /// The identity's address equal to `mailbox`: domain case-insensitive, local part exact.
@@ -234,12 +343,18 @@ public struct PolicySet: Sendable {
     static func plainDomain(_ mailbox: Mailbox) -> String? {
         guard !mailbox.hadSourceRoute, case .name(let name) = mailbox.domain else { return nil }
         let local = mailbox.unquotedLocalPart
-        guard !local.contains(Character("%")), !local.contains(Character("!")), !local.contains(Character("@")) else { return nil }
+        guard !containsCharacter(local, "%"), !containsCharacter(local, "!"), !containsCharacter(local, "@") else { return nil }
         return normalise(domain: name.lowercased())
     }
 
+    /// `text.contains(Character(ascii))` without walking Characters in the usual case that the byte is absent
+    /// (an ASCII character can only be in the text where its byte is).
+    private static func containsCharacter(_ text: String, _ ascii: Unicode.Scalar) -> Bool {
+        text.utf8.contains(UInt8(ascii: ascii)) && text.contains(Character(ascii))
+    }
+
     static func normalise(domain: String) -> String {
-        domain.hasSuffix(".") ? String(domain.dropLast()) : domain
+        domain.utf8.last == UInt8(ascii: ".") && domain.hasSuffix(".") ? String(domain.dropLast()) : domain
     }
 
     static func hackDescription(_ mailbox: Mailbox) -> String {

@@ -19,24 +19,80 @@ public struct IPAddress: Sendable, Hashable, Comparable, CustomStringConvertible
 
     /// Parses textual IPv4 (dotted quad) or IPv6 (with an optional `%zone`, which is dropped).
     public init?(_ text: String) {
+        var text = text
+        guard let parsed = text.withUTF8({ Self.parse($0) }) else { return nil }
+        self = parsed
+    }
+
+    /// The bytes of `init?(_:)`; IPv4 is parsed here (it is the hot case: every registered address and
+    /// every device client), IPv6 by `inet_pton`.
+    static func parse(_ bytes: UnsafeBufferPointer<UInt8>) -> IPAddress? {
+        // The zone and bracket rules below work on ASCII bytes; other text goes the Character way.
+        guard bytes.allSatisfy({ $0 < 0x80 }) else { return parseCharacters(String(decoding: bytes, as: UTF8.self)) }
+        var end = bytes.count
+        if let percent = bytes.firstIndex(of: UInt8(ascii: "%")) { end = percent }
+        var start = 0
+        if end >= 2, bytes[0] == UInt8(ascii: "["), bytes[end - 1] == UInt8(ascii: "]") {
+            start = 1
+            end -= 1
+        }
+        return parseBare(UnsafeBufferPointer(rebasing: bytes[start..<end]))
+    }
+
+    /// ASCII text without zone or brackets.
+    private static func parseBare(_ text: UnsafeBufferPointer<UInt8>) -> IPAddress? {
+        if text.contains(UInt8(ascii: ":")) {
+            // inet_pton reads a C string: a NUL inside would end it early, so such text is no address.
+            guard !text.contains(0) else { return nil }
+            var raw = in6_addr()
+            let ok = withUnsafeTemporaryAllocation(of: CChar.self, capacity: text.count + 1) { c -> Bool in
+                for (i, b) in text.enumerated() { c[i] = CChar(bitPattern: b) }
+                c[text.count] = 0
+                return inet_pton(AF_INET6, c.baseAddress!, &raw) == 1
+            }
+            guard ok else { return nil }
+            return withUnsafeBytes(of: &raw) { IPAddress(bytes: $0) }
+        }
+        guard let v4 = parseIPv4(text) else { return nil }
+        return IPAddress(high: 0, low: 0xffff_0000_0000 | UInt64(v4))
+    }
+
+    /// Text with non-ASCII characters (only ever valid inside a zone, which is dropped).
+    private static func parseCharacters(_ text: String) -> IPAddress? {
         var text = Substring(text)
         if let percent = text.firstIndex(of: "%") { text = text[..<percent] }
         if text.hasPrefix("["), text.hasSuffix("]") { text = text.dropFirst().dropLast() }
-        if text.contains(Character(":")) {
-            var raw = in6_addr()
-            guard inet_pton(AF_INET6, String(text), &raw) == 1 else { return nil }
-            let bytes = withUnsafeBytes(of: &raw) { Array($0) }
-            self.init(bytes: bytes)
-        } else {
-            // inet_pton's AF_INET form is the strict dotted quad; we want exactly that.
-            var raw = in_addr()
-            guard inet_pton(AF_INET, String(text), &raw) == 1 else { return nil }
-            let v4 = withUnsafeBytes(of: &raw) { Array($0) }
-            self.init(bytes: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] + v4)
-        }
+        var ascii = String(text)
+        return ascii.withUTF8 { bytes in bytes.allSatisfy({ $0 < 0x80 }) ? parseBare(bytes) : nil }
     }
 
-    init(bytes: [UInt8]) {
+    /// The strict dotted quad exactly as glibc's `inet_pton(AF_INET)` accepts it: four decimal parts of
+    /// 0-255, no leading zeros, no empty parts, nothing else.
+    static func parseIPv4(_ text: UnsafeBufferPointer<UInt8>) -> UInt32? {
+        var value: UInt32 = 0
+        var part: UInt32 = 0
+        var digits = 0
+        var parts = 0
+        for b in text {
+            if b >= UInt8(ascii: "0"), b <= UInt8(ascii: "9") {
+                if digits > 0, part == 0 { return nil }  // leading zero
+                part = part * 10 + UInt32(b - UInt8(ascii: "0"))
+                guard part <= 255 else { return nil }
+                if digits == 0 { parts += 1 }
+                digits += 1
+            } else if b == UInt8(ascii: "."), digits > 0, parts < 4 {
+                value = value << 8 | part
+                part = 0
+                digits = 0
+            } else {
+                return nil
+            }
+        }
+        guard parts == 4, digits > 0 else { return nil }
+        return value << 8 | part
+    }
+
+    init(bytes: UnsafeRawBufferPointer) {
         precondition(bytes.count == 16)
         var h: UInt64 = 0
         var l: UInt64 = 0
@@ -98,23 +154,34 @@ public struct AddressRange: Sendable, Hashable, CustomStringConvertible {
     }
 
     public static func parse(_ text: String) -> Result<AddressRange, ParseError> {
-        let parts = text.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)
-        guard let address = IPAddress(String(parts[0])) else { return .failure(.notAnAddress) }
-        let isV4 = !parts[0].contains(Character(":"))
-        let width = isV4 ? 32 : 128
-        var prefix = width
-        if parts.count == 2 {
-            guard let p = Int(parts[1]), (0...width).contains(p), parts[1].allSatisfy({ $0.isASCII && $0.isNumber }) else {
-                return .failure(.badPrefixLength)
+        var bytes = text
+        return bytes.withUTF8 { bytes in
+            let slash = bytes.firstIndex(of: UInt8(ascii: "/")) ?? bytes.count
+            let addressPart = UnsafeBufferPointer(rebasing: bytes[..<slash])
+            guard let address = IPAddress.parse(addressPart) else { return .failure(.notAnAddress) }
+            let isV4 = addressPart.allSatisfy({ $0 < 0x80 })
+                ? !addressPart.contains(UInt8(ascii: ":"))
+                : !String(decoding: addressPart, as: UTF8.self).contains(Character(":"))
+            let width = isV4 ? 32 : 128
+            var prefix = width
+            if slash < bytes.count {
+                let digits = bytes[(slash + 1)...]
+                var p = 0
+                for b in digits {
+                    guard b >= UInt8(ascii: "0"), b <= UInt8(ascii: "9") else { return .failure(.badPrefixLength) }
+                    p = p * 10 + Int(b - UInt8(ascii: "0"))
+                    guard p <= width else { return .failure(.badPrefixLength) }
+                }
+                guard !digits.isEmpty else { return .failure(.badPrefixLength) }
+                prefix = p
             }
-            prefix = p
+            let bits = isV4 ? prefix + 96 : prefix
+            let network = address.masked(prefix: bits)
+            guard network == address else {
+                return .failure(.hostBitsSet(network: "\(network)/\(prefix)"))
+            }
+            return .success(AddressRange(first: network, last: network.filled(prefix: bits), text: text))
         }
-        let bits = isV4 ? prefix + 96 : prefix
-        let network = address.masked(prefix: bits)
-        guard network == address else {
-            return .failure(.hostBitsSet(network: "\(network)/\(prefix)"))
-        }
-        return .success(AddressRange(first: network, last: network.filled(prefix: bits), text: text))
     }
 
     public func contains(_ address: IPAddress) -> Bool { first <= address && address <= last }
@@ -131,16 +198,25 @@ struct AddressIndex: Sendable {
         var device: Int
     }
 
-    /// Sorted by `range.first`; validated disjoint before the index is built.
-    private let entries: [Entry]
+    // Parallel arrays, so that the bisection touches only the starts.
+    private let firsts: [IPAddress]
+    private let lasts: [IPAddress]
+    private let devices: [Int]
 
-    init(entries: [Entry]) {
-        self.entries = entries.sorted { $0.range.first < $1.range.first }
+    /// `entries` sorted by `sort(_:)` and validated disjoint.
+    init(sorted entries: [Entry]) {
+        firsts = entries.map(\.range.first)
+        lasts = entries.map(\.range.last)
+        devices = entries.map(\.device)
     }
 
-    /// Pairs of entries whose ranges overlap, in sorted order (each overlapping entry paired with the earlier one).
-    static func overlaps(in entries: [Entry]) -> [(Entry, Entry)] {
-        let sorted = entries.sorted { $0.range.first < $1.range.first }
+    /// Sorts by the start of the range, the order `init(sorted:)` and `overlaps(inSorted:)` need.
+    static func sort(_ entries: inout [Entry]) {
+        entries.sort { $0.range.first < $1.range.first }
+    }
+
+    /// Pairs of entries whose ranges overlap (each overlapping entry paired with the earlier one); `entries` as `sort(_:)` leaves them.
+    static func overlaps(inSorted sorted: [Entry]) -> [(Entry, Entry)] {
         var result: [(Entry, Entry)] = []
         var widest: Entry?
         for entry in sorted {
@@ -155,15 +231,16 @@ struct AddressIndex: Sendable {
     }
 
     func device(for address: IPAddress) -> Int? {
-        var lo = 0
-        var hi = entries.count
-        // Find the first entry whose start is greater than the address; the candidate is just before it.
-        while lo < hi {
-            let mid = (lo + hi) / 2
-            if address < entries[mid].range.first { hi = mid } else { lo = mid + 1 }
+        firsts.withUnsafeBufferPointer { firsts in
+            var lo = 0
+            var hi = firsts.count
+            // Find the first entry whose start is greater than the address; the candidate is just before it.
+            while lo < hi {
+                let mid = (lo + hi) / 2
+                if address < firsts[mid] { hi = mid } else { lo = mid + 1 }
+            }
+            guard lo > 0, address <= lasts[lo - 1] else { return nil }
+            return devices[lo - 1]
         }
-        guard lo > 0 else { return nil }
-        let candidate = entries[lo - 1]
-        return candidate.range.contains(address) ? candidate.device : nil
     }
 }

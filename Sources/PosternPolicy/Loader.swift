@@ -44,6 +44,19 @@ public enum PolicyLoader {
 
     /// Loads the policy with some files' text given in memory (by file name), e.g. to validate an edit before writing it.
     public static func load(directory: URL, replacing overrides: [String: String]) -> Result<PolicySet, PolicyErrors> {
+        load(directory: directory, replacing: overrides, reusing: nil).policy
+    }
+
+    /// Loads the three policy files, taking the device entries from `previous` when devices.yaml has the
+    /// same name and text (a reload for an edit of policy.yaml, or a SIGHUP). Returns what devices.yaml
+    /// gave, for the next load.
+    public static func load(directory: URL, reusing previous: ParsedDevices?) -> (policy: Result<PolicySet, PolicyErrors>, devices: ParsedDevices?) {
+        load(directory: directory, replacing: [:], reusing: previous)
+    }
+
+    static func load(directory: URL, replacing overrides: [String: String], reusing previous: ParsedDevices?)
+        -> (policy: Result<PolicySet, PolicyErrors>, devices: ParsedDevices?)
+    {
         var texts: [String: String] = [:]
         var issues: [PolicyIssue] = []
         for name in fileNames {
@@ -65,10 +78,14 @@ public enum PolicyLoader {
                                           fix: "create \(name) in \(directory.relativePath) (see the shipped policies/ for an example)"))
             }
         }
-        guard issues.isEmpty else { return .failure(PolicyErrors(issues: issues)) }
-        return load(policy: (displayPath(directory: directory, name: policyFile), texts[displayPath(directory: directory, name: policyFile)]!),
-                    departments: (displayPath(directory: directory, name: departmentsFile), texts[displayPath(directory: directory, name: departmentsFile)]!),
-                    devices: (displayPath(directory: directory, name: devicesFile), texts[displayPath(directory: directory, name: devicesFile)]!))
+        guard issues.isEmpty else { return (.failure(PolicyErrors(issues: issues)), previous) }
+        let builder = PolicyBuilder()
+        builder.reusable = previous
+        builder.readPolicy(file: displayPath(directory: directory, name: policyFile), text: texts[displayPath(directory: directory, name: policyFile)]!)
+        builder.readDepartments(file: displayPath(directory: directory, name: departmentsFile),
+                                text: texts[displayPath(directory: directory, name: departmentsFile)]!)
+        builder.readDevices(file: displayPath(directory: directory, name: devicesFile), text: texts[displayPath(directory: directory, name: devicesFile)]!)
+        return (builder.finish(), builder.parsedDevices)
     }
 
     /// Loads from texts; each argument is (name to report, YAML text).
@@ -101,6 +118,27 @@ public enum PolicyLoader {
     }
 }
 
+/// What devices.yaml gave when it was last read (its entries, index order and issues), for a later load
+/// of the same text. Everything in it depends on devices.yaml alone.
+public struct ParsedDevices: Sendable {
+    let file: String
+    let text: String
+    let devices: [RegisteredDevice]
+    let deviceByID: [String: Int]
+    let departmentReferences: [(device: String, department: String, line: Int)]
+    let issues: [PolicyIssue]
+    /// Every device's address ranges, sorted for the index and the overlap check.
+    let entries: [AddressIndex.Entry]
+
+    /// Byte for byte the same name and text.
+    func matches(file: String, text: String) -> Bool {
+        guard file == self.file else { return false }
+        var a = text
+        var b = self.text
+        return a.withUTF8 { x in b.withUTF8 { y in x.count == y.count && (x.count == 0 || memcmp(x.baseAddress!, y.baseAddress!, x.count) == 0) } }
+    }
+}
+
 /// Walks the YAML trees, collecting every issue rather than stopping at the first.
 final class PolicyBuilder {
     private(set) var issues: [PolicyIssue] = []
@@ -115,9 +153,17 @@ final class PolicyBuilder {
     var departments: [String: Department] = [:]
     var departmentsRead = false
     var devices: [RegisteredDevice] = []
+    /// Every device entry's id: its index in `devices`, or minus its line while it is not a valid device.
+    var deviceByID: [String: Int] = [:]
     var devicesFile = ""
     /// Every device entry's department, valid entry or not, so an unknown department is always reported.
     var departmentReferences: [(device: String, department: String, line: Int)] = []
+    /// Address ranges of `devices`, sorted by `AddressIndex.sort`.
+    var entries: [AddressIndex.Entry] = []
+    /// A previous reading of devices.yaml that `readDevices` may take instead of parsing the same text again.
+    var reusable: ParsedDevices?
+    /// What `readDevices` read (or took from `reusable`).
+    private(set) var parsedDevices: ParsedDevices?
 
     // MARK: Files
 
@@ -163,7 +209,7 @@ final class PolicyBuilder {
             }
         }
         if let node = top["listeners"], let entries = mapping(
-            node, what: "listeners", allowed: Set(PolicyEndpoint.allCases.map(\.rawValue)), required: [],
+            node, what: "listeners", allowed: PolicyEndpoint.allCases.map(\.rawValue), required: [],
             unknownFix: "listener kinds are submission, submissions and device")
         {
             for endpoint in PolicyEndpoint.allCases {
@@ -234,46 +280,107 @@ final class PolicyBuilder {
         }
     }
 
+    /// Keys of a device entry, in the order `mapping` returns their values.
+    private enum DeviceKey: Int, CaseIterable {
+        case id, department, owner, location, note, addresses, senders, registered, sunset, maxMessageSize, maxRate
+
+        var name: String {
+            switch self {
+            case .id: return "id"
+            case .department: return "department"
+            case .owner: return "owner"
+            case .location: return "location"
+            case .note: return "note"
+            case .addresses: return "addresses"
+            case .senders: return "senders"
+            case .registered: return "registered"
+            case .sunset: return "sunset"
+            case .maxMessageSize: return "max-message-size"
+            case .maxRate: return "max-rate"
+            }
+        }
+    }
+
     func readDevices(file: String, text: String) {
         self.file = file
         devicesFile = file
+        if let previous = reusable, previous.matches(file: file, text: text) {
+            devices = previous.devices
+            deviceByID = previous.deviceByID
+            departmentReferences = previous.departmentReferences
+            issues += previous.issues
+            entries = previous.entries
+            parsedDevices = previous
+            return
+        }
+        let issuesBefore = issues.count
+        parseDevices(text)
+        entries.reserveCapacity(devices.count)
+        for i in devices.indices {
+            for r in devices[i].addresses { entries.append(AddressIndex.Entry(range: r, device: i)) }
+        }
+        AddressIndex.sort(&entries)
+        parsedDevices = ParsedDevices(file: file, text: text, devices: devices, deviceByID: deviceByID,
+                                      departmentReferences: departmentReferences, issues: Array(issues[issuesBefore...]), entries: entries)
+    }
+
+    private func parseDevices(_ text: String) {
         guard let root = compose(text),
               let top = mapping(root, what: "devices.yaml", allowed: ["devices"], required: ["devices"]),
               let items = top["devices"].flatMap({ list($0, what: "devices") })
         else { return }
-        var ids: [String: Int] = [:]
+        // By id: the device's index in `devices` (>= 0), or minus the line of an entry that is not (yet) a device.
+        deviceByID.reserveCapacity(items.count)
         devices.reserveCapacity(items.count)
-        let allowed: Set<String> = ["id", "department", "owner", "location", "note", "addresses", "senders", "registered",
-                                    "sunset", "max-message-size", "max-rate"]
-        let required: [String] = ["id", "department", "owner", "addresses", "senders", "registered", "sunset"]
+        departmentReferences.reserveCapacity(items.count)
+        let allowed = DeviceKey.allCases.map(\.name)
+        let required = [DeviceKey.id, .department, .owner, .addresses, .senders, .registered, .sunset].map(\.name)
+        // Many devices share an owner: a text already found to be a mail address needs no second parse.
+        var lastValidOwner: String?
         for item in items {
             guard let entry = mapping(item, what: "device", allowed: allowed, required: required) else { continue }
             let line = item.line
-            guard let idNode = entry["id"], let id = string(idNode, what: "id") else { continue }
+            guard let idNode = entry[DeviceKey.id.rawValue], let id = string(idNode, what: "id") else { continue }
             var ok = true
+            let previous = deviceByID.updateValue(-line, forKey: id)
             if !Self.isIdentifier(id) {
                 issue(idNode, "device id '\(id)' has characters other than a-z, 0-9, '-', '_' and '.'", fix: "use a name like chem-scanner-2")
                 ok = false
-            } else if let other = ids[id] {
+            } else if let previous {
+                let other = previous >= 0 ? devices[previous].line : -previous
                 issue(idNode, "device '\(id)' is already registered at line \(other)", fix: "choose another id or remove the duplicate")
                 ok = false
             }
-            ids[id] = ids[id] ?? line
-            let department = entry["department"].flatMap { string($0, what: "department") } ?? ""
-            if !department.isEmpty { departmentReferences.append((id, department, entry["department"]?.line ?? line)) }
+            if let previous { deviceByID[id] = previous }
+            let departmentNode = entry[DeviceKey.department.rawValue]
+            let department = departmentNode.flatMap { string($0, what: "department") } ?? ""
+            if !department.isEmpty { departmentReferences.append((id, department, departmentNode?.line ?? line)) }
             var owner = ""
-            if let o = entry["owner"], let text = string(o, what: "owner") {
-                owner = text
-                if !Self.isMailbox(text) {
-                    issue(o, "owner '\(text)' is not a mail address", fix: "write the contact address of the person responsible")
-                    ok = false
+            if let o = entry[DeviceKey.owner.rawValue], let text = string(o, what: "owner") {
+                if let last = lastValidOwner, text == last {
+                    owner = last  // one shared string for the many devices of one owner
+                } else {
+                    owner = text
+                    if Self.isMailbox(text) {
+                        lastValidOwner = text
+                    } else {
+                        issue(o, "owner '\(text)' is not a mail address", fix: "write the contact address of the person responsible")
+                        ok = false
+                    }
                 }
             }
-            let location = [entry["location"], entry["note"]].compactMap { $0.flatMap { string($0, what: "location") } }
-                .joined(separator: "; ")
+            let location: String
+            switch (entry[DeviceKey.location.rawValue].flatMap { string($0, what: "location") },
+                    entry[DeviceKey.note.rawValue].flatMap { string($0, what: "location") }) {
+            case (nil, nil): location = ""
+            case (let l?, nil): location = l
+            case (nil, let n?): location = n
+            case (let l?, let n?): location = l + "; " + n
+            }
             var ranges: [AddressRange] = []
-            if let a = entry["addresses"], let items = list(a, what: "addresses") {
+            if let a = entry[DeviceKey.addresses.rawValue], let items = list(a, what: "addresses") {
                 if items.isEmpty { issue(a, "device '\(id)' has no addresses", fix: "list its IPv4/IPv6 address or CIDR block"); ok = false }
+                ranges.reserveCapacity(items.count)
                 for an in items {
                     guard let text = string(an, what: "address") else { ok = false; continue }
                     switch AddressRange.parse(text) {
@@ -296,8 +403,9 @@ final class PolicyBuilder {
                 }
             }
             var senders: [SenderPattern] = []
-            if let s = entry["senders"], let items = list(s, what: "senders") {
+            if let s = entry[DeviceKey.senders.rawValue], let items = list(s, what: "senders") {
                 if items.isEmpty { issue(s, "device '\(id)' has no allowed senders", fix: "list the addresses or domains it sends as"); ok = false }
+                senders.reserveCapacity(items.count)
                 for sn in items {
                     guard let text = string(sn, what: "sender") else { ok = false; continue }
                     if let p = SenderPattern(text) { senders.append(p) } else {
@@ -306,15 +414,16 @@ final class PolicyBuilder {
                     }
                 }
             }
-            let registered = entry["registered"].flatMap { date($0, what: "registered") }
-            let sunset = entry["sunset"].flatMap { date($0, what: "sunset") }
-            if let r = registered, let s = sunset, s < r, let sn = entry["sunset"] {
+            let registered = entry[DeviceKey.registered.rawValue].flatMap { date($0, what: "registered") }
+            let sunsetNode = entry[DeviceKey.sunset.rawValue]
+            let sunset = sunsetNode.flatMap { date($0, what: "sunset") }
+            if let r = registered, let s = sunset, s < r, let sn = sunsetNode {
                 issue(sn, "sunset \(s) of device '\(id)' is before its registration \(r)", fix: "set sunset on or after \(r)")
                 ok = false
             }
-            let maxSize = entry["max-message-size"].flatMap { size($0, what: "max-message-size") }
+            let maxSize = entry[DeviceKey.maxMessageSize.rawValue].flatMap { size($0, what: "max-message-size") }
             var rate: RateLimit?
-            if let rn = entry["max-rate"], let text = string(rn, what: "max-rate") {
+            if let rn = entry[DeviceKey.maxRate.rawValue], let text = string(rn, what: "max-rate") {
                 rate = RateLimit(text)
                 if rate == nil {
                     issue(rn, "'\(text)' is not a rate", fix: "write a count per unit, e.g. 60/hour (units: second, minute, hour, day)")
@@ -322,6 +431,7 @@ final class PolicyBuilder {
                 }
             }
             guard ok, let registered, let sunset, !department.isEmpty else { continue }
+            deviceByID[id] = devices.count
             devices.append(RegisteredDevice(id: id, department: department, owner: owner, location: location,
                                             addresses: ranges, senders: senders, registered: registered, sunset: sunset,
                                             maxMessageSize: maxSize, maxRate: rate, line: line))
@@ -331,19 +441,19 @@ final class PolicyBuilder {
     func finish() -> Result<PolicySet, PolicyErrors> {
         file = devicesFile
         if departmentsRead {
-            for (id, department, line) in departmentReferences where departments[department] == nil {
-                let known = departments.keys.sorted().joined(separator: ", ")
+            var known: Bool?
+            var last = ""
+            for (id, department, line) in departmentReferences {
+                // Devices of one department usually come together: look it up once per run of them.
+                if known == nil || department != last { (known, last) = (departments[department] != nil, department) }
+                guard known == false else { continue }
+                let names = departments.keys.sorted().joined(separator: ", ")
                 issues.append(PolicyIssue(file: devicesFile, line: line,
                                           message: "device '\(id)' names unknown department '\(department)'",
-                                          fix: known.isEmpty ? "add the department to departments.yaml" : "use one of: \(known), or add it to departments.yaml"))
+                                          fix: names.isEmpty ? "add the department to departments.yaml" : "use one of: \(names), or add it to departments.yaml"))
             }
         }
-        var entries: [AddressIndex.Entry] = []
-        entries.reserveCapacity(devices.count)
-        for (i, d) in devices.enumerated() {
-            for r in d.addresses { entries.append(AddressIndex.Entry(range: r, device: i)) }
-        }
-        for (a, b) in AddressIndex.overlaps(in: entries) where a.device != b.device {
+        for (a, b) in AddressIndex.overlaps(inSorted: entries) where a.device != b.device {
             let (first, second) = devices[a.device].line <= devices[b.device].line ? (a, b) : (b, a)
             issues.append(PolicyIssue(
                 file: devicesFile, line: devices[second.device].line,
@@ -355,7 +465,8 @@ final class PolicyBuilder {
         }
         return .success(PolicySet(timeZone: timeZone, internalDomains: internalDomains, globalSunset: globalSunset,
                                   reminderDays: reminderDays, listeners: listeners, serviceAccounts: serviceAccounts,
-                                  departments: departments, devices: devices, index: AddressIndex(entries: entries)))
+                                  departments: departments, devices: devices, deviceByID: deviceByID,
+                                  index: AddressIndex(sorted: entries)))
     }
 
     // MARK: YAML helpers
@@ -378,26 +489,38 @@ final class PolicyBuilder {
         }
     }
 
-    private func mapping(_ node: YAMLNode, what: String, allowed: Set<String>, required: [String],
-                         unknownFix: String? = nil) -> [String: YAMLNode]? {
+    /// A mapping's values for the `allowed` keys, by key or by position in `allowed`.
+    struct Fields {
+        let keys: [String]
+        var values: [YAMLNode?]
+
+        subscript(key: String) -> YAMLNode? { keys.firstIndex(of: key).flatMap { values[$0] } }
+        subscript(position: Int) -> YAMLNode? { values[position] }
+    }
+
+    private func mapping(_ node: YAMLNode, what: String, allowed: [String], required: [String],
+                         unknownFix: String? = nil) -> Fields? {
         guard case .mapping(let m, _) = node else {
             issue(node, "\(what) must be a mapping of keys to values", fix: "write it as 'key: value' lines")
             return nil
         }
-        var out: [String: YAMLNode] = [:]
+        var out = Fields(keys: allowed, values: Array(repeating: nil, count: allowed.count))
+        // Keys usually come in the order `allowed` lists them: look after the previous one first.
+        var hint = 0
         for (k, v) in m {
             guard let key = k.string else { issue(k, "keys in \(what) must be plain words", fix: "use one of: \(allowed.sorted().joined(separator: ", "))"); continue }
-            if out[key] != nil {
-                issue(k, "key '\(key)' appears twice in \(what)", fix: "keep one of them")
-                continue
-            }
-            guard allowed.contains(key) else {
+            guard let position = allowed[hint...].firstIndex(of: key) ?? allowed[..<hint].firstIndex(of: key) else {
                 let suggestion = Self.closest(key, in: allowed).map { "did you mean '\($0)'? " } ?? ""
                 issue(k, "unknown key '\(key)' in \(what)",
                       fix: suggestion + (unknownFix ?? "allowed keys are: \(allowed.sorted().joined(separator: ", "))"))
                 continue
             }
-            out[key] = v
+            if out.values[position] != nil {
+                issue(k, "key '\(key)' appears twice in \(what)", fix: "keep one of them")
+                continue
+            }
+            out.values[position] = v
+            hint = position + 1 < allowed.count ? position + 1 : 0
         }
         for key in required where out[key] == nil {
             issue(node, "\(what) is missing '\(key)'", fix: "add '\(key): ...'")
@@ -488,7 +611,7 @@ final class PolicyBuilder {
         return true
     }
 
-    static func closest(_ word: String, in candidates: Set<String>) -> String? {
+    static func closest(_ word: String, in candidates: [String]) -> String? {
         func distance(_ a: [Character], _ b: [Character]) -> Int {
             guard !a.isEmpty else { return b.count }
             guard !b.isEmpty else { return a.count }

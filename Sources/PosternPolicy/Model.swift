@@ -4,6 +4,15 @@ import PosternSMTP
 /// The kinds of listener policy knows about.
 public enum PolicyEndpoint: String, Sendable, Hashable, CaseIterable {
     case submission, submissions, device
+
+    /// The index in `allCases`.
+    var position: Int {
+        switch self {
+        case .submission: return 0
+        case .submissions: return 1
+        case .device: return 2
+        }
+    }
 }
 
 /// Who authenticated on a TLS endpoint, as the directory described them.
@@ -52,7 +61,8 @@ public enum SenderPattern: Sendable, Hashable, CustomStringConvertible {
     case domain(DomainPattern)
 
     public init?(_ text: String) {
-        if text.contains(Character("@")), !text.hasPrefix("@") {
+        // The byte test first: only text with an '@' byte can hold an '@' character.
+        if text.utf8.contains(UInt8(ascii: "@")), text.contains(Character("@")), !text.hasPrefix("@") {
             guard let mailbox = try? AddressParser.parseMailbox(text), case .name = mailbox.domain,
                   !mailbox.isQuotedLocalPart
             else { return nil }

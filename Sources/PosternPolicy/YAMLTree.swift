@@ -4,7 +4,7 @@
 import CYaml
 
 /// A YAML node reduced to what policy files use, with the 1-based line it starts on.
-indirect enum YAMLNode: Sendable {
+enum YAMLNode: Sendable {
     case scalar(String, line: Int)
     case mapping([(key: YAMLNode, value: YAMLNode)], line: Int)
     case sequence([YAMLNode], line: Int)
@@ -29,29 +29,48 @@ struct YAMLSyntaxError: Error, Sendable {
 enum YAMLTree {
     /// The first document's root, or nil for an empty stream. Anchors and aliases are resolved.
     static func compose(_ text: String) throws(YAMLSyntaxError) -> YAMLNode? {
-        var bytes = Array(text.utf8)
-        bytes.append(0)
-        let result: Result<YAMLNode?, YAMLSyntaxError> = bytes.withUnsafeBufferPointer { buffer in
-            var reader = EventReader(buffer.baseAddress!, count: buffer.count - 1)
-            defer { reader.close() }
-            return Result { () throws(YAMLSyntaxError) -> YAMLNode? in try reader.document() }
+        guard !text.isEmpty else { return nil }  // libyaml would say the same: a stream without documents
+        var text = text
+        let result: Result<YAMLNode?, YAMLSyntaxError> = text.withUTF8 { buffer in
+            if let node = BlockLayoutReader.compose(buffer) { return .success(node) }
+            return composeWithLibYAML(buffer)
         }
         return try result.get()
+    }
+
+    /// `compose` through libyaml only (BlockLayoutReaderTests compare the two).
+    static func composeWithLibYAML(_ text: String) throws(YAMLSyntaxError) -> YAMLNode? {
+        guard !text.isEmpty else { return nil }
+        var text = text
+        return try text.withUTF8 { composeWithLibYAML($0) }.get()
+    }
+
+    private static func composeWithLibYAML(_ buffer: UnsafeBufferPointer<UInt8>) -> Result<YAMLNode?, YAMLSyntaxError> {
+        // libyaml reads exactly `count` bytes, no terminating NUL needed.
+        var reader = EventReader(buffer.baseAddress!, count: buffer.count)
+        defer { reader.close() }
+        return Result { () throws(YAMLSyntaxError) -> YAMLNode? in try reader.document() }
     }
 }
 
 /// Pulls events from libyaml and builds nodes; must not outlive the input buffer.
 private struct EventReader {
-    private var parser = yaml_parser_t()
+    /// On the heap: libyaml keeps a pointer to the parser inside it (string input), and a Swift struct may move.
+    private let parser: UnsafeMutablePointer<yaml_parser_t>
     private var anchors: [String: YAMLNode] = [:]
 
     init(_ input: UnsafePointer<UInt8>, count: Int) {
-        yaml_parser_initialize(&parser)
-        yaml_parser_set_encoding(&parser, YAML_UTF8_ENCODING)
-        yaml_parser_set_input_string(&parser, input, count)
+        parser = .allocate(capacity: 1)
+        parser.initialize(to: yaml_parser_t())
+        yaml_parser_initialize(parser)
+        yaml_parser_set_encoding(parser, YAML_UTF8_ENCODING)
+        yaml_parser_set_input_string(parser, input, count)
     }
 
-    mutating func close() { yaml_parser_delete(&parser) }
+    func close() {
+        yaml_parser_delete(parser)
+        parser.deallocate()
+    }
 
     mutating func document() throws(YAMLSyntaxError) -> YAMLNode? {
         var event = try next()  // stream start
@@ -81,10 +100,10 @@ private struct EventReader {
 
     private mutating func next() throws(YAMLSyntaxError) -> yaml_event_t {
         var event = yaml_event_t()
-        guard yaml_parser_parse(&parser, &event) == 1 else {
-            let problem = parser.problem.map { String(cString: $0) } ?? "syntax error"
-            let context = parser.context.map { " " + String(cString: $0) } ?? ""
-            throw YAMLSyntaxError(line: Int(parser.problem_mark.line) + 1, problem: problem + context)
+        guard yaml_parser_parse(parser, &event) == 1 else {
+            let problem = parser.pointee.problem.map { String(cString: $0) } ?? "syntax error"
+            let context = parser.pointee.context.map { " " + String(cString: $0) } ?? ""
+            throw YAMLSyntaxError(line: Int(parser.pointee.problem_mark.line) + 1, problem: problem + context)
         }
         return event
     }

@@ -49,7 +49,7 @@ public struct SMTPSession: Sendable {
     public init(configuration: SessionConfiguration, facts: ConnectionFacts, rules: any SessionRules) {
         self.configuration = configuration
         self.facts = facts
-        self.rules = rules
+        self.rules = rules.forConnection(facts)
     }
 
     /// The line limit the handler should apply to the next line.

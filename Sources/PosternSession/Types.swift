@@ -103,6 +103,13 @@ public protocol SessionRules: Sendable {
     func checkRecipient(_ facts: ConnectionFacts, sender: ReversePath, recipient: Mailbox) -> Verdict
     /// A tighter size limit for this connection (e.g. a device's own), if any.
     func messageSizeLimit(_ facts: ConnectionFacts) -> Int?
+    /// The rules for one connection, asked once as its session starts: work that depends only on the
+    /// connection (such as parsing the client address) is done here rather than for every command.
+    func forConnection(_ facts: ConnectionFacts) -> any SessionRules
+}
+
+extension SessionRules {
+    public func forConnection(_ facts: ConnectionFacts) -> any SessionRules { self }
 }
 
 /// Credentials from AUTH PLAIN or AUTH LOGIN.
