@@ -9,4 +9,13 @@ public protocol DeliveryTarget: Sendable {
     /// Stores the message (Received header already prepended) durably before returning `.queued`.
     /// Never throws: failures are a temporary reply for the client (452 4.3.1 / 451 4.3.0).
     func accept(queueID: String, envelope: Envelope, message: ByteBuffer) async -> DeliveryOutcome
+    /// The same, completed on `eventLoop`. The receiving side calls this one; a target whose work
+    /// runs on its own threads answers without a detour through the concurrency pool.
+    func accept(queueID: String, envelope: Envelope, message: ByteBuffer, on eventLoop: EventLoop) -> EventLoopFuture<DeliveryOutcome>
+}
+
+extension DeliveryTarget {
+    public func accept(queueID: String, envelope: Envelope, message: ByteBuffer, on eventLoop: EventLoop) -> EventLoopFuture<DeliveryOutcome> {
+        eventLoop.makeFutureWithTask { await self.accept(queueID: queueID, envelope: envelope, message: message) }
+    }
 }

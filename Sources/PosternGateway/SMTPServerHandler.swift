@@ -278,9 +278,7 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let audit = environment.audit
         let metrics = environment.metrics
         let logger = self.logger
-        context.eventLoop.makeFutureWithTask {
-            await target.accept(queueID: queueID, envelope: envelope, message: message)
-        }.whenSuccess { outcome in
+        target.accept(queueID: queueID, envelope: envelope, message: message, on: context.eventLoop).whenSuccess { outcome in
             // The message is stored whether or not the client is still there to hear it.
             switch outcome {
             case .queued(let id):

@@ -22,21 +22,40 @@ public final class SpoolTarget: DeliveryTarget {
     public func makeQueueID() -> String { Spool.makeQueueID() }
 
     public func accept(queueID: String, envelope: Envelope, message: ByteBuffer) async -> DeliveryOutcome {
+        let spoolEnvelope = makeEnvelope(envelope, message: message)
+        do {
+            try await spool.enqueue(id: queueID, envelope: spoolEnvelope, message: message)
+        } catch {
+            return Self.outcome(of: error)
+        }
+        relay.submit(id: queueID, envelope: spoolEnvelope, message: message)
+        return .queued(id: queueID)
+    }
+
+    public func accept(queueID: String, envelope: Envelope, message: ByteBuffer, on eventLoop: EventLoop) -> EventLoopFuture<DeliveryOutcome> {
+        let spoolEnvelope = makeEnvelope(envelope, message: message)
+        let relay = self.relay
+        return spool.enqueue(id: queueID, envelope: spoolEnvelope, message: message, on: eventLoop).map { () -> DeliveryOutcome in
+            relay.submit(id: queueID, envelope: spoolEnvelope, message: message)
+            return .queued(id: queueID)
+        }.recover { error in
+            Self.outcome(of: (error as? SpoolError) ?? .unwritable("\(error)"))
+        }
+    }
+
+    private func makeEnvelope(_ envelope: Envelope, message: ByteBuffer) -> SpoolEnvelope {
         let facts = envelope.facts
-        let spoolEnvelope = SpoolEnvelope(
+        return SpoolEnvelope(
             sender: envelope.sender.mailbox.map { "\($0)" } ?? "",
             recipients: envelope.recipients.map { "\($0)" },
             receivedAt: now(), clientAddress: facts.clientAddress, listener: facts.listenerName,
             login: facts.user?.login, messageID: HeaderScanner.messageID(in: message), bodyType: envelope.bodyType)
-        do {
-            try await spool.enqueue(id: queueID, envelope: spoolEnvelope, message: message)
-        } catch {
-            switch error {
-            case .full: return .temporaryFailure(SMTPReply(452, "4.3.1", "Insufficient system storage, try again later"))
-            case .unwritable: return .temporaryFailure(SMTPReply(451, "4.3.0", "Temporary local problem, try again later"))
-            }
+    }
+
+    private static func outcome(of error: SpoolError) -> DeliveryOutcome {
+        switch error {
+        case .full: return .temporaryFailure(SMTPReply(452, "4.3.1", "Insufficient system storage, try again later"))
+        case .unwritable: return .temporaryFailure(SMTPReply(451, "4.3.0", "Temporary local problem, try again later"))
         }
-        relay.submit(id: queueID, envelope: spoolEnvelope, message: message)
-        return .queued(id: queueID)
     }
 }

@@ -21,12 +21,14 @@ public final class Spool: Sendable {
     static let freeLimit = 1024
 
     /// Opens (creating if needed) the spool at `directory` and recovers it.
-    public init(directory: URL, logger: Logger, ioThreads: Int = 8) throws {
+    /// `ioThreads`: threads for the blocking file work. A message's write, fsync and the shared
+    /// directory fsync hold one thread, so this bounds how many messages are stored at once.
+    public init(directory: URL, logger: Logger, ioThreads: Int = 16) throws {
         self.directory = SpoolDirectory(root: directory)
         self.logger = logger
         self.pool = NIOThreadPool(numberOfThreads: ioThreads)
         self.pool.start()
-        self.syncer = DirectorySyncer(directory: self.directory, pool: pool)
+        self.syncer = DirectorySyncer(directory: self.directory)
         try self.directory.createDirectories()
         let recovered = SpoolRecovery.recover(self.directory, logger: logger)
         index.withLockedValue { index in
@@ -60,27 +62,44 @@ public final class Spool: Sendable {
     /// Stores the message and its envelope durably. Returns only after file fsync, rename and
     /// directory fsync.
     public func enqueue(id: String, envelope: SpoolEnvelope, message: ByteBuffer) async throws(SpoolError) {
-        let directory = self.directory
-        let reuse = free.withLockedValue { $0.popLast() }
         do {
-            try await pool.runIfActive { try directory.writeMessage(id: id, envelope: envelope, message: message, reuse: reuse) }
-        } catch let error as SpoolError {
-            logger.error("spool write failed", metadata: ["queue_id": "\(id)", "error": "\(error)"])
-            throw error
-        } catch {
-            throw .unwritable("\(error)")
+            try await pool.runIfActive(enqueueJob(id: id, envelope: envelope, message: message))
+        } catch let error as SpoolError { throw error } catch { throw .unwritable("\(error)") }
+    }
+
+    /// `enqueue` as a future on `eventLoop`, for callers on an event loop: no concurrency-pool hop.
+    public func enqueue(id: String, envelope: SpoolEnvelope, message: ByteBuffer, on eventLoop: EventLoop) -> EventLoopFuture<Void> {
+        pool.runIfActive(eventLoop: eventLoop, enqueueJob(id: id, envelope: envelope, message: message))
+    }
+
+    private func enqueueJob(id: String, envelope: SpoolEnvelope, message: ByteBuffer) -> @Sendable () throws -> Void {
+        let directory = self.directory
+        let syncer = self.syncer
+        let logger = self.logger
+        let reuse = free.withLockedValue { $0.popLast() }
+        return { [index] in
+            do {
+                try directory.writeMessage(id: id, envelope: envelope, message: message, reuse: reuse)
+            } catch {
+                logger.error("spool write failed", metadata: ["queue_id": "\(id)", "error": "\(error)"])
+                throw error
+            }
+            try Self.sync(syncer, logger: logger)
+            index.withLockedValue { $0[id] = envelope.receivedAt }
         }
-        try await syncDirectory()
-        index.withLockedValue { $0[id] = envelope.receivedAt }
     }
 
     /// Replaces an entry's delivery state durably.
     public func writeState(id: String, _ state: SpoolEntryState) async throws(SpoolError) {
         let directory = self.directory
+        let syncer = self.syncer
+        let logger = self.logger
         do {
-            try await pool.runIfActive { try directory.writeState(id: id, state) }
+            try await pool.runIfActive {
+                try directory.writeState(id: id, state)
+                try Self.sync(syncer, logger: logger)
+            }
         } catch let error as SpoolError { throw error } catch { throw .unwritable("\(error)") }
-        try await syncDirectory()
     }
 
     /// Removes a finished entry, keeping its file for reuse while `free/` has room.
@@ -190,56 +209,59 @@ public final class Spool: Sendable {
         return max(0, now.timeIntervalSince(oldest))
     }
 
-    private func syncDirectory() async throws(SpoolError) {
-        do { try await syncer.sync() } catch let error as SpoolError {
+    private static func sync(_ syncer: DirectorySyncer, logger: Logger) throws(SpoolError) {
+        do { try syncer.sync() } catch {
             logger.error("spool directory fsync failed", metadata: ["error": "\(error)"])
             throw error
-        } catch { throw .unwritable("\(error)") }
+        }
     }
 }
 
 /// Group commit for the queue directory: every caller waits for an fsync that started after its
-/// rename; callers arriving while one runs share the next.
-actor DirectorySyncer {
+/// rename; callers arriving while one runs share the next. Blocking, for the spool's I/O threads:
+/// the write, its fsync, the rename and the shared directory fsync are one job on one thread,
+/// without hops through the concurrency pool between them.
+final class DirectorySyncer: @unchecked Sendable {
+    /// The callers that one fsync covers. Guarded by `condition`.
+    private final class Batch {
+        var done = false
+        var error: SpoolError?
+    }
+
     private let directory: SpoolDirectory
-    private let pool: NIOThreadPool
-    private var waiting: [CheckedContinuation<Void, Error>] = []
-    private var running = false
+    private let condition = NSCondition()
+    private var pending = Batch()
+    private var syncing = false
 
-    init(directory: SpoolDirectory, pool: NIOThreadPool) {
+    init(directory: SpoolDirectory) {
         self.directory = directory
-        self.pool = pool
     }
 
-    func sync() async throws {
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, Error>) in
-            waiting.append(continuation)
-            if !running { startBatch() }
-        }
-    }
-
-    private func startBatch() {
-        running = true
-        let batch = waiting
-        waiting = []
-        let directory = self.directory
-        let pool = self.pool
-        Task {
-            let result: Result<Void, Error>
-            do {
-                try await pool.runIfActive { try directory.syncQueueDirectory() }
-                result = .success(())
-            } catch {
-                result = .failure(error)
+    /// Returns once an fsync of the queue directory that started after this call has succeeded.
+    func sync() throws(SpoolError) {
+        condition.lock()
+        let mine = pending
+        while !mine.done {
+            if syncing {
+                condition.wait()
+                continue
             }
-            self.finish(batch, result)
+            // Lead: this fsync covers everyone who joined the pending batch so far.
+            syncing = true
+            let batch = pending
+            pending = Batch()
+            condition.unlock()
+            var failure: SpoolError?
+            do { try directory.syncQueueDirectory() } catch { failure = error }
+            condition.lock()
+            batch.error = failure
+            batch.done = true
+            syncing = false
+            condition.broadcast()
         }
-    }
-
-    private func finish(_ batch: [CheckedContinuation<Void, Error>], _ result: Result<Void, Error>) {
-        for continuation in batch { continuation.resume(with: result) }
-        running = false
-        if !waiting.isEmpty { startBatch() }
+        let error = mine.error
+        condition.unlock()
+        if let error { throw error }
     }
 }
 
