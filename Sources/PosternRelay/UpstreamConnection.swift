@@ -309,11 +309,22 @@ public final class UpstreamConnection: Sendable {
     func exchange(_ bytes: ByteBuffer?, expecting count: Int, timeout: Duration? = nil) async throws -> [SMTPReply] {
         let handler = self.handler
         let channel = self.channel
-        return try await withTimeout(timeout ?? commandTimeout) {
-            try await channel.eventLoop.flatSubmit {
-                handler.value.send(bytes, expecting: count, eventLoop: channel.eventLoop)
-            }.get()
-        }
+        let limit = TimeAmount.nanoseconds(Int64((timeout ?? commandTimeout).seconds * 1e9))
+        // The timer is armed and cancelled on the channel's event loop, inside the same submit:
+        // from another thread each would be one more wake-up of the loop, twice per command.
+        return try await channel.eventLoop.flatSubmit {
+            let fired = NIOLoopBoundBox(false, eventLoop: channel.eventLoop)
+            let timer = channel.eventLoop.scheduleTask(in: limit) {
+                fired.value = true
+                channel.close(promise: nil)
+            }
+            return handler.value.send(bytes, expecting: count, eventLoop: channel.eventLoop)
+                .always { _ in timer.cancel() }
+                .flatMapErrorThrowing { error in
+                    if fired.value { throw UpstreamConnectionError.timeout }
+                    throw error
+                }
+        }.get()
     }
 
     func withTimeout<T: Sendable>(_ timeout: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {

@@ -288,6 +288,38 @@ final class RelayTests: XCTestCase {
         await spool.shutdown()
     }
 
+    /// An upstream that accepts the connection and then says nothing: the command timeout ends the
+    /// session (we close it), the message is deferred with the reason, and it stays queued.
+    func testSilentUpstreamTimesOutAndTheMessageStaysQueued() async throws {
+        final class Silent: ChannelInboundHandler, Sendable {
+            typealias InboundIn = ByteBuffer
+            let closed = NIOLockedValueBox(0)
+            func channelInactive(context: ChannelHandlerContext) { closed.withLockedValue { $0 += 1 } }
+        }
+        let silent = Silent()
+        let server = try await ServerBootstrap(group: Self.group)
+            .childChannelInitializer { channel in channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(silent) } }
+            .bind(host: "127.0.0.1", port: 0).get()
+        let port = server.localAddress!.port!
+        var configuration = upstream(port: port)
+        configuration.commandTimeout = .seconds(1)
+        let spool = try Spool(directory: spoolDirectory, logger: logger)
+        let log = OutcomeLog()
+        let started = Date()
+        try await withRelay(relayConfiguration(configuration), spool: spool, log: log) { relay in
+            _ = try await enqueue(spool)
+            relay.wake()
+            try await eventually("deferred") { !log.all.isEmpty }
+        }
+        XCTAssertEqual(log.all.first?.disposition, .deferred)
+        XCTAssertEqual(log.all.first?.reply, "timeout waiting for upstream")
+        XCTAssertLessThan(Date().timeIntervalSince(started), 8)
+        XCTAssertEqual(queued(spool).count, 1)
+        try await eventually("we closed the silent connection") { silent.closed.withLockedValue { $0 } >= 1 }
+        try await server.close()
+        await spool.shutdown()
+    }
+
     func testNoDSNForANullSenderAndExpiryBounces() async throws {
         let (sink, port, _) = try await makeSink(faults: SinkFaults(rcptReply: "550 5.7.1 Refused"))
         let spool = try Spool(directory: spoolDirectory, logger: logger)
