@@ -5,7 +5,7 @@
 #   bench/run.sh [all|ceiling|postern|postfix|submission|idle|policy]...   (default: all)
 #
 # Environment: MESSAGES (20000) SESSIONS (50) SIZE (10240) SUB_SESSIONS (50) SUB_MESSAGES (10000)
-#   IDLE_CONNECTIONS (10000) POLICY_DEVICES (100000) RELAY_CONNECTIONS (8) TIMEOUT (600 s per load)
+#   IDLE_CONNECTIONS (10000) POLICY_DEVICES (100000) RELAY_CONNECTIONS (20) TIMEOUT (600 s per load)
 #   BIN (directory with release binaries; default .build-release/release); PERF=1 profiles Postern (perf)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +18,9 @@ SUB_SESSIONS=${SUB_SESSIONS:-50}
 SUB_MESSAGES=${SUB_MESSAGES:-10000}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
 POLICY_DEVICES=${POLICY_DEVICES:-100000}
-RELAY_CONNECTIONS=${RELAY_CONNECTIONS:-8}
+# Postern's connections to the sink: 20, Postfix's default_destination_concurrency_limit, which the
+# Postfix instance keeps, so both may open as many sessions to the sink.
+RELAY_CONNECTIONS=${RELAY_CONNECTIONS:-20}
 TIMEOUT=${TIMEOUT:-600}
 FROM=scanner@example.edu
 TO=bob@example.edu
