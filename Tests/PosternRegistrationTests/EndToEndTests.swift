@@ -117,6 +117,8 @@ final class EndToEndTests: XCTestCase {
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
         from selenium.webdriver.common.by import By
+        from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+        from selenium.webdriver.support.ui import WebDriverWait
 
         base, screenshot = sys.argv[1], sys.argv[2]
         options = webdriver.ChromeOptions()
@@ -125,13 +127,23 @@ final class EndToEndTests: XCTestCase {
             options.add_argument(flag)
         driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
         driver.set_page_load_timeout(30)
+        # A click starts a navigation and returns; on a loaded machine the next page can take a moment.
+        # Lookups wait for their element, and text checks wait for the text (the old page may still show).
+        driver.implicitly_wait(20)
+        def wait_text(element_id, needle):
+            def found(d):
+                return any(needle in e.text for e in d.find_elements(By.ID, element_id))
+            try:
+                WebDriverWait(driver, 20, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)).until(found)
+            except Exception:
+                raise AssertionError("%r never showed %r: %s" % (element_id, needle, driver.page_source))
         try:
             def login(user, password):
                 driver.get(base + "/login")
                 driver.find_element(By.ID, "login").send_keys(user)
                 driver.find_element(By.ID, "password").send_keys(password)
                 driver.find_element(By.ID, "submit-login").click()
-                assert user in driver.find_element(By.ID, "whoami").text, driver.page_source
+                wait_text("whoami", user)
 
             login("bob", "bob-demo-pass")
             driver.find_element(By.LINK_TEXT, "Register a device").click()
@@ -144,15 +156,14 @@ final class EndToEndTests: XCTestCase {
             sunset.clear()
             sunset.send_keys("2027-06-30")
             driver.find_element(By.ID, "submit-request").click()
-            assert "pending" in driver.find_element(By.ID, "notice").text, driver.page_source
+            wait_text("notice", "pending")
             driver.find_element(By.ID, "logout").click()
 
             login("alice", "alice-demo-pass")
             driver.find_element(By.ID, "approve-it-scanner-9").click()
-            notice = driver.find_element(By.ID, "notice").text
-            assert "Approved: it-scanner-9" in notice, driver.page_source
+            wait_text("notice", "Approved: it-scanner-9")
             driver.find_element(By.ID, "device-it-scanner-9")
-            assert "approved" in driver.find_element(By.ID, "request-it-scanner-9").text, driver.page_source
+            wait_text("request-it-scanner-9", "approved")
             # The whole page: the notice, the approved request and the device in IT Services' list.
             height = driver.execute_script("return document.documentElement.scrollHeight")
             driver.set_window_size(1400, min(height + 120, 4000))
