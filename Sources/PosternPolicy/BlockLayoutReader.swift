@@ -17,6 +17,48 @@ enum BlockLayoutReader {
         return reader.document()
     }
 
+    /// devices.yaml cut into its entries, when it is in the layout `postern devices` writes: comment and blank
+    /// lines, then `devices:` alone at column 0, then a block sequence of entries at one indentation and
+    /// nothing but comments and blank lines after it. Each range runs from the first byte of an entry's
+    /// `- ` line to the end of its last line with content (its trailing comments not included); `firstLines`
+    /// are the 1-based lines the entries start on. Nil for anything else (the caller reads the whole file).
+    /// An entry's tree (`composeEntry`, lines counted from the entry) is then the item `compose` would give
+    /// for it, with its lines moved by `firstLine - 1`; `composeEntry` gives up on every entry `compose` would.
+    static func splitDevices(_ text: UnsafeBufferPointer<UInt8>) -> (ranges: [Range<Int>], firstLines: [Int])? {
+        for b in text where (b < 0x20 || b > 0x7E) && b != UInt8(ascii: "\n") { return nil }
+        var reader = Reader(text)
+        guard let top = reader.current, top.indent == 0, reader.isDevicesKey(top) else { return nil }
+        reader.advance()
+        guard let first = reader.current, reader.isEntry(first) else { return nil }
+        let indent = first.indent
+        var ranges: [Range<Int>] = []
+        var firstLines: [Int] = []
+        var start = first.start - first.indent
+        var end = first.end
+        firstLines.append(first.number)
+        reader.advance()
+        while let line = reader.current {
+            if line.indent == indent, reader.isEntry(line) {
+                ranges.append(start..<end)
+                start = line.start - line.indent
+                firstLines.append(line.number)
+            } else if line.indent <= indent {
+                return nil  // another top-level key, or an indentation the whole-file reader would refuse
+            }
+            end = line.end
+            reader.advance()
+        }
+        ranges.append(start..<end)
+        return (ranges, firstLines)
+    }
+
+    /// One entry of `splitDevices` (the text of its range), as `compose` would read that item of the list,
+    /// with its first line as line 1; nil when `compose` would give up on it, or when it is not a mapping.
+    static func composeEntry(_ text: UnsafeBufferPointer<UInt8>) -> YAMLNode? {
+        var reader = Reader(text)
+        return reader.entry()
+    }
+
     /// One line with its indentation and its content, trailing spaces removed.
     private struct Line {
         var number: Int
@@ -79,6 +121,26 @@ enum BlockLayoutReader {
             return .mapping(pairs, line: first.number)
         }
 
+        /// `devices:` with nothing after it but a comment.
+        func isDevicesKey(_ line: Line) -> Bool {
+            guard let (key, rest) = keyAt(line.start, end: line.end), rest == line.end else { return false }
+            return text[key].elementsEqual("devices".utf8)
+        }
+
+        /// The entry of `splitDevices` this text holds: what `blockSequence` reads for a mapping item, and
+        /// nothing after it.
+        mutating func entry() -> YAMLNode? {
+            guard let line = current, isEntry(line) else { return nil }
+            var content = line.start + 1
+            while content < line.end, text[content] == UInt8(ascii: " ") { content += 1 }
+            guard content < line.end, text[content] != UInt8(ascii: "#"),
+                  let (key, rest) = keyAt(content, end: line.end),
+                  let item = itemMapping(column: line.indent + content - line.start, firstKey: key, rest: rest),
+                  current == nil
+            else { return nil }
+            return item
+        }
+
         /// A block sequence under a `key:` whose mapping sits at `parentIndent`: `- ` lines at one indentation
         /// of at least `parentIndent`. Items are one-line scalars, or (when allowed) mappings starting on the `- ` line.
         mutating func blockSequence(parentIndent: Int, itemsMayBeMappings: Bool) -> YAMLNode? {
@@ -134,7 +196,7 @@ enum BlockLayoutReader {
             return .mapping(pairs, line: first.number)
         }
 
-        private func isEntry(_ line: Line) -> Bool {
+        func isEntry(_ line: Line) -> Bool {
             text[line.start] == UInt8(ascii: "-") && (line.start + 1 == line.end || text[line.start + 1] == UInt8(ascii: " "))
         }
 
