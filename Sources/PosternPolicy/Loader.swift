@@ -145,25 +145,87 @@ public struct ParsedDevices: Sendable {
 }
 
 /// What one device entry gives on its own text, before the checks against other entries and files. Lines
-/// are those of the tree it was read from; for a cached entry, counted from the entry's first line (1).
+/// are those of the tree it was read from; in a cache, counted from the entry's first line (1).
 struct DeviceEntryFindings: Sendable {
     /// The item's line (the `- ` line).
     var line: Int
-    /// Issues up to the id (unknown or missing keys, a missing id); an entry without an id has no others.
-    var issuesBeforeID: [PolicyIssue] = []
     var id: String?
     var idLine = 0
     var idIsIdentifier = false
     /// The department it names, when it names one.
     var department: String?
     var departmentLine = 0
-    /// Issues after the id, the malformed id first: a duplicate id is reported between the two lists.
-    var issuesAfterID: [PolicyIssue] = []
-    /// The device, when the entry is valid on its own (not kept in the cache: `deviceIndex` points to it).
-    var device: RegisteredDevice?
+    /// Nil when the entry has none (most entries): one reference less to copy.
+    var issues: EntryIssues?
 
     init(line: Int) { self.line = line }
-    init() { line = 0 }
+}
+
+/// A device entry's own issues, in the order a load reports them.
+final class EntryIssues: Sendable {
+    /// Up to the id (unknown or missing keys, a missing id); an entry without an id has no others.
+    let beforeID: [PolicyIssue]
+    /// After the id, the malformed id first: a duplicate id is reported between the two lists.
+    let afterID: [PolicyIssue]
+
+    init?(beforeID: [PolicyIssue], afterID: [PolicyIssue]) {
+        guard !beforeID.isEmpty || !afterID.isEmpty else { return nil }
+        self.beforeID = beforeID
+        self.afterID = afterID
+    }
+}
+
+/// The devices of one devices.yaml, entry by entry in file order, with the check that spans entries as
+/// they come (duplicate ids); unknown departments and overlaps are `PolicyBuilder.finish`'s.
+struct DeviceCollector {
+    let file: String
+    var devices: [RegisteredDevice] = []
+    /// Every device entry's id: its index in `devices`, or minus its line while it is not a valid device.
+    var deviceByID: [String: Int] = [:]
+    /// Every device entry's department, valid entry or not, so an unknown department is always reported.
+    var departmentReferences: [(device: String, department: String, line: Int)] = []
+    var issues: [PolicyIssue] = []
+
+    init(file: String, capacity: Int) {
+        self.file = file
+        devices.reserveCapacity(capacity)
+        deviceByID.reserveCapacity(capacity)
+        departmentReferences.reserveCapacity(capacity)
+    }
+
+    /// Records one entry, lines moved down by `shift`; `device` is the entry's device when it is valid on
+    /// its own. Returns the device's index in `devices` when it is one (not when its id was taken before).
+    mutating func add(_ found: DeviceEntryFindings, device: RegisteredDevice?, shift: Int) -> Int? {
+        if let early = found.issues?.beforeID { append(early, shift: shift) }
+        guard let id = found.id else { return nil }
+        // One hash lookup: the slot is filled with this entry's value unless an earlier entry holds it.
+        let line = found.line + shift
+        let mine = device != nil ? devices.count : -line
+        var previous: Int?
+        Self.claim(&deviceByID[id, default: Int.min], value: mine, previous: &previous)
+        if found.idIsIdentifier, let previous {
+            let other = previous >= 0 ? devices[previous].line : -previous
+            issues.append(PolicyIssue(file: file, line: found.idLine + shift, message: "device '\(id)' is already registered at line \(other)",
+                                      fix: "choose another id or remove the duplicate"))
+        }
+        if let department = found.department { departmentReferences.append((id, department, found.departmentLine + shift)) }
+        if let late = found.issues?.afterID { append(late, shift: shift) }
+        guard previous == nil, var device else { return nil }
+        device.line += shift
+        devices.append(device)
+        return mine
+    }
+
+    private static func claim(_ slot: inout Int, value: Int, previous: inout Int?) {
+        if slot == Int.min { slot = value } else { previous = slot }
+    }
+
+    private mutating func append(_ found: [PolicyIssue], shift: Int) {
+        for var issue in found {
+            if issue.line > 0 { issue.line += shift }
+            issues.append(issue)
+        }
+    }
 }
 
 /// The entries of one devices.yaml text by their bytes, with what each gave, for the next load.
@@ -172,7 +234,7 @@ struct DeviceEntryCache: Sendable {
     let ranges: [Range<Int>]
     let hashes: [UInt64]
     let firstLines: [Int]
-    /// Lines counted from the entry's first line; `device` is nil.
+    /// Lines counted from the entry's first line.
     let findings: [DeviceEntryFindings]
     /// Where the entry's device is, when it is valid on its own: `k >= 0` at `devices[k]` of the `ParsedDevices`,
     /// `k <= -2` at `duplicates[-k - 2]` (an entry with the id of an earlier one); -1 for none.
@@ -425,13 +487,23 @@ final class PolicyBuilder {
         }
         let issuesBefore = issues.count
         var text = text
-        let cache = text.withUTF8 { buffer -> DeviceEntryCache? in
+        let read = text.withUTF8 { buffer -> (DeviceCollector, DeviceEntryCache)? in
             guard let split = BlockLayoutReader.splitDevices(buffer) else { return nil }
-            guard let old = previous?.entryCache else { return readEntries(buffer, split, reusing: nil) }
-            var oldText = previous!.text
-            return oldText.withUTF8 { readEntries(buffer, split, reusing: (old, $0, previous!.devices)) }
+            guard let previous, let old = previous.entryCache else { return readEntries(buffer, split, reusing: nil) }
+            var oldText = previous.text
+            return oldText.withUTF8 { readEntries(buffer, split, reusing: (old, $0, previous.devices)) }
         }
-        if cache == nil { parseDevices(text) }
+        var collector: DeviceCollector
+        if let read {
+            collector = read.0
+        } else {
+            collector = DeviceCollector(file: file, capacity: 0)
+            parseDevices(text, into: &collector)
+        }
+        issues += collector.issues
+        collector.issues = []
+        (devices, deviceByID, departmentReferences) = (collector.devices, collector.deviceByID, collector.departmentReferences)
+        collector = DeviceCollector(file: file, capacity: 0)  // the only references left are the builder's
         entries.reserveCapacity(devices.count)
         for i in devices.indices {
             for r in devices[i].addresses { entries.append(AddressIndex.Entry(range: r, device: i)) }
@@ -439,7 +511,7 @@ final class PolicyBuilder {
         AddressIndex.sort(&entries)
         parsedDevices = ParsedDevices(file: file, text: text, devices: devices, deviceByID: deviceByID,
                                       departmentReferences: departmentReferences, issues: Array(issues[issuesBefore...]),
-                                      entries: entries, entryCache: cache)
+                                      entries: entries, entryCache: read?.1)
     }
 
     /// The devices of a file in the layout `BlockLayoutReader.splitDevices` cuts into entries: each entry
@@ -449,7 +521,7 @@ final class PolicyBuilder {
     /// recorded, when some entry is outside the layout: then the whole file must be read.
     private func readEntries(_ text: UnsafeBufferPointer<UInt8>, _ split: (ranges: [Range<Int>], firstLines: [Int]),
                              reusing old: (cache: DeviceEntryCache, text: UnsafeBufferPointer<UInt8>, devices: [RegisteredDevice])?)
-        -> DeviceEntryCache?
+        -> (DeviceCollector, DeviceEntryCache)?
     {
         let count = split.ranges.count
         // First every entry's findings, so that an entry outside the layout leaves nothing half done.
@@ -457,22 +529,33 @@ final class PolicyBuilder {
         hashes.reserveCapacity(count)
         var reused: [Int32] = []  // the old cache's entry, or -1
         reused.reserveCapacity(count)
-        var fresh: [DeviceEntryFindings] = []
+        var fresh: [(DeviceEntryFindings, RegisteredDevice?)] = []
+        var expected = 0  // entries mostly keep their order: try the one after the last match first
         for range in split.ranges {
             let bytes = UnsafeBufferPointer(rebasing: text[range])
-            let hash = DeviceEntryCache.hash(bytes)
-            hashes.append(hash)
-            if let old, let k = old.cache.find(bytes, hash: hash, in: old.text) {
-                reused.append(Int32(k))
-                continue
+            if let old {
+                if expected < old.cache.ranges.count, old.cache.ranges[expected].count == bytes.count,
+                   memcmp(old.text.baseAddress! + old.cache.ranges[expected].lowerBound, bytes.baseAddress!, bytes.count) == 0 {
+                    reused.append(Int32(expected))
+                    hashes.append(old.cache.hashes[expected])  // the same bytes
+                    expected += 1
+                    continue
+                }
+                let hash = DeviceEntryCache.hash(bytes)
+                hashes.append(hash)
+                if let k = old.cache.find(bytes, hash: hash, in: old.text) {
+                    reused.append(Int32(k))
+                    expected = k + 1
+                    continue
+                }
+            } else {
+                hashes.append(DeviceEntryCache.hash(bytes))
             }
             guard let item = BlockLayoutReader.composeEntry(bytes) else { return nil }
             reused.append(-1)
             fresh.append(checkEntry(item))
         }
-        deviceByID.reserveCapacity(count)
-        devices.reserveCapacity(count)
-        departmentReferences.reserveCapacity(count)
+        var collector = DeviceCollector(file: file, capacity: count)
         var findings: [DeviceEntryFindings] = []
         findings.reserveCapacity(count)
         var deviceIndex: [Int32] = []
@@ -480,27 +563,29 @@ final class PolicyBuilder {
         var duplicates: [RegisteredDevice] = []
         var reusedCount = 0
         var nextFresh = 0
+        let (oldFindings, oldDeviceIndex, oldFirstLines, oldDuplicates) =
+            (old?.cache.findings ?? [], old?.cache.deviceIndex ?? [], old?.cache.firstLines ?? [], old?.cache.duplicates ?? [])
+        let oldDevices = old?.devices ?? []
         for i in 0..<count {
             let shift = split.firstLines[i] - 1
-            var found: DeviceEntryFindings
+            let found: DeviceEntryFindings
             var device: RegisteredDevice?
-            if reused[i] >= 0, let old {
-                let k = Int(reused[i])
-                found = old.cache.findings[k]
-                switch Int(old.cache.deviceIndex[k]) {
+            let k = Int(reused[i])
+            if k >= 0 {
+                found = oldFindings[k]
+                switch Int(oldDeviceIndex[k]) {
                 case -1: break
-                case let d where d >= 0: device = old.devices[d]
-                case let d: device = old.cache.duplicates[-d - 2]
+                case let d where d >= 0: device = oldDevices[d]
+                case let d: device = oldDuplicates[-d - 2]
                 }
-                device?.line -= old.cache.firstLines[k] - 1
+                device?.line -= oldFirstLines[k] - 1
+                reusedCount += 1
             } else {
-                found = fresh[nextFresh]
-                fresh[nextFresh] = DeviceEntryFindings()  // the device lives on in `devices`; drop this copy now
+                (found, device) = fresh[nextFresh]
+                fresh[nextFresh].1 = nil  // the device lives on in `devices`; drop this copy now
                 nextFresh += 1
-                device = found.device
-                found.device = nil
             }
-            if let index = add(found, device: device, shift: shift) {
+            if let index = collector.add(found, device: device, shift: shift) {
                 deviceIndex.append(Int32(index))
             } else if var device {
                 device.line += shift
@@ -509,27 +594,22 @@ final class PolicyBuilder {
             } else {
                 deviceIndex.append(-1)
             }
-            if reused[i] >= 0 { reusedCount += 1 }
             findings.append(found)
         }
-        return DeviceEntryCache(ranges: split.ranges, hashes: hashes, firstLines: split.firstLines,
-                                findings: findings, deviceIndex: deviceIndex, duplicates: duplicates, reused: reusedCount)
+        return (collector, DeviceEntryCache(ranges: split.ranges, hashes: hashes, firstLines: split.firstLines,
+                                            findings: findings, deviceIndex: deviceIndex, duplicates: duplicates, reused: reusedCount))
     }
 
     /// devices.yaml outside the layout `readEntries` takes: the whole tree, read by `YAMLTree`.
-    private func parseDevices(_ text: String) {
+    private func parseDevices(_ text: String, into collector: inout DeviceCollector) {
         guard let root = compose(text),
               let top = mapping(root, what: "devices.yaml", allowed: ["devices"], required: ["devices"]),
               let items = top["devices"].flatMap({ list($0, what: "devices") })
         else { return }
-        deviceByID.reserveCapacity(items.count)
-        devices.reserveCapacity(items.count)
-        departmentReferences.reserveCapacity(items.count)
+        collector = DeviceCollector(file: file, capacity: items.count)
         for item in items {
-            var found = checkEntry(item)
-            let device = found.device
-            found.device = nil
-            _ = add(found, device: device, shift: 0)
+            let (found, device) = checkEntry(item)
+            _ = collector.add(found, device: device, shift: 0)
         }
     }
 
@@ -537,16 +617,16 @@ final class PolicyBuilder {
     private static let requiredDeviceKeys = [DeviceKey.id, .department, .owner, .addresses, .senders, .registered, .sunset].map(\.name)
 
     /// Checks one device entry on its own: everything but what depends on other entries and files.
-    private func checkEntry(_ item: YAMLNode) -> DeviceEntryFindings {
+    private func checkEntry(_ item: YAMLNode) -> (DeviceEntryFindings, RegisteredDevice?) {
         let before = issues.count
         var found = DeviceEntryFindings(line: item.line)
         guard let entry = mapping(item, what: "device", allowed: Self.deviceKeys, required: Self.requiredDeviceKeys),
               let idNode = entry[DeviceKey.id.rawValue], let id = string(idNode, what: "id")
         else {
-            found.issuesBeforeID = takeIssues(from: before)
-            return found
+            found.issues = EntryIssues(beforeID: takeIssues(from: before), afterID: [])
+            return (found, nil)
         }
-        found.issuesBeforeID = takeIssues(from: before)
+        let beforeID = takeIssues(from: before)
         found.id = id
         found.idLine = idNode.line
         var ok = true
@@ -633,44 +713,11 @@ final class PolicyBuilder {
                 ok = false
             }
         }
-        found.issuesAfterID = takeIssues(from: before)
-        if ok, let registered, let sunset, !department.isEmpty {
-            found.device = RegisteredDevice(id: id, department: department, owner: owner, location: location,
-                                            addresses: ranges, senders: senders, registered: registered, sunset: sunset,
-                                            maxMessageSize: maxSize, maxRate: rate, line: item.line)
-        }
-        return found
-    }
-
-    /// Records one entry's findings, lines moved down by `shift`, with the checks against the entries before
-    /// it; returns the device's index in `devices` when it is one.
-    private func add(_ found: DeviceEntryFindings, device: RegisteredDevice?, shift: Int) -> Int? {
-        appendIssues(found.issuesBeforeID, shift: shift)
-        guard let id = found.id else { return nil }
-        var ok = device != nil
-        // By id: the device's index in `devices` (>= 0), or minus the line of an entry that is not (yet) a device.
-        let previous = deviceByID.updateValue(-(found.line + shift), forKey: id)
-        if found.idIsIdentifier, let previous {
-            let other = previous >= 0 ? devices[previous].line : -previous
-            issues.append(PolicyIssue(file: file, line: found.idLine + shift, message: "device '\(id)' is already registered at line \(other)",
-                                      fix: "choose another id or remove the duplicate"))
-            ok = false
-        }
-        if let previous { deviceByID[id] = previous }
-        if let department = found.department { departmentReferences.append((id, department, found.departmentLine + shift)) }
-        appendIssues(found.issuesAfterID, shift: shift)
-        guard ok, var device else { return nil }
-        device.line += shift
-        deviceByID[id] = devices.count
-        devices.append(device)
-        return devices.count - 1
-    }
-
-    private func appendIssues(_ found: [PolicyIssue], shift: Int) {
-        for var issue in found {
-            if issue.line > 0 { issue.line += shift }
-            issues.append(issue)
-        }
+        found.issues = EntryIssues(beforeID: beforeID, afterID: takeIssues(from: before))
+        guard ok, let registered, let sunset, !department.isEmpty else { return (found, nil) }
+        return (found, RegisteredDevice(id: id, department: department, owner: owner, location: location,
+                                        addresses: ranges, senders: senders, registered: registered, sunset: sunset,
+                                        maxMessageSize: maxSize, maxRate: rate, line: item.line))
     }
 
     /// Removes the issues recorded since `start` and returns them.
