@@ -524,54 +524,39 @@ final class PolicyBuilder {
         -> (DeviceCollector, DeviceEntryCache)?
     {
         let count = split.ranges.count
-        // First every entry's findings, so that an entry outside the layout leaves nothing half done.
+        // Everything goes into locals: an entry outside the layout returns nil and leaves nothing half done.
+        var collector = DeviceCollector(file: file, capacity: count)
         var hashes: [UInt64] = []
         hashes.reserveCapacity(count)
-        var reused: [Int32] = []  // the old cache's entry, or -1
-        reused.reserveCapacity(count)
-        var fresh: [(DeviceEntryFindings, RegisteredDevice?)] = []
-        var expected = 0  // entries mostly keep their order: try the one after the last match first
-        for range in split.ranges {
-            let bytes = UnsafeBufferPointer(rebasing: text[range])
-            if let old {
-                if expected < old.cache.ranges.count, old.cache.ranges[expected].count == bytes.count,
-                   memcmp(old.text.baseAddress! + old.cache.ranges[expected].lowerBound, bytes.baseAddress!, bytes.count) == 0 {
-                    reused.append(Int32(expected))
-                    hashes.append(old.cache.hashes[expected])  // the same bytes
-                    expected += 1
-                    continue
-                }
-                let hash = DeviceEntryCache.hash(bytes)
-                hashes.append(hash)
-                if let k = old.cache.find(bytes, hash: hash, in: old.text) {
-                    reused.append(Int32(k))
-                    expected = k + 1
-                    continue
-                }
-            } else {
-                hashes.append(DeviceEntryCache.hash(bytes))
-            }
-            guard let item = BlockLayoutReader.composeEntry(bytes) else { return nil }
-            reused.append(-1)
-            fresh.append(checkEntry(item))
-        }
-        var collector = DeviceCollector(file: file, capacity: count)
         var findings: [DeviceEntryFindings] = []
         findings.reserveCapacity(count)
         var deviceIndex: [Int32] = []
         deviceIndex.reserveCapacity(count)
         var duplicates: [RegisteredDevice] = []
         var reusedCount = 0
-        var nextFresh = 0
         let (oldFindings, oldDeviceIndex, oldFirstLines, oldDuplicates) =
             (old?.cache.findings ?? [], old?.cache.deviceIndex ?? [], old?.cache.firstLines ?? [], old?.cache.duplicates ?? [])
         let oldDevices = old?.devices ?? []
-        for i in 0..<count {
-            let shift = split.firstLines[i] - 1
+        var expected = 0  // entries mostly keep their order: try the one after the last match first
+        for (i, range) in split.ranges.enumerated() {
+            let bytes = UnsafeBufferPointer(rebasing: text[range])
+            var k: Int?
+            if let old {
+                if expected < old.cache.ranges.count, old.cache.ranges[expected].count == bytes.count,
+                   memcmp(old.text.baseAddress! + old.cache.ranges[expected].lowerBound, bytes.baseAddress!, bytes.count) == 0 {
+                    k = expected
+                    hashes.append(old.cache.hashes[expected])  // the same bytes
+                } else {
+                    let hash = DeviceEntryCache.hash(bytes)
+                    hashes.append(hash)
+                    k = old.cache.find(bytes, hash: hash, in: old.text)
+                }
+            } else {
+                hashes.append(DeviceEntryCache.hash(bytes))
+            }
             let found: DeviceEntryFindings
             var device: RegisteredDevice?
-            let k = Int(reused[i])
-            if k >= 0 {
+            if let k {
                 found = oldFindings[k]
                 switch Int(oldDeviceIndex[k]) {
                 case -1: break
@@ -580,11 +565,12 @@ final class PolicyBuilder {
                 }
                 device?.line -= oldFirstLines[k] - 1
                 reusedCount += 1
+                expected = k + 1
             } else {
-                (found, device) = fresh[nextFresh]
-                fresh[nextFresh].1 = nil  // the device lives on in `devices`; drop this copy now
-                nextFresh += 1
+                guard let item = BlockLayoutReader.composeEntry(bytes) else { return nil }
+                (found, device) = checkEntry(item)
             }
+            let shift = split.firstLines[i] - 1
             if let index = collector.add(found, device: device, shift: shift) {
                 deviceIndex.append(Int32(index))
             } else if var device {
