@@ -312,7 +312,7 @@ fi
 # 6. Policy decision and reload with many devices.
 if want policy; then
   r=$(timeout "$TIMEOUT" "$BIN/postern-load" policy --policies policies --devices "$POLICY_DEVICES")
-  log "policy   $POLICY_DEVICES devices: decision (connect) $(result_field "$r" decide_connect_ns) ns, decision (MAIL+RCPT) $(result_field "$r" decide_rcpt_ns) ns; reload (devices.yaml changed) p50 $(result_field "$r" reload_p50_ms) ms max $(result_field "$r" reload_max_ms) ms (first load $(result_field "$r" first_load_ms) ms; devices.yaml unchanged $(result_field "$r" reload_unchanged_p50_ms) ms; through libyaml $(result_field "$r" reload_libyaml_p50_ms) ms)"
+  log "policy   $POLICY_DEVICES devices: decision (connect) $(result_field "$r" decide_connect_ns) ns, decision (MAIL+RCPT) $(result_field "$r" decide_rcpt_ns) ns; reload (one devices.yaml entry changed) p50 $(result_field "$r" reload_p50_ms) ms max $(result_field "$r" reload_max_ms) ms (first load $(result_field "$r" first_load_ms) ms; only a comment changed $(result_field "$r" reload_comment_p50_ms) ms; devices.yaml unchanged $(result_field "$r" reload_unchanged_p50_ms) ms; every entry changed $(result_field "$r" reload_cold_p50_ms) ms; through libyaml $(result_field "$r" reload_libyaml_p50_ms) ms)"
 fi
 
 # ---------------------------------------------------------------------------------------------

@@ -7,14 +7,80 @@
 // errors of every kind) makes it give up, and the caller composes the text with libyaml instead.
 // BlockLayoutReaderTests compares the two on the shipped files, generated files and mutated ones.
 
+import Foundation
+
 /// Composes text in the restricted block layout, or returns nil for text outside it (then libyaml decides).
 enum BlockLayoutReader {
     static func compose(_ text: UnsafeBufferPointer<UInt8>) -> YAMLNode? {
         // Printable ASCII and LF only: libyaml's other line breaks (CR, NEL, U+2028/9) and its checks on
         // non-printable characters then never come into play.
-        for b in text where (b < 0x20 || b > 0x7E) && b != UInt8(ascii: "\n") { return nil }
+        guard isPrintableASCII(text) else { return nil }
         var reader = Reader(text)
         return reader.document()
+    }
+
+    /// Printable ASCII and LF only. Without branches, so that the compiler can take many bytes a step.
+    static func isPrintableASCII(_ text: UnsafeBufferPointer<UInt8>) -> Bool {
+        var bad: UInt8 = 0
+        for b in text { bad |= (b &- 0x20 >= 0x5F ? 1 : 0) & (b != UInt8(ascii: "\n") ? 1 : 0) }
+        return bad == 0
+    }
+
+    /// devices.yaml cut into its entries, when it is in the layout `postern devices` writes: comment and blank
+    /// lines, then `devices:` alone at column 0, then a block sequence of entries at one indentation and
+    /// nothing but comments and blank lines after it. Each range runs from the first byte of an entry's
+    /// `- ` line to the end of its last line with content (its trailing comments not included); `firstLines`
+    /// are the 1-based lines the entries start on. Nil for anything else (the caller reads the whole file).
+    /// An entry's tree (`composeEntry`, lines counted from the entry) is then the item `compose` would give
+    /// for it, with its lines moved by `firstLine - 1`; `composeEntry` gives up on every entry `compose` would.
+    static func splitDevices(_ text: UnsafeBufferPointer<UInt8>) -> (ranges: [Range<Int>], firstLines: [Int])? {
+        guard isPrintableASCII(text), let base = text.baseAddress else { return nil }
+        let reader = Reader(text)
+        guard let top = reader.current, top.indent == 0, reader.isDevicesKey(top) else { return nil }
+        // The lines after `devices:` as `Reader.advance` sees them, a newline search at a time (19 MB of them
+        // for 100,000 devices).
+        var offset = reader.nextOffset
+        var lineNumber = top.number
+        var indent = -1  // of the entries' `- `
+        var ranges: [Range<Int>] = []
+        var firstLines: [Int] = []
+        var start = 0  // of the entry being read
+        var end = 0  // of its last line with content
+        while offset < text.count {
+            lineNumber += 1
+            let lineStart = offset
+            let lineEnd = memchr(base + lineStart, Int32(UInt8(ascii: "\n")), text.count - lineStart)
+                .map { UnsafePointer<UInt8>($0.assumingMemoryBound(to: UInt8.self)) - base } ?? text.count
+            offset = lineEnd + 1
+            var content = lineStart
+            while content < lineEnd, text[content] == UInt8(ascii: " ") { content += 1 }
+            if content == lineEnd || text[content] == UInt8(ascii: "#") { continue }
+            let isEntry = text[content] == UInt8(ascii: "-") && (content + 1 == lineEnd || text[content + 1] == UInt8(ascii: " "))
+            if indent < 0 {
+                guard isEntry else { return nil }
+                indent = content - lineStart
+            } else if content - lineStart == indent, isEntry {
+                ranges.append(start..<end)
+            } else if content - lineStart <= indent {
+                return nil  // another top-level key, or an indentation the whole-file reader would refuse
+            } else {
+                end = lineEnd
+                continue
+            }
+            start = lineStart
+            end = lineEnd
+            firstLines.append(lineNumber)
+        }
+        guard indent >= 0 else { return nil }
+        ranges.append(start..<end)
+        return (ranges, firstLines)
+    }
+
+    /// One entry of `splitDevices` (the text of its range), as `compose` would read that item of the list,
+    /// with its first line as line 1; nil when `compose` would give up on it, or when it is not a mapping.
+    static func composeEntry(_ text: UnsafeBufferPointer<UInt8>) -> YAMLNode? {
+        var reader = Reader(text)
+        return reader.entry()
     }
 
     /// One line with its indentation and its content, trailing spaces removed.
@@ -30,6 +96,7 @@ enum BlockLayoutReader {
         let text: UnsafeBufferPointer<UInt8>
         /// Where the next unread line starts.
         private var offset = 0
+        var nextOffset: Int { offset }
         private var lineNumber = 0
         /// The next line with content (blank and comment-only lines are skipped); nil at the end.
         private(set) var current: Line?
@@ -77,6 +144,26 @@ enum BlockLayoutReader {
                 }
             }
             return .mapping(pairs, line: first.number)
+        }
+
+        /// `devices:` with nothing after it but a comment.
+        func isDevicesKey(_ line: Line) -> Bool {
+            guard let (key, rest) = keyAt(line.start, end: line.end), rest == line.end else { return false }
+            return text[key].elementsEqual("devices".utf8)
+        }
+
+        /// The entry of `splitDevices` this text holds: what `blockSequence` reads for a mapping item, and
+        /// nothing after it.
+        mutating func entry() -> YAMLNode? {
+            guard let line = current, isEntry(line) else { return nil }
+            var content = line.start + 1
+            while content < line.end, text[content] == UInt8(ascii: " ") { content += 1 }
+            guard content < line.end, text[content] != UInt8(ascii: "#"),
+                  let (key, rest) = keyAt(content, end: line.end),
+                  let item = itemMapping(column: line.indent + content - line.start, firstKey: key, rest: rest),
+                  current == nil
+            else { return nil }
+            return item
         }
 
         /// A block sequence under a `key:` whose mapping sits at `parentIndent`: `- ` lines at one indentation
@@ -134,7 +221,7 @@ enum BlockLayoutReader {
             return .mapping(pairs, line: first.number)
         }
 
-        private func isEntry(_ line: Line) -> Bool {
+        func isEntry(_ line: Line) -> Bool {
             text[line.start] == UInt8(ascii: "-") && (line.start + 1 == line.end || text[line.start + 1] == UInt8(ascii: " "))
         }
 

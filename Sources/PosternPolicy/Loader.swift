@@ -129,13 +129,182 @@ public struct ParsedDevices: Sendable {
     let issues: [PolicyIssue]
     /// Every device's address ranges, sorted for the index and the overlap check.
     let entries: [AddressIndex.Entry]
+    /// Each entry's own findings by its bytes, when the file was in the layout `BlockLayoutReader.splitDevices`
+    /// takes: a load of an edited file checks again only the entries whose bytes changed.
+    let entryCache: DeviceEntryCache?
 
+    /// How many device entries the load that read this text took from the load before it.
+    var reusedEntries: Int { entryCache?.reused ?? 0 }
     /// Byte for byte the same name and text.
     func matches(file: String, text: String) -> Bool {
         guard file == self.file else { return false }
         var a = text
         var b = self.text
         return a.withUTF8 { x in b.withUTF8 { y in x.count == y.count && (x.count == 0 || memcmp(x.baseAddress!, y.baseAddress!, x.count) == 0) } }
+    }
+}
+
+/// What one device entry gives on its own text, before the checks against other entries and files. Lines
+/// are those of the tree it was read from; in a cache, counted from the entry's first line (1).
+struct DeviceEntryFindings: Sendable {
+    /// The item's line (the `- ` line).
+    var line: Int
+    var id: String?
+    var idLine = 0
+    var idIsIdentifier = false
+    /// The department it names, when it names one.
+    var department: String?
+    var departmentLine = 0
+    /// Nil when the entry has none (most entries): one reference less to copy.
+    var issues: EntryIssues?
+
+    init(line: Int) { self.line = line }
+}
+
+/// A device entry's own issues, in the order a load reports them.
+final class EntryIssues: Sendable {
+    /// Up to the id (unknown or missing keys, a missing id); an entry without an id has no others.
+    let beforeID: [PolicyIssue]
+    /// After the id, the malformed id first: a duplicate id is reported between the two lists.
+    let afterID: [PolicyIssue]
+
+    init?(beforeID: [PolicyIssue], afterID: [PolicyIssue]) {
+        guard !beforeID.isEmpty || !afterID.isEmpty else { return nil }
+        self.beforeID = beforeID
+        self.afterID = afterID
+    }
+}
+
+/// The devices of one devices.yaml, entry by entry in file order, with the check that spans entries as
+/// they come (duplicate ids); unknown departments and overlaps are `PolicyBuilder.finish`'s.
+struct DeviceCollector {
+    let file: String
+    var devices: [RegisteredDevice] = []
+    /// Every device entry's id: its index in `devices`, or minus its line while it is not a valid device.
+    var deviceByID: [String: Int] = [:]
+    /// Every device entry's department, valid entry or not, so an unknown department is always reported.
+    var departmentReferences: [(device: String, department: String, line: Int)] = []
+    var issues: [PolicyIssue] = []
+
+    init(file: String, capacity: Int) {
+        self.file = file
+        devices.reserveCapacity(capacity)
+        deviceByID.reserveCapacity(capacity)
+        departmentReferences.reserveCapacity(capacity)
+    }
+
+    /// Records one entry, lines moved down by `shift`; `device` is the entry's device when it is valid on
+    /// its own. Returns the device's index in `devices` when it is one (not when its id was taken before).
+    mutating func add(_ found: DeviceEntryFindings, device: RegisteredDevice?, shift: Int) -> Int? {
+        if let early = found.issues?.beforeID { append(early, shift: shift) }
+        guard let id = found.id else { return nil }
+        // One hash lookup: the slot is filled with this entry's value unless an earlier entry holds it.
+        let line = found.line + shift
+        let mine = device != nil ? devices.count : -line
+        var previous: Int?
+        Self.claim(&deviceByID[id, default: Int.min], value: mine, previous: &previous)
+        if found.idIsIdentifier, let previous {
+            let other = previous >= 0 ? devices[previous].line : -previous
+            issues.append(PolicyIssue(file: file, line: found.idLine + shift, message: "device '\(id)' is already registered at line \(other)",
+                                      fix: "choose another id or remove the duplicate"))
+        }
+        if let department = found.department { departmentReferences.append((id, department, found.departmentLine + shift)) }
+        if let late = found.issues?.afterID { append(late, shift: shift) }
+        guard previous == nil, var device else { return nil }
+        device.line += shift
+        devices.append(device)
+        return mine
+    }
+
+    private static func claim(_ slot: inout Int, value: Int, previous: inout Int?) {
+        if slot == Int.min { slot = value } else { previous = slot }
+    }
+
+    private mutating func append(_ found: [PolicyIssue], shift: Int) {
+        for var issue in found {
+            if issue.line > 0 { issue.line += shift }
+            issues.append(issue)
+        }
+    }
+}
+
+/// The entries of one devices.yaml text by their bytes, with what each gave, for the next load.
+struct DeviceEntryCache: Sendable {
+    /// Each entry's bytes in the text of the `ParsedDevices` holding this cache.
+    let ranges: [Range<Int>]
+    let hashes: [UInt64]
+    let firstLines: [Int]
+    /// Lines counted from the entry's first line.
+    let findings: [DeviceEntryFindings]
+    /// Where the entry's device is, when it is valid on its own: `k >= 0` at `devices[k]` of the `ParsedDevices`,
+    /// `k <= -2` at `duplicates[-k - 2]` (an entry with the id of an earlier one); -1 for none.
+    let deviceIndex: [Int32]
+    /// Devices valid on their own but not in `devices` for their duplicate id; lines as in that file.
+    let duplicates: [RegisteredDevice]
+    /// How many entries were taken from the cache of the load before.
+    let reused: Int
+    /// Open addressing by hash: entry index + 1, 0 for a free slot.
+    private let slots: [Int32]
+
+    init(ranges: [Range<Int>], hashes: [UInt64], firstLines: [Int], findings: [DeviceEntryFindings], deviceIndex: [Int32],
+         duplicates: [RegisteredDevice], reused: Int) {
+        self.reused = reused
+        self.duplicates = duplicates
+        self.ranges = ranges
+        self.hashes = hashes
+        self.firstLines = firstLines
+        self.findings = findings
+        self.deviceIndex = deviceIndex
+        var capacity = 16
+        while capacity < 2 * hashes.count { capacity *= 2 }
+        var slots = [Int32](repeating: 0, count: capacity)
+        for (i, hash) in hashes.enumerated() {
+            var slot = Int(truncatingIfNeeded: hash) & (capacity - 1)
+            while slots[slot] != 0 { slot = (slot + 1) & (capacity - 1) }
+            slots[slot] = Int32(i + 1)
+        }
+        self.slots = slots
+    }
+
+    /// The entry with exactly these bytes, `text` being the text the cache was made from.
+    func find(_ bytes: UnsafeBufferPointer<UInt8>, hash: UInt64, in text: UnsafeBufferPointer<UInt8>) -> Int? {
+        let mask = slots.count - 1
+        var slot = Int(truncatingIfNeeded: hash) & mask
+        while slots[slot] != 0 {
+            let i = Int(slots[slot] - 1)
+            if hashes[i] == hash, ranges[i].count == bytes.count,
+               bytes.count == 0 || memcmp(text.baseAddress! + ranges[i].lowerBound, bytes.baseAddress!, bytes.count) == 0 {
+                return i
+            }
+            slot = (slot + 1) & mask
+        }
+        return nil
+    }
+
+    /// A fast 64-bit hash of the bytes (8 at a time); equal hashes are confirmed byte for byte.
+    static func hash(_ bytes: UnsafeBufferPointer<UInt8>) -> UInt64 {
+        var h: UInt64 = 0x9E37_79B9_7F4A_7C15 ^ UInt64(bytes.count)
+        guard let base = bytes.baseAddress else { return h }
+        let raw = UnsafeRawPointer(base)
+        var i = 0
+        func mix(_ word: UInt64) {
+            h = (h ^ word) &* 0xFF51_AFD7_ED55_8CCD
+            h ^= h >> 32
+        }
+        while i + 8 <= bytes.count {
+            mix(raw.loadUnaligned(fromByteOffset: i, as: UInt64.self))
+            i += 8
+        }
+        var tail: UInt64 = 0
+        var shift: UInt64 = 0
+        while i < bytes.count {
+            tail |= UInt64(base[i]) << shift
+            shift += 8
+            i += 1
+        }
+        mix(tail)
+        h = (h ^ (h >> 29)) &* 0xC4CE_B9FE_1A85_EC53
+        return h ^ (h >> 32)
     }
 }
 
@@ -162,6 +331,8 @@ final class PolicyBuilder {
     var entries: [AddressIndex.Entry] = []
     /// A previous reading of devices.yaml that `readDevices` may take instead of parsing the same text again.
     var reusable: ParsedDevices?
+    /// Many devices share an owner: a text already found to be a mail address needs no second parse.
+    private var lastValidOwner: String?
     /// What `readDevices` read (or took from `reusable`).
     private(set) var parsedDevices: ParsedDevices?
 
@@ -304,7 +475,8 @@ final class PolicyBuilder {
     func readDevices(file: String, text: String) {
         self.file = file
         devicesFile = file
-        if let previous = reusable, previous.matches(file: file, text: text) {
+        let previous = reusable?.file == file ? reusable : nil
+        if let previous, previous.matches(file: file, text: text) {
             devices = previous.devices
             deviceByID = previous.deviceByID
             departmentReferences = previous.departmentReferences
@@ -314,128 +486,231 @@ final class PolicyBuilder {
             return
         }
         let issuesBefore = issues.count
-        parseDevices(text)
+        var text = text
+        let read = text.withUTF8 { buffer -> (DeviceCollector, DeviceEntryCache)? in
+            guard let split = BlockLayoutReader.splitDevices(buffer) else { return nil }
+            guard let previous, let old = previous.entryCache else { return readEntries(buffer, split, reusing: nil) }
+            var oldText = previous.text
+            return oldText.withUTF8 { readEntries(buffer, split, reusing: (old, $0, previous.devices)) }
+        }
+        var collector: DeviceCollector
+        if let read {
+            collector = read.0
+        } else {
+            collector = DeviceCollector(file: file, capacity: 0)
+            parseDevices(text, into: &collector)
+        }
+        issues += collector.issues
+        collector.issues = []
+        (devices, deviceByID, departmentReferences) = (collector.devices, collector.deviceByID, collector.departmentReferences)
+        collector = DeviceCollector(file: file, capacity: 0)  // the only references left are the builder's
         entries.reserveCapacity(devices.count)
         for i in devices.indices {
             for r in devices[i].addresses { entries.append(AddressIndex.Entry(range: r, device: i)) }
         }
         AddressIndex.sort(&entries)
         parsedDevices = ParsedDevices(file: file, text: text, devices: devices, deviceByID: deviceByID,
-                                      departmentReferences: departmentReferences, issues: Array(issues[issuesBefore...]), entries: entries)
+                                      departmentReferences: departmentReferences, issues: Array(issues[issuesBefore...]),
+                                      entries: entries, entryCache: read?.1)
     }
 
-    private func parseDevices(_ text: String) {
+    /// The devices of a file in the layout `BlockLayoutReader.splitDevices` cuts into entries: each entry
+    /// whose bytes a previous load (`reusing`: its cache, text and devices) saw is taken from there, the
+    /// others are read and checked. What spans entries (duplicate ids here, unknown departments and
+    /// overlapping addresses in `finish`) is checked for all of them every time. Nil, with nothing
+    /// recorded, when some entry is outside the layout: then the whole file must be read.
+    private func readEntries(_ text: UnsafeBufferPointer<UInt8>, _ split: (ranges: [Range<Int>], firstLines: [Int]),
+                             reusing old: (cache: DeviceEntryCache, text: UnsafeBufferPointer<UInt8>, devices: [RegisteredDevice])?)
+        -> (DeviceCollector, DeviceEntryCache)?
+    {
+        let count = split.ranges.count
+        // Everything goes into locals: an entry outside the layout returns nil and leaves nothing half done.
+        var collector = DeviceCollector(file: file, capacity: count)
+        var hashes: [UInt64] = []
+        hashes.reserveCapacity(count)
+        var findings: [DeviceEntryFindings] = []
+        findings.reserveCapacity(count)
+        var deviceIndex: [Int32] = []
+        deviceIndex.reserveCapacity(count)
+        var duplicates: [RegisteredDevice] = []
+        var reusedCount = 0
+        let (oldFindings, oldDeviceIndex, oldFirstLines, oldDuplicates) =
+            (old?.cache.findings ?? [], old?.cache.deviceIndex ?? [], old?.cache.firstLines ?? [], old?.cache.duplicates ?? [])
+        let oldDevices = old?.devices ?? []
+        var expected = 0  // entries mostly keep their order: try the one after the last match first
+        for (i, range) in split.ranges.enumerated() {
+            let bytes = UnsafeBufferPointer(rebasing: text[range])
+            var k: Int?
+            if let old {
+                if expected < old.cache.ranges.count, old.cache.ranges[expected].count == bytes.count,
+                   memcmp(old.text.baseAddress! + old.cache.ranges[expected].lowerBound, bytes.baseAddress!, bytes.count) == 0 {
+                    k = expected
+                    hashes.append(old.cache.hashes[expected])  // the same bytes
+                } else {
+                    let hash = DeviceEntryCache.hash(bytes)
+                    hashes.append(hash)
+                    k = old.cache.find(bytes, hash: hash, in: old.text)
+                }
+            } else {
+                hashes.append(DeviceEntryCache.hash(bytes))
+            }
+            let found: DeviceEntryFindings
+            var device: RegisteredDevice?
+            if let k {
+                found = oldFindings[k]
+                switch Int(oldDeviceIndex[k]) {
+                case -1: break
+                case let d where d >= 0: device = oldDevices[d]
+                case let d: device = oldDuplicates[-d - 2]
+                }
+                device?.line -= oldFirstLines[k] - 1
+                reusedCount += 1
+                expected = k + 1
+            } else {
+                guard let item = BlockLayoutReader.composeEntry(bytes) else { return nil }
+                (found, device) = checkEntry(item)
+            }
+            let shift = split.firstLines[i] - 1
+            if let index = collector.add(found, device: device, shift: shift) {
+                deviceIndex.append(Int32(index))
+            } else if var device {
+                device.line += shift
+                deviceIndex.append(Int32(-duplicates.count - 2))
+                duplicates.append(device)
+            } else {
+                deviceIndex.append(-1)
+            }
+            findings.append(found)
+        }
+        return (collector, DeviceEntryCache(ranges: split.ranges, hashes: hashes, firstLines: split.firstLines,
+                                            findings: findings, deviceIndex: deviceIndex, duplicates: duplicates, reused: reusedCount))
+    }
+
+    /// devices.yaml outside the layout `readEntries` takes: the whole tree, read by `YAMLTree`.
+    private func parseDevices(_ text: String, into collector: inout DeviceCollector) {
         guard let root = compose(text),
               let top = mapping(root, what: "devices.yaml", allowed: ["devices"], required: ["devices"]),
               let items = top["devices"].flatMap({ list($0, what: "devices") })
         else { return }
-        // By id: the device's index in `devices` (>= 0), or minus the line of an entry that is not (yet) a device.
-        deviceByID.reserveCapacity(items.count)
-        devices.reserveCapacity(items.count)
-        departmentReferences.reserveCapacity(items.count)
-        let allowed = DeviceKey.allCases.map(\.name)
-        let required = [DeviceKey.id, .department, .owner, .addresses, .senders, .registered, .sunset].map(\.name)
-        // Many devices share an owner: a text already found to be a mail address needs no second parse.
-        var lastValidOwner: String?
+        collector = DeviceCollector(file: file, capacity: items.count)
         for item in items {
-            guard let entry = mapping(item, what: "device", allowed: allowed, required: required) else { continue }
-            let line = item.line
-            guard let idNode = entry[DeviceKey.id.rawValue], let id = string(idNode, what: "id") else { continue }
-            var ok = true
-            let previous = deviceByID.updateValue(-line, forKey: id)
-            if !Self.isIdentifier(id) {
-                issue(idNode, "device id '\(id)' has characters other than a-z, 0-9, '-', '_' and '.'", fix: "use a name like chem-scanner-2")
-                ok = false
-            } else if let previous {
-                let other = previous >= 0 ? devices[previous].line : -previous
-                issue(idNode, "device '\(id)' is already registered at line \(other)", fix: "choose another id or remove the duplicate")
-                ok = false
-            }
-            if let previous { deviceByID[id] = previous }
-            let departmentNode = entry[DeviceKey.department.rawValue]
-            let department = departmentNode.flatMap { string($0, what: "department") } ?? ""
-            if !department.isEmpty { departmentReferences.append((id, department, departmentNode?.line ?? line)) }
-            var owner = ""
-            if let o = entry[DeviceKey.owner.rawValue], let text = string(o, what: "owner") {
-                if let last = lastValidOwner, text == last {
-                    owner = last  // one shared string for the many devices of one owner
+            let (found, device) = checkEntry(item)
+            _ = collector.add(found, device: device, shift: 0)
+        }
+    }
+
+    private static let deviceKeys = DeviceKey.allCases.map(\.name)
+    private static let requiredDeviceKeys = [DeviceKey.id, .department, .owner, .addresses, .senders, .registered, .sunset].map(\.name)
+
+    /// Checks one device entry on its own: everything but what depends on other entries and files.
+    private func checkEntry(_ item: YAMLNode) -> (DeviceEntryFindings, RegisteredDevice?) {
+        let before = issues.count
+        var found = DeviceEntryFindings(line: item.line)
+        guard let entry = mapping(item, what: "device", allowed: Self.deviceKeys, required: Self.requiredDeviceKeys),
+              let idNode = entry[DeviceKey.id.rawValue], let id = string(idNode, what: "id")
+        else {
+            found.issues = EntryIssues(beforeID: takeIssues(from: before), afterID: [])
+            return (found, nil)
+        }
+        let beforeID = takeIssues(from: before)
+        found.id = id
+        found.idLine = idNode.line
+        var ok = true
+        found.idIsIdentifier = Self.isIdentifier(id)
+        if !found.idIsIdentifier {
+            issue(idNode, "device id '\(id)' has characters other than a-z, 0-9, '-', '_' and '.'", fix: "use a name like chem-scanner-2")
+            ok = false
+        }
+        let departmentNode = entry[DeviceKey.department.rawValue]
+        let department = departmentNode.flatMap { string($0, what: "department") } ?? ""
+        if !department.isEmpty, let departmentNode { (found.department, found.departmentLine) = (department, departmentNode.line) }
+        var owner = ""
+        if let o = entry[DeviceKey.owner.rawValue], let text = string(o, what: "owner") {
+            if let last = lastValidOwner, text == last {
+                owner = last  // one shared string for the many devices of one owner
+            } else {
+                owner = text
+                if Self.isMailbox(text) {
+                    lastValidOwner = text
                 } else {
-                    owner = text
-                    if Self.isMailbox(text) {
-                        lastValidOwner = text
-                    } else {
-                        issue(o, "owner '\(text)' is not a mail address", fix: "write the contact address of the person responsible")
-                        ok = false
-                    }
-                }
-            }
-            let location: String
-            switch (entry[DeviceKey.location.rawValue].flatMap { string($0, what: "location") },
-                    entry[DeviceKey.note.rawValue].flatMap { string($0, what: "location") }) {
-            case (nil, nil): location = ""
-            case (let l?, nil): location = l
-            case (nil, let n?): location = n
-            case (let l?, let n?): location = l + "; " + n
-            }
-            var ranges: [AddressRange] = []
-            if let a = entry[DeviceKey.addresses.rawValue], let items = list(a, what: "addresses") {
-                if items.isEmpty { issue(a, "device '\(id)' has no addresses", fix: "list its IPv4/IPv6 address or CIDR block"); ok = false }
-                ranges.reserveCapacity(items.count)
-                for an in items {
-                    guard let text = string(an, what: "address") else { ok = false; continue }
-                    switch AddressRange.parse(text) {
-                    case .success(let r):
-                        if let prior = ranges.first(where: { $0.overlaps(r) }) {
-                            issue(an, "address \(text) overlaps \(prior.text) of the same device", fix: "list each address once")
-                            ok = false
-                        }
-                        ranges.append(r)
-                    case .failure(.hostBitsSet(let network)):
-                        issue(an, "'\(text)' has host bits set beyond the prefix", fix: "write the network \(network), or a single address without /len")
-                        ok = false
-                    case .failure(.badPrefixLength):
-                        issue(an, "'\(text)' has a bad prefix length", fix: "use /0-/32 for IPv4 and /0-/128 for IPv6")
-                        ok = false
-                    case .failure(.notAnAddress):
-                        issue(an, "'\(text)' is not an IPv4 or IPv6 address", fix: "write e.g. 10.1.2.3, 10.1.2.0/28 or 2001:db8::10")
-                        ok = false
-                    }
-                }
-            }
-            var senders: [SenderPattern] = []
-            if let s = entry[DeviceKey.senders.rawValue], let items = list(s, what: "senders") {
-                if items.isEmpty { issue(s, "device '\(id)' has no allowed senders", fix: "list the addresses or domains it sends as"); ok = false }
-                senders.reserveCapacity(items.count)
-                for sn in items {
-                    guard let text = string(sn, what: "sender") else { ok = false; continue }
-                    if let p = SenderPattern(text) { senders.append(p) } else {
-                        issue(sn, "'\(text)' is not an address or domain", fix: "write scanner@chem.example.edu, or a domain like chem.example.edu")
-                        ok = false
-                    }
-                }
-            }
-            let registered = entry[DeviceKey.registered.rawValue].flatMap { date($0, what: "registered") }
-            let sunsetNode = entry[DeviceKey.sunset.rawValue]
-            let sunset = sunsetNode.flatMap { date($0, what: "sunset") }
-            if let r = registered, let s = sunset, s < r, let sn = sunsetNode {
-                issue(sn, "sunset \(s) of device '\(id)' is before its registration \(r)", fix: "set sunset on or after \(r)")
-                ok = false
-            }
-            let maxSize = entry[DeviceKey.maxMessageSize.rawValue].flatMap { size($0, what: "max-message-size") }
-            var rate: RateLimit?
-            if let rn = entry[DeviceKey.maxRate.rawValue], let text = string(rn, what: "max-rate") {
-                rate = RateLimit(text)
-                if rate == nil {
-                    issue(rn, "'\(text)' is not a rate", fix: "write a count per unit, e.g. 60/hour (units: second, minute, hour, day)")
+                    issue(o, "owner '\(text)' is not a mail address", fix: "write the contact address of the person responsible")
                     ok = false
                 }
             }
-            guard ok, let registered, let sunset, !department.isEmpty else { continue }
-            deviceByID[id] = devices.count
-            devices.append(RegisteredDevice(id: id, department: department, owner: owner, location: location,
-                                            addresses: ranges, senders: senders, registered: registered, sunset: sunset,
-                                            maxMessageSize: maxSize, maxRate: rate, line: line))
         }
+        let location: String
+        switch (entry[DeviceKey.location.rawValue].flatMap { string($0, what: "location") },
+                entry[DeviceKey.note.rawValue].flatMap { string($0, what: "location") }) {
+        case (nil, nil): location = ""
+        case (let l?, nil): location = l
+        case (nil, let n?): location = n
+        case (let l?, let n?): location = l + "; " + n
+        }
+        var ranges: [AddressRange] = []
+        if let a = entry[DeviceKey.addresses.rawValue], let items = list(a, what: "addresses") {
+            if items.isEmpty { issue(a, "device '\(id)' has no addresses", fix: "list its IPv4/IPv6 address or CIDR block"); ok = false }
+            ranges.reserveCapacity(items.count)
+            for an in items {
+                guard let text = string(an, what: "address") else { ok = false; continue }
+                switch AddressRange.parse(text) {
+                case .success(let r):
+                    if let prior = ranges.first(where: { $0.overlaps(r) }) {
+                        issue(an, "address \(text) overlaps \(prior.text) of the same device", fix: "list each address once")
+                        ok = false
+                    }
+                    ranges.append(r)
+                case .failure(.hostBitsSet(let network)):
+                    issue(an, "'\(text)' has host bits set beyond the prefix", fix: "write the network \(network), or a single address without /len")
+                    ok = false
+                case .failure(.badPrefixLength):
+                    issue(an, "'\(text)' has a bad prefix length", fix: "use /0-/32 for IPv4 and /0-/128 for IPv6")
+                    ok = false
+                case .failure(.notAnAddress):
+                    issue(an, "'\(text)' is not an IPv4 or IPv6 address", fix: "write e.g. 10.1.2.3, 10.1.2.0/28 or 2001:db8::10")
+                    ok = false
+                }
+            }
+        }
+        var senders: [SenderPattern] = []
+        if let s = entry[DeviceKey.senders.rawValue], let items = list(s, what: "senders") {
+            if items.isEmpty { issue(s, "device '\(id)' has no allowed senders", fix: "list the addresses or domains it sends as"); ok = false }
+            senders.reserveCapacity(items.count)
+            for sn in items {
+                guard let text = string(sn, what: "sender") else { ok = false; continue }
+                if let p = SenderPattern(text) { senders.append(p) } else {
+                    issue(sn, "'\(text)' is not an address or domain", fix: "write scanner@chem.example.edu, or a domain like chem.example.edu")
+                    ok = false
+                }
+            }
+        }
+        let registered = entry[DeviceKey.registered.rawValue].flatMap { date($0, what: "registered") }
+        let sunsetNode = entry[DeviceKey.sunset.rawValue]
+        let sunset = sunsetNode.flatMap { date($0, what: "sunset") }
+        if let r = registered, let s = sunset, s < r, let sn = sunsetNode {
+            issue(sn, "sunset \(s) of device '\(id)' is before its registration \(r)", fix: "set sunset on or after \(r)")
+            ok = false
+        }
+        let maxSize = entry[DeviceKey.maxMessageSize.rawValue].flatMap { size($0, what: "max-message-size") }
+        var rate: RateLimit?
+        if let rn = entry[DeviceKey.maxRate.rawValue], let text = string(rn, what: "max-rate") {
+            rate = RateLimit(text)
+            if rate == nil {
+                issue(rn, "'\(text)' is not a rate", fix: "write a count per unit, e.g. 60/hour (units: second, minute, hour, day)")
+                ok = false
+            }
+        }
+        found.issues = EntryIssues(beforeID: beforeID, afterID: takeIssues(from: before))
+        guard ok, let registered, let sunset, !department.isEmpty else { return (found, nil) }
+        return (found, RegisteredDevice(id: id, department: department, owner: owner, location: location,
+                                        addresses: ranges, senders: senders, registered: registered, sunset: sunset,
+                                        maxMessageSize: maxSize, maxRate: rate, line: item.line))
+    }
+
+    /// Removes the issues recorded since `start` and returns them.
+    private func takeIssues(from start: Int) -> [PolicyIssue] {
+        guard issues.count > start else { return [] }
+        defer { issues.removeSubrange(start...) }
+        return Array(issues[start...])
     }
 
     func finish() -> Result<PolicySet, PolicyErrors> {

@@ -8,7 +8,7 @@ import PosternSMTP
 struct PolicyBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "policy",
-        abstract: "Times the device policy decision with N registered devices, and reloads of that policy (devices.yaml changed, unchanged, and read by libyaml).")
+        abstract: "Times the device policy decision with N registered devices, and reloads of that policy (devices.yaml with one entry changed, with a comment changed, unchanged, with every entry changed, and read by libyaml).")
 
     @Option(help: "Directory with the policy.yaml and departments.yaml to use.") var policies = "policies"
     @Option var devices = 100_000
@@ -27,12 +27,12 @@ struct PolicyBench: AsyncParsableCommand {
         }
         // Device i sits at 10.(i>>16).(i>>8 & 255).(i & 255) + 1<<24 offset so no address is .0 of 10.0.0.0.
         func address(_ i: Int) -> String { let n = i + 1; return "10.\((n >> 16) & 255).\((n >> 8) & 255).\(n & 255)" }
-        var yaml = "devices:\n"
-        yaml.reserveCapacity(devices * 200)
-        for i in 0..<devices {
-            yaml += "  - id: dev-\(i)\n    department: it\n    owner: it-helpdesk@example.edu\n    addresses: [\(address(i))]\n"
-            yaml += "    senders: [dev\(i)@example.edu]\n    registered: 2026-01-15\n    sunset: 2027-08-31\n"
+        func entry(_ i: Int, registered: String = "2026-01-15") -> String {
+            "  - id: dev-\(i)\n    department: it\n    owner: it-helpdesk@example.edu\n    addresses: [\(address(i))]\n"
+                + "    senders: [dev\(i)@example.edu]\n    registered: \(registered)\n    sunset: 2027-08-31\n"
         }
+        var entryTexts = (0..<devices).map { entry($0) }
+        let yaml = "devices:\n" + entryTexts.joined()
         try yaml.write(to: dir.appendingPathComponent(PolicyLoader.devicesFile), atomically: true, encoding: .utf8)
 
         let clock = ContinuousClock()
@@ -75,9 +75,8 @@ struct PolicyBench: AsyncParsableCommand {
             throw ValidationError("some decisions refused (connect \(conn.accepted), rcpt \(rcpt.accepted) of \(iterations))")
         }
 
-        // Reloads as the gateway makes them (PolicyStore.reload, on SIGHUP or a file change). Before each
-        // timed reload devices.yaml is rewritten with a different last comment line, so that it really is
-        // read and parsed again, as when a department registers a device.
+        // Reloads as the gateway makes them (PolicyStore.reload, on SIGHUP or a file change), each after
+        // devices.yaml was written anew (outside the timing).
         let devicesURL = dir.appendingPathComponent(PolicyLoader.devicesFile)
         func timeReloads(_ count: Int, devicesText: ((Int) -> String)?) throws -> [Double] {
             var ms: [Double] = []
@@ -90,14 +89,35 @@ struct PolicyBench: AsyncParsableCommand {
             }
             return ms.sorted()
         }
-        let reloadMs = try timeReloads(reloads) { yaml + "# reload \($0)\n" }
-        // The same files again (a SIGHUP, or an edit of policy.yaml only): the device entries are reused.
+        // What a department's change does: each reload's file differs from the one before in one entry,
+        // in turn a device registered (appended), one edited in place (another sender) and one removed.
+        let entryMs = try timeReloads(reloads) { k in
+            switch k % 3 {
+            case 0: entryTexts.append("  - id: new-\(k)\n    department: it\n    owner: it-helpdesk@example.edu\n    addresses: [10.254.\((k >> 8) & 255).\(k & 255)]\n"
+                                      + "    senders: [new\(k)@example.edu]\n    registered: 2026-06-01\n    sunset: 2027-08-31\n")
+            case 1:
+                let i = (k * 7919) % entryTexts.count
+                entryTexts[i] = entryTexts[i].replacingOccurrences(of: "@example.edu]", with: "@example.edu, scan\(k)@example.edu]")
+            default: entryTexts.remove(at: (k * 104_729) % entryTexts.count)
+            }
+            return "devices:\n" + entryTexts.joined()
+        }
+        let edited = "devices:\n" + entryTexts.joined()
+        // Only a comment line differs from the file before: every entry is the same.
+        let commentMs = try timeReloads(reloads) { edited + "# reload \($0)\n" }
+        // The same files again (a SIGHUP, or an edit of policy.yaml only): devices.yaml is not read again.
         let unchangedMs = try timeReloads(reloads, devicesText: nil)
+        // Every entry differs from the file before (another registration date each time): a cold parse.
+        let coldMs = try timeReloads(reloads) { k in
+            let date = "2026-02-\(k % 28 + 1 < 10 ? "0" : "")\(k % 28 + 1)"
+            return "devices:\n" + (0..<devices).map { entry($0, registered: date) }.joined()
+        }
         // devices.yaml outside the block layout the fast reader takes (a non-ASCII comment): libyaml reads it.
         let libyamlMs = try timeReloads(max(1, reloads / 3)) { "# Geräte\n" + yaml + "# reload \($0)\n" }
         let firstMs = Double(firstLoad.components.seconds) * 1e3 + Double(firstLoad.components.attoseconds) / 1e15
-        print(String(format: "RESULT label=policy devices=%d iterations=%d decide_connect_ns=%.0f decide_rcpt_ns=%.0f first_load_ms=%.1f reload_p50_ms=%.1f reload_max_ms=%.1f reloads=%d reload_unchanged_p50_ms=%.1f reload_libyaml_p50_ms=%.1f",
-                     devices, iterations, conn.ns, rcpt.ns, firstMs, reloadMs[reloadMs.count / 2], reloadMs.last!, reloads,
-                     unchangedMs[unchangedMs.count / 2], libyamlMs[libyamlMs.count / 2]))
+        func p50(_ ms: [Double]) -> Double { ms[ms.count / 2] }
+        print(String(format: "RESULT label=policy devices=%d iterations=%d decide_connect_ns=%.0f decide_rcpt_ns=%.0f first_load_ms=%.1f reload_p50_ms=%.1f reload_max_ms=%.1f reloads=%d reload_comment_p50_ms=%.1f reload_unchanged_p50_ms=%.1f reload_cold_p50_ms=%.1f reload_cold_max_ms=%.1f reload_libyaml_p50_ms=%.1f",
+                     devices, iterations, conn.ns, rcpt.ns, firstMs, p50(entryMs), entryMs.last!, reloads,
+                     p50(commentMs), p50(unchangedMs), p50(coldMs), coldMs.last!, p50(libyamlMs)))
     }
 }
