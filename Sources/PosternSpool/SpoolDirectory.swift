@@ -80,7 +80,9 @@ public struct SpoolDirectory: Sendable {
                 let length = lseek(fd, 0, SEEK_CUR)
                 if length < 0 || ftruncate(fd, length) != 0 { throw Self.error("truncate \(tmp)") }
             }
-            if fsync(fd) != 0 { throw Self.error("fsync \(tmp)") }
+            // fdatasync: the data and what is needed to read it back (size, blocks); the rename is made
+            // durable by the directory fsync. A reused file of the same length then skips the inode write.
+            if Self.syncData(fd) != 0 { throw Self.error("fdatasync \(tmp)") }
         } catch {
             close(fd)
             unlink(tmp)
@@ -96,6 +98,14 @@ public struct SpoolDirectory: Sendable {
             unlink(tmp)
             throw Self.error("rename \(tmp)", code)
         }
+    }
+
+    static func syncData(_ fd: Int32) -> Int32 {
+        #if os(Linux)
+        return fdatasync(fd)
+        #else
+        return fsync(fd)
+        #endif
     }
 
     static func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) throws(SpoolError) {
