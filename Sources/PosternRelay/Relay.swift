@@ -47,6 +47,8 @@ public final class Relay: Sendable {
         /// `preloadLimit` bytes) so that the first attempt does not read back what was just written.
         var preloaded: [String: (envelope: SpoolEnvelope, message: ByteBuffer)] = [:]
         var preloadedBytes = 0
+        /// Set when `run` ends: workers finish the delivery in hand and take no more.
+        var stopping = false
     }
 
     /// Bytes of just-spooled messages kept in memory for their first attempt; beyond it the relay
@@ -115,8 +117,7 @@ public final class Relay: Sendable {
                     group.addTask {
                         // Shielded from cancellation: on shutdown a delivery in flight finishes and records
                         // its outcome (bounded by the upstream timeouts) instead of being cut off half-way.
-                        let next = await Task { await self.process(id: id) }.value
-                        self.state.withLockedValue { $0.schedule.finish(id, next: next) }
+                        await Task { await self.work(startingWith: id) }.value
                         self.signal.signal()
                     }
                 }
@@ -142,9 +143,23 @@ public final class Relay: Sendable {
                 if let next { wait = min(wait, max(0.001, next.timeIntervalSince(clock()))) }
                 await signal.wait(seconds: min(wait, 0.25))
             }
+            state.withLockedValue { $0.stopping = true }
             await group.waitForAll()
         }
         for pool in pools.values { await pool.closeAll() }
+    }
+
+    /// Delivers `id`, then whatever else is due, until nothing is or the relay stops: a busy queue
+    /// does not go back through the loop (a wake-up and a new task) for every message.
+    private func work(startingWith first: String) async {
+        var current: String? = first
+        while let id = current {
+            let next = await process(id: id)
+            current = state.withLockedValue { state in
+                state.schedule.finish(id, next: next)
+                return state.stopping ? nil : state.schedule.takeDue(now: clock(), limit: 1).first
+            }
+        }
     }
 
     /// Reconciles the schedule with the spool on disk. A full rescan (at start, and when
@@ -262,7 +277,7 @@ public final class Relay: Sendable {
         var result: Date? = next
         do {
             if state.isFinished {
-                try await spool.remove(id: id)
+                try spool.removeNow(id: id)  // a rename: not worth a hop to an I/O thread
                 result = nil
             } else {
                 try await spool.writeState(id: id, state)

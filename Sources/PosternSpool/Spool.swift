@@ -112,18 +112,34 @@ public final class Spool: Sendable {
                 try directory.remove(id: id)
                 return false
             }
-            if kept {
-                let full = free.withLockedValue { names -> Bool in
-                    guard names.count < Self.freeLimit else { return true }
-                    names.append(id)
-                    return false
-                }
-                if full { unlink("\(directory.freePath)/\(id)") }
-            }
+            keptFile(id, kept)
         } catch let error as SpoolError { throw error } catch { throw .unwritable("\(error)") }
-        // No directory fsync: if a crash loses the unlink, the message is delivered again, the same
-        // as a crash between the upstream's 250 and the unlink. Postfix does not sync removals either.
         index.withLockedValue { _ = $0.removeValue(forKey: id) }
+    }
+
+    /// `remove` on the calling thread: a rename and an unlink, no fsync. For the relay, which
+    /// removes a message right after delivering it and need not hop to an I/O thread for that.
+    public func removeNow(id: String) throws(SpoolError) {
+        if free.withLockedValue({ $0.count < Self.freeLimit }) {
+            keptFile(id, try directory.recycle(id: id))
+        } else {
+            try directory.remove(id: id)
+        }
+        index.withLockedValue { _ = $0.removeValue(forKey: id) }
+    }
+
+    /// A recycled file joins `free/`'s list, unless the list filled up meanwhile.
+    /// (No directory fsync for removals: if a crash loses the rename or unlink, the message is
+    /// delivered again, the same as a crash between the upstream's 250 and the removal. Postfix does
+    /// not sync removals either.)
+    private func keptFile(_ id: String, _ kept: Bool) {
+        guard kept else { return }
+        let full = free.withLockedValue { names -> Bool in
+            guard names.count < Self.freeLimit else { return true }
+            names.append(id)
+            return false
+        }
+        if full { unlink("\(directory.freePath)/\(id)") }
     }
 
     /// Reads an entry with its message. A corrupt entry is moved aside and reported as nil.
