@@ -213,20 +213,28 @@ public struct SpoolDirectory: Sendable {
             .sorted()
     }
 
-    static func readFile(_ path: String) throws(ReadError) -> [UInt8] {
+    /// Opens a queue file for reading: its descriptor (the caller closes it) and its size.
+    static func openForReading(_ path: String) throws(ReadError) -> (fd: Int32, size: Int) {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else {
             if errno == ENOENT { throw .missing }
             throw .corrupt("open: \(String(cString: strerror(errno)))")
         }
-        defer { close(fd) }
         var st = stat()
-        guard fstat(fd, &st) == 0 else { throw .corrupt("fstat failed") }
-        var bytes = [UInt8](repeating: 0, count: Int(st.st_size))
+        guard fstat(fd, &st) == 0 else {
+            close(fd)
+            throw .corrupt("fstat failed")
+        }
+        return (fd, Int(st.st_size))
+    }
+
+    /// The first `count` bytes of an open file.
+    static func readPrefix(_ fd: Int32, _ count: Int) throws(ReadError) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
         var offset = 0
         let ok = bytes.withUnsafeMutableBytes { buffer -> Bool in
             while offset < buffer.count {
-                let n = read(fd, buffer.baseAddress! + offset, buffer.count - offset)
+                let n = pread(fd, buffer.baseAddress! + offset, buffer.count - offset, off_t(offset))
                 if n < 0 && errno == EINTR { continue }
                 if n <= 0 { return false }
                 offset += n
@@ -235,6 +243,12 @@ public struct SpoolDirectory: Sendable {
         }
         guard ok else { throw .corrupt("short read") }
         return bytes
+    }
+
+    static func readFile(_ path: String) throws(ReadError) -> [UInt8] {
+        let (fd, size) = try openForReading(path)
+        defer { close(fd) }
+        return try readPrefix(fd, size)
     }
 
     struct Header {
@@ -274,37 +288,13 @@ public struct SpoolDirectory: Sendable {
     /// Reads a message file's header and envelope, not its body (whose checksum is therefore not
     /// checked): what a queue scan needs. Returns the envelope and the message's length.
     public func readEnvelope(id: String) throws(ReadError) -> (envelope: SpoolEnvelope, messageSize: Int) {
-        let fd = open(messagePath(id), O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else {
-            if errno == ENOENT { throw .missing }
-            throw .corrupt("open: \(String(cString: strerror(errno)))")
-        }
+        let (fd, fileSize) = try Self.openForReading(messagePath(id))
         defer { close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { throw .corrupt("fstat failed") }
-        let fileSize = Int(st.st_size)
-        func readPrefix(_ count: Int) -> [UInt8]? {
-            var bytes = [UInt8](repeating: 0, count: count)
-            var offset = 0
-            let ok = bytes.withUnsafeMutableBytes { buffer -> Bool in
-                while offset < buffer.count {
-                    let n = pread(fd, buffer.baseAddress! + offset, buffer.count - offset, off_t(offset))
-                    if n < 0 && errno == EINTR { continue }
-                    if n <= 0 { return false }
-                    offset += n
-                }
-                return true
-            }
-            return ok ? bytes : nil
-        }
-        guard var bytes = readPrefix(min(fileSize, 4096)) else { throw .corrupt("short read") }
+        var bytes = try Self.readPrefix(fd, min(fileSize, 4096))
         let header = try Self.parseHeader(bytes)
         guard fileSize == header.fileSize else { throw .corrupt("size \(fileSize), header says \(header.fileSize)") }
         let envelopeEnd = header.envelopeStart + header.envelopeLength
-        if bytes.count < envelopeEnd {
-            guard let longer = readPrefix(envelopeEnd) else { throw .corrupt("short read") }
-            bytes = longer
-        }
+        if bytes.count < envelopeEnd { bytes = try Self.readPrefix(fd, envelopeEnd) }
         return (try Self.decodeEnvelope(bytes[header.envelopeStart..<envelopeEnd]), header.messageLength)
     }
 

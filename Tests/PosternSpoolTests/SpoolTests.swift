@@ -243,6 +243,26 @@ final class SpoolFileReuseTests: XCTestCase {
         await spool.shutdown()
     }
 
+    /// A scan reads header and envelope only; an envelope longer than the first read (many
+    /// recipients) is read in full, and a truncated file is moved aside, not returned.
+    func testScanReadsLongEnvelopesAndSetsTruncatedFilesAside() async throws {
+        let spool = try Spool(directory: root, logger: logger)
+        let recipients = (0..<300).map { "recipient-number-\($0)@department.example.edu" }
+        let id = Spool.makeQueueID()
+        let long = SpoolEnvelope(sender: "a@example.edu", recipients: recipients, receivedAt: Date(timeIntervalSince1970: 1_700_000_000),
+                                 clientAddress: "192.0.2.7", listener: "submission", login: "a", messageID: nil, bodyType: nil)
+        try await spool.enqueue(id: id, envelope: long, message: ByteBuffer(string: "Subject: many\r\n\r\nbody\r\n"))
+        let broken = Spool.makeQueueID()
+        try await spool.enqueue(id: broken, envelope: envelope(1), message: ByteBuffer(string: "Subject: cut\r\n\r\n" + String(repeating: "y", count: 5000)))
+        XCTAssertEqual(truncate(spool.directory.messagePath(broken), 300), 0)
+        let entries = await spool.scan()
+        XCTAssertEqual(entries.map(\.id), [id])
+        XCTAssertEqual(entries.first?.envelope, long)
+        XCTAssertFalse(spool.directory.contains(id: broken))
+        XCTAssertEqual(spool.depth, 1)
+        await spool.shutdown()
+    }
+
     /// free/ files survive a restart and are reused; a file someone removed from free/ meanwhile
     /// just means a new file is created.
     func testFreeFilesAreAdoptedAfterRestartAndMissingOnesTolerated() async throws {
