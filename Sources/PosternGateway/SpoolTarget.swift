@@ -7,7 +7,7 @@ import PosternSession
 import PosternSpool
 
 /// Delivers into the durable spool; the relay takes it from there. `.queued` only once the message
-/// and its envelope are on disk (fsync, rename, fsync of the directory).
+/// and its envelope are on disk (fdatasync, rename, fsync of the directory).
 public final class SpoolTarget: DeliveryTarget {
     let spool: Spool
     let relay: Relay

@@ -59,7 +59,7 @@ public final class Spool: Sendable {
         return time + tail + random
     }
 
-    /// Stores the message and its envelope durably. Returns only after file fsync, rename and
+    /// Stores the message and its envelope durably. Returns only after the file's fdatasync, rename and
     /// directory fsync.
     public func enqueue(id: String, envelope: SpoolEnvelope, message: ByteBuffer) async throws(SpoolError) {
         do {

@@ -10,7 +10,7 @@ import Darwin
 /// event loops; the `postern queue` CLI uses them directly, so it works whether or not a gateway runs.
 ///
 /// Layout: `tmp/` (files being written), `queue/<id>.msg` (envelope and message, written once:
-/// temp file, fsync, rename, directory fsync), `queue/<id>.state` (delivery state, replaced
+/// temp file, fdatasync, rename, directory fsync), `queue/<id>.state` (delivery state, replaced
 /// atomically), `corrupt/` (files that failed validation, kept for a human), `free/` (files of
 /// delivered messages kept for reuse: see `recycle`), `wake` (touched to make a running relay
 /// rescan now).
