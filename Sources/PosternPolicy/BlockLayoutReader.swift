@@ -131,19 +131,33 @@ enum BlockLayoutReader {
             guard let first = current, first.indent == 0 else { return nil }
             var pairs: [(key: YAMLNode, value: YAMLNode)] = []
             while let line = current {
-                guard line.indent == 0, let (key, rest) = keyAt(line.start, end: line.end) else { return nil }
-                let keyNode = YAMLNode.scalar(string(key), line: line.number)
-                if rest < line.end {
-                    guard let value = inlineValue(rest, end: line.end, line: line.number) else { return nil }
-                    pairs.append((keyNode, value))
-                    advance()
-                } else {
-                    advance()
-                    guard let value = blockSequence(parentIndent: 0, itemsMayBeMappings: true) else { return nil }
-                    pairs.append((keyNode, value))
-                }
+                guard line.indent == 0, let (key, rest) = keyAt(line.start, end: line.end),
+                      let pair = pair(key, rest: rest, line: line, parentIndent: 0, itemsMayBeMappings: true)
+                else { return nil }
+                pairs.append(pair)
             }
             return .mapping(pairs, line: first.number)
+        }
+
+        /// `key:` on `line` and its value: inline after the colon, or a block sequence on the lines below.
+        mutating func pair(_ key: Range<Int>, rest: Int, line: Line, parentIndent: Int, itemsMayBeMappings: Bool) -> (key: YAMLNode, value: YAMLNode)? {
+            let keyNode = YAMLNode.scalar(string(key), line: line.number)
+            if rest < line.end {
+                guard let value = inlineValue(rest, end: line.end, line: line.number) else { return nil }
+                advance()
+                return (keyNode, value)
+            }
+            advance()
+            guard let value = blockSequence(parentIndent: parentIndent, itemsMayBeMappings: itemsMayBeMappings) else { return nil }
+            return (keyNode, value)
+        }
+
+        /// Where the content of a `- ` item line starts; nil when there is none or it is a comment.
+        func itemContent(_ line: Line) -> Int? {
+            var content = line.start + 1
+            while content < line.end, text[content] == UInt8(ascii: " ") { content += 1 }
+            guard content < line.end, text[content] != UInt8(ascii: "#") else { return nil }
+            return content
         }
 
         /// `devices:` with nothing after it but a comment.
@@ -155,10 +169,7 @@ enum BlockLayoutReader {
         /// The entry of `splitDevices` this text holds: what `blockSequence` reads for a mapping item, and
         /// nothing after it.
         mutating func entry() -> YAMLNode? {
-            guard let line = current, isEntry(line) else { return nil }
-            var content = line.start + 1
-            while content < line.end, text[content] == UInt8(ascii: " ") { content += 1 }
-            guard content < line.end, text[content] != UInt8(ascii: "#"),
+            guard let line = current, isEntry(line), let content = itemContent(line),
                   let (key, rest) = keyAt(content, end: line.end),
                   let item = itemMapping(column: line.indent + content - line.start, firstKey: key, rest: rest),
                   current == nil
@@ -173,9 +184,7 @@ enum BlockLayoutReader {
             let indent = first.indent
             var items: [YAMLNode] = []
             while let line = current, line.indent == indent, isEntry(line) {
-                var content = line.start + 1
-                while content < line.end, text[content] == UInt8(ascii: " ") { content += 1 }
-                guard content < line.end, text[content] != UInt8(ascii: "#") else { return nil }
+                guard let content = itemContent(line) else { return nil }
                 if let (key, rest) = keyAt(content, end: line.end) {
                     guard itemsMayBeMappings,
                           let item = itemMapping(column: line.indent + content - line.start, firstKey: key, rest: rest)
@@ -204,16 +213,8 @@ enum BlockLayoutReader {
             var rest = rest
             var line = first
             while true {
-                let keyNode = YAMLNode.scalar(string(key), line: line.number)
-                if rest < line.end {
-                    guard let value = inlineValue(rest, end: line.end, line: line.number) else { return nil }
-                    pairs.append((keyNode, value))
-                    advance()
-                } else {
-                    advance()
-                    guard let value = blockSequence(parentIndent: column, itemsMayBeMappings: false) else { return nil }
-                    pairs.append((keyNode, value))
-                }
+                guard let pair = pair(key, rest: rest, line: line, parentIndent: column, itemsMayBeMappings: false) else { return nil }
+                pairs.append(pair)
                 guard let next = current, next.indent >= column else { break }
                 guard next.indent == column, let (k, r) = keyAt(next.start, end: next.end) else { return nil }
                 (key, rest, line) = (k, r, next)
