@@ -74,7 +74,7 @@ public final class SunsetReminders: Service, Sendable {
             "From: Postern mail gateway <postmaster@\(hostname)>",
             "To: <\(owner)>",
             "Subject: Device \(device.id): mail registration ends on \(reminder.sunset.date) (\(days))",
-            "Date: \(ReceivedHeader.rfc5322Date(date))",
+            "Date: \(MessageDate.rfc5322(date))",
             "Message-ID: <sunset-\(queueID)@\(hostname)>",
             "Auto-Submitted: auto-generated",
             "MIME-Version: 1.0",

@@ -57,7 +57,7 @@ public struct DeliveryStatusNotification: Sendable {
         line("From: Mail Delivery System <MAILER-DAEMON@\(reportingMTA)>")
         line("To: <\(originalSender)>")
         line("Subject: Undelivered Mail Returned to Sender")
-        line("Date: \(Self.rfc5322Date(now))")
+        line("Date: \(MessageDate.rfc5322(now))")
         line("Message-ID: <\(messageID)@\(reportingMTA)>")
         line("Auto-Submitted: auto-replied")
         line("MIME-Version: 1.0")
@@ -87,7 +87,7 @@ public struct DeliveryStatusNotification: Sendable {
         line("")
         line("Reporting-MTA: dns; \(reportingMTA)")
         line("X-Postern-Queue-ID: \(originalQueueID)")
-        line("Arrival-Date: \(Self.rfc5322Date(arrivalDate))")
+        line("Arrival-Date: \(MessageDate.rfc5322(arrivalDate))")
         for recipient in recipients {
             line("")
             line("Final-Recipient: rfc822; \(Self.clean(recipient.address))")
@@ -113,6 +113,4 @@ public struct DeliveryStatusNotification: Sendable {
     static func clean(_ s: String) -> String {
         String(String(s.unicodeScalars.map { $0.value < 0x20 || $0.value >= 0x7F ? " " : Character($0) }).prefix(900))
     }
-
-    static func rfc5322Date(_ date: Date) -> String { MessageDate.rfc5322(date) }
 }

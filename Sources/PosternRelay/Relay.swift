@@ -49,6 +49,12 @@ public final class Relay: Sendable {
         var preloadedBytes = 0
         /// Set when `run` ends: workers finish the delivery in hand and take no more.
         var stopping = false
+
+        mutating func takePreloaded(_ id: String) -> (envelope: SpoolEnvelope, message: ByteBuffer)? {
+            guard let entry = preloaded.removeValue(forKey: id) else { return nil }
+            preloadedBytes -= entry.message.readableBytes
+            return entry
+        }
     }
 
     /// Bytes of just-spooled messages kept in memory for their first attempt; beyond it the relay
@@ -72,9 +78,8 @@ public final class Relay: Sendable {
         self.pools = pools
     }
 
-    /// A message was queued: deliver it now.
-    public func wake(id: String? = nil) {
-        if let id { state.withLockedValue { $0.schedule.schedule(id, at: .distantPast) } }
+    /// Something changed (a message was queued by other means): look at the schedule now.
+    public func wake() {
         signal.signal()
     }
 
@@ -88,14 +93,6 @@ public final class Relay: Sendable {
             state.schedule.schedule(id, at: .distantPast)
         }
         signal.signal()
-    }
-
-    private func takePreloaded(_ id: String) -> (envelope: SpoolEnvelope, message: ByteBuffer)? {
-        state.withLockedValue { state in
-            guard let entry = state.preloaded.removeValue(forKey: id) else { return nil }
-            state.preloadedBytes -= entry.message.readableBytes
-            return entry
-        }
     }
 
     private var maxInFlight: Int { max(1, configuration.upstreams.reduce(0) { $0 + $1.maxConnections }) }
@@ -180,7 +177,7 @@ public final class Relay: Sendable {
         state.withLockedValue { state in
             for id in before.subtracting(present) where state.schedule.due[id] != nil {
                 state.schedule.drop(id)
-                if let gone = state.preloaded.removeValue(forKey: id) { state.preloadedBytes -= gone.message.readableBytes }
+                _ = state.takePreloaded(id)
             }
             for entry in entries { state.schedule.schedule(entry.id, at: entry.state.nextAttempt) }
         }
@@ -189,7 +186,7 @@ public final class Relay: Sendable {
     /// One delivery attempt for one queued message, under its lock. Returns when to try it next,
     /// nil when it is finished or gone.
     func process(id: String) async -> Date? {
-        let preloaded = takePreloaded(id)
+        let preloaded = state.withLockedValue { $0.takePreloaded(id) }
         guard let lock = spool.lock(id: id) else {
             // Busy (the CLI holds it) or gone; the next scan settles which.
             return spool.directory.contains(id: id) ? clock().addingTimeInterval(1) : nil

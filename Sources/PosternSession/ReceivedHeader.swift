@@ -19,12 +19,9 @@ public enum ReceivedHeader {
         if envelope.recipients.count == 1 {
             header += "\r\n\tfor <\(envelope.recipients[0])>"
         }
-        header += "; \(rfc5322Date(date))\r\n"
+        header += "; \(MessageDate.rfc5322(date))\r\n"
         return header
     }
-
-    /// `Tue, 24 Nov 2026 16:13:54 +0000`
-    public static func rfc5322Date(_ date: Date) -> String { MessageDate.rfc5322(date) }
 
     /// HELO names are client input: keep them from breaking the header.
     static func sanitize(_ text: String) -> String {

@@ -104,17 +104,9 @@ public final class Spool: Sendable {
 
     /// Removes a finished entry, keeping its file for reuse while `free/` has room.
     public func remove(id: String) async throws(SpoolError) {
-        let directory = self.directory
-        let keep = free.withLockedValue { $0.count < Self.freeLimit }
         do {
-            let kept = try await pool.runIfActive { () throws(SpoolError) -> Bool in
-                if keep { return try directory.recycle(id: id) }
-                try directory.remove(id: id)
-                return false
-            }
-            keptFile(id, kept)
+            try await pool.runIfActive { try self.removeNow(id: id) }
         } catch let error as SpoolError { throw error } catch { throw .unwritable("\(error)") }
-        index.withLockedValue { _ = $0.removeValue(forKey: id) }
     }
 
     /// `remove` on the calling thread: a rename and an unlink, no fsync. For the relay, which
@@ -188,19 +180,13 @@ public final class Spool: Sendable {
             for id in directory.listIDs() {
                 present.insert(id)
                 if skip(id) { continue }
-                do {
+                do throws(SpoolDirectory.ReadError) {
                     let (envelope, size) = try directory.readEnvelope(id: id)
                     let state = try SpoolRecovery.stateOrReset(directory, id: id, envelope: envelope, logger: logger)
                     entries.append(SpoolEntry(id: id, envelope: envelope, state: state, messageSize: size))
-                } catch let error as SpoolDirectory.ReadError {
-                    switch error {
-                    case .missing: present.remove(id)
-                    case .corrupt(let reason):
-                        present.remove(id)
-                        SpoolRecovery.quarantine(directory, id: id, reason: reason, logger: logger)
-                    }
                 } catch {
                     present.remove(id)
+                    if case .corrupt(let reason) = error { SpoolRecovery.quarantine(directory, id: id, reason: reason, logger: logger) }
                 }
             }
             return (present, entries)

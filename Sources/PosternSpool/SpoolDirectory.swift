@@ -62,7 +62,7 @@ public struct SpoolDirectory: Sendable {
 
     // MARK: Writing
 
-    /// Writes a temp file, fsyncs it and renames it to `destination`. The caller fsyncs the
+    /// Writes a temp file, fdatasyncs it and renames it to `destination`. The caller fsyncs the
     /// destination directory. With `reuse` (a name in `free/`), that file is overwritten and cut to
     /// length instead of a new one being created; if it is gone, a new file is created.
     func writeDurably(_ destination: String, tmpName: String, reuse: String? = nil, _ write: (Int32) throws -> Void) throws(SpoolError) {
