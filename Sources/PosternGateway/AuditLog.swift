@@ -81,6 +81,12 @@ public struct AuditLog: Sendable {
         event("message_refused", ["session": "\(facts.sessionID)", "result": "\(reply.code) \(reply.enhancedStatus ?? "")"])
     }
 
+    /// A queued message taken out of delivery (a poison message: the gateway died delivering it).
+    public func held(queueID: String, sender: String, recipients: [String], reason: String) {
+        event("held", ["queue_id": "\(queueID)", "sender": "<\(sender)>", "recipients": .array(recipients.map { "<\($0)>" }),
+                       "reason": "\(reason)"])
+    }
+
     /// One relay attempt's outcome for one recipient.
     public func relay(queueID: String, recipient: String, upstream: String, reply: String, attempt: Int, outcome: String) {
         event("relay", ["queue_id": "\(queueID)", "recipient": "\(recipient)", "upstream": "\(upstream)",

@@ -74,6 +74,10 @@ public final class Gateway: Service, Sendable {
                     metrics.deliveryLatency(seconds: outcome.at.timeIntervalSince(outcome.receivedAt))
                 }
             }
+            for held in spool.heldAtStart {
+                audit.held(queueID: held.id, sender: held.sender, recipients: held.recipients, reason: held.reason)
+                metrics.messageHeld(reason: "interrupted")
+            }
             target = SpoolTarget(spool: spool, relay: relay, now: now)
             self.spool = spool
             self.relay = relay
@@ -86,7 +90,10 @@ public final class Gateway: Service, Sendable {
         let spool = self.spool
         adminProbes = AdminProbes(
             refreshGauges: { metrics in
-                if let spool { metrics.setQueue(depth: spool.depth, oldestAgeSeconds: spool.oldestAge(now: now())) }
+                if let spool {
+                    metrics.setQueue(depth: spool.depth, oldestAgeSeconds: spool.oldestAge(now: now()))
+                    metrics.setHeld(count: spool.heldCount)
+                }
                 await refreshPolicyGauges(metrics)
             },
             spoolProblem: { HealthProbe.directoryWritable(storePath) })

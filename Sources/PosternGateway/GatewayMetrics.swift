@@ -14,6 +14,7 @@ public final class GatewayMetrics: Sendable {
 
     private let queueDepth: Gauge
     private let queueOldestAge: Gauge
+    private let queueHeld: Gauge
     private let latency: ValueHistogram
     /// Departments with a sunset gauge now; gauges of departments that drop out are unregistered.
     private let sunsetGauges = NIOLockedValueBox<[String: Gauge]>([:])
@@ -26,6 +27,7 @@ public final class GatewayMetrics: Sendable {
         factory = PrometheusMetricsFactory(registry: registry)
         queueDepth = registry.makeGauge(descriptor: Self.queueDepthName)
         queueOldestAge = registry.makeGauge(descriptor: Self.queueOldestName)
+        queueHeld = registry.makeGauge(descriptor: Self.queueHeldName)
         latency = registry.makeValueHistogram(descriptor: Self.latencyName, buckets: Self.latencyBuckets)
     }
 
@@ -72,6 +74,15 @@ public final class GatewayMetrics: Sendable {
     /// Time from acceptance to the final relay outcome of a message.
     public func deliveryLatency(seconds: Double) {
         latency.record(seconds)
+    }
+
+    /// A message was taken out of delivery (`reason`: a bounded word, e.g. `interrupted`).
+    public func messageHeld(reason: String) {
+        registry.makeCounter(descriptor: Self.heldName, labels: [("reason", reason)]).increment()
+    }
+
+    public func setHeld(count: Int) {
+        queueHeld.set(Double(count))
     }
 
     public func setQueue(depth: Int, oldestAgeSeconds: Double) {
@@ -136,6 +147,8 @@ public final class GatewayMetrics: Sendable {
     static var latencyName: MetricNameDescriptor { name("delivery_latency", unit: "seconds", "Time from acceptance to the final relay outcome.") }
     static var queueDepthName: MetricNameDescriptor { name("queue_depth", "Messages waiting in the spool.") }
     static var queueOldestName: MetricNameDescriptor { name("queue_oldest_age", unit: "seconds", "Age of the oldest message in the spool.") }
+    static var queueHeldName: MetricNameDescriptor { name("queue_held", "Messages held out of delivery (postern queue list shows them).") }
+    static var heldName: MetricNameDescriptor { name("messages_held", unit: "total", "Messages taken out of delivery, by reason (interrupted: the gateway died delivering it twice).") }
     static var sunsetName: MetricNameDescriptor { name("sunset_days_remaining", "Days until the department's next device sunset.") }
 }
 

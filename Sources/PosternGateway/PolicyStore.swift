@@ -149,6 +149,10 @@ public struct PolicyRules: SessionRules {
         verdict(policy.decide(input(facts, sender: sender, recipient: recipient)), facts, stage: "rcpt", sender: sender, recipient: recipient)
     }
 
+    public func recipientKey(_ recipient: Mailbox) -> String {
+        policy.recipientKey(recipient)
+    }
+
     public func messageSizeLimit(_ facts: ConnectionFacts) -> Int? {
         policy.messageSizeLimit(endpoint: PolicyEndpoint(facts.kind), device: device(facts))
     }

@@ -325,6 +325,20 @@ public struct PolicySet: Sendable {
         return .accept(.anyRecipient(input.endpoint))
     }
 
+    /// Equal for recipients that are one mailbox (the session's duplicate filter). The domain's case never
+    /// counts. The local part's case is folded for internal domains: their directory matches `mail` without
+    /// regard to case, so `Bob@Example.edu` and `bob@example.edu` are one mailbox at every university. For
+    /// other domains it is kept, since their hosts may tell the two apart (RFC 5321 2.4): two copies to
+    /// an outside host are better than one lost. A quoted local part counts unquoted (`"bob"` is `bob`).
+    public func recipientKey(_ mailbox: Mailbox) -> String {
+        let domain = Self.normalise(domain: mailbox.normalizedDomain)
+        let local = mailbox.unquotedLocalPart
+        if case .name = mailbox.domain, internalDomains.contains(where: { $0.matches(domain) }) {
+            return "\(local.lowercased())@\(domain)"
+        }
+        return "\(local)@\(domain)"
+    }
+
     /// The identity's address equal to `mailbox`: domain case-insensitive, local part exact.
     static func ownedAddress(_ mailbox: Mailbox, identity: SubmitterIdentity) -> String? {
         guard !mailbox.hadSourceRoute, case .name = mailbox.domain else { return nil }

@@ -102,7 +102,7 @@ public final class Relay: Sendable {
         await rescan(full: true)
         var lastScan = ContinuousClock.now
         var lastStampCheck = ContinuousClock.now
-        var wakeStamp = spool.directory.wakeStamp()
+        var stamps = SpoolDirectory.Signal.allCases.map { spool.directory.stamp(of: $0) }
         await withTaskGroup(of: Void.self) { group in
             while !Task.isCancelled {
                 let now = clock()
@@ -118,14 +118,17 @@ public final class Relay: Sendable {
                         self.signal.signal()
                     }
                 }
-                // The wake file (touched by `postern queue`) is checked every quarter second.
+                // The signal files (touched by `postern queue`) are checked every quarter second.
                 let clockNow = ContinuousClock.now
                 var stampChanged = false
                 if clockNow - lastStampCheck >= .milliseconds(250) {
                     lastStampCheck = clockNow
-                    let stamp = spool.directory.wakeStamp()
-                    stampChanged = stamp != wakeStamp
-                    wakeStamp = stamp
+                    let now = SpoolDirectory.Signal.allCases.map { spool.directory.stamp(of: $0) }
+                    stampChanged = now != stamps
+                    if let flush = SpoolDirectory.Signal.allCases.firstIndex(of: .flush), now[flush] != stamps[flush] {
+                        for pool in pools.values { await pool.resumeNow() }
+                    }
+                    stamps = now
                 }
                 if clockNow - lastScan >= configuration.scanInterval || stampChanged {
                     lastScan = clockNow
@@ -192,6 +195,9 @@ public final class Relay: Sendable {
             return spool.directory.contains(id: id) ? clock().addingTimeInterval(1) : nil
         }
         defer { lock.release() }
+        // From here to the recorded outcome, a death of the process counts against this entry.
+        let mark = spool.beginDelivery(id: id)
+        defer { spool.endDelivery(mark) }
         let loaded: (entry: SpoolEntry, message: ByteBuffer)?
         if let preloaded {
             // Still read the state: `postern queue` may have changed it since the message was spooled.
@@ -204,12 +210,18 @@ public final class Relay: Sendable {
         if entry.state.nextAttempt > now { return entry.state.nextAttempt }
         var state = entry.state
         let attempt = state.attempts + 1
+        // One delivery per distinct recipient. The session drops duplicates, but an entry written by
+        // an older build (or by hand) may list one twice; `update` settles every copy at once.
         var byUpstream: [String: [String]] = [:]
-        for recipient in state.pendingRecipients {
+        var seen = Set<String>()
+        for recipient in state.pendingRecipients where seen.insert(Self.recipientKey(recipient)).inserted {
             byUpstream[configuration.upstream(for: recipient), default: []].append(recipient)
         }
         var attempted = false
-        var pausedUntil: Date?
+        /// When a group deferred by an upstream-wide pause may go again: with the pause, not with
+        /// this message's own backoff, so that the queue drains as soon as the upstream recovers.
+        var pauseEnds: Date?
+        var deferredOnItsOwn = false
         var outcomes: [RelayOutcome] = []
         var failed: [DeliveryStatusNotification.FailedRecipient] = []
         let expired = now.timeIntervalSince(entry.envelope.receivedAt) >= configuration.expiry.seconds
@@ -221,16 +233,22 @@ public final class Relay: Sendable {
                     update(&state, recipient, reply: "no upstream named \(upstreamName) is configured", upstream: upstreamName, permanent: false)
                 }
                 attempted = true
+                deferredOnItsOwn = true
                 continue
             }
-            if let until = await pool.pausedUntil(now: now) {
-                pausedUntil = min(pausedUntil ?? until, until)
+            let replies: [String: RecipientResult]
+            let upstreamPause: Date?
+            switch await deliver(entry: entry, message: message, recipients: recipients, pool: pool) {
+            case .paused(let until):
+                pauseEnds = min(pauseEnds ?? until, until)
                 continue
+            case .attempted(let results, let until):
+                replies = results
+                upstreamPause = until
             }
             attempted = true
-            let replies = await deliver(entry: entry, message: message, recipients: recipients, pool: pool)
             for recipient in recipients {
-                let result = replies[recipient]!
+                let result = replies[recipient] ?? .local("no reply recorded for this recipient")
                 let disposition: RelayOutcome.Disposition
                 switch result {
                 case .reply(let reply) where reply.isPositive:
@@ -243,6 +261,7 @@ public final class Relay: Sendable {
                 default:
                     disposition = .deferred
                     update(&state, recipient, reply: result.text, upstream: upstreamName, permanent: false)
+                    if let upstreamPause { pauseEnds = min(pauseEnds ?? upstreamPause, upstreamPause) } else { deferredOnItsOwn = true }
                 }
                 outcomes.append(RelayOutcome(queueID: id, recipient: recipient, upstream: upstreamName, disposition: disposition,
                                              reply: result.text, attempt: attempt, at: now, receivedAt: entry.envelope.receivedAt))
@@ -250,9 +269,11 @@ public final class Relay: Sendable {
         }
 
         if expired {
+            var bounced = Set<String>()
             for index in state.recipients.indices where state.recipients[index].state == .pending {
                 let recipient = state.recipients[index]
                 state.recipients[index].state = .failed
+                guard bounced.insert(Self.recipientKey(recipient.address)).inserted else { continue }
                 let hours = configuration.expiry.seconds / 3600
                 let age = hours >= 1 ? "\(Int(hours)) hours" : "\(Int(configuration.expiry.seconds)) seconds"
                 let reason = "message expired after \(age) in the queue; last error: \(recipient.lastReply ?? "none")"
@@ -262,16 +283,21 @@ public final class Relay: Sendable {
             }
         }
 
+        TestFault.afterUpstreamReplies(outcomes)
         if attempted {
             state.attempts = attempt
             state.lastAttempt = now
+            state.interruptedDeliveries = nil  // this attempt ended normally
         }
-        var next = now.addingTimeInterval(schedule.delay(afterAttempt: max(state.attempts, 1)))
-        if !attempted, let pausedUntil { next = pausedUntil }
-        state.nextAttempt = next
+        var next = pauseEnds
+        if deferredOnItsOwn || next == nil {
+            let own = now.addingTimeInterval(schedule.delay(afterAttempt: max(state.attempts, 1)))
+            next = min(next ?? own, own)
+        }
+        state.nextAttempt = next ?? now
 
         if !failed.isEmpty { await bounce(entry: entry, message: message, failed: failed, now: now) }
-        var result: Date? = next
+        var result: Date? = state.nextAttempt
         do {
             if state.isFinished {
                 try spool.removeNow(id: id)  // a rename: not worth a hop to an I/O thread
@@ -303,12 +329,23 @@ public final class Relay: Sendable {
         }
     }
 
+    /// Records one recipient's result on every pending copy of it (see `recipientKey`).
     private func update(_ state: inout SpoolEntryState, _ recipient: String, reply: String, upstream: String, delivered: Bool = false, permanent: Bool = false) {
-        guard let index = state.recipients.firstIndex(where: { $0.address == recipient && $0.state == .pending }) else { return }
-        state.recipients[index].attempts += 1
-        state.recipients[index].lastReply = reply
-        state.recipients[index].upstream = upstream
-        if delivered { state.recipients[index].state = .delivered } else if permanent { state.recipients[index].state = .failed }
+        let key = Self.recipientKey(recipient)
+        for index in state.recipients.indices where state.recipients[index].state == .pending && Self.recipientKey(state.recipients[index].address) == key {
+            state.recipients[index].attempts += 1
+            state.recipients[index].lastReply = reply
+            state.recipients[index].upstream = upstream
+            if delivered { state.recipients[index].state = .delivered } else if permanent { state.recipients[index].state = .failed }
+        }
+    }
+
+    /// Which queued recipients are one delivery: equal once the domain's case is folded (RFC 5321
+    /// 2.4 leaves the local part's case to the receiving host, so the relay does not fold it; the
+    /// session already dropped the case variants that policy says are one mailbox).
+    static func recipientKey(_ address: String) -> String {
+        guard let at = address.lastIndex(of: "@") else { return address }
+        return address[..<at] + address[at...].lowercased()
     }
 
     /// Throttling replies pause the whole upstream, not just this message.
@@ -316,21 +353,39 @@ public final class Relay: Sendable {
         reply.code == 421 || (reply.isTransient && (reply.enhancedStatus?.hasPrefix("4.7.") ?? false))
     }
 
-    private func deliver(entry: SpoolEntry, message: ByteBuffer, recipients: [String], pool: UpstreamPool) async -> [String: RecipientResult] {
-        let now = clock()
+    enum Delivery: Sendable {
+        /// The upstream is backed off: nothing was sent, nothing counts as an attempt.
+        case paused(until: Date)
+        /// A result for every recipient handed in; `pauseEnds` when the failure was the upstream's
+        /// (a throttle, an outage), which then decides when those recipients go again.
+        case attempted([String: RecipientResult], pauseEnds: Date?)
+    }
+
+    /// The same result for every recipient (a connection that failed before any reply).
+    private static func everyone(_ recipients: [String], _ result: RecipientResult) -> [String: RecipientResult] {
+        Dictionary(recipients.map { ($0, result) }, uniquingKeysWith: { first, _ in first })
+    }
+
+    private func deliver(entry: SpoolEntry, message: ByteBuffer, recipients: [String], pool: UpstreamPool) async -> Delivery {
+        // The pool's epoch when this attempt began: a failure raises the upstream's backoff only if no
+        // other failure of the same moment has already done so.
+        let epoch = await pool.epoch
         let acquired: (UpstreamConnection, needsReset: Bool)
         do {
-            acquired = try await pool.acquire()
+            acquired = try await pool.acquire(now: clock)
+        } catch let paused as UpstreamPool.Paused {
+            return .paused(until: paused.until)
         } catch {
             let reason = "\(error)"
             let reply = (error as? UpstreamConnectionError)?.upstreamReply
+            var pauseEnds: Date?
             if let reply, !reply.isPermanent {
-                await pool.backOff(now: now, reason: reply.description)
+                pauseEnds = await pool.backOff(epoch: epoch, now: clock(), reason: reply.description)
             } else if reply == nil {
-                await pool.backOff(now: now, reason: reason)
+                pauseEnds = await pool.backOff(epoch: epoch, now: clock(), reason: reason)
             }
             logger.warning("upstream connection failed", metadata: ["upstream": "\(pool.upstream.name)", "error": "\(reason)"])
-            return Dictionary(uniqueKeysWithValues: recipients.map { ($0, RecipientResult.local(reply.map { "\($0)" } ?? reason)) })
+            return .attempted(Self.everyone(recipients, .local(reply.map { "\($0)" } ?? reason)), pauseEnds: pauseEnds)
         }
         let (connection, needsReset) = acquired
         do {
@@ -338,18 +393,23 @@ public final class Relay: Sendable {
                                                    bodyType: entry.envelope.bodyType, needsReset: needsReset)
             let throttle = result.replies.values.first(where: Self.isUpstreamThrottle)
             let anyFailure = recipients.contains { !(result.replies[$0]?.isPositive ?? false) }
+            var pauseEnds: Date?
             if let throttle {
                 await pool.release(connection, reusable: throttle.code != 421, needsReset: true)
-                await pool.backOff(now: now, reason: throttle.description)
+                pauseEnds = await pool.backOff(epoch: epoch, now: clock(), reason: throttle.description)
             } else {
                 if !anyFailure { await pool.succeeded() }
                 await pool.release(connection, reusable: result.connectionReusable, needsReset: anyFailure)
             }
-            return Dictionary(uniqueKeysWithValues: recipients.map { ($0, RecipientResult.reply(result.replies[$0]!)) })
+            var replies: [String: RecipientResult] = [:]
+            for recipient in recipients {
+                replies[recipient] = result.replies[recipient].map(RecipientResult.reply) ?? .local("the upstream session gave no reply for this recipient")
+            }
+            return .attempted(replies, pauseEnds: pauseEnds)
         } catch {
             await pool.release(connection, reusable: false, needsReset: true)
             logger.warning("upstream session failed", metadata: ["upstream": "\(pool.upstream.name)", "error": "\(error)"])
-            return Dictionary(uniqueKeysWithValues: recipients.map { ($0, RecipientResult.local("\(error)")) })
+            return .attempted(Self.everyone(recipients, .local("\(error)")), pauseEnds: nil)
         }
     }
 
@@ -415,5 +475,25 @@ final class WakeSignal: Sendable {
             self.signal()
         }
         timer.cancel()
+    }
+}
+
+/// A fault injected by tests of the real binary, in debug builds only: with
+/// `POSTERN_TEST_CRASH_AFTER_DELIVERY_TO=<address>` in its environment, the process traps once the
+/// upstream has accepted a message for that recipient and before the relay records it: the
+/// worst moment, the one a trap in the relay used to hit (a duplicate recipient), which
+/// delivers the message again at every restart unless the delivery ledger holds it.
+enum TestFault {
+    #if DEBUG
+    static let crashRecipient = ProcessInfo.processInfo.environment["POSTERN_TEST_CRASH_AFTER_DELIVERY_TO"]
+    #endif
+
+    static func afterUpstreamReplies(_ outcomes: [RelayOutcome]) {
+        #if DEBUG
+        // Reachable only from a test's environment variable in a debug build; release builds have no such switch.
+        if let crashRecipient, outcomes.contains(where: { $0.disposition == .delivered && $0.recipient == crashRecipient }) {
+            fatalError("test fault: crash after the upstream accepted a message for \(crashRecipient)")
+        }
+        #endif
     }
 }

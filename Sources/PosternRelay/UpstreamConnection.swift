@@ -10,6 +10,11 @@ import PosternSMTP
 public enum UpstreamConnectionError: Error, Sendable, CustomStringConvertible {
     case connectFailed(String)
     case tlsFailed(String)
+    /// The TLS handshake did not complete, or the upstream dropped the connection before its first
+    /// reply over TLS. With TLS 1.3 the client finishes its side of the handshake before the server
+    /// has checked the client certificate, so a refused certificate shows as a close or a reset
+    /// right after it, not as a handshake error.
+    case tlsHandshakeFailed(String)
     /// The upstream does not offer STARTTLS: we never continue in plaintext.
     case startTLSNotOffered
     case startTLSRefused(SMTPReply)
@@ -23,6 +28,7 @@ public enum UpstreamConnectionError: Error, Sendable, CustomStringConvertible {
         switch self {
         case .connectFailed(let why): return "connect failed: \(why)"
         case .tlsFailed(let why): return "TLS failed: \(why)"
+        case .tlsHandshakeFailed(let why): return "TLS handshake failed: \(why)"
         case .startTLSNotOffered: return "upstream does not offer STARTTLS; not sending in plaintext"
         case .startTLSRefused(let reply): return "STARTTLS refused: \(reply)"
         case .greetingRefused(let reply): return "greeting: \(reply)"
@@ -57,7 +63,14 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var pendingStartTLS: (tls: NIOSSLClientHandler, promise: EventLoopPromise<Void>)?
     private var handshake: EventLoopPromise<Void>?
     private var failure: UpstreamConnectionError?
+    /// TLS is in front (or being put there) and no reply has come over it yet: until one does, a
+    /// close or reset is the upstream refusing the handshake (see `tlsHandshakeFailed`).
+    private var tlsUnconfirmed: Bool
     static let maxLine = 4096
+
+    init(implicitTLS: Bool) {
+        tlsUnconfirmed = implicitTLS
+    }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
@@ -92,6 +105,7 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
             buffer.moveReaderIndex(forwardBy: 1)
             if line.hasSuffix("\r") { line.removeLast() }
             guard let reply = takeLine(line, context: context) else { continue }
+            if handshake == nil { tlsUnconfirmed = false }
             if let (tls, promise) = pendingStartTLS {
                 pendingStartTLS = nil
                 guard reply.code == 220 else {
@@ -102,6 +116,7 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
                 buffer.clear()
                 partialLines = []
                 handshake = promise
+                tlsUnconfirmed = true
                 do {
                     try context.pipeline.syncOperations.addHandler(tls, position: .first)
                 } catch {
@@ -158,7 +173,9 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        if handshake != nil || error is NIOSSLError || error is BoringSSLError {
+        if handshake != nil || tlsUnconfirmed {
+            fail(.tlsHandshakeFailed(Self.handshakeFailure(error)), context: context)
+        } else if error is NIOSSLError || error is BoringSSLError {
             fail(.tlsFailed("\(error)"), context: context)
         } else {
             fail(.connectFailed("\(error)"), context: context)
@@ -166,8 +183,19 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        fail(handshake != nil ? .tlsFailed("connection closed during handshake") : .closed, context: context)
+        let closedInHandshake = handshake != nil || tlsUnconfirmed
+        fail(closedInHandshake ? .tlsHandshakeFailed("the upstream closed the connection (client certificate refused?)") : .closed,
+             context: context)
         context.fireChannelInactive()
+    }
+
+    /// What an operator should read for an error during the handshake.
+    static func handshakeFailure(_ error: Error) -> String {
+        if let io = error as? IOError, io.errnoCode == ECONNRESET {
+            return "the upstream reset the connection (client certificate refused?)"
+        }
+        if error is NIOSSLError || error is BoringSSLError { return "\(error)" }
+        return "\(error) (client certificate refused?)"
     }
 
     private func fail(_ error: UpstreamConnectionError, context: ChannelHandlerContext) {
@@ -224,7 +252,7 @@ public final class UpstreamConnection: Sendable {
                             let tls = try NIOSSLClientHandler(context: tlsContext, serverHostname: upstream.serverName)
                             try channel.pipeline.syncOperations.addHandler(tls)
                         }
-                        try channel.pipeline.syncOperations.addHandler(SMTPClientHandler())
+                        try channel.pipeline.syncOperations.addHandler(SMTPClientHandler(implicitTLS: upstream.tls == .implicit))
                     }
                 }
                 .connect(host: upstream.host, port: upstream.port)

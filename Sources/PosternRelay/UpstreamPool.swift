@@ -4,7 +4,14 @@ import NIOCore
 import NIOSSL
 
 /// The connections to one upstream: at most `maxConnections`, reused across messages, and the
-/// upstream-wide backoff after `421` or throttling.
+/// upstream-wide backoff after `421`, throttling or an outage.
+///
+/// The backoff follows the upstream's state, one step per event: when the upstream starts
+/// refusing, every delivery in flight fails at about the same moment, and those failures are one
+/// event, not one per delivery (four at once used to raise a 1 s pause to 16 s, and one throttled
+/// burst of an M365 connector to the one-hour cap). An attempt carries the pool's `epoch` from when
+/// it began; only a failure of an attempt begun in the current epoch raises the level, and
+/// raising it starts a new epoch.
 actor UpstreamPool {
     let upstream: UpstreamConfiguration
     private let hostname: String
@@ -15,9 +22,11 @@ actor UpstreamPool {
     private var idle: [(connection: UpstreamConnection, needsReset: Bool, since: ContinuousClock.Instant)] = []
     private var open = 0
     private var waiters: [CheckedContinuation<Void, Never>] = []
-    private var backoffLevel = 0
+    private(set) var backoffLevel = 0
     /// While set and in the future, nobody connects to this upstream.
     private(set) var backoffUntil: Date?
+    /// Raised with each backoff step; see the type's comment.
+    private(set) var epoch = 0
 
     init(upstream: UpstreamConfiguration, hostname: String, group: EventLoopGroup, schedule: RetrySchedule, logger: Logger) {
         self.upstream = upstream
@@ -32,19 +41,29 @@ actor UpstreamPool {
         return until
     }
 
-    /// Backs the whole upstream off: exponential per consecutive event, reset by a success.
-    func backOff(now: Date, reason: String) {
+    /// Backs the whole upstream off after a failure of an attempt begun in `epoch`: one step up
+    /// (exponential, reset by a success) unless another failure of the same event already took it.
+    /// Returns when the upstream may be tried again.
+    @discardableResult
+    func backOff(epoch attemptEpoch: Int, now: Date, reason: String) -> Date {
+        guard attemptEpoch == epoch else {
+            // Begun before the current pause was set: part of the event that set it.
+            return backoffUntil ?? now
+        }
+        epoch += 1
         backoffLevel += 1
         let delay = schedule.delay(afterAttempt: backoffLevel)
         let until = now.addingTimeInterval(delay)
         if backoffUntil.map({ until > $0 }) ?? true { backoffUntil = until }
-        logger.warning("upstream backing off", metadata: ["upstream": "\(upstream.name)", "seconds": "\(Int(delay))", "reason": "\(reason)"])
+        logger.warning("upstream backing off", metadata: ["upstream": "\(upstream.name)", "seconds": "\(Int(delay))",
+                                                          "level": "\(backoffLevel)", "reason": "\(reason)"])
         // Idle sessions to a throttling upstream are closed; new ones open after the pause.
         let sessions = idle
         idle = []
         open -= sessions.count
         for session in sessions { Task { await session.connection.quit() } }
         wakeWaiters()
+        return backoffUntil ?? until
     }
 
     func succeeded() {
@@ -52,9 +71,19 @@ actor UpstreamPool {
         backoffUntil = nil
     }
 
-    /// A session to use for one message, reusing an idle one when possible.
-    func acquire() async throws -> (UpstreamConnection, needsReset: Bool) {
+    /// `postern queue retry` (a flush): the operator says the upstream is back; try it now. The
+    /// level stays, so a flush into a still-failing upstream goes on from the step it had reached.
+    func resumeNow() {
+        guard backoffUntil != nil else { return }
+        backoffUntil = nil
+        logger.notice("upstream pause lifted by a queue flush", metadata: ["upstream": "\(upstream.name)"])
+    }
+
+    /// A session to use for one message, reusing an idle one when possible. Throws `Paused` when the
+    /// upstream is backed off, also for a caller that was waiting for a connection when the pause began.
+    func acquire(now: @Sendable () -> Date) async throws -> (UpstreamConnection, needsReset: Bool) {
         while true {
+            if let until = pausedUntil(now: now()) { throw Paused(until: until) }
             while let session = idle.popLast() {
                 if session.connection.isActive { return (session.connection, session.needsReset) }
                 open -= 1
@@ -75,6 +104,10 @@ actor UpstreamPool {
             await withCheckedContinuation { waiters.append($0) }
             try Task.checkCancellation()
         }
+    }
+
+    struct Paused: Error {
+        var until: Date
     }
 
     func release(_ connection: UpstreamConnection, reusable: Bool, needsReset: Bool) async {

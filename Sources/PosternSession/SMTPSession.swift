@@ -37,6 +37,8 @@ public struct SMTPSession: Sendable {
         var sender: ReversePath
         var bodyType: String?
         var recipients: [Mailbox] = []
+        /// `SessionRules.recipientKey` of each recipient, for the duplicate filter.
+        var recipientKeys: Set<String> = []
     }
 
     public let configuration: SessionConfiguration
@@ -362,6 +364,12 @@ public struct SMTPSession: Sendable {
         if let parameter = parameters.first {
             return error(CommandError.badParameter(parameter.keyword).reply)
         }
+        // The same mailbox twice (in To and Cc, or in another case): accepted once. Policy already
+        // accepted this mailbox, and a repeat does not count against the recipient limit.
+        let key = rules.recipientKey(recipient)
+        if transaction.recipientKeys.contains(key) {
+            return .reply(SMTPReply(250, "2.1.5", "Ok"))
+        }
         guard transaction.recipients.count < configuration.maxRecipients else {
             return .reply(.tooManyRecipients)
         }
@@ -370,6 +378,7 @@ public struct SMTPSession: Sendable {
             return error(reply)
         case .accept:
             transaction.recipients.append(recipient)
+            transaction.recipientKeys.insert(key)
             state = .transaction(transaction)
             return .reply(SMTPReply(250, "2.1.5", "Ok"))
         }

@@ -103,6 +103,9 @@ public protocol SessionRules: Sendable {
     func checkRecipient(_ facts: ConnectionFacts, sender: ReversePath, recipient: Mailbox) -> Verdict
     /// A tighter size limit for this connection (e.g. a device's own), if any.
     func messageSizeLimit(_ facts: ConnectionFacts) -> Int?
+    /// Equal for recipients that are one mailbox: the session's duplicate filter answers `250` to a
+    /// repeated one and does not add it (Postfix's duplicate filter does the same).
+    func recipientKey(_ recipient: Mailbox) -> String
     /// The rules for one connection, asked once as its session starts: work that depends only on the
     /// connection (such as parsing the client address) is done here rather than for every command.
     func forConnection(_ facts: ConnectionFacts) -> any SessionRules
@@ -110,6 +113,11 @@ public protocol SessionRules: Sendable {
 
 extension SessionRules {
     public func forConnection(_ facts: ConnectionFacts) -> any SessionRules { self }
+
+    /// Without a policy to say more: the domain's case folded, the local part exact (RFC 5321 2.4).
+    public func recipientKey(_ recipient: Mailbox) -> String {
+        "\(recipient.unquotedLocalPart)@\(recipient.normalizedDomain)"
+    }
 }
 
 /// Credentials from AUTH PLAIN or AUTH LOGIN.

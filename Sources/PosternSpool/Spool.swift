@@ -19,6 +19,11 @@ public final class Spool: Sendable {
     private let free = NIOLockedValueBox<[String]>([])
     /// At most this many files are kept in `free/`.
     static let freeLimit = 1024
+    /// Deaths during an entry's delivery after which it is held instead of delivered again.
+    public static let interruptionsBeforeHold = 2
+    private let ledger: DeliveryLedger
+    /// The entries recovery took out of delivery at this start (the gateway audits them).
+    public let heldAtStart: [HeldEntry]
 
     /// Opens (creating if needed) the spool at `directory` and recovers it.
     /// `ioThreads`: threads for the blocking file work. A message's write, fsync and the shared
@@ -30,6 +35,8 @@ public final class Spool: Sendable {
         self.pool.start()
         self.syncer = DirectorySyncer(directory: self.directory)
         try self.directory.createDirectories()
+        ledger = try DeliveryLedger(path: self.directory.root.appendingPathComponent(DeliveryLedger.fileName).path)
+        heldAtStart = SpoolRecovery.countInterruptions(self.directory, ids: ledger.interrupted, logger: logger)
         let recovered = SpoolRecovery.recover(self.directory, logger: logger)
         index.withLockedValue { index in
             for entry in recovered { index[entry.id] = entry.envelope.receivedAt }
@@ -41,7 +48,17 @@ public final class Spool: Sendable {
 
     public func shutdown() async {
         try? await pool.shutdownGracefully()
+        ledger.close()
     }
+
+    /// Marks `id` as being delivered until `endDelivery`: if the process dies in between, the next
+    /// start counts it against the entry (see `DeliveryLedger`). Call with the entry locked.
+    public func beginDelivery(id: String) -> DeliveryMark { ledger.mark(id) }
+
+    public func endDelivery(_ mark: DeliveryMark) { ledger.clear(mark) }
+
+    /// Entries held out of delivery now.
+    public var heldCount: Int { directory.listIDs(in: .hold).count }
 
     private static let idCounter = NIOLockedValueBox<UInt32>(0)
 
@@ -267,8 +284,50 @@ final class DirectorySyncer: @unchecked Sendable {
     }
 }
 
+/// An entry taken out of delivery, for the audit log.
+public struct HeldEntry: Sendable, Hashable {
+    public var id: String
+    public var sender: String
+    public var recipients: [String]
+    public var reason: String
+}
+
 /// Startup recovery: what a crash can leave behind, and what to do with it.
 enum SpoolRecovery {
+    /// Counts one interrupted delivery for each entry the process died delivering; holds those that
+    /// reached `Spool.interruptionsBeforeHold`. Returns the held ones.
+    static func countInterruptions(_ directory: SpoolDirectory, ids: [String], logger: Logger) -> [HeldEntry] {
+        var held: [HeldEntry] = []
+        for id in ids where directory.contains(id: id) {
+            do {
+                let (envelope, _) = try directory.readEnvelope(id: id)
+                var state = try stateOrReset(directory, id: id, envelope: envelope, logger: logger)
+                let count = (state.interruptedDeliveries ?? 0) + 1
+                state.interruptedDeliveries = count
+                guard count >= Spool.interruptionsBeforeHold else {
+                    try directory.writeState(id: id, state)
+                    try directory.syncQueueDirectory()
+                    logger.warning("spool recovery: the gateway stopped while delivering this message; it will be tried again",
+                                   metadata: ["queue_id": "\(id)", "interrupted": "\(count)"])
+                    continue
+                }
+                let reason = "held after \(count) interrupted deliveries: the gateway stopped while delivering it each time"
+                state.heldReason = reason
+                try directory.hold(id: id, state: state)
+                held.append(HeldEntry(id: id, sender: envelope.sender, recipients: envelope.recipients, reason: reason))
+                logger.critical("""
+                    spool recovery: message held; the gateway stopped while delivering it \(count) times. \
+                    See `postern queue show \(id)`, then `postern queue release \(id)` or `postern queue delete \(id)`
+                    """,
+                                metadata: ["queue_id": "\(id)", "interrupted": "\(count)"])
+            } catch {
+                // Unreadable: the full recovery below moves it aside.
+                logger.error("spool recovery: cannot count an interrupted delivery", metadata: ["queue_id": "\(id)", "error": "\(error)"])
+            }
+        }
+        return held
+    }
+
     /// Removes half-written temp files and orphaned state files, moves corrupt files aside, and
     /// returns the entries that are queued.
     static func recover(_ directory: SpoolDirectory, logger: Logger) -> [SpoolEntry] {

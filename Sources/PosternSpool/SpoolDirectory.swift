@@ -11,15 +11,18 @@ import Darwin
 ///
 /// Layout: `tmp/` (files being written), `queue/<id>.msg` (envelope and message, written once:
 /// temp file, fdatasync, rename, directory fsync), `queue/<id>.state` (delivery state, replaced
-/// atomically), `corrupt/` (files that failed validation, kept for a human), `free/` (files of
-/// delivered messages kept for reuse: see `recycle`), `wake` (touched to make a running relay
-/// rescan now).
+/// atomically), `hold/` (entries taken out of delivery: a message that crashed delivery twice, see
+/// `DeliveryLedger`; `postern queue release` puts one back), `corrupt/` (files that failed
+/// validation, kept for a human), `free/` (files of delivered messages kept for reuse: see
+/// `recycle`), `wake` and `flush` (touched to make a running relay rescan now, see `Signal`),
+/// `delivering` (the `DeliveryLedger`).
 public struct SpoolDirectory: Sendable {
     public let root: URL
     // Computed once: the relay checks `wakePath` on every loop turn and every file operation builds
     // a path from `queuePath`; URL.appendingPathComponent per call showed in profiles.
     public let tmpPath: String
     public let queuePath: String
+    public let holdPath: String
     public let corruptPath: String
     public let freePath: String
     public let wakePath: String
@@ -30,13 +33,14 @@ public struct SpoolDirectory: Sendable {
         self.root = root
         tmpPath = root.appendingPathComponent("tmp").path
         queuePath = root.appendingPathComponent("queue").path
+        holdPath = root.appendingPathComponent("hold").path
         corruptPath = root.appendingPathComponent("corrupt").path
         freePath = root.appendingPathComponent("free").path
         wakePath = root.appendingPathComponent("wake").path
     }
 
     public func createDirectories() throws(SpoolError) {
-        for path in [tmpPath, queuePath, corruptPath, freePath] {
+        for path in [tmpPath, queuePath, holdPath, corruptPath, freePath] {
             do {
                 try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
             } catch {
@@ -45,8 +49,15 @@ public struct SpoolDirectory: Sendable {
         }
     }
 
-    func messagePath(_ id: String) -> String { "\(queuePath)/\(id).msg" }
-    func statePath(_ id: String) -> String { "\(queuePath)/\(id).state" }
+    /// Where an entry lives: in the queue the relay delivers from, or held out of it.
+    public enum Area: String, Sendable, CaseIterable {
+        case queue
+        case hold
+    }
+
+    func path(of area: Area) -> String { area == .queue ? queuePath : holdPath }
+    func messagePath(_ id: String, in area: Area = .queue) -> String { "\(path(of: area))/\(id).msg" }
+    func statePath(_ id: String, in area: Area = .queue) -> String { "\(path(of: area))/\(id).state" }
 
     static func error(_ what: String, _ code: Int32 = errno) -> SpoolError {
         if code == ENOSPC || code == EDQUOT { return .full }
@@ -141,19 +152,19 @@ public struct SpoolDirectory: Sendable {
     }
 
     /// Replaces the state file atomically. The caller fsyncs the queue directory.
-    public func writeState(id: String, _ state: SpoolEntryState) throws(SpoolError) {
+    public func writeState(id: String, _ state: SpoolEntryState, in area: Area = .queue) throws(SpoolError) {
         let data: Data
         do { data = try JSONEncoder.spool.encode(state) } catch { throw .unwritable("encoding state: \(error)") }
-        try writeDurably(statePath(id), tmpName: "\(id).state.\(UInt32.random(in: 0...UInt32.max))") { fd in
+        try writeDurably(statePath(id, in: area), tmpName: "\(id).state.\(UInt32.random(in: 0...UInt32.max))") { fd in
             try data.withUnsafeBytes { bytes in try Self.writeAll(fd, bytes) }
         }
     }
 
     /// Removes a message and its state: message first, so a crash in between leaves only an
     /// orphaned state file, which recovery removes.
-    public func remove(id: String) throws(SpoolError) {
-        if unlink(messagePath(id)) != 0 && errno != ENOENT { throw Self.error("unlink \(id).msg") }
-        if unlink(statePath(id)) != 0 && errno != ENOENT { throw Self.error("unlink \(id).state") }
+    public func remove(id: String, in area: Area = .queue) throws(SpoolError) {
+        if unlink(messagePath(id, in: area)) != 0 && errno != ENOENT { throw Self.error("unlink \(id).msg") }
+        if unlink(statePath(id, in: area)) != 0 && errno != ENOENT { throw Self.error("unlink \(id).state") }
     }
 
     /// Removes a finished entry like `remove`, but keeps its message file's inode for the next
@@ -177,24 +188,74 @@ public struct SpoolDirectory: Sendable {
     }
 
     public func syncQueueDirectory() throws(SpoolError) {
-        let fd = open(queuePath, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard fd >= 0 else { throw Self.error("open \(queuePath)") }
-        defer { close(fd) }
-        if fsync(fd) != 0 { throw Self.error("fsync \(queuePath)") }
+        try syncDirectory(queuePath)
     }
 
-    /// Touches the wake file so that a running relay rescans the queue.
-    public func touchWake() {
-        let fd = open(wakePath, O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
+    public func syncDirectory(_ path: String) throws(SpoolError) {
+        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw Self.error("open \(path)") }
+        defer { close(fd) }
+        if fsync(fd) != 0 { throw Self.error("fsync \(path)") }
+    }
+
+    // MARK: Holding
+
+    /// Takes an entry out of delivery: its state (with the reason) goes to `hold/` first, then the
+    /// message. A crash in between leaves the entry queued, with a stray state in `hold/` that the
+    /// next hold overwrites; never a message without its state.
+    public func hold(id: String, state: SpoolEntryState) throws(SpoolError) {
+        try writeState(id: id, state, in: .hold)
+        try syncDirectory(holdPath)
+        guard rename(messagePath(id), messagePath(id, in: .hold)) == 0 else { throw Self.error("rename \(id).msg to hold/") }
+        try syncDirectory(holdPath)
+        if unlink(statePath(id)) != 0 && errno != ENOENT { throw Self.error("unlink \(id).state") }
+        try syncQueueDirectory()
+    }
+
+    /// Puts a held entry back into the queue, due now, with its count of interrupted deliveries
+    /// cleared. The mirror of `hold`: state first, then the message.
+    public func release(id: String, now: Date) throws(SpoolError) {
+        let entry: SpoolEntry
+        do { entry = try readEntry(id: id, in: .hold).entry } catch {
+            throw .unwritable("\(id) cannot be read: \(error)")
+        }
+        var state = entry.state
+        state.interruptedDeliveries = nil
+        state.heldReason = nil
+        state.nextAttempt = now
+        try writeState(id: id, state)
+        try syncQueueDirectory()
+        guard rename(messagePath(id, in: .hold), messagePath(id)) == 0 else { throw Self.error("rename hold/\(id).msg to queue/") }
+        try syncQueueDirectory()
+        if unlink(statePath(id, in: .hold)) != 0 && errno != ENOENT { throw Self.error("unlink hold/\(id).state") }
+        try syncDirectory(holdPath)
+    }
+
+    /// What `postern queue` asks of a running relay, through a file's modification time (the CLI
+    /// works on the files whether or not a gateway runs, so there is no socket to ask through).
+    public enum Signal: String, Sendable, CaseIterable {
+        /// The queue changed: rescan it now.
+        case wake
+        /// A flush (`postern queue retry`): rescan, and lift any upstream pause too.
+        case flush
+    }
+
+    public func path(of signal: Signal) -> String {
+        signal == .wake ? wakePath : root.appendingPathComponent(signal.rawValue).path
+    }
+
+    /// Touches a signal file so that a running relay notices it within a quarter second.
+    public func touch(_ signal: Signal) {
+        let fd = open(path(of: signal), O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
         if fd >= 0 {
             futimens(fd, nil)  // both times to now
             close(fd)
         }
     }
 
-    public func wakeStamp() -> Double? {
+    public func stamp(of signal: Signal) -> Double? {
         var st = stat()
-        guard stat(wakePath, &st) == 0 else { return nil }
+        guard stat(path(of: signal), &st) == 0 else { return nil }
         return Double(st.st_mtim.tv_sec) + Double(st.st_mtim.tv_nsec) / 1e9
     }
 
@@ -206,8 +267,8 @@ public struct SpoolDirectory: Sendable {
     }
 
     /// Queue ids with a message file, in id (that is, arrival) order.
-    public func listIDs() -> [String] {
-        ((try? FileManager.default.contentsOfDirectory(atPath: queuePath)) ?? [])
+    public func listIDs(in area: Area = .queue) -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: path(of: area))) ?? [])
             .filter { $0.hasSuffix(".msg") }
             .map { String($0.dropLast(4)) }
             .sorted()
@@ -280,9 +341,9 @@ public struct SpoolDirectory: Sendable {
     }
 
     /// Whether a message file exists for `id`.
-    public func contains(id: String) -> Bool {
+    public func contains(id: String, in area: Area = .queue) -> Bool {
         var st = stat()
-        return stat(messagePath(id), &st) == 0
+        return stat(messagePath(id, in: area), &st) == 0
     }
 
     /// Reads a message file's header and envelope, not its body (whose checksum is therefore not
@@ -299,8 +360,8 @@ public struct SpoolDirectory: Sendable {
     }
 
     /// Reads and validates a message file: its header, lengths, checksum and envelope.
-    public func readMessage(id: String) throws(ReadError) -> (envelope: SpoolEnvelope, message: ByteBuffer) {
-        let bytes = try Self.readFile(messagePath(id))
+    public func readMessage(id: String, in area: Area = .queue) throws(ReadError) -> (envelope: SpoolEnvelope, message: ByteBuffer) {
+        let bytes = try Self.readFile(messagePath(id, in: area))
         let header = try Self.parseHeader(bytes)
         guard bytes.count == header.fileSize else {
             throw .corrupt("size \(bytes.count), header says \(header.fileSize)")
@@ -315,15 +376,15 @@ public struct SpoolDirectory: Sendable {
 
     /// The state file, or the initial state when there is none yet. A corrupt state file is
     /// reported as `.corrupt`; the caller decides what to do.
-    public func readState(id: String, envelope: SpoolEnvelope) throws(ReadError) -> SpoolEntryState {
+    public func readState(id: String, envelope: SpoolEnvelope, in area: Area = .queue) throws(ReadError) -> SpoolEntryState {
         let bytes: [UInt8]
-        do { bytes = try Self.readFile(statePath(id)) } catch .missing { return .initial(for: envelope) }
+        do { bytes = try Self.readFile(statePath(id, in: area)) } catch .missing { return .initial(for: envelope) }
         do { return try JSONDecoder.spool.decode(SpoolEntryState.self, from: Data(bytes)) } catch { throw .corrupt("state: \(error)") }
     }
 
-    public func readEntry(id: String) throws(ReadError) -> (entry: SpoolEntry, message: ByteBuffer) {
-        let (envelope, message) = try readMessage(id: id)
-        let state = try readState(id: id, envelope: envelope)
+    public func readEntry(id: String, in area: Area = .queue) throws(ReadError) -> (entry: SpoolEntry, message: ByteBuffer) {
+        let (envelope, message) = try readMessage(id: id, in: area)
+        let state = try readState(id: id, envelope: envelope, in: area)
         return (SpoolEntry(id: id, envelope: envelope, state: state, messageSize: message.readableBytes), message)
     }
 
@@ -357,8 +418,8 @@ public struct SpoolDirectory: Sendable {
     }
 
     /// Locks an entry; nil if the entry is gone or (when `wait` is false) locked by someone else.
-    public func lock(id: String, wait: Bool = false) -> EntryLock? {
-        let fd = open(messagePath(id), O_RDONLY | O_CLOEXEC)
+    public func lock(id: String, in area: Area = .queue, wait: Bool = false) -> EntryLock? {
+        let fd = open(messagePath(id, in: area), O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         while flock(fd, LOCK_EX | (wait ? 0 : LOCK_NB)) != 0 {
             if errno == EINTR { continue }
@@ -367,7 +428,7 @@ public struct SpoolDirectory: Sendable {
         }
         // The entry may have been removed while we waited for the lock.
         var a = stat(), b = stat()
-        guard fstat(fd, &a) == 0, stat(messagePath(id), &b) == 0, a.st_ino == b.st_ino else {
+        guard fstat(fd, &a) == 0, stat(messagePath(id, in: area), &b) == 0, a.st_ino == b.st_ino else {
             close(fd)
             return nil
         }

@@ -65,12 +65,20 @@ public struct SpoolEntryState: Codable, Sendable, Hashable {
     public var nextAttempt: Date
     public var lastAttempt: Date?
     public var recipients: [RecipientStatus]
+    /// How many times the process died while this entry was being delivered (see `DeliveryLedger`);
+    /// nil once an attempt ends normally.
+    public var interruptedDeliveries: Int?
+    /// Why the entry was taken out of delivery, while it is in `hold/`.
+    public var heldReason: String?
 
-    public init(attempts: Int = 0, nextAttempt: Date, lastAttempt: Date? = nil, recipients: [RecipientStatus]) {
+    public init(attempts: Int = 0, nextAttempt: Date, lastAttempt: Date? = nil, recipients: [RecipientStatus],
+                interruptedDeliveries: Int? = nil, heldReason: String? = nil) {
         self.attempts = attempts
         self.nextAttempt = nextAttempt
         self.lastAttempt = lastAttempt
         self.recipients = recipients
+        self.interruptedDeliveries = interruptedDeliveries
+        self.heldReason = heldReason
     }
 
     public static func initial(for envelope: SpoolEnvelope) -> SpoolEntryState {

@@ -6,7 +6,8 @@ import Glibc
 /// Starts a child with posix_spawn: stdin from /dev/null, stdout and stderr to `output`, and a clean
 /// signal mask with default dispositions. (Foundation's Process passes on the test thread's blocked
 /// signals and ignored SIGPIPE, so a child such as slapd or the gateway would never see SIGTERM.)
-public func spawnProcess(_ arguments: [String], output: String) throws -> pid_t {
+/// `environment` is added to (or replaces entries of) this process's environment.
+public func spawnProcess(_ arguments: [String], output: String, environment: [String: String] = [:]) throws -> pid_t {
     var actions = posix_spawn_file_actions_t()
     posix_spawn_file_actions_init(&actions)
     defer { posix_spawn_file_actions_destroy(&actions) }
@@ -27,7 +28,15 @@ public func spawnProcess(_ arguments: [String], output: String) throws -> pid_t 
     let argv = arguments.map { strdup($0) } + [nil]
     defer { for pointer in argv { free(pointer) } }
     var pid = pid_t()
-    let spawned = posix_spawn(&pid, arguments[0], &actions, &attributes, argv, environ)
+    let spawned: Int32
+    if environment.isEmpty {
+        spawned = posix_spawn(&pid, arguments[0], &actions, &attributes, argv, environ)
+    } else {
+        let merged = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        let envp = merged.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { for pointer in envp { free(pointer) } }
+        spawned = posix_spawn(&pid, arguments[0], &actions, &attributes, argv, envp)
+    }
     guard spawned == 0 else { throw SpawnError(message: "posix_spawn \(arguments[0]): \(String(cString: strerror(spawned)))") }
     return pid
 }

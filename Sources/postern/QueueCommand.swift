@@ -11,8 +11,8 @@ import Glibc
 struct QueueCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "queue",
-        abstract: "List, show, retry or delete queued messages.",
-        subcommands: [List.self, Show.self, Retry.self, Delete.self])
+        abstract: "List, show, retry, hold, release or delete queued messages.",
+        subcommands: [List.self, Show.self, Retry.self, Hold.self, Release.self, Delete.self])
 
     struct SpoolOption: ParsableArguments {
         @Option(name: .long, help: "The spool directory.")
@@ -32,40 +32,56 @@ struct QueueCommand: AsyncParsableCommand {
         return formatter.string(from: date)
     }
 
+    /// Where a queued or held message is; a validation error naming the id when it is neither.
+    static func locate(_ directory: SpoolDirectory, id: String) throws -> SpoolDirectory.Area {
+        guard SpoolDirectory.isValidID(id) else { throw ValidationError("not a queue id: \(id)") }
+        guard let area = SpoolDirectory.Area.allCases.first(where: { directory.contains(id: id, in: $0) }) else {
+            throw ValidationError("no queued or held message \(id)")
+        }
+        return area
+    }
+
     /// Takes an entry's lock, waiting up to a few seconds for a delivery in progress.
-    static func lock(_ directory: SpoolDirectory, id: String) throws -> SpoolDirectory.EntryLock {
-        guard SpoolDirectory.isValidID(id), directory.listIDs().contains(id) else { throw ValidationError("no queued message \(id)") }
+    static func lock(_ directory: SpoolDirectory, id: String, in area: SpoolDirectory.Area = .queue) throws -> SpoolDirectory.EntryLock {
+        guard SpoolDirectory.isValidID(id), directory.contains(id: id, in: area) else { throw ValidationError("no queued message \(id)") }
         for _ in 0..<100 {
-            if let lock = directory.lock(id: id) { return lock }
-            guard directory.listIDs().contains(id) else { throw ValidationError("\(id) is no longer queued (delivered meanwhile)") }
+            if let lock = directory.lock(id: id, in: area) { return lock }
+            guard directory.contains(id: id, in: area) else { throw ValidationError("\(id) is no longer queued (delivered meanwhile)") }
             usleep(100_000)
         }
         throw ValidationError("\(id) is being delivered right now; try again")
     }
 
     struct List: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List queued messages.")
+        static let configuration = CommandConfiguration(abstract: "List queued and held messages.")
         @OptionGroup var options: SpoolOption
 
         func run() async throws {
             try options.validateExists()
             let directory = options.directory
-            let ids = directory.listIDs()
             let now = Date()
-            print("ID                    AGE        ATTEMPTS  NEXT ATTEMPT          SENDER -> PENDING RECIPIENTS")
-            for id in ids {
-                guard let (entry, _) = try? directory.readEntry(id: id) else {
-                    print("\(id)  (unreadable; the relay will move it aside)")
-                    continue
+            print("ID                    STATUS  AGE        ATTEMPTS  NEXT ATTEMPT          SENDER -> PENDING RECIPIENTS")
+            var counts: [SpoolDirectory.Area: Int] = [:]
+            for area in SpoolDirectory.Area.allCases {
+                let ids = directory.listIDs(in: area)
+                counts[area] = ids.count
+                let status = (area == .hold ? "HELD" : "queued").padding(toLength: 6, withPad: " ", startingAt: 0)
+                for id in ids {
+                    guard let (entry, _) = try? directory.readEntry(id: id, in: area) else {
+                        print("\(id)  \(status)  (unreadable\(area == .queue ? "; the relay will move it aside" : ""))")
+                        continue
+                    }
+                    let age = max(0, Int(now.timeIntervalSince(entry.envelope.receivedAt)))
+                    let ageText = age < 3600 ? "\(age / 60)m" : "\(age / 3600)h\((age % 3600) / 60)m"
+                    let sender = entry.envelope.sender.isEmpty ? "<>" : entry.envelope.sender
+                    let next = area == .hold ? "held" : format(entry.state.nextAttempt)
+                    print("\(id.padding(toLength: 20, withPad: " ", startingAt: 0))  \(status)  \(ageText.padding(toLength: 9, withPad: " ", startingAt: 0))  "
+                          + "\(String(entry.state.attempts).padding(toLength: 8, withPad: " ", startingAt: 0))  \(next.padding(toLength: 20, withPad: " ", startingAt: 0))  "
+                          + "\(sender) -> \(entry.state.pendingRecipients.joined(separator: ", "))")
+                    if let reason = entry.state.heldReason { print("    \(reason)") }
                 }
-                let age = Int(now.timeIntervalSince(entry.envelope.receivedAt))
-                let ageText = age < 3600 ? "\(age / 60)m" : "\(age / 3600)h\((age % 3600) / 60)m"
-                let sender = entry.envelope.sender.isEmpty ? "<>" : entry.envelope.sender
-                print("\(id.padding(toLength: 20, withPad: " ", startingAt: 0))  \(ageText.padding(toLength: 9, withPad: " ", startingAt: 0))  "
-                      + "\(String(entry.state.attempts).padding(toLength: 8, withPad: " ", startingAt: 0))  \(format(entry.state.nextAttempt))  "
-                      + "\(sender) -> \(entry.state.pendingRecipients.joined(separator: ", "))")
             }
-            print("\(ids.count) message(s) queued")
+            print("\(counts[.queue] ?? 0) message(s) queued, \(counts[.hold] ?? 0) held")
         }
     }
 
@@ -77,10 +93,9 @@ struct QueueCommand: AsyncParsableCommand {
         func run() async throws {
             try options.validateExists()
             let directory = options.directory
-            guard SpoolDirectory.isValidID(id) else { throw ValidationError("not a queue id: \(id)") }
-            guard directory.listIDs().contains(id) else { throw ValidationError("no queued message \(id)") }
+            let area = try QueueCommand.locate(directory, id: id)
             let read: (entry: SpoolEntry, message: ByteBuffer)
-            do { read = try directory.readEntry(id: id) } catch {
+            do { read = try directory.readEntry(id: id, in: area) } catch {
                 throw ValidationError("\(id) cannot be read: \(error)")
             }
             let entry = read.entry
@@ -91,7 +106,14 @@ struct QueueCommand: AsyncParsableCommand {
             print("Sender: <\(envelope.sender)>")
             print("Size: \(entry.messageSize) octets")
             print("Attempts: \(entry.state.attempts)\(entry.state.lastAttempt.map { ", last at \(format($0))" } ?? "")")
-            print("Next attempt: \(format(entry.state.nextAttempt))")
+            if let reason = entry.state.heldReason {
+                print("Held: \(reason); `postern queue release \(id)` delivers it again, `postern queue delete \(id)` drops it")
+            } else {
+                print("Next attempt: \(format(entry.state.nextAttempt))")
+            }
+            if let interrupted = entry.state.interruptedDeliveries {
+                print("Interrupted deliveries: \(interrupted) (the gateway stopped while delivering it)")
+            }
             for recipient in entry.state.recipients {
                 print("Recipient: <\(recipient.address)> \(recipient.state.rawValue), \(recipient.attempts) attempt(s)"
                       + "\(recipient.upstream.map { " via \($0)" } ?? "")\(recipient.lastReply.map { ": \($0)" } ?? "")")
@@ -102,13 +124,19 @@ struct QueueCommand: AsyncParsableCommand {
     }
 
     struct Retry: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Retry one message, or all, now.")
+        static let configuration = CommandConfiguration(
+            abstract: "Retry one queued message, or all, now (a flush).",
+            discussion: "Also lifts a running relay's pause of an upstream that was backing off after throttling or an outage. Held messages stay held; release them first.",
+            aliases: ["flush"])
         @OptionGroup var options: SpoolOption
-        @Argument(help: "Queue ID (all messages when omitted)") var id: String?
+        @Argument(help: "Queue ID (all queued messages when omitted)") var id: String?
 
         func run() async throws {
             try options.validateExists()
             let directory = options.directory
+            if let id, try QueueCommand.locate(directory, id: id) == .hold {
+                throw ValidationError("\(id) is held; `postern queue release \(id)` puts it back in the queue")
+            }
             let ids = id.map { [$0] } ?? directory.listIDs()
             var count = 0
             for id in ids {
@@ -122,24 +150,61 @@ struct QueueCommand: AsyncParsableCommand {
                 try directory.syncQueueDirectory()
                 count += 1
             }
-            directory.touchWake()
-            print("\(count) message(s) scheduled for immediate retry")
+            directory.touch(.flush)
+            print("\(count) message(s) scheduled for immediate retry; upstream pauses lifted")
         }
     }
 
-    struct Delete: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Delete one message from the queue, without a DSN.")
+    struct Hold: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Take a queued message out of delivery until it is released.")
         @OptionGroup var options: SpoolOption
         @Argument(help: "Queue ID") var id: String
 
         func run() async throws {
             try options.validateExists()
             let directory = options.directory
+            guard try QueueCommand.locate(directory, id: id) == .queue else { throw ValidationError("\(id) is already held") }
             let lock = try QueueCommand.lock(directory, id: id)
             defer { lock.release() }
-            try directory.remove(id: id)
-            try directory.syncQueueDirectory()
-            directory.touchWake()
+            var state = try directory.readEntry(id: id).entry.state
+            state.heldReason = "held by the postmaster (postern queue hold)"
+            try directory.hold(id: id, state: state)
+            directory.touch(.wake)
+            print("held \(id)")
+        }
+    }
+
+    struct Release: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Put a held message back in the queue, due now.")
+        @OptionGroup var options: SpoolOption
+        @Argument(help: "Queue ID") var id: String
+
+        func run() async throws {
+            try options.validateExists()
+            let directory = options.directory
+            guard try QueueCommand.locate(directory, id: id) == .hold else { throw ValidationError("\(id) is not held") }
+            let lock = try QueueCommand.lock(directory, id: id, in: .hold)
+            defer { lock.release() }
+            try directory.release(id: id, now: Date())
+            directory.touch(.wake)
+            print("released \(id)")
+        }
+    }
+
+    struct Delete: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Delete one queued or held message, without a DSN.")
+        @OptionGroup var options: SpoolOption
+        @Argument(help: "Queue ID") var id: String
+
+        func run() async throws {
+            try options.validateExists()
+            let directory = options.directory
+            let area = try QueueCommand.locate(directory, id: id)
+            let lock = try QueueCommand.lock(directory, id: id, in: area)
+            defer { lock.release() }
+            try directory.remove(id: id, in: area)
+            try directory.syncDirectory(area == .queue ? directory.queuePath : directory.holdPath)
+            directory.touch(.wake)
             print("deleted \(id)")
         }
     }

@@ -224,4 +224,19 @@ import Testing
                                   sender: reverse("<scan@chem.example.edu>"), recipient: path("<x@gmail.com>"), now: now)
         #expect(policy.decide(input) == policy.decide(input))
     }
+
+    // MARK: Duplicate recipients
+
+    @Test func recipientsAreOneMailboxByTheWrittenRule() {
+        func key(_ text: String) -> String { policy.recipientKey(path(text)) }
+        // Internal domains: the directory matches mail without regard to case; one mailbox.
+        #expect(key("<Bob@Example.EDU>") == key("<bob@example.edu>"))
+        #expect(key("<BOB@chem.example.edu>") == key("<bob@CHEM.example.edu>"))
+        #expect(key("<\"bob\"@example.edu>") == key("<bob@example.edu>"))
+        #expect(key("<bob@example.edu>") != key("<rob@example.edu>"))
+        // Other domains: only the domain's case is folded (RFC 5321 2.4 leaves the local part to them).
+        #expect(key("<bob@GMAIL.com>") == key("<bob@gmail.com>"))
+        #expect(key("<Bob@gmail.com>") != key("<bob@gmail.com>"))
+        #expect(key("<bob@example.edu>") != key("<bob@example.edu.evil.com>"))
+    }
 }

@@ -166,6 +166,30 @@ final class SMTPSessionTests: XCTestCase {
         XCTAssertEqual(reply(send(&s, "RCPT TO:<u4@example.edu>")), SMTPReply(452, "4.5.3", "Too many recipients"))
     }
 
+    func testRepeatedRecipientGets250ButIsDeliveredOnceAndDoesNotCountAgainstTheLimit() {
+        var s = makeSession(.device, maxRecipients: 2)
+        send(&s, "EHLO scanner")
+        send(&s, "MAIL FROM:<scan@example.edu>")
+        for line in ["RCPT TO:<bob@example.edu>", "RCPT TO:<bob@example.edu>", "RCPT TO:<bob@EXAMPLE.edu>", "RCPT TO:<\"bob\"@example.edu>",
+                     "RCPT TO:<carol@example.edu>", "RCPT TO:<carol@example.edu>"] {
+            XCTAssertEqual(reply(send(&s, line)), SMTPReply(250, "2.1.5", "Ok"), line)
+        }
+        _ = send(&s, "DATA")
+        guard case .deliver(let envelope, _) = s.dataCompleted(.message(ByteBuffer(string: "x\r\n"))) else { return XCTFail("no delivery") }
+        XCTAssertEqual(envelope.recipients.map(\.description), ["bob@example.edu", "carol@example.edu"])
+        // The filter is per transaction: after RSET the same recipient is new again.
+        _ = s.deliveryCompleted(.queued(id: "q1"))
+        send(&s, "MAIL FROM:<scan@example.edu>")
+        XCTAssertEqual(reply(send(&s, "RCPT TO:<bob@example.edu>"))?.code, 250)
+        send(&s, "RSET")
+        send(&s, "MAIL FROM:<scan@example.edu>")
+        XCTAssertEqual(reply(send(&s, "RCPT TO:<bob@example.edu>"))?.code, 250)
+        XCTAssertEqual(reply(send(&s, "RCPT TO:<Bob@example.edu>"))?.code, 250, "another local part's case: a different mailbox by default")
+        _ = send(&s, "DATA")
+        guard case .deliver(let second, _) = s.dataCompleted(.message(ByteBuffer(string: "x\r\n"))) else { return XCTFail("no delivery") }
+        XCTAssertEqual(second.recipients.map(\.description), ["bob@example.edu", "Bob@example.edu"])
+    }
+
     func testDataRefusalsMapToReplies() {
         for (rejection, expected) in [(DataFramer.Rejection.bareLineEnding, "550 5.6.0"), (.tooBig, "552 5.3.4"), (.lineTooLong, "550 5.6.0")] {
             var s = makeSession(.device)

@@ -65,9 +65,11 @@ final class SpoolTests: XCTestCase {
         }
         XCTAssertEqual(spool.depth, count)
         XCTAssertEqual(files("queue").count, count)
+        // A second owner of a spool in use is refused: its delivery ledger would mix with ours.
+        XCTAssertThrowsError(try Spool(directory: root, logger: logger))
+        await spool.shutdown()
         let reopened = try Spool(directory: root, logger: logger)
         XCTAssertEqual(reopened.depth, count)
-        await spool.shutdown()
         await reopened.shutdown()
     }
 
