@@ -384,9 +384,9 @@ final class Spawned {
     let outputPath: String
     private var status: Int32?
 
-    init(_ arguments: [String], output: String) throws {
+    init(_ arguments: [String], output: String, environment: [String: String] = [:]) throws {
         outputPath = output
-        let pid = try spawnProcess(arguments, output: output)
+        let pid = try spawnProcess(arguments, output: output, environment: environment)
         self.pid = pid
     }
 
