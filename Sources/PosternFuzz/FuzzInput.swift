@@ -214,6 +214,8 @@ struct FuzzInput {
                     fuzzCheck(!envelope.recipients.isEmpty, "delivery without recipients")
                     fuzzCheck(envelope.recipients.count <= maxRecipients, "more recipients than the limit")
                     fuzzCheck(envelope.recipients.allSatisfy(FuzzRules.isInternal), "delivery to a refused recipient")
+                    let keys = envelope.recipients.map { FuzzRules().recipientKey($0) }
+                    fuzzCheck(Set(keys).count == keys.count, "a recipient twice in one delivery")
                     fuzzCheck(body.readableBytes <= 4096, "body over the size limit")
                     if kind != .device {
                         fuzzCheck(envelope.facts.tls != nil && envelope.facts.user != nil, "delivery without TLS and AUTH")
