@@ -232,7 +232,7 @@ struct FuzzInput {
             offset += size
             while true {
                 if dataFramer != nil {
-                    guard let outcome = dataFramer!.feed(&input) else { break }
+                    guard let outcome = dataFramer!.feed(&input) else { break }  // checked just above
                     dataFramer = nil
                     guard apply(session.dataCompleted(outcome)) else { return }
                 } else {

@@ -161,7 +161,7 @@ public struct JSONLineLogHandler: LogHandler {
             if n > 0 { out.append(UInt8(ascii: ",")) }
             appendJSON(string: key, to: &out)
             out.append(UInt8(ascii: ":"))
-            appendJSON(value: object[key]!, to: &out)
+            appendJSON(value: object[key]!, to: &out)  // `!`: one of the object's own keys
         }
         out.append(UInt8(ascii: "}"))
     }

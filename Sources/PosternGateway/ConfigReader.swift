@@ -73,17 +73,30 @@ public struct ConfigReader {
         return scalar.string
     }
 
+    /// A whole number in `range`. Every number of postern.yaml has one: the values go on into
+    /// `TimeAmount.seconds`, `Duration` arithmetic and multiplications, which trap when they overflow.
     public mutating func int(_ node: Node?, _ context: String, range: ClosedRange<Int>) -> Int? {
         guard let node else { return nil }
-        guard let text = node.scalar?.string, let value = Int(text.replacingOccurrences(of: "_", with: "")) else {
-            issue(node, "\(context) must be a whole number")
+        let fix = "write a whole number from \(range.lowerBound) to \(range.upperBound)"
+        let text = node.scalar?.string.replacingOccurrences(of: "_", with: "")
+        guard let text, let value = Int(text) else {
+            if let text, Self.isWholeNumber(text) {
+                issue(node, "\(context) must be between \(range.lowerBound) and \(range.upperBound), not \(text)", fix: fix)  // beyond Int
+            } else {
+                issue(node, "\(context) must be a whole number", fix: fix)
+            }
             return nil
         }
         guard range.contains(value) else {
-            issue(node, "\(context) must be between \(range.lowerBound) and \(range.upperBound), not \(value)")
+            issue(node, "\(context) must be between \(range.lowerBound) and \(range.upperBound), not \(value)", fix: fix)
             return nil
         }
         return value
+    }
+
+    private static func isWholeNumber(_ text: String) -> Bool {
+        let digits = text.hasPrefix("-") || text.hasPrefix("+") ? text.dropFirst() : Substring(text)
+        return !digits.isEmpty && digits.utf8.allSatisfy { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }
     }
 
     public mutating func bool(_ node: Node?, _ context: String) -> Bool? {

@@ -77,7 +77,7 @@ public enum DurableFile {
             try buffer.withUnsafeReadableBytes { bytes in
                 var offset = 0
                 while offset < bytes.count {
-                    let n = Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
+                    let n = Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset)  // `!`: not empty (offset < count)
                     if n < 0 {
                         if errno == EINTR { continue }
                         throw Failure(errno: errno, operation: "write \(temp)")

@@ -32,7 +32,7 @@ enum ProxyHeader: Equatable {
             guard length <= 2048 else { throw .malformed("header too long") }
             guard view.count >= 16 + length else { return nil }
             buffer.moveReaderIndex(forwardBy: 16)
-            let body = buffer.readBytes(length: length)!
+            let body = buffer.readBytes(length: length)!  // `!`: `view.count >= 16 + length` above
             switch versionCommand & 0x0F {
             case 0x0: return .local
             case 0x1: break
@@ -64,7 +64,7 @@ enum ProxyHeader: Equatable {
             return nil
         }
         let length = lf - view.startIndex + 1
-        let line = buffer.readString(length: length)!
+        let line = buffer.readString(length: length)!  // `!`: those bytes are in the buffer, up to the LF
         guard line.hasSuffix("\r\n") else { throw .malformed("v1 header must end in CRLF") }
         let fields = line.dropLast(2).split(separator: " ", omittingEmptySubsequences: false)
         guard fields.first == "PROXY", fields.count >= 2 else { throw .notProxyProtocol }

@@ -19,8 +19,7 @@ public final class RateLimiter: Sendable {
     private let buckets = NIOLockedValueBox<[String: Bucket]>([:])
 
     public init(maxKeys: Int = 100_000) {
-        precondition(maxKeys > 0)
-        self.maxKeys = maxKeys
+        self.maxKeys = max(1, maxKeys)
     }
 
     /// Takes one message from `key`'s allowance; false when the limit is reached (nothing is taken then).

@@ -142,7 +142,7 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if let tlsEvent = event as? TLSUserEvent, case .handshakeCompleted = tlsEvent {
             let version = (try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self))?.tlsVersion
             session.tlsEstablished(TLSInfo(version: version?.displayName ?? "TLS"))
-            environment.audit.tls(session.facts, session.facts.tls!)
+            if let tls = session.facts.tls { environment.audit.tls(session.facts, tls) }  // set by tlsEstablished just above
             environment.metrics.tlsHandshake(listener: session.facts.listenerName, success: true)
             handshaking = false
             logger.debug("tls established", metadata: ["version": "\(version?.displayName ?? "?")"])
@@ -177,7 +177,7 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func process(context: ChannelHandlerContext) {
         while !waiting && !closing && active {
             if dataFramer != nil {
-                guard let outcome = dataFramer!.feed(&inbound) else { break }
+                guard let outcome = dataFramer!.feed(&inbound) else { break }  // checked just above; `!` spares a copy
                 dataFramer = nil
                 apply(session.dataCompleted(outcome), context: context)
             } else {
@@ -198,6 +198,7 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 apply(session.close(with: .serviceClosing), context: context)
             }
         case .close(let reply):
+            if let reason = session.internalError { logger.error("session closed on an internal error", metadata: ["reason": "\(reason)"]) }
             reply.write(into: &outbound)
             closing = true
             let buffer = outbound
@@ -246,7 +247,11 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func authenticate(_ credentials: Credentials, context: ChannelHandlerContext) {
         guard let authenticator = environment.authenticator else {
-            preconditionFailure("session asked for AUTH without an authenticator")
+            // The session offers AUTH only with an authenticator (SMTPListener); should the two ever
+            // disagree, the client hears 454 4.7.0 rather than every listener going down.
+            logger.error("AUTH without an authenticator")
+            apply(session.authCompleted(.temporaryFailure), context: context)
+            return
         }
         waiting = true
         let client = session.facts.clientAddress
@@ -259,6 +264,8 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
             guard this.active else { return }
             this.environment.audit.auth(this.session.facts, login: credentials.login, mechanism: credentials.mechanism, outcome: outcome)
             this.environment.metrics.auth(result: outcome)
+            // Closed meanwhile (idle timeout, shutdown) with its reply not yet written: nothing to answer.
+            guard !this.closing else { return }
             this.apply(this.session.authCompleted(outcome), context: boundContext.value)
             this.resume(context: boundContext.value)
         }

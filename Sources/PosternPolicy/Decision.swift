@@ -190,7 +190,7 @@ public struct PolicySet: Sendable {
                 department = (devices[i].department, departments[devices[i].department]?.sunset)
             }
             sunsets.append(Self.effectiveSunset(id: devices[i].id, sunset: devices[i].sunset, department: devices[i].department,
-                                                departmentSunset: department!.sunset, global: globalSunset))
+                                                departmentSunset: department?.sunset, global: globalSunset))
         }
         self.sunsets = sunsets
     }

@@ -162,7 +162,7 @@ public enum DevicesFileEditor {
             try data.withUnsafeBytes { (buffer: UnsafeRawBufferPointer) throws in
                 var offset = 0
                 while offset < buffer.count {
-                    let n = write(fd, buffer.baseAddress! + offset, buffer.count - offset)
+                    let n = write(fd, buffer.baseAddress! + offset, buffer.count - offset)  // `!`: not empty (offset < count)
                     if n < 0 {
                         if errno == EINTR { continue }
                         throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)

@@ -115,7 +115,10 @@ extension DevicesFileEditor {
 
     /// Finds the entry's lines through the YAML parser's line numbers.
     static func locate(id: String, in text: String, lineCount: Int) -> EntryLines? {
-        guard let root = try? YAMLTree.compose(text), case .mapping(let pairs, _) = root,
+        // The parser's numbers count line breaks that the split at LF does not; they would point at
+        // other lines, or past the last one (an index out of range, a trap in the gateway's process).
+        guard !hasLineBreaksBesideLF(text),
+              let root = try? YAMLTree.compose(text), case .mapping(let pairs, _) = root,
               let pair = pairs.first(where: { $0.key.string == "devices" }), case .sequence(let items, _) = pair.value
         else { return nil }
         let lines = text.components(separatedBy: "\n")
@@ -123,9 +126,10 @@ extension DevicesFileEditor {
             guard case .mapping(let fields, let line) = item,
                   fields.contains(where: { $0.key.string == "id" && $0.value.string == id }) else { continue }
             let start = line - 1
+            guard start >= 0, start < lineCount else { return nil }
             var end: Int
             if index + 1 < items.count {
-                end = items[index + 1].line - 1
+                end = min(items[index + 1].line - 1, lineCount)
                 while end > start + 1, isComment(lines[end - 1]) { end -= 1 }
             } else {
                 // The last entry runs to the next top-level key or the end of the file.
@@ -141,6 +145,18 @@ extension DevicesFileEditor {
                               sunsetLine: sunset.map { $0.value.line - 1 }, sunsetText: sunset?.value.string)
         }
         return nil
+    }
+
+    /// A line break libyaml counts that is not an LF (with or without its CR): a bare CR, NEL, LINE
+    /// SEPARATOR or PARAGRAPH SEPARATOR.
+    private static func hasLineBreaksBesideLF(_ text: String) -> Bool {
+        var afterCR = false
+        for scalar in text.unicodeScalars {
+            if afterCR && scalar != "\n" { return true }
+            afterCR = scalar == "\r"
+            if scalar == "\u{85}" || scalar == "\u{2028}" || scalar == "\u{2029}" { return true }
+        }
+        return afterCR
     }
 
     private static func isBlank(_ line: String) -> Bool { line.allSatisfy { $0 == " " || $0 == "\t" || $0 == "\r" } }

@@ -48,7 +48,7 @@ public struct IPAddress: Sendable, Hashable, Comparable, CustomStringConvertible
             let ok = withUnsafeTemporaryAllocation(of: CChar.self, capacity: text.count + 1) { c -> Bool in
                 for (i, b) in text.enumerated() { c[i] = CChar(bitPattern: b) }
                 c[text.count] = 0
-                return inet_pton(AF_INET6, c.baseAddress!, &raw) == 1
+                return inet_pton(AF_INET6, c.baseAddress!, &raw) == 1  // `!`: capacity is at least 1
             }
             guard ok else { return nil }
             return withUnsafeBytes(of: &raw) { IPAddress(bytes: $0) }
@@ -92,6 +92,7 @@ public struct IPAddress: Sendable, Hashable, Comparable, CustomStringConvertible
         return value << 8 | part
     }
 
+    /// `bytes` are an `in6_addr`'s 16 (the only caller): no input reaches the precondition.
     init(bytes: UnsafeRawBufferPointer) {
         precondition(bytes.count == 16)
         var h: UInt64 = 0

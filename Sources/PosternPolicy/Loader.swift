@@ -79,6 +79,7 @@ public enum PolicyLoader {
             }
         }
         guard issues.isEmpty else { return (.failure(PolicyErrors(issues: issues)), previous) }
+        // Every file name got a text or an issue above, so the three `texts[...]!` below hold.
         let builder = PolicyBuilder()
         builder.reusable = previous
         builder.readPolicy(file: displayPath(directory: directory, name: policyFile), text: texts[displayPath(directory: directory, name: policyFile)]!)
@@ -140,6 +141,7 @@ public struct ParsedDevices: Sendable {
         guard file == self.file else { return false }
         var a = text
         var b = self.text
+        // `!`: only for buffers that are not empty.
         return a.withUTF8 { x in b.withUTF8 { y in x.count == y.count && (x.count == 0 || memcmp(x.baseAddress!, y.baseAddress!, x.count) == 0) } }
     }
 }
@@ -272,6 +274,7 @@ struct DeviceEntryCache: Sendable {
         var slot = Int(truncatingIfNeeded: hash) & mask
         while slots[slot] != 0 {
             let i = Int(slots[slot] - 1)
+            // `!`: only for entries that are not empty (the range in `text` has the same count).
             if hashes[i] == hash, ranges[i].count == bytes.count,
                bytes.count == 0 || memcmp(text.baseAddress! + ranges[i].lowerBound, bytes.baseAddress!, bytes.count) == 0 {
                 return i
@@ -542,6 +545,7 @@ final class PolicyBuilder {
             let bytes = UnsafeBufferPointer(rebasing: text[range])
             var k: Int?
             if let old {
+                // `!`: an entry is never empty (it holds at least its `- `), here or in the old text.
                 if expected < old.cache.ranges.count, old.cache.ranges[expected].count == bytes.count,
                    memcmp(old.text.baseAddress! + old.cache.ranges[expected].lowerBound, bytes.baseAddress!, bytes.count) == 0 {
                     k = expected
@@ -865,11 +869,13 @@ final class PolicyBuilder {
 
     static func parseSize(_ text: String) -> Int? {
         var t = text.uppercased()
-        if t.hasSuffix("IB") { t.removeLast(2) } else if t.hasSuffix("B"), t.count > 1, !t.dropLast().last!.isNumber { t.removeLast() }
+        if t.hasSuffix("IB") { t.removeLast(2) } else if t.hasSuffix("B"), t.dropLast().last?.isNumber == false { t.removeLast() }
         let factors: [Character: Int] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30]
         if let last = t.last, let f = factors[last] {
             guard let v = Int(t.dropLast()) else { return nil }
-            return v * f
+            // `99999999999G` fits an Int, its bytes do not: no size, rather than a trap.
+            let bytes = v.multipliedReportingOverflow(by: f)
+            return bytes.overflow ? nil : bytes.partialValue
         }
         return Int(t)
     }
@@ -906,7 +912,7 @@ final class PolicyBuilder {
         var best: (word: String, distance: Int)?
         for candidate in candidates.sorted() {
             let d = distance(w, Array(candidate))
-            if best == nil || d < best!.distance { best = (candidate, d) }
+            if d < best?.distance ?? .max { best = (candidate, d) }
         }
         guard let best, best.distance <= max(2, word.count / 3) else { return nil }
         return best.word

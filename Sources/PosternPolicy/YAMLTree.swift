@@ -47,7 +47,7 @@ enum YAMLTree {
 
     private static func composeWithLibYAML(_ buffer: UnsafeBufferPointer<UInt8>) -> Result<YAMLNode?, YAMLSyntaxError> {
         // libyaml reads exactly `count` bytes, no terminating NUL needed.
-        var reader = EventReader(buffer.baseAddress!, count: buffer.count)
+        var reader = EventReader(buffer.baseAddress!, count: buffer.count)  // `!`: the caller returned early for an empty text
         defer { reader.close() }
         return Result { () throws(YAMLSyntaxError) -> YAMLNode? in try reader.document() }
     }

@@ -111,8 +111,9 @@ public struct RegistrationConfiguration: Sendable {
         }
         let minutes = reader.int(map["session-minutes"], "registration.session-minutes", range: 1...24 * 60) ?? 60
         if gateway.directory == nil { reader.issue(node, "the registration page logs in against the directory, and no directory is configured") }
-        if !reader.issues.isEmpty { throw ConfigErrors(issues: reader.issues) }
-        var configuration = RegistrationConfiguration(host: host, port: port, tls: tls!, adminGroups: admins, departmentGroups: departments,
+        // No tls is one of the issues.
+        guard reader.issues.isEmpty, let tls else { throw ConfigErrors(issues: reader.issues) }
+        var configuration = RegistrationConfiguration(host: host, port: port, tls: tls, adminGroups: admins, departmentGroups: departments,
                                                       campusRanges: ranges, stateDirectory: resolve(state))
         configuration.sessionLifetime = .seconds(minutes * 60)
         return configuration

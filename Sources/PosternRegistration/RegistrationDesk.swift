@@ -217,7 +217,7 @@ public final class RegistrationDesk: Sendable {
         let policy = try policy()
         guard let device = policy.device(id: deviceID) else { throw RegistrationFailure("\(deviceID) is not registered.") }
         if let message = sunsetProblem(text, department: device.department, policy: policy) { throw RegistrationFailure("\(deviceID): \(message)") }
-        let date = CalendarDate(text)!
+        guard let date = CalendarDate(text) else { throw RegistrationFailure("\(deviceID): Give a date as YYYY-MM-DD.") }  // sunsetProblem checked it
         switch DevicesFileEditor.setSunset(id: deviceID, date: date, directory: policyDirectory) {
         case .failure(let errors): throw RegistrationFailure("\(deviceID): " + errors.issues.map(\.message).joined(separator: "; "))
         case .success(let updated):

@@ -372,6 +372,7 @@ struct SecurityHeaders: RouterMiddleware {
             response = Response(status: .badRequest, headers: [.contentType: "text/plain; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(string: "Bad request\n")))
         }
         response.headers[.contentSecurityPolicy] = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"
+        // `!`: constant names that are valid header names.
         response.headers[.init("X-Frame-Options")!] = "DENY"
         response.headers[.cacheControl] = "no-store"
         response.headers[.init("Referrer-Policy")!] = "no-referrer"

@@ -209,7 +209,7 @@ public final class Relay: Sendable {
         let now = clock()
         if entry.state.nextAttempt > now { return entry.state.nextAttempt }
         var state = entry.state
-        let attempt = state.attempts + 1
+        let attempt = state.attempts == .max ? state.attempts : state.attempts + 1  // from the state file: any Int
         // One delivery per distinct recipient. The session drops duplicates, but an entry written by
         // an older build (or by hand) may list one twice; `update` settles every copy at once.
         var byUpstream: [String: [String]] = [:]
@@ -333,7 +333,7 @@ public final class Relay: Sendable {
     private func update(_ state: inout SpoolEntryState, _ recipient: String, reply: String, upstream: String, delivered: Bool = false, permanent: Bool = false) {
         let key = Self.recipientKey(recipient)
         for index in state.recipients.indices where state.recipients[index].state == .pending && Self.recipientKey(state.recipients[index].address) == key {
-            state.recipients[index].attempts += 1
+            if state.recipients[index].attempts < .max { state.recipients[index].attempts += 1 }  // from the state file: any Int
             state.recipients[index].lastReply = reply
             state.recipients[index].upstream = upstream
             if delivered { state.recipients[index].state = .delivered } else if permanent { state.recipients[index].state = .failed }

@@ -101,7 +101,7 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
         buffer.writeBuffer(&incoming)
         while let lf = buffer.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) {
             let length = lf - buffer.readerIndex
-            var line = buffer.readString(length: length)!
+            var line = buffer.readString(length: length)!  // `!`: those bytes are in the buffer, before the LF
             buffer.moveReaderIndex(forwardBy: 1)
             if line.hasSuffix("\r") { line.removeLast() }
             guard let reply = takeLine(line, context: context) else { continue }
@@ -200,7 +200,7 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     private func fail(_ error: UpstreamConnectionError, context: ChannelHandlerContext) {
         if failure == nil { failure = error }
-        let error = failure!
+        let error = failure ?? error
         while let waiter = waiters.popFirst() { waiter.fail(error) }
         if let (_, promise) = pendingStartTLS { pendingStartTLS = nil; promise.fail(error) }
         if let handshake { self.handshake = nil; handshake.fail(error) }

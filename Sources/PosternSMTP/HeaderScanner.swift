@@ -28,7 +28,7 @@ public enum HeaderScanner {
         var value: String?
         for line in lines {
             if let first = line.first, first == " " || first == "\t" {
-                if value != nil { value! += " " + line.drop { $0 == " " || $0 == "\t" } }
+                value? += " " + line.drop { $0 == " " || $0 == "\t" }
                 continue
             }
             if value != nil { break }

@@ -44,7 +44,7 @@ public struct LineFramer: Sendable {
                     buffer.moveReaderIndex(forwardBy: length + 1)
                     return .bareLF
                 }
-                let text = buffer.readString(length: length - 1)!
+                let text = buffer.readString(length: length - 1)!  // `!`: those bytes are in the buffer, before the LF
                 buffer.moveReaderIndex(forwardBy: 2)
                 return .line(text)
             }

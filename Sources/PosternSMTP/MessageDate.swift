@@ -15,7 +15,10 @@ public enum MessageDate {
     private static let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 
     public static func rfc5322(_ date: Date) -> String {
-        var seconds = time_t(date.timeIntervalSince1970.rounded(.down))
+        // A DSN's Arrival-Date comes from a queue file and may be any Double, which time_t(_:) would trap
+        // on: dates outside 1970-9999 (no clock of ours makes them) are clamped into it.
+        let since1970 = date.timeIntervalSince1970.rounded(.down)
+        var seconds = time_t(since1970 >= 0 ? min(since1970, 253_402_300_799) : 0)  // NaN is not >= 0
         var parts = tm()
         gmtime_r(&seconds, &parts)
         func two(_ n: Int32) -> String { n < 10 ? "0\(n)" : "\(n)" }

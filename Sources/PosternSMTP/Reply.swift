@@ -13,11 +13,12 @@ public struct SMTPReply: Sendable, Hashable, CustomStringConvertible {
         self.lines = [text]
     }
 
+    /// A reply has at least one line: no lines give one empty line (a reply written without any
+    /// would not be a reply on the wire).
     public init(code: Int, enhancedStatus: String?, lines: [String]) {
-        precondition(!lines.isEmpty, "a reply has at least one line")
         self.code = code
         self.enhancedStatus = enhancedStatus
-        self.lines = lines
+        self.lines = lines.isEmpty ? [""] : lines
     }
 
     public var isPositive: Bool { code < 400 }

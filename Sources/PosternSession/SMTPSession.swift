@@ -47,6 +47,9 @@ public struct SMTPSession: Sendable {
     private var esmtp = false
     private var errors = 0
     private let rules: any SessionRules
+    /// Why the session closed itself for a command or result its state cannot take (a fault of the
+    /// caller, not of the client); nil otherwise. The handler logs it.
+    public private(set) var internalError: String?
 
     public init(configuration: SessionConfiguration, facts: ConnectionFacts, rules: any SessionRules) {
         self.configuration = configuration
@@ -107,7 +110,7 @@ public struct SMTPSession: Sendable {
     public mutating func receive(_ command: SMTPCommand) -> SessionAction {
         switch state {
         case .closed, .authenticating, .delivering, .tlsStarting, .data, .authExchange:
-            preconditionFailure("command \(command) fed to a session in state \(state)")
+            return internalFailure("command \(Self.caseName(command)) in state \(Self.caseName(state))")
         case .connected, .ready, .transaction:
             break
         }
@@ -157,7 +160,8 @@ public struct SMTPSession: Sendable {
     }
 
     public mutating func authCompleted(_ outcome: AuthOutcome) -> SessionAction {
-        guard case .authenticating = state else { preconditionFailure("authCompleted in state \(state)") }
+        // A session closed meanwhile (idle timeout, shutdown) can still get its directory's answer.
+        guard case .authenticating = state else { return internalFailure("authentication result in state \(Self.caseName(state))") }
         state = .ready
         switch outcome {
         case .success(let user):
@@ -177,7 +181,7 @@ public struct SMTPSession: Sendable {
 
     /// DATA ended (`<CRLF>.<CRLF>` seen) with this outcome from the framer.
     public mutating func dataCompleted(_ outcome: DataFramer.Outcome) -> SessionAction {
-        guard case .data(let transaction) = state else { preconditionFailure("dataCompleted in state \(state)") }
+        guard case .data(let transaction) = state else { return internalFailure("end of DATA in state \(Self.caseName(state))") }
         switch outcome {
         case .rejected(let rejection):
             state = .ready
@@ -191,7 +195,7 @@ public struct SMTPSession: Sendable {
     }
 
     public mutating func deliveryCompleted(_ outcome: DeliveryOutcome) -> SessionAction {
-        guard case .delivering = state else { preconditionFailure("deliveryCompleted in state \(state)") }
+        guard case .delivering = state else { return internalFailure("delivery result in state \(Self.caseName(state))") }
         state = .ready
         switch outcome {
         case .queued(let id):
@@ -393,6 +397,20 @@ public struct SMTPSession: Sendable {
         }
         state = .data(transaction)
         return .startData(.startData, DataLimits(maxMessageSize: effectiveSizeLimit, normalizeBareLF: configuration.normalizeBareLF))
+    }
+
+    /// A command or result in a state that cannot take it. STYLE.md: a transition any input can reach
+    /// gets a reply, never a trap (a trap ends every listener), so the connection is closed with 421;
+    /// `internalError` says why.
+    private mutating func internalFailure(_ reason: String) -> SessionAction {
+        internalError = reason
+        state = .closed
+        return .close(SMTPReply(421, "4.3.0", "Internal error, closing transmission channel"))
+    }
+
+    /// The case without its payload (`auth`, `authExchange`): a reason must not carry credentials.
+    private static func caseName(_ value: Any) -> String {
+        String(String(describing: value).prefix { $0 != "(" })
     }
 
     /// Counts an error reply; past the limit the session ends with 421.

@@ -302,7 +302,9 @@ enum SpoolRecovery {
             do {
                 let (envelope, _) = try directory.readEnvelope(id: id)
                 var state = try stateOrReset(directory, id: id, envelope: envelope, logger: logger)
-                let count = (state.interruptedDeliveries ?? 0) + 1
+                // The count comes from the state file, so it may be any Int: one more must not overflow.
+                let previous = state.interruptedDeliveries ?? 0
+                let count = previous == .max ? previous : previous + 1
                 state.interruptedDeliveries = count
                 guard count >= Spool.interruptionsBeforeHold else {
                     try directory.writeState(id: id, state)
@@ -340,7 +342,7 @@ enum SpoolRecovery {
         let names = Set((try? fm.contentsOfDirectory(atPath: directory.queuePath)) ?? [])
         for name in names.sorted() {
             if name.hasSuffix(".msg") || name.hasSuffix(".state") {
-                let id = String(name[..<name.lastIndex(of: ".")!])
+                let id = String(name[..<name.lastIndex(of: ".")!])  // `!`: the name ends in .msg or .state
                 if name.hasSuffix(".state") && !names.contains("\(id).msg") {
                     // The message was removed (delivered) and the crash came before its state went.
                     unlink("\(directory.queuePath)/\(name)")

@@ -122,7 +122,7 @@ public struct SpoolDirectory: Sendable {
     static func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) throws(SpoolError) {
         var offset = 0
         while offset < bytes.count {
-            let n = systemWrite(fd, bytes.baseAddress! + offset, bytes.count - offset)
+            let n = systemWrite(fd, bytes.baseAddress! + offset, bytes.count - offset)  // `!`: not empty (offset < count)
             if n < 0 {
                 if errno == EINTR { continue }
                 throw error("write")
@@ -295,7 +295,7 @@ public struct SpoolDirectory: Sendable {
         var offset = 0
         let ok = bytes.withUnsafeMutableBytes { buffer -> Bool in
             while offset < buffer.count {
-                let n = pread(fd, buffer.baseAddress! + offset, buffer.count - offset, off_t(offset))
+                let n = pread(fd, buffer.baseAddress! + offset, buffer.count - offset, off_t(offset))  // `!`: not empty (offset < count)
                 if n < 0 && errno == EINTR { continue }
                 if n <= 0 { return false }
                 offset += n
@@ -318,6 +318,7 @@ public struct SpoolDirectory: Sendable {
         var checksum: UInt64
         /// Offset of the envelope JSON (just past the header line).
         var envelopeStart: Int
+        /// Cannot overflow: `parseHeader` refuses lengths whose sum does.
         var fileSize: Int { envelopeStart + envelopeLength + messageLength }
     }
 
@@ -329,6 +330,9 @@ public struct SpoolDirectory: Sendable {
               let envLength = Int(fields[2]), let msgLength = Int(fields[3]), let checksum = UInt64(fields[4], radix: 16),
               envLength >= 0, msgLength >= 0
         else { throw .corrupt("bad header line") }
+        // The lengths are the file's word: a corrupt one near Int.max must not overflow `fileSize`.
+        let (withEnvelope, overflow) = (newline + 1).addingReportingOverflow(envLength)
+        guard !overflow, !withEnvelope.addingReportingOverflow(msgLength).overflow else { throw .corrupt("header lengths out of range") }
         return Header(envelopeLength: envLength, messageLength: msgLength, checksum: checksum, envelopeStart: newline + 1)
     }
 

@@ -60,7 +60,7 @@ while True:
     /// Messages received so far, oldest first.
     public func messages() -> [String] {
         let names = ((try? FileManager.default.contentsOfDirectory(atPath: outbox)) ?? []).filter { $0.hasSuffix(".eml") }
-        return names.sorted { Int($0.dropLast(4))! < Int($1.dropLast(4))! }
+        return names.sorted { (Int($0.dropLast(4)) ?? 0) < (Int($1.dropLast(4)) ?? 0) }
             .compactMap { try? String(contentsOfFile: outbox + "/" + $0, encoding: .utf8) }
     }
 

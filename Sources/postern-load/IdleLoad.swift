@@ -76,6 +76,13 @@ struct IdleLoad: AsyncParsableCommand {
         return (channel, Double((NIODeadline.now() - start).nanoseconds) / 1e9)
     }
 
+    func validate() throws {
+        // `0..<probes` and NIO's port conversion trap outside these.
+        guard (1...65535).contains(port), connections >= 0, concurrency >= 1, probes >= 0 else {
+            throw ValidationError("--port must be 1-65535, --concurrency at least 1, --connections and --probes at least 0")
+        }
+    }
+
     func run() async throws {
         armWatchdog(seconds: timeout, what: "the idle-connection check")
         let group = MultiThreadedEventLoopGroup.singleton
@@ -120,7 +127,7 @@ struct IdleLoad: AsyncParsableCommand {
         let open = channels.count
         for c in channels { c.close(promise: nil) }
         func mib(_ k: Int?) -> String { k.map { String(format: "%.1f", Double($0) / 1024) } ?? "n/a" }
-        let perConnection = (rssIdle != nil && rssBefore != nil && open > 0) ? String(format: "%.1f", Double(rssIdle! - rssBefore!) / Double(open)) : "n/a"
+        let perConnection = (rssIdle != nil && rssBefore != nil && open > 0) ? String(format: "%.1f", Double(rssIdle! - rssBefore!) / Double(open)) : "n/a"  // `!`: checked first
         print(String(format: "RESULT label=idle connections=%d open=%d failures=%d open_seconds=%.2f rss_before_mib=%@ rss_idle_mib=%@ rss_after_probes_mib=%@ kib_per_connection=%@ greet_p50_ms=%.2f greet_max_ms=%.2f probes=%d",
                      connections, open, failures, openSeconds, mib(rssBefore), mib(rssIdle), mib(rssAfter), perConnection,
                      waits.isEmpty ? Double.nan : waits[waits.count / 2], waits.last ?? .nan, waits.count))

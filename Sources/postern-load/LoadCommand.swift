@@ -42,6 +42,13 @@ struct SMTPLoad: AsyncParsableCommand {
     @Option(help: "Give up after this many seconds.") var timeout = 600
     @Option(help: "A label for the RESULT line.") var label = "load"
 
+    func validate() throws {
+        // `total / sessions`, `0..<sessions` and NIO's port conversion trap outside these.
+        guard (1...65535).contains(port), sessions >= 1, messages >= 0, size >= 0 else {
+            throw ValidationError("--port must be 1-65535, --sessions at least 1, --messages and --size at least 0")
+        }
+    }
+
     func run() async throws {
         guard let loadMode = LoadMode(rawValue: mode) else { throw ValidationError("--mode must be device or submission") }
         armWatchdog(seconds: timeout, what: "the load")

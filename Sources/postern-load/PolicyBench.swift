@@ -16,6 +16,11 @@ struct PolicyBench: AsyncParsableCommand {
     @Option(help: "Reloads timed.") var reloads = 10
     @Option(help: "Give up after this many seconds.") var timeout = 300
 
+    func validate() throws {
+        // `% devices`, `/ iterations` and the reload percentiles need at least one of each.
+        guard devices >= 1, iterations >= 1, reloads >= 1 else { throw ValidationError("--devices, --iterations and --reloads must be at least 1") }
+    }
+
     func run() async throws {
         armWatchdog(seconds: timeout, what: "the policy benchmark")
         let fm = FileManager.default
@@ -45,7 +50,7 @@ struct PolicyBench: AsyncParsableCommand {
         guard policy.devices.count == devices else { throw ValidationError("loaded \(policy.devices.count) devices, expected \(devices)") }
 
         // Inputs prepared up front so that only the decision is timed.
-        let now = ISO8601DateFormatter().date(from: "2026-06-01T12:00:00Z")!
+        let now = ISO8601DateFormatter().date(from: "2026-06-01T12:00:00Z")!  // `!`: a constant, valid date
         let distinct = 4096
         let recipient = try AddressParser.parseMailbox("bob@example.edu")
         var connInputs: [DecisionInput] = [], rcptInputs: [DecisionInput] = []
@@ -115,7 +120,7 @@ struct PolicyBench: AsyncParsableCommand {
         // devices.yaml outside the block layout the fast reader takes (a non-ASCII comment): libyaml reads it.
         let libyamlMs = try timeReloads(max(1, reloads / 3)) { "# Geräte\n" + yaml + "# reload \($0)\n" }
         let firstMs = Double(firstLoad.components.seconds) * 1e3 + Double(firstLoad.components.attoseconds) / 1e15
-        func p50(_ ms: [Double]) -> Double { ms[ms.count / 2] }
+        func p50(_ ms: [Double]) -> Double { ms[ms.count / 2] }  // with `.last!` below: `validate` makes reloads >= 1
         print(String(format: "RESULT label=policy devices=%d iterations=%d decide_connect_ns=%.0f decide_rcpt_ns=%.0f first_load_ms=%.1f reload_p50_ms=%.1f reload_max_ms=%.1f reloads=%d reload_comment_p50_ms=%.1f reload_unchanged_p50_ms=%.1f reload_cold_p50_ms=%.1f reload_cold_max_ms=%.1f reload_libyaml_p50_ms=%.1f",
                      devices, iterations, conn.ns, rcpt.ns, firstMs, p50(entryMs), entryMs.last!, reloads,
                      p50(commentMs), p50(unchangedMs), p50(coldMs), coldMs.last!, p50(libyamlMs)))

@@ -44,7 +44,7 @@ struct ReplyReader {
         let view = buffer.readableBytesView
         guard let lf = view.firstIndex(of: UInt8(ascii: "\n")) else { return nil }
         let length = lf - view.startIndex + 1
-        var line = buffer.readString(length: length)!
+        var line = buffer.readString(length: length)!  // `!`: those bytes are in the buffer, up to the LF
         while line.last == "\n" || line.last == "\r" { line.removeLast() }
         if buffer.readerIndex > 65536 { buffer.discardReadBytes() }
         return line

@@ -52,7 +52,12 @@ struct DevicesCommand: ParsableCommand {
 
         static func days(_ text: String) -> Int? {
             let t = text.lowercased()
-            if t.hasSuffix("w") { return Int(t.dropLast()).map { $0 * 7 } }
+            if t.hasSuffix("w") {
+                // A number of weeks whose days no Int holds is no period (`* 7` would trap).
+                guard let weeks = Int(t.dropLast()) else { return nil }
+                let days = weeks.multipliedReportingOverflow(by: 7)
+                return days.overflow ? nil : days.partialValue
+            }
             if t.hasSuffix("d") { return Int(t.dropLast()) }
             return Int(t)
         }

@@ -71,7 +71,9 @@ struct QueueCommand: AsyncParsableCommand {
                         print("\(id)  \(status)  (unreadable\(area == .queue ? "; the relay will move it aside" : ""))")
                         continue
                     }
-                    let age = max(0, Int(now.timeIntervalSince(entry.envelope.receivedAt)))
+                    // The arrival date is the queue file's word: Int(_:) would trap on an age no Int holds.
+                    let seconds = now.timeIntervalSince(entry.envelope.receivedAt)
+                    let age = seconds > 0 ? (seconds < 0x1p63 ? Int(seconds) : .max) : 0
                     let ageText = age < 3600 ? "\(age / 60)m" : "\(age / 3600)h\((age % 3600) / 60)m"
                     let sender = entry.envelope.sender.isEmpty ? "<>" : entry.envelope.sender
                     let next = area == .hold ? "held" : format(entry.state.nextAttempt)

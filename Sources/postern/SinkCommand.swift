@@ -28,18 +28,22 @@ struct SinkCommand: AsyncParsableCommand {
     func validate() throws {
         guard (outbox != nil) != discard else { throw ValidationError("give exactly one of --outbox DIR and --discard") }
         guard SinkConfiguration.TLSMode(rawValue: tls) != nil else { throw ValidationError("--tls must be starttls or implicit") }
-        guard let colon = listen.lastIndex(of: ":"), Int(listen[listen.index(after: colon)...]) != nil else {
-            throw ValidationError("--listen must be ADDR:PORT")
-        }
+        guard hostAndPort != nil else { throw ValidationError("--listen must be ADDR:PORT with a port from 0 to 65535") }
+    }
+
+    /// `--listen` split; nil unless the port is one a socket can have (NIO would bind 99999 as 34463).
+    var hostAndPort: (host: String, port: Int)? {
+        guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]), (0...65535).contains(port) else { return nil }
+        var host = String(listen[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        return (host, port)
     }
 
     func run() async throws {
-        let colon = listen.lastIndex(of: ":")!
-        var host = String(listen[..<colon])
-        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        let port = Int(listen[listen.index(after: colon)...])!
+        // `validate()` ran first and checked both.
+        guard let (host, port) = hostAndPort, let mode = SinkConfiguration.TLSMode(rawValue: tls) else { throw ValidationError("bad --listen or --tls") }
         let configuration = SinkConfiguration(
-            host: host, port: port, tls: SinkConfiguration.TLSMode(rawValue: tls)!, certificateFile: cert, keyFile: key,
+            host: host, port: port, tls: mode, certificateFile: cert, keyFile: key,
             clientCAFile: ca, outbox: discard ? nil : outbox, hostname: hostname,
             faults: SinkFaults(rcptReply: rcptReply, dataReply: dataReply, dropAfterData: dropAfterData))
         let sink = SinkServer(configuration: configuration, group: MultiThreadedEventLoopGroup.singleton, logger: Logger(label: "postern.sink"))
