@@ -151,7 +151,8 @@ public struct AuthThrottle: Sendable {
 
     private static func lockRemaining(_ streak: Streak, _ now: Date) -> Duration? {
         guard let until = streak.lockedUntil, now < until else { return nil }
-        return .milliseconds(Int64((until.timeIntervalSince(now) * 1000).rounded(.up)))
+        // Bounded before the conversion: a clock that jumps must not make a Double too large for Int64.
+        return .milliseconds(Int64((min(until.timeIntervalSince(now), 366 * 86_400) * 1000).rounded(.up)))
     }
 
     private static func delay(_ streak: Streak, _ limits: Limits) -> Duration {
