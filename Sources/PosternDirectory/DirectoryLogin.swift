@@ -139,8 +139,9 @@ public final class DirectoryLogin: Sendable {
                     logger.warning("authentication slots stayed full; giving up")
                     return .timedOut
                 }
+                // Slots free as attempts in flight settle, within milliseconds of a directory round trip.
                 try? await Task.sleep(for: pause)
-                pause = min(pause * 2, .milliseconds(200))
+                pause = min(pause * 2, .milliseconds(50))
             }
         }
     }

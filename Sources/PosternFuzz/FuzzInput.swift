@@ -163,7 +163,7 @@ struct FuzzInput {
                 // What policy judges is what MAIL FROM would be: the mailbox parses back to itself.
                 let again = try? AddressParser.parseMailbox(address.mailbox.description)
                 fuzzCheck(again == address.mailbox, "header address \(address.mailbox) does not parse back to itself")
-                if let shown = address.displayNameAddress { checkMailbox(shown) }
+                address.displayNameAddresses.forEach(checkMailbox)
             }
             // The body never changes what the header section says.
             if let end = headerSectionEnd(payload) {

@@ -19,7 +19,7 @@ extension PolicyReply {
         SMTPReply(550, "5.7.1", "\(address.field.rawValue): header address <\(address.mailbox)> is not one you may send as")
     }
     public static func headerDisplayNameNotAllowed(_ field: OriginatorFields.FieldName, _ shown: Mailbox) -> SMTPReply {
-        SMTPReply(550, "5.7.1", "\(field.rawValue): header display name is the address <\(shown)>, which is not one you may send as")
+        SMTPReply(550, "5.7.1", "\(field.rawValue): header display name shows the address <\(shown)>, which is not one you may send as")
     }
     public static func headerUnreadable(_ error: OriginatorFieldsError) -> SMTPReply {
         if error.field != nil { return SMTPReply(550, "5.7.1", "\(error)") }
@@ -34,8 +34,8 @@ extension PolicySet {
         listeners[endpoint]?.headerFrom ?? .enforce
     }
 
-    /// Decides a message's `From:` and `Sender:` fields: every address in them, and every display name that
-    /// is itself an address, must be one this session may use as MAIL FROM. Each is judged by `decide`, the
+    /// Decides a message's `From:` and `Sender:` fields: every address in them, and every address a display
+    /// name shows, must be one this session may use as MAIL FROM. Each is judged by `decide`, the
     /// same decision MAIL FROM gets, so a user's directory addresses, a device's allowed senders and a
     /// service account's domains count here exactly as there.
     ///
@@ -47,6 +47,11 @@ extension PolicySet {
         guard mode != .off else { return HeaderFromDecision(decision: .accept("header-from: off on \(input.endpoint.rawValue)")) }
         let (refusal, accepted, added) = judgeOriginators(input, originators)
         guard let refusal else {
+            if mode == .warn, let added {
+                // warn leaves the message as it came; the audit line says what enforce would have added.
+                let field = added.trimmingCharacters(in: .whitespacesAndNewlines)
+                return HeaderFromDecision(decision: .accept("header-from (warn, not enforced): no From: header, enforce would add \(field)"))
+            }
             return HeaderFromDecision(decision: .accept(accepted), addedField: added)
         }
         switch mode {
@@ -88,7 +93,7 @@ extension PolicySet {
                                  rule: "header-from: \(address.field.rawValue): \(address.mailbox) refused (\(decision.rule))"), "", nil)
             }
             accepted.append("\(address.field.rawValue): \(address.mailbox) (\(decision.rule))")
-            if let shown = address.displayNameAddress {
+            for shown in address.displayNameAddresses {
                 asSender.sender = .mailbox(shown)
                 let byName = decide(asSender)
                 if byName.reply != nil {

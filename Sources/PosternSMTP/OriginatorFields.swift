@@ -22,9 +22,10 @@ public struct OriginatorFields: Sendable, Hashable {
         public var mailbox: Mailbox
         /// The display name, with quoted pairs resolved and RFC 2047 encoded words decoded; nil without one.
         public var displayName: String?
-        /// The display name when it is itself an address (`"president@example.edu" <alice@example.edu>`):
-        /// clients that show only names show that address as the author.
-        public var displayNameAddress: Mailbox?
+        /// Addresses the display name shows (`"president@example.edu" <alice@example.edu>`,
+        /// `"President <president@example.edu>" <alice@example.edu>`): clients that show only names show them
+        /// as the author.
+        public var displayNameAddresses: [Mailbox]
 
         public var description: String { "\(field.rawValue): \(mailbox)" }
     }
@@ -352,7 +353,7 @@ enum AddressListParser {
         }
         // Invalid UTF-8 would have become U+FFFD above, which is not ASCII: parsePath has refused it.
         return .success(OriginatorFields.Address(field: field, mailbox: mailbox, displayName: display,
-                                                 displayNameAddress: display.flatMap(addressInDisplayName)))
+                                                 displayNameAddresses: display.map(addressesInDisplayName) ?? []))
     }
 
     static func isDotAtom(_ bytes: [UInt8]) -> Bool {
@@ -386,15 +387,16 @@ enum AddressListParser {
         return EncodedWord.decodeAll(in: raw)
     }
 
-    /// The display name read as an address, the way a client that shows only names shows it: compatibility
-    /// forms folded (a fullwidth `＠` is an `@`), surrounding quotes, brackets and spaces dropped.
-    static func addressInDisplayName(_ name: String) -> Mailbox? {
-        var text = Substring(name.precomposedStringWithCompatibilityMapping)
-        let strip: Set<Character> = [" ", "\t", "\"", "'", "<", ">", "(", ")", "[", "]"]
-        while let c = text.first, strip.contains(c) { text = text.dropFirst() }
-        while let c = text.last, strip.contains(c) { text = text.dropLast() }
-        guard text.contains("@"), let mailbox = try? AddressParser.parseMailbox(String(text)) else { return nil }
-        return mailbox
+    /// The addresses a display name shows, read the way a reader would: compatibility forms folded (a fullwidth
+    /// `＠` is an `@`), then every word with an `@` in it, quotes and brackets around it dropped, that is a mailbox.
+    static func addressesInDisplayName(_ name: String) -> [Mailbox] {
+        let folded = name.precomposedStringWithCompatibilityMapping
+        guard folded.contains("@") else { return [] }
+        let separators: Set<Character> = [" ", "\t", "\"", "'", "<", ">", "(", ")", "[", "]", ",", ";"]
+        return folded.split(whereSeparator: { separators.contains($0) }).compactMap { word -> Mailbox? in
+            guard word.contains("@") else { return nil }
+            return try? AddressParser.parseMailbox(String(word))
+        }
     }
 
     // MARK: Lexical tokens

@@ -92,7 +92,8 @@ final class HeaderFromTests: XCTestCase {
             ("From: Staff: alice@example.edu, President <president@example.edu>;\r\n", "550 5.7.1 From: header address <president@example.edu>"),
             ("From: =?utf-8?q?alice=40example.edu?= <president@example.edu>\r\n", "550 5.7.1 From: header address <president@example.edu>"),
             ("From: =?utf-8?b?cHJlc2lkZW50QGV4YW1wbGUuZWR1?= <alice@example.edu>\r\n",
-             "550 5.7.1 From: header display name is the address <president@example.edu>, which is not one you may send as"),
+             "550 5.7.1 From: header display name shows the address <president@example.edu>, which is not one you may send as"),
+            ("From: \"President <president@example.edu>\" <alice@example.edu>\r\n", "550 5.7.1 From: header display name shows the address <president@example.edu>"),
             ("From: Alice Smith\r\n <president@example.edu>\r\n", "550 5.7.1 From: header address <president@example.edu>"),
             ("From:\r\n\tpresident@example.edu\r\n", "550 5.7.1 From: header address <president@example.edu>"),
             ("FROM : president@example.edu\r\n", "550 5.7.1 From: header address <president@example.edu>"),
@@ -177,12 +178,17 @@ final class HeaderFromTests: XCTestCase {
         XCTAssertTrue(off[0].hasPrefix("250 2.0.0 Ok: queued as"), off[0])
         let enforced = try submit([Self.message("From: president@example.edu\r\n")], endpoint: "submissions")
         XCTAssertTrue(enforced[0].hasPrefix("550 5.7.1 From: header address <president@example.edu>"), "submissions still enforces: \(enforced[0])")
+        // warn leaves a message without From: as it came.
+        let before = Set(harness.outboxFiles())
+        let noFrom = try submit(["Subject: cron\r\n\r\nx\r\n"])
+        XCTAssertTrue(noFrom[0].hasPrefix("250 2.0.0 Ok: queued as"), noFrom[0])
+        let stored = try XCTUnwrap(Set(harness.outboxFiles()).subtracting(before).first)
+        XCTAssertFalse(try String(contentsOf: stored, encoding: .utf8).contains("\r\nFrom:"))
         let data = try harness.auditEvents().filter { $0["stage"] as? String == "data" }
-        XCTAssertEqual(data.count, 2, "off audits nothing: \(data)")
-        XCTAssertEqual(data.first?["result"] as? String, "accept")
+        XCTAssertEqual(data.compactMap { $0["result"] as? String }, ["accept", "550 5.7.1", "accept"], "off audits nothing: \(data)")
         XCTAssertTrue((data.first?["rule"] as? String ?? "").hasPrefix("header-from (warn, not enforced): header-from: From: president@example.edu refused"),
                       "\(data)")
-        XCTAssertEqual(data.last?["result"] as? String, "550 5.7.1")
+        XCTAssertEqual(data.last?["rule"] as? String, "header-from (warn, not enforced): no From: header, enforce would add From: alice@example.edu")
         try? FileManager.default.removeItem(at: policies)
     }
 

@@ -39,22 +39,26 @@ final class OriginatorFieldsTests: XCTestCase {
     func testDisplayNamesThatAreAddressesAreReported() throws {
         let fields = try parse("From: \"alice@example.edu\" <president@example.edu>\r\n").get()
         XCTAssertEqual(fields.addresses.first?.mailbox.description, "president@example.edu")
-        XCTAssertEqual(fields.addresses.first?.displayNameAddress?.description, "alice@example.edu")
+        XCTAssertEqual(fields.addresses.first?.displayNameAddresses.map(\.description), ["alice@example.edu"])
         let encoded = try parse("From: =?utf-8?b?cHJlc2lkZW50QGV4YW1wbGUuZWR1?= <alice@example.edu>\r\n").get()
         XCTAssertEqual(encoded.addresses.first?.displayName, "president@example.edu")
-        XCTAssertEqual(encoded.addresses.first?.displayNameAddress?.description, "president@example.edu")
+        XCTAssertEqual(encoded.addresses.first?.displayNameAddresses.map(\.description), ["president@example.edu"])
         let q = try parse("From: =?UTF-8?Q?president=40example=2Eedu?= <alice@example.edu>\r\n").get()
-        XCTAssertEqual(q.addresses.first?.displayNameAddress?.description, "president@example.edu")
+        XCTAssertEqual(q.addresses.first?.displayNameAddresses.map(\.description), ["president@example.edu"])
         // Written against RFC 2047 (a raw dot), as lenient clients still decode it.
         let lenient = try parse("From: =?utf-8?q?president=40example.edu?= <alice@example.edu>\r\n").get()
-        XCTAssertEqual(lenient.addresses.first?.displayNameAddress?.description, "president@example.edu")
+        XCTAssertEqual(lenient.addresses.first?.displayNameAddresses.map(\.description), ["president@example.edu"])
         let fullwidth = try parse("From: \"president＠example.edu\" <alice@example.edu>\r\n").get()
-        XCTAssertEqual(fullwidth.addresses.first?.displayNameAddress?.description, "president@example.edu")
+        XCTAssertEqual(fullwidth.addresses.first?.displayNameAddresses.map(\.description), ["president@example.edu"])
         let split = try parse("From: =?utf-8?q?president?= =?utf-8?q?=40example.edu?= <alice@example.edu>\r\n").get()
         XCTAssertEqual(split.addresses.first?.displayName, "president@example.edu", "white space between encoded words goes")
         let name = try parse("From: =?iso-8859-1?q?J=FCrgen_M=FCller?= <alice@example.edu>\r\n").get()
         XCTAssertEqual(name.addresses.first?.displayName, "Jürgen Müller")
-        XCTAssertNil(name.addresses.first?.displayNameAddress)
+        XCTAssertEqual(name.addresses.first?.displayNameAddresses, [])
+        let inName = try parse("From: \"President <president@example.edu>\" <alice@example.edu>\r\n").get()
+        XCTAssertEqual(inName.addresses.first?.displayNameAddresses.map(\.description), ["president@example.edu"])
+        let among = try parse("From: \"Payroll (for hr@example.edu, via alice@example.edu)\" <alice@example.edu>\r\n").get()
+        XCTAssertEqual(among.addresses.first?.displayNameAddresses.map(\.description), ["hr@example.edu", "alice@example.edu"])
     }
 
     func testSeveralAddressesFieldsAndGroupsAreAllReported() {
