@@ -14,6 +14,8 @@ import NIOPosix
 /// bind, with the given password, for a DN that does not exist (`uid=postern-absent-<random>,
 /// <searchBase>`), so the reply comes after one round trip to the server either way.
 ///
+/// It has no throttle of its own: the gateway and the registration page ask it through `DirectoryLogin`.
+///
 /// At most `maxConnections` service connections plus as many credential-check connections are
 /// open; give it a thread pool with at least twice `maxConnections` threads, since time spent
 /// waiting for a thread counts against the operation's time limit. Creating a `Directory` sets

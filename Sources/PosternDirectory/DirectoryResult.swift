@@ -23,7 +23,8 @@ public enum DirectoryResult: Sendable, Hashable {
     case success(DirectoryIdentity)
     /// Wrong password, unknown or ambiguous login, empty password (`535 5.7.8`).
     case invalidCredentials
-    /// The credentials are right but the user is in none of the required groups (`550 5.7.1`).
+    /// The credentials are right but the user is in none of the required groups (answered like a wrong
+    /// password, `535 5.7.8`, unless `reveal-not-authorized` asks for `550 5.7.1`).
     case notAuthorized
     /// The directory could not give an answer: unreachable, timed out, misconfigured (`454 4.7.0`).
     case unavailable(String)
