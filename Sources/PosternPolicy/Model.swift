@@ -138,6 +138,14 @@ public struct Department: Sendable, Hashable {
     /// The department's own mail domains: its devices' senders must lie in them (in the internal domains
     /// when it lists none).
     public var domains: [DomainPattern] = []
+
+    public init(id: String, name: String, contact: String? = nil, sunset: CalendarDate? = nil, domains: [DomainPattern] = []) {
+        self.id = id
+        self.name = name
+        self.contact = contact
+        self.sunset = sunset
+        self.domains = domains
+    }
 }
 
 /// A legacy device allowed to submit on the plaintext `device` endpoint.
