@@ -65,7 +65,9 @@ public final class DirectoryLogin: Sendable {
     /// a wrong one: were it counted as a success, the moment a lockout starts would tell which guess was right.
     public func authenticate(login: String, password: String, client: String,
                              authorize: @Sendable (DirectoryIdentity) -> Bool) async -> LoginResult {
-        let loginKey = "login:" + LoginName.normalized(login)
+        // The directory refuses logins over 256 octets unread; cut the key there so that the throttle's memory
+        // stays bounded by its key count, whatever an AUTH line carries.
+        let loginKey = "login:" + String(LoginName.normalized(String(String.UnicodeScalarView(login.unicodeScalars.prefix(1024)))).prefix(256))
         switch await admit({ $0.reserve(client: client, account: loginKey, now: $1) }) {
         case .refused(let retryAfter): return .throttled(retryAfter: retryAfter)
         case .timedOut: return .unavailable("too many authentications in flight for this login or address")
