@@ -48,6 +48,7 @@ let package = Package(
             name: "PosternDirectory",
             dependencies: [
                 "CLDAP",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

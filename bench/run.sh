@@ -168,6 +168,7 @@ directory:
   user-filter: (&(objectClass=inetOrgPerson)(uid=%s))
   address-attributes: [mail, mailAlternateAddress]
   group-attribute: memberOf
+  group-base: ou=groups,dc=example,dc=edu
   required-groups: [mail-submitters]
 delivery:
   spool: $WORK/postern-spool

@@ -14,6 +14,8 @@ import NIOPosix
 /// bind, with the given password, for a DN that does not exist (`uid=postern-absent-<random>,
 /// <searchBase>`), so the reply comes after one round trip to the server either way.
 ///
+/// It has no throttle of its own: the gateway and the registration page ask it through `DirectoryLogin`.
+///
 /// At most `maxConnections` service connections plus as many credential-check connections are
 /// open; give it a thread pool with at least twice `maxConnections` threads, since time spent
 /// waiting for a thread counts against the operation's time limit. Creating a `Directory` sets
@@ -28,7 +30,7 @@ public final class Directory: Sendable {
     private let bindPool: LDAPConnectionPool
     private let absentUserDN: String
     private let userAttributes: [String]
-    private let requiredGroups: [GroupName]
+    private let requiredGroups: [GroupReference]
     private let binds = Counter()
     private let opener: ConnectionOpener
 
@@ -57,13 +59,43 @@ public final class Directory: Sendable {
         var attributes = configuration.addressAttributes
         if case .attribute(let name) = configuration.groupLookup { attributes.append(name) }
         self.userAttributes = attributes.isEmpty ? ["1.1"] : attributes
-        self.requiredGroups = configuration.requiredGroups.map(GroupName.init)
+        self.requiredGroups = configuration.requiredGroups.map { GroupReference($0, base: configuration.groupBase) }
     }
 
     /// How many credential binds (user DNs and the stand-in for unknown users) were sent so far.
     public var credentialBindCount: Int { binds.value }
 
+    /// Checks the password and applies `requiredGroups`: SMTP AUTH's question without the throttle
+    /// (`DirectoryLogin` adds it).
     public func authenticate(login: String, password: String) async -> DirectoryResult {
+        switch await checkPassword(login: login, password: password, beforeBind: { _ in true }) {
+        case .verified(let identity):
+            guard meetsRequiredGroups(identity) else { return .notAuthorized }
+            return .success(identity)
+        case .invalidCredentials, .refusedBeforeBind:
+            return .invalidCredentials
+        case .unavailable(let reason):
+            return .unavailable(reason)
+        }
+    }
+
+    /// Whether the identity is in one of `requiredGroups` (always, when there are none).
+    public func meetsRequiredGroups(_ identity: DirectoryIdentity) -> Bool {
+        guard !requiredGroups.isEmpty else { return true }
+        let memberOf = identity.groups
+        guard requiredGroups.contains(where: { required in memberOf.contains { required.matches($0) } }) else {
+            logger.info("authenticated user is in none of the required groups", metadata: ["dn": "\(identity.dn)"])
+            return false
+        }
+        return true
+    }
+
+    /// Searches the login's entry and binds as it with the password; reads its addresses and groups when the
+    /// password is right. No group requirement is applied: callers decide who may pass.
+    ///
+    /// `beforeBind` is called with the entry's DN once the search found exactly one, before the bind; when it
+    /// answers false nothing is bound (the throttle keys on the DN there, whatever spelling found the entry).
+    public func checkPassword(login: String, password: String, beforeBind: @Sendable (String) async -> Bool) async -> PasswordCheck {
         // An empty password would be an RFC 4513 unauthenticated bind, which "succeeds".
         guard !login.isEmpty, !password.isEmpty else { return .invalidCredentials }
         guard login.utf8.count <= 256, password.utf8.count <= 1024 else { return .invalidCredentials }
@@ -78,7 +110,7 @@ public final class Directory: Sendable {
                 try $0.search(base: base, filter: filter, attributes: attributes, sizeLimit: 2)
             }
         } catch {
-            return unavailable("user search failed", error)
+            return .unavailable(unavailableReason("user search failed", error))
         }
 
         guard found.entries.count == 1, !found.truncated, let entry = found.entries.first, !entry.dn.isEmpty else {
@@ -89,6 +121,8 @@ public final class Directory: Sendable {
             }
             return .invalidCredentials
         }
+
+        guard await beforeBind(entry.dn) else { return .refusedBeforeBind }
 
         switch await credentialBind(dn: entry.dn, password: secret) {
         case .invalidCredentials:
@@ -121,18 +155,11 @@ public final class Directory: Sendable {
                     try $0.search(base: base, filter: groupFilter, attributes: ["1.1"], sizeLimit: 0).entries.map(\.dn)
                 }
             } catch {
-                return unavailable("group search failed", error)
+                return .unavailable(unavailableReason("group search failed", error))
             }
         }
-
-        if !requiredGroups.isEmpty {
-            let memberOf = groups.map(GroupName.init)
-            guard memberOf.contains(where: { group in requiredGroups.contains { $0.matches(group) } }) else {
-                logger.info("authenticated user is in none of the required groups", metadata: ["dn": "\(entry.dn)"])
-                return .notAuthorized
-            }
-        }
-        return .success(DirectoryIdentity(login: login, dn: entry.dn, addresses: addresses, groups: groups))
+        // The login as the directory matched it, so that policy (service accounts, the audit) sees one spelling.
+        return .verified(DirectoryIdentity(login: LoginName.normalized(login), dn: entry.dn, addresses: addresses, groups: groups))
     }
 
     /// Closes the connections; later calls to `authenticate` return `.unavailable`.
@@ -203,6 +230,10 @@ public final class Directory: Sendable {
     }
 
     private func unavailable(_ what: String, _ error: any Error) -> DirectoryResult {
+        .unavailable(unavailableReason(what, error))
+    }
+
+    private func unavailableReason(_ what: String, _ error: any Error) -> String {
         let reason: String
         switch error {
         case let failure as LDAPFailure: reason = "\(what): \(failure)"
@@ -210,7 +241,7 @@ public final class Directory: Sendable {
         default: reason = "\(what): \(error)"
         }
         logger.warning("directory unavailable", metadata: ["reason": "\(reason)"])
-        return .unavailable(reason)
+        return reason
     }
 }
 
@@ -277,36 +308,6 @@ struct ConnectionOpener: Sendable {
         } catch let failure as LDAPFailure where connection.wasInterrupted {
             throw LDAPFailure(code: LDAP_TIMEOUT, message: "no answer from \(connection.uri) within \(limit) (\(failure.message))")
         }
-    }
-}
-
-/// A group as named in configuration or as a DN, compared the way admins expect.
-struct GroupName: Sendable, Hashable {
-    /// The DN lower-cased, without spaces around `,` and `=`.
-    var normalized: String
-    /// The value of the first RDN (`mail-submitters` for `cn=mail-submitters,ou=groups,...`),
-    /// or nil when the name is not a DN.
-    var firstValue: String?
-
-    init(_ name: String) {
-        let parts = name.split(separator: ",", omittingEmptySubsequences: false).map { rdn in
-            rdn.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-                .map { $0.trimmingCharacters(in: .whitespaces) }
-                .joined(separator: "=")
-        }
-        normalized = parts.joined(separator: ",").lowercased()
-        if let first = parts.first, let equals = first.firstIndex(of: "=") {
-            firstValue = String(first[first.index(after: equals)...]).lowercased()
-        } else {
-            firstValue = nil
-        }
-    }
-
-    /// Whether this configured name designates `group` (a DN from the directory).
-    func matches(_ group: GroupName) -> Bool {
-        if normalized == group.normalized { return true }
-        // A bare name (no `=`) matches the first RDN's value.
-        return firstValue == nil && normalized == group.firstValue
     }
 }
 

@@ -62,10 +62,13 @@ public struct DirectoryConfiguration: Sendable, Hashable {
     /// Attributes holding the user's mail addresses, e.g. `mail`, `mailAlternateAddress`.
     public var addressAttributes: [String]
     public var groupLookup: GroupLookup
-    /// When not empty, only members of at least one of these groups may submit. A name matches a
-    /// group DN either whole (`cn=mail-submitters,ou=groups,dc=example,dc=edu`, compared without
-    /// case or spaces around separators) or as the value of its first RDN (`mail-submitters`).
+    /// When not empty, only members of at least one of these groups may submit. A full DN
+    /// (`cn=mail-submitters,ou=groups,dc=example,dc=edu`) matches that group (compared without case or
+    /// spaces around separators); a bare name (`mail-submitters`) the group of that first RDN value directly
+    /// under `groupBase`, and nothing without one (`GroupReference`).
     public var requiredGroups: [String]
+    /// Where bare group names are (`ou=groups,dc=example,dc=edu`); nil: only full DNs match.
+    public var groupBase: String?
     /// TCP connect (and TLS set-up) limit per server.
     public var connectTimeout: Duration
     /// Limit for one LDAP operation (bind, search, StartTLS).
@@ -83,6 +86,7 @@ public struct DirectoryConfiguration: Sendable, Hashable {
         addressAttributes: [String] = ["mail", "mailAlternateAddress"],
         groupLookup: GroupLookup = .attribute("memberOf"),
         requiredGroups: [String] = [],
+        groupBase: String? = nil,
         connectTimeout: Duration = .seconds(3),
         operationTimeout: Duration = .seconds(5),
         maxConnections: Int = 4
@@ -96,6 +100,7 @@ public struct DirectoryConfiguration: Sendable, Hashable {
         self.addressAttributes = addressAttributes
         self.groupLookup = groupLookup
         self.requiredGroups = requiredGroups
+        self.groupBase = groupBase
         self.connectTimeout = connectTimeout
         self.operationTimeout = operationTimeout
         self.maxConnections = maxConnections

@@ -1,6 +1,6 @@
 /// Who a successfully authenticated user is, as the directory describes them.
 public struct DirectoryIdentity: Sendable, Hashable {
-    /// The login the client gave in SMTP AUTH.
+    /// The login as the directory matched it (`LoginName.normalized` of what the client typed).
     public var login: String
     /// The user's entry.
     public var dn: String
@@ -23,8 +23,21 @@ public enum DirectoryResult: Sendable, Hashable {
     case success(DirectoryIdentity)
     /// Wrong password, unknown or ambiguous login, empty password (`535 5.7.8`).
     case invalidCredentials
-    /// The credentials are right but the user is in none of the required groups (`550 5.7.1`).
+    /// The credentials are right but the user is in none of the required groups (answered like a wrong
+    /// password, `535 5.7.8`, unless `reveal-not-authorized` asks for `550 5.7.1`).
     case notAuthorized
     /// The directory could not give an answer: unreachable, timed out, misconfigured (`454 4.7.0`).
+    case unavailable(String)
+}
+
+/// What a password check found, before anyone decides who may pass (`Directory.checkPassword`).
+public enum PasswordCheck: Sendable, Hashable {
+    /// The password is right; the identity carries the entry's addresses and groups.
+    case verified(DirectoryIdentity)
+    /// Wrong password, unknown or ambiguous login, empty password.
+    case invalidCredentials
+    /// The entry was found, and the caller's `beforeBind` said not to bind (the account is locked).
+    case refusedBeforeBind
+    /// The directory could not give an answer.
     case unavailable(String)
 }

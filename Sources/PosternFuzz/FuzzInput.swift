@@ -22,6 +22,7 @@ struct FuzzInput {
         parseLines()
         frameLines()
         frameData()
+        parseOriginators()
         driveSession()
     }
 
@@ -148,7 +149,50 @@ struct FuzzInput {
         return (nil, consumed)
     }
 
-    // MARK: (c) the session state machine, driven like the channel handler drives it
+    // MARK: (c) the originator fields (From:, Sender:) of the payload read as a message
+
+    func parseOriginators() {
+        let whole = OriginatorParser.parse(payload)
+        fuzzCheck(whole == OriginatorParser.parse(payload), "OriginatorParser is not deterministic")
+        switch whole {
+        case .success(let fields):
+            fuzzCheck(fields.addresses.count <= OriginatorParser.maxAddresses, "more addresses than the limit")
+            fuzzCheck(fields.fromFields > 0 || fields.addresses.allSatisfy { $0.field == .sender }, "From: address without a From: field")
+            for address in fields.addresses {
+                checkMailbox(address.mailbox)
+                // What policy judges is what MAIL FROM would be: the mailbox parses back to itself.
+                let again = try? AddressParser.parseMailbox(address.mailbox.description)
+                fuzzCheck(again == address.mailbox, "header address \(address.mailbox) does not parse back to itself")
+                address.displayNameAddresses.forEach(checkMailbox)
+            }
+            // The body never changes what the header section says.
+            if let end = headerSectionEnd(payload) {
+                var other = Array(payload[..<end])
+                other += Array("From: body@elsewhere.example\r\n\r\n".utf8)
+                fuzzCheck(OriginatorParser.parse(other) == whole, "the body changed the originator fields")
+            }
+        case .failure(let error):
+            checkReply(SMTPReply(550, "5.7.1", "\(error)"))
+        }
+        // A smaller limit gives the same answer or says the header section is too long.
+        let limit = 64
+        switch OriginatorParser.parse(payload, maxHeaderSection: limit) {
+        case .failure(.headerSectionTooLong(limit: limit)): break
+        case let small: fuzzCheck(small == whole, "the header section limit changed the answer without saying so")
+        }
+    }
+
+    /// The index just past the empty line (CRLF CRLF) that ends the header section, if there is one.
+    func headerSectionEnd(_ bytes: [UInt8]) -> Int? {
+        if bytes.starts(with: [0x0D, 0x0A]) { return 2 }
+        guard bytes.count >= 4 else { return nil }
+        for i in 0...(bytes.count - 4) where bytes[i] == 0x0D && bytes[i + 1] == 0x0A && bytes[i + 2] == 0x0D && bytes[i + 3] == 0x0A {
+            return i + 4
+        }
+        return nil
+    }
+
+    // MARK: (d) the session state machine, driven like the channel handler drives it
 
     func driveSession() {
         let kinds: [ListenerKind] = [.device, .submission, .submissions]
@@ -216,7 +260,15 @@ struct FuzzInput {
                     fuzzCheck(envelope.recipients.allSatisfy(FuzzRules.isInternal), "delivery to a refused recipient")
                     let keys = envelope.recipients.map { FuzzRules().recipientKey($0) }
                     fuzzCheck(Set(keys).count == keys.count, "a recipient twice in one delivery")
-                    fuzzCheck(body.readableBytes <= 4096, "body over the size limit")
+                    // The message received is within the limit; the rules may put one From: field of the sender before it.
+                    fuzzCheck(body.readableBytes <= 4096 + "From: \r\n".utf8.count + AddressParser.maxPath, "body over the size limit")
+                    // What the rules let through has only internal originators, and a From: field.
+                    if case .success(let fields) = OriginatorParser.parse(body) {
+                        fuzzCheck(fields.fromFields > 0, "delivery without a From: field")
+                        fuzzCheck(fields.addresses.allSatisfy { FuzzRules.isInternal($0.mailbox) }, "delivery with an outside From: or Sender:")
+                    } else {
+                        fuzzCheck(false, "delivery of a message whose originator fields do not parse")
+                    }
                     if kind != .device {
                         fuzzCheck(envelope.facts.tls != nil && envelope.facts.user != nil, "delivery without TLS and AUTH")
                     }
@@ -275,6 +327,15 @@ struct FuzzRules: SessionRules {
     }
 
     func messageSizeLimit(_ facts: ConnectionFacts) -> Int? { facts.kind == .device ? 2048 : nil }
+
+    /// A header From policy in small: every From: and Sender: address internal; without From:, the sender's is added.
+    func checkMessage(_ facts: ConnectionFacts, sender: ReversePath, message: ByteBuffer) -> MessageVerdict {
+        guard case .success(let fields) = OriginatorParser.parse(message) else { return .refuse(SMTPReply(550, "5.7.1", "unreadable From:")) }
+        guard fields.addresses.allSatisfy({ Self.isInternal($0.mailbox) }) else { return .refuse(SMTPReply(550, "5.7.1", "outside From:")) }
+        guard fields.fromFields == 0 else { return .accept }
+        guard case .mailbox(let mailbox) = sender, Self.isInternal(mailbox) else { return .refuse(SMTPReply(550, "5.7.1", "no From:")) }
+        return .acceptAdding("From: \(mailbox)\r\n")
+    }
 }
 
 /// A small deterministic generator (SplitMix64) for chunk sizes.

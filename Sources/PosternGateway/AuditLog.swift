@@ -55,7 +55,9 @@ public struct AuditLog: Sendable {
         case .temporaryFailure: result = "directory_unavailable"
         case .throttled: result = "throttled"
         }
-        event("auth", ["session": "\(facts.sessionID)", "login": "\(login)", "mechanism": "\(mechanism)", "result": "\(result)"])
+        var fields: Logger.Metadata = ["session": "\(facts.sessionID)", "login": "\(login)", "mechanism": "\(mechanism)", "result": "\(result)"]
+        if case .success(let user) = outcome { fields["dn"] = "\(user.distinguishedName)" }
+        event("auth", fields)
     }
 
     func decision(_ facts: ConnectionFacts, stage: String, sender: ReversePath, recipient: Mailbox?, reply: SMTPReply?, rule: String, device: String?) {

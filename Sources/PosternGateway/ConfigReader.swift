@@ -31,6 +31,8 @@ public struct ConfigErrors: Error, Sendable, CustomStringConvertible {
 public struct ConfigReader {
     public let file: String
     public private(set) var issues: [ConfigIssue] = []
+    /// What is worth pointing out but does not make the file unusable.
+    public private(set) var warnings: [ConfigIssue] = []
 
     public init(file: String) {
         self.file = file
@@ -38,6 +40,10 @@ public struct ConfigReader {
 
     public mutating func issue(_ node: Node?, _ message: String, fix: String? = nil) {
         issues.append(ConfigIssue(file: file, line: node?.mark?.line ?? 1, message: message, fix: fix))
+    }
+
+    public mutating func warn(_ node: Node?, _ message: String, fix: String? = nil) {
+        warnings.append(ConfigIssue(file: file, line: node?.mark?.line ?? 1, message: message, fix: fix))
     }
 
     /// The pairs of a mapping; reports keys outside `known`.

@@ -49,12 +49,15 @@ public final class Gateway: Service, Sendable {
         var authenticator: DirectoryAuthenticator?
         if let directoryConfiguration = configuration.directory {
             let directory = try Directory(configuration: directoryConfiguration, threadPool: threadPool, logger: logger)
-            let login = configuration.authThrottle
-            var client = login
+            let account = configuration.authThrottle
+            var client = account
             client.slowDownAfter *= 3
             client.lockoutAfter *= 3
-            authenticator = DirectoryAuthenticator(directory: directory, throttle: AuthThrottle(perLogin: login, perClient: client),
-                                                   logger: logger, now: now)
+            // An attempt waiting for a slot waits at most as long as one in flight can take.
+            let maxWait = directoryConfiguration.connectTimeout + directoryConfiguration.operationTimeout * 3 + .seconds(2)
+            let login = DirectoryLogin(directory: directory, throttle: AuthThrottle(perAccount: account, perClient: client),
+                                       maxWait: maxWait, logger: logger, now: now)
+            authenticator = DirectoryAuthenticator(login: login, revealNotAuthorized: configuration.revealNotAuthorized, logger: logger)
         }
         self.authenticator = authenticator
         let tls = TLSContextBox(try configuration.tls.map(ServerTLS.makeContext))
@@ -127,6 +130,10 @@ public final class Gateway: Service, Sendable {
             admin.withLockedValue { $0 = server }
         }
     }
+
+    /// Password checks against the directory with the gateway's throttle, when a directory is configured:
+    /// the registration page logs in through the same one, so that a lockout holds on both.
+    public var directoryLogin: DirectoryLogin? { authenticator?.login }
 
     /// The admin endpoint's port, when one is configured and bound.
     public var adminPort: Int? { admin.withLockedValue { $0 }?.localAddress?.port }

@@ -62,8 +62,13 @@ public struct GatewayConfiguration: Sendable {
     public var auditOutput: String?
     /// The LDAP directory SMTP AUTH is checked against; without it the TLS endpoints accept no one.
     public var directory: DirectoryConfiguration?
-    /// Brute-force limits for one login; a client address gets three times as many failures.
+    /// Brute-force limits for one account; a client address gets three times as many failures.
     public var authThrottle = AuthThrottle.Limits.login
+    /// Answer a right password of an account that may not submit (SMTP: outside `required-groups`; the
+    /// registration page: no role) differently from a wrong password. Off: a different answer confirms the password.
+    public var revealNotAuthorized = false
+    /// Things `postern check` points out that do not stop the gateway (e.g. a group name that matches nothing).
+    public var warnings: [ConfigIssue] = []
     /// The admin HTTP endpoint (`/metrics`, `/health`); none without an `admin` section.
     public var admin: AdminConfiguration?
 
@@ -200,6 +205,7 @@ public struct GatewayConfiguration: Sendable {
         }
 
         let directory = top["directory"].flatMap { parseDirectory($0, reader: &reader, resolve: resolve) }
+        let revealNotAuthorized = reader.bool(top["directory"]?.mapping?["reveal-not-authorized"], "directory.reveal-not-authorized") ?? false
         var authThrottle = AuthThrottle.Limits.login
         if let node = top["directory"]?.mapping?["throttle"] {
             let map = reader.mapping(node, known: ["slow-down-after", "delay-step-ms", "max-delay-ms", "lockout-after", "lockout-seconds"],
@@ -228,14 +234,16 @@ public struct GatewayConfiguration: Sendable {
         if !reader.issues.isEmpty { throw ConfigErrors(issues: reader.issues) }
         return GatewayConfiguration(file: file, hostname: hostname, policyDirectory: policyDirectory, tls: tls, limits: limits,
                                     listeners: listeners, delivery: delivery, auditOutput: auditOutput, directory: directory,
-                                    authThrottle: authThrottle, admin: admin)
+                                    authThrottle: authThrottle, revealNotAuthorized: revealNotAuthorized, warnings: reader.warnings,
+                                    admin: admin)
     }
 
     static func parseDirectory(_ node: Node, reader: inout ConfigReader, resolve: (String) -> String) -> DirectoryConfiguration? {
         let map = reader.mapping(node, known: ["uris", "ca-file", "bind-dn", "bind-password-file", "bind-password-env", "search-base",
                                                "user-filter", "address-attributes", "group-attribute", "group-search-base",
-                                               "group-search-filter", "required-groups", "connect-timeout-seconds",
-                                               "operation-timeout-seconds", "max-connections", "throttle"], context: "directory")
+                                               "group-search-filter", "required-groups", "group-base", "connect-timeout-seconds",
+                                               "operation-timeout-seconds", "max-connections", "throttle", "reveal-not-authorized"],
+                                        context: "directory")
         let uris = reader.strings(map["uris"], "directory.uris")
         if uris.isEmpty { reader.issue(node, "directory.uris is missing", fix: "e.g. uris: [ldaps://ldap.example.edu]") }
         guard let bindDN = reader.string(map["bind-dn"], "directory.bind-dn") else {
@@ -267,6 +275,9 @@ public struct GatewayConfiguration: Sendable {
             configuration.groupLookup = .attribute(attribute)
         }
         configuration.requiredGroups = reader.strings(map["required-groups"], "required-groups")
+        configuration.groupBase = reader.string(map["group-base"], "group-base")
+        warnBareGroupNames(configuration.requiredGroups, base: configuration.groupBase, node: map["required-groups"],
+                           what: "directory.required-groups", reader: &reader)
         if let t = reader.int(map["connect-timeout-seconds"], "connect-timeout-seconds", range: 1...60) { configuration.connectTimeout = .seconds(t) }
         if let t = reader.int(map["operation-timeout-seconds"], "operation-timeout-seconds", range: 1...120) { configuration.operationTimeout = .seconds(t) }
         if let n = reader.int(map["max-connections"], "max-connections", range: 1...64) { configuration.maxConnections = n }
@@ -276,6 +287,14 @@ public struct GatewayConfiguration: Sendable {
             reader.issue(node, "directory: \(error)")
         }
         return configuration
+    }
+
+    /// A bare group name without `directory.group-base` matches no group: say so, since members would be refused.
+    public static func warnBareGroupNames(_ names: [String], base: String?, node: Node?, what: String, reader: inout ConfigReader) {
+        for name in names where GroupReference(name, base: base).matchesNothing {
+            reader.warn(node, "\(what): bare group name '\(name)' matches no group, because directory.group-base is not set",
+                        fix: "set directory.group-base (e.g. ou=groups,dc=example,dc=edu) or write the group's full DN")
+        }
     }
 
     static func parseRelay(_ node: Node, hostname: String, reader: inout ConfigReader, resolve: (String) -> String) -> RelayConfiguration? {

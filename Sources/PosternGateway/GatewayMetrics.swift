@@ -54,7 +54,12 @@ public final class GatewayMetrics: Sendable {
         registry.makeCounter(descriptor: Self.authName, labels: [("result", result)]).increment()
     }
 
-    /// A policy decision at MAIL or RCPT: `code` nil for an accept (counted as 250); `rule` is reduced
+    /// One log-in attempt on the registration page, by the same result names as `auth`.
+    public func registrationLogin(result: String) {
+        registry.makeCounter(descriptor: Self.registrationLoginName, labels: [("result", result)]).increment()
+    }
+
+    /// A policy decision at MAIL, RCPT or the end of DATA: `code` nil for an accept (counted as 250); `rule` is reduced
     /// to its category (the rule's first word, e.g. `devices`, `sunset`, `internal-domains`).
     public func decision(code: Int?, rule: String) {
         registry.makeCounter(descriptor: Self.decisionsName,
@@ -141,7 +146,8 @@ public final class GatewayMetrics: Sendable {
     static var connectionsName: MetricNameDescriptor { name("connections", unit: "total", "Client connections accepted, by listener.") }
     static var tlsName: MetricNameDescriptor { name("tls_handshakes", unit: "total", "TLS handshakes by listener and result.") }
     static var authName: MetricNameDescriptor { name("auth_attempts", unit: "total", "SMTP AUTH attempts by result.") }
-    static var decisionsName: MetricNameDescriptor { name("policy_decisions", unit: "total", "Policy decisions at MAIL/RCPT by reply code and rule category.") }
+    static var registrationLoginName: MetricNameDescriptor { name("registration_logins", unit: "total", "Registration page log-ins by result.") }
+    static var decisionsName: MetricNameDescriptor { name("policy_decisions", unit: "total", "Policy decisions at MAIL, RCPT and end of DATA by reply code and rule category.") }
     static var acceptedName: MetricNameDescriptor { name("messages_accepted", unit: "total", "Messages stored and answered 250, by listener.") }
     static var relayName: MetricNameDescriptor { name("relay_outcomes", unit: "total", "Relay attempts by upstream and reply code (0: no reply).") }
     static var latencyName: MetricNameDescriptor { name("delivery_latency", unit: "seconds", "Time from acceptance to the final relay outcome.") }

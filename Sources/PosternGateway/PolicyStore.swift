@@ -1,6 +1,8 @@
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
+import NIOCore
+import PosternDirectory
 import PosternPolicy
 import PosternSMTP
 import PosternSession
@@ -135,7 +137,8 @@ public struct PolicyRules: SessionRules {
             key = "device:\(device.id)"
             limit = rate
         } else if facts.kind != .device, let user = facts.user, let rate = userRateLimit {
-            key = "user:\(user.login.lowercased())"
+            // The account, not the login as typed: `Alice`, ` alice` and an alias login are one person.
+            key = "user:\(DistinguishedName.normalized(user.distinguishedName))"
             limit = rate
         } else {
             return nil
@@ -151,6 +154,17 @@ public struct PolicyRules: SessionRules {
 
     public func recipientKey(_ recipient: Mailbox) -> String {
         policy.recipientKey(recipient)
+    }
+
+    /// The header From policy: From: and Sender: must hold addresses the session may use as MAIL FROM.
+    public func checkMessage(_ facts: ConnectionFacts, sender: ReversePath, message: ByteBuffer) -> MessageVerdict {
+        // With the policy off there is nothing to parse the header section for, and nothing to audit.
+        guard policy.headerFromMode(PolicyEndpoint(facts.kind)) != .off else { return .accept }
+        let result = policy.decideHeaderFrom(input(facts, sender: sender, recipient: nil), originators: OriginatorParser.parse(message))
+        audit.decision(facts, stage: "data", sender: sender, recipient: nil, reply: result.decision.reply,
+                       rule: result.decision.rule, device: device(facts)?.id)
+        if let reply = result.decision.reply { return .refuse(reply) }
+        return result.addedField.map(MessageVerdict.acceptAdding) ?? .accept
     }
 
     public func messageSizeLimit(_ facts: ConnectionFacts) -> Int? {

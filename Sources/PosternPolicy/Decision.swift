@@ -302,7 +302,9 @@ public struct PolicySet: Sendable {
         guard let identity = input.identity else {
             return Decision(reply: PolicyReply.authenticationRequired, rule: "\(input.endpoint.rawValue): authentication required")
         }
+        // The gateway's logins come as the directory matched them (lower case, trimmed): compare without case.
         let account = serviceAccounts.first { $0.login == identity.login }
+            ?? serviceAccounts.first { $0.login.lowercased() == identity.login.lowercased() }
         let senderDecision: Decision
         switch sender {
         case .null:

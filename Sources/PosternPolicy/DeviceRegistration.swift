@@ -138,6 +138,10 @@ public enum DevicesFileEditor {
             default:
                 if scalar.value < 0x20 || scalar.value == 0x7F {
                     out += String(format: "\\x%02X", scalar.value)
+                } else if (0x80...0x9F).contains(scalar.value) || scalar.value == 0x2028 || scalar.value == 0x2029 {
+                    // Line breaks to libyaml (U+0085, U+2028, U+2029) and the other C1 controls: escaped, so that
+                    // the text written keeps its lines (the loader then refuses them in free text anyway).
+                    out += String(format: "\\u%04X", scalar.value)
                 } else {
                     out.unicodeScalars.append(scalar)
                 }

@@ -324,6 +324,9 @@ final class PolicyBuilder {
     var serviceAccounts: [ServiceAccount] = []
     var departments: [String: Department] = [:]
     var departmentsRead = false
+    var departmentsFile = ""
+    /// Line of each department's `domains:` entry, for messages about its domains.
+    var domainLines: [String: Int] = [:]
     var devices: [RegisteredDevice] = []
     /// Every device entry's id: its index in `devices`, or minus its line while it is not a valid device.
     var deviceByID: [String: Int] = [:]
@@ -389,11 +392,16 @@ final class PolicyBuilder {
             for endpoint in PolicyEndpoint.allCases {
                 guard let entryNode = entries[endpoint.rawValue] else { continue }
                 guard let entry = mapping(entryNode, what: "listener \(endpoint.rawValue)",
-                                          allowed: ["enabled", "max-message-size"], required: [])
+                                          allowed: ["enabled", "max-message-size", "header-from"], required: [])
                 else { continue }
                 var rule = ListenerRule(endpoint: endpoint, enabled: true, maxMessageSize: nil)
                 if let e = entry["enabled"] { rule.enabled = bool(e, what: "enabled") ?? true }
                 if let s = entry["max-message-size"] { rule.maxMessageSize = size(s, what: "max-message-size") }
+                if let h = entry["header-from"], let text = string(h, what: "header-from") {
+                    if let mode = HeaderFromMode(rawValue: text.lowercased()) { rule.headerFrom = mode } else {
+                        issue(h, "'\(text)' is not a header-from mode", fix: "write enforce, warn or off")
+                    }
+                }
                 listeners[endpoint] = rule
             }
         }
@@ -430,8 +438,9 @@ final class PolicyBuilder {
         else { return }
         // Only a readable departments file can tell which departments are unknown.
         departmentsRead = true
+        departmentsFile = file
         for item in items {
-            guard let entry = mapping(item, what: "department", allowed: ["id", "name", "contact", "sunset"], required: ["id", "name"]),
+            guard let entry = mapping(item, what: "department", allowed: ["id", "name", "contact", "sunset", "domains"], required: ["id", "name"]),
                   let idNode = entry["id"], let id = string(idNode, what: "id")
             else { continue }
             guard Self.isIdentifier(id) else {
@@ -443,6 +452,9 @@ final class PolicyBuilder {
                 continue
             }
             let name = entry["name"].flatMap { string($0, what: "name") } ?? id
+            if let n = entry["name"], let problem = DeviceFieldRules.freeTextProblem(name) {
+                issue(n, "name of department '\(id)': \(problem)", fix: "write the name in plain text")
+            }
             var contact: String?
             if let c = entry["contact"], let text = string(c, what: "contact") {
                 if Self.isMailbox(text) { contact = text } else {
@@ -450,7 +462,17 @@ final class PolicyBuilder {
                 }
             }
             let sunset = entry["sunset"].flatMap { date($0, what: "sunset") }
-            departments[id] = Department(id: id, name: name, contact: contact, sunset: sunset)
+            var domains: [DomainPattern] = []
+            if let d = entry["domains"], let items = list(d, what: "domains") {
+                for dn in items {
+                    guard let text = string(dn, what: "domain") else { continue }
+                    if let pattern = DomainPattern(text) { domains.append(pattern) } else {
+                        issue(dn, "'\(text)' is not a domain", fix: "write a domain like chem.example.edu, or *.chem.example.edu for its subdomains")
+                    }
+                }
+                domainLines[id] = d.line
+            }
+            departments[id] = Department(id: id, name: name, contact: contact, sunset: sunset, domains: domains)
         }
     }
 
@@ -642,6 +664,13 @@ final class PolicyBuilder {
                 }
             }
         }
+        for key in [DeviceKey.location, .note] {
+            if let n = entry[key.rawValue], case .scalar(let text, _) = n, let problem = DeviceFieldRules.freeTextProblem(text) {
+                // Both are quoted in the sunset reminders Postern mails to the owner, and shown on the registration page.
+                issue(n, "\(key.name) of device '\(id)': \(problem)", fix: "write it in plain text")
+                ok = false
+            }
+        }
         let location: String
         switch (entry[DeviceKey.location.rawValue].flatMap { string($0, what: "location") },
                 entry[DeviceKey.note.rawValue].flatMap { string($0, what: "location") }) {
@@ -732,6 +761,7 @@ final class PolicyBuilder {
                                           fix: names.isEmpty ? "add the department to departments.yaml" : "use one of: \(names), or add it to departments.yaml"))
             }
         }
+        checkDomainRules()
         for (a, b) in AddressIndex.overlaps(inSorted: entries) where a.device != b.device {
             let (first, second) = devices[a.device].line <= devices[b.device].line ? (a, b) : (b, a)
             issues.append(PolicyIssue(
@@ -746,6 +776,42 @@ final class PolicyBuilder {
                                   reminderDays: reminderDays, listeners: listeners, serviceAccounts: serviceAccounts,
                                   departments: departments, devices: devices, deviceByID: deviceByID,
                                   index: AddressIndex(sorted: entries)))
+    }
+
+    /// What depends on more than one file: a department's domains are internal, a device's senders lie in its
+    /// department's domains (or the internal ones) and its owner is internal (`DeviceFieldRules`).
+    private func checkDomainRules() {
+        // Without the internal domains or the departments there is nothing to judge against; their own errors say why.
+        guard departmentsRead, !internalDomains.isEmpty else { return }
+        for id in departments.keys.sorted() {
+            guard let department = departments[id] else { continue }
+            for pattern in department.domains {
+                if let problem = DeviceFieldRules.departmentDomainProblem(pattern, internalDomains: internalDomains) {
+                    issues.append(PolicyIssue(file: departmentsFile, line: domainLines[id] ?? 0, message: "department '\(id)': \(problem)",
+                                              fix: "list only domains inside internal-domains in policy.yaml"))
+                }
+            }
+        }
+        var department: Department?
+        var lastOwner: String?
+        for device in devices {
+            if department?.id != device.department { department = departments[device.department] }
+            guard let department else { continue }  // an unknown department is reported above
+            for sender in device.senders {
+                if let problem = DeviceFieldRules.senderProblem(sender, department: department, internalDomains: internalDomains) {
+                    issues.append(PolicyIssue(file: devicesFile, line: device.line, message: "device '\(device.id)': \(problem)",
+                                              fix: "use a sender in the department's domains, or add the domain to its domains: in departments.yaml"))
+                }
+            }
+            if device.owner != lastOwner {
+                if let problem = DeviceFieldRules.contactProblem(device.owner, internalDomains: internalDomains) {
+                    issues.append(PolicyIssue(file: devicesFile, line: device.line, message: "owner of device '\(device.id)': \(problem)",
+                                              fix: "name a contact with an address in the internal domains"))
+                } else {
+                    lastOwner = device.owner  // many devices share an owner: one check for a run of them
+                }
+            }
+        }
     }
 
     // MARK: YAML helpers

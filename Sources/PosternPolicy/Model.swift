@@ -34,6 +34,12 @@ public struct DomainPattern: Sendable, Hashable, CustomStringConvertible {
     public var domain: String
     public var includesSubdomains: Bool
 
+    /// An exact pattern for a domain already checked and normalised (a parsed mailbox's).
+    init(exactly domain: String) {
+        self.domain = domain
+        includesSubdomains = false
+    }
+
     public init?(_ text: String) {
         var t = text.lowercased()
         var wildcard = false
@@ -50,6 +56,13 @@ public struct DomainPattern: Sendable, Hashable, CustomStringConvertible {
     /// `domain` must already be normalised (lower case, no trailing dot).
     public func matches(_ domain: String) -> Bool {
         includesSubdomains ? domain.hasSuffix("." + self.domain) : domain == self.domain
+    }
+
+    /// Whether every domain `other` matches, this one matches too.
+    public func covers(_ other: DomainPattern) -> Bool {
+        guard other.includesSubdomains else { return matches(other.domain) }
+        // `*.d` is covered only by a wildcard over d or over a parent of d.
+        return includesSubdomains && (other.domain == domain || other.domain.hasSuffix("." + domain))
     }
 
     public var description: String { includesSubdomains ? "*.\(domain)" : domain }
@@ -86,6 +99,14 @@ public enum SenderPattern: Sendable, Hashable, CustomStringConvertible {
         case .domain(let pattern): return pattern.description
         }
     }
+
+    /// The domains this pattern lets a device send from, as one domain pattern.
+    public var domainPattern: DomainPattern {
+        switch self {
+        case .address(_, let d): return DomainPattern(exactly: d)
+        case .domain(let pattern): return pattern
+        }
+    }
 }
 
 /// A per-device message rate limit: at most `count` messages per `seconds`.
@@ -114,6 +135,17 @@ public struct Department: Sendable, Hashable {
     public var name: String
     public var contact: String?
     public var sunset: CalendarDate?
+    /// The department's own mail domains: its devices' senders must lie in them (in the internal domains
+    /// when it lists none).
+    public var domains: [DomainPattern] = []
+
+    public init(id: String, name: String, contact: String? = nil, sunset: CalendarDate? = nil, domains: [DomainPattern] = []) {
+        self.id = id
+        self.name = name
+        self.contact = contact
+        self.sunset = sunset
+        self.domains = domains
+    }
 }
 
 /// A legacy device allowed to submit on the plaintext `device` endpoint.
@@ -141,11 +173,22 @@ public struct ServiceAccount: Sendable, Hashable {
     public var allowNullSender: Bool
 }
 
+/// What the header From policy does on one kind of listener (`listeners.<kind>.header-from` in policy.yaml).
+public enum HeaderFromMode: String, Sendable, Hashable, CaseIterable {
+    /// Refuse a message whose From: or Sender: holds an address the session may not use as MAIL FROM.
+    case enforce
+    /// Accept it, and audit what `enforce` would have refused.
+    case warn
+    /// No check.
+    case off
+}
+
 /// What policy says about one kind of listener.
 public struct ListenerRule: Sendable, Hashable {
     public var endpoint: PolicyEndpoint
     public var enabled: Bool
     public var maxMessageSize: Int?
+    public var headerFrom: HeaderFromMode = .enforce
 }
 
 /// The date a device stops being accepted and which rule set it.

@@ -9,7 +9,7 @@ import Yams
 /// registration:
 ///   listen: 127.0.0.1:8443
 ///   tls: { certificate: ..., key: ... }      # default: the gateway's tls
-///   admin-groups: [postern-admins]           # group names (first RDN value) or full DNs
+///   admin-groups: [postern-admins]           # full DNs, or names of groups directly under directory.group-base
 ///   department-groups:                       # department id (departments.yaml) -> groups of its contacts
 ///     it: [dept-it]
 ///     chem: [cn=dept-chem,ou=groups,dc=example,dc=edu]
@@ -26,6 +26,10 @@ public struct RegistrationConfiguration: Sendable {
     public var campusRanges: [AddressRange]
     public var stateDirectory: String
     public var sessionLifetime: Duration = .seconds(3600)
+    /// Where bare group names are: the directory's `group-base`; nil: only full DNs match.
+    public var groupBase: String?
+    /// What `postern check` points out without refusing the file.
+    public var warnings: [ConfigIssue] = []
 
     public init(host: String, port: Int, tls: TLSFiles, adminGroups: [String], departmentGroups: [String: [String]],
                 campusRanges: [AddressRange], stateDirectory: String) {
@@ -111,11 +115,19 @@ public struct RegistrationConfiguration: Sendable {
         }
         let minutes = reader.int(map["session-minutes"], "registration.session-minutes", range: 1...24 * 60) ?? 60
         if gateway.directory == nil { reader.issue(node, "the registration page logs in against the directory, and no directory is configured") }
+        let groupBase = gateway.directory?.groupBase
+        GatewayConfiguration.warnBareGroupNames(admins, base: groupBase, node: map["admin-groups"], what: "registration.admin-groups", reader: &reader)
+        for id in departments.keys.sorted() {
+            GatewayConfiguration.warnBareGroupNames(departments[id] ?? [], base: groupBase, node: map["department-groups"],
+                                                    what: "registration.department-groups.\(id)", reader: &reader)
+        }
         // No tls is one of the issues.
         guard reader.issues.isEmpty, let tls else { throw ConfigErrors(issues: reader.issues) }
         var configuration = RegistrationConfiguration(host: host, port: port, tls: tls, adminGroups: admins, departmentGroups: departments,
                                                       campusRanges: ranges, stateDirectory: resolve(state))
         configuration.sessionLifetime = .seconds(minutes * 60)
+        configuration.groupBase = groupBase
+        configuration.warnings = reader.warnings
         return configuration
     }
 }

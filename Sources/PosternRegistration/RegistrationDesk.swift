@@ -121,13 +121,24 @@ public final class RegistrationDesk: Sendable {
         }
         check(text: form.model, field: "model", max: 200, "Give the make and model.", into: &errors)
         check(text: form.location, field: "location", max: 200, "Say where the device stands (building, room).", into: &errors)
-        check(text: form.justification, field: "justification", max: 2000, "Explain why the device cannot use TLS with authentication.", into: &errors)
+        check(text: form.justification, field: "justification", max: 2000, "Explain why the device cannot use TLS with authentication.",
+              multiline: true, into: &errors)
         if let message = addressProblem(form.address, policy: policy) { errors["address"] = message }
-        if !form.sender.contains("@") || SenderPattern(form.sender) == nil || form.sender.hasPrefix("@") {
+        // The same rules the policy loader applies to devices.yaml (and so `devices add` and `postern check`).
+        if !form.sender.contains("@") || form.sender.hasPrefix("@") {
+            errors["sender"] = "Give one mail address, e.g. scanner@dept.example.edu."
+        } else if let pattern = SenderPattern(form.sender) {
+            if let department = policy.departments[form.department],
+               let problem = DeviceFieldRules.senderProblem(pattern, department: department, internalDomains: policy.internalDomains) {
+                errors["sender"] = "The \(problem)."
+            }
+        } else {
             errors["sender"] = "Give one mail address, e.g. scanner@dept.example.edu."
         }
         if (try? AddressParser.parseMailbox(form.contact)) == nil {
             errors["contact"] = "Give the mail address that gets sunset reminders."
+        } else if let problem = DeviceFieldRules.contactProblem(form.contact, internalDomains: policy.internalDomains) {
+            errors["contact"] = "The contact must be internal: \(problem)."
         }
         if let message = sunsetProblem(form.sunset, department: form.department, policy: policy) { errors["sunset"] = message }
 
@@ -186,6 +197,7 @@ public final class RegistrationDesk: Sendable {
     public func reject(requestID: String, reason: String, by user: WebUser) throws -> RegistrationRequest {
         guard user.isAdmin else { throw RegistrationFailure("Only gateway admins reject requests.") }
         let reason = reason.trimmingCharacters(in: .whitespacesAndNewlines)
+        if let problem = DeviceFieldRules.freeTextProblem(reason) { throw RegistrationFailure("The reason must be plain text: \(problem).") }
         let request = try requests.modify { all -> RegistrationRequest in
             guard let i = all.firstIndex(where: { $0.id == requestID }) else { throw RegistrationFailure("There is no such request.") }
             guard all[i].status == .pending else { throw RegistrationFailure("Request \(all[i].deviceID) was already \(all[i].status.rawValue).") }
@@ -229,14 +241,25 @@ public final class RegistrationDesk: Sendable {
 
     // MARK: Validation
 
-    func check(text: String, field: String, max: Int, _ message: String, into errors: inout FieldErrors) {
+    func check(text: String, field: String, max: Int, _ message: String, multiline: Bool = false, into errors: inout FieldErrors) {
         if text.isEmpty {
             errors[field] = message
         } else if text.count > max {
             errors[field] = "At most \(max) characters."
-        } else if text.unicodeScalars.contains(where: { $0.value < 0x20 && $0 != "\n" && $0 != "\r" }) {
-            errors[field] = "Control characters are not allowed."
+        } else if let problem = DeviceFieldRules.freeTextProblem(text, allowLineBreaks: multiline) {
+            errors[field] = "Plain text only: \(problem)."
         }
+    }
+
+    /// Why the approving admin should look at a request's sender twice: it is not in the department's own
+    /// domains (the department lists none, so only the internal domains bound it). nil when it is.
+    public func senderNote(_ request: RegistrationRequest, policy: PolicySet) -> String? {
+        guard let department = policy.departments[request.department], let pattern = SenderPattern(request.sender),
+              DeviceFieldRules.isOutsideOwnDomains(pattern, department: department) else { return nil }
+        if department.domains.isEmpty {
+            return "Not in a domain of \(department.name)'s own: departments.yaml lists none for \(department.id), so any internal address passes."
+        }
+        return "Not in \(department.name)'s domains (\(department.domains.map(\.description).joined(separator: ", ")))."
     }
 
     func normalizedAddress(_ text: String) -> String {

@@ -1,4 +1,5 @@
 import Foundation
+import PosternDirectory
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -48,38 +49,26 @@ public struct WebUser: Sendable, Hashable {
     public func mayAct(for department: String) -> Bool { isAdmin || departments.contains(department) }
 }
 
-/// Maps directory group DNs to roles. A configured name without `=` matches a group's first RDN value
-/// (`dept-it` matches `cn=dept-it,ou=groups,...`); a DN matches that DN. Case and spaces around `,`/`=` do not matter.
+/// Maps directory group DNs to roles. A configured full DN matches that DN (case and spaces around `,`/`=` do
+/// not matter); a bare name (`dept-it`) matches the group of that first RDN value directly under the directory's
+/// `group-base`, and nothing without one (`GroupReference`), so that a same-named group in an OU users manage
+/// does not make its members admins.
 public struct RoleMap: Sendable {
-    public var adminGroups: [String]
-    public var departmentGroups: [String: [String]]
+    public var adminGroups: [GroupReference]
+    public var departmentGroups: [String: [GroupReference]]
 
-    public init(adminGroups: [String], departmentGroups: [String: [String]]) {
-        self.adminGroups = adminGroups
-        self.departmentGroups = departmentGroups
+    public init(adminGroups: [String], departmentGroups: [String: [String]], groupBase: String?) {
+        self.adminGroups = adminGroups.map { GroupReference($0, base: groupBase) }
+        self.departmentGroups = departmentGroups.mapValues { $0.map { GroupReference($0, base: groupBase) } }
     }
 
     /// nil when the user has no role on the registration page.
     public func user(login: String, dn: String, groups: [String]) -> WebUser? {
-        let isAdmin = adminGroups.contains { name in groups.contains { Self.matches(name, $0) } }
-        let departments = departmentGroups.filter { _, names in names.contains { name in groups.contains { Self.matches(name, $0) } } }
+        let isAdmin = adminGroups.contains { reference in groups.contains { reference.matches($0) } }
+        let departments = departmentGroups.filter { _, references in references.contains { reference in groups.contains { reference.matches($0) } } }
             .keys.sorted()
         guard isAdmin || !departments.isEmpty else { return nil }
         return WebUser(login: login, dn: dn, isAdmin: isAdmin, departments: departments)
-    }
-
-    static func normalize(_ dn: String) -> [String] {
-        dn.split(separator: ",", omittingEmptySubsequences: false).map { rdn in
-            rdn.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-                .map { $0.trimmingCharacters(in: .whitespaces).lowercased() }.joined(separator: "=")
-        }
-    }
-
-    static func matches(_ configured: String, _ groupDN: String) -> Bool {
-        let group = normalize(groupDN)
-        if configured.contains("=") { return normalize(configured) == group }
-        guard let first = group.first, let eq = first.firstIndex(of: "=") else { return false }
-        return first[first.index(after: eq)...] == configured.trimmingCharacters(in: .whitespaces).lowercased()
     }
 }
 

@@ -12,12 +12,17 @@ import PosternGateway
 import PosternPolicy
 import ServiceLifecycle
 
-/// Checks a login and password against the directory; the registration page's only way in.
-public protocol RegistrationLogin: Sendable {
-    func authenticate(login: String, password: String) async -> DirectoryResult
-}
+/// The registration page's request context: Hummingbird's basic one and the client's address, which the
+/// login throttle and the audit log key on.
+public struct RegistrationRequestContext: RequestContext, RemoteAddressRequestContext {
+    public var coreContext: CoreRequestContextStorage
+    public let remoteAddress: SocketAddress?
 
-extension Directory: RegistrationLogin {}
+    public init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        remoteAddress = source.channel.remoteAddress
+    }
+}
 
 /// One logged-in browser.
 struct WebSession: Sendable {
@@ -77,7 +82,11 @@ public final class RegistrationServer: Service, Sendable {
     static let loginCookie = "postern_login"
 
     let desk: RegistrationDesk
-    let login: any RegistrationLogin
+    /// The gateway's own password checks and throttle (`postern serve` hands over the gateway's instance).
+    let login: DirectoryLogin
+    /// Answer a right password of an account without a role with 403 instead of the wrong-password page.
+    let revealNotAuthorized: Bool
+    let metrics: GatewayMetrics?
     let roles: RoleMap
     let sessions: SessionStore
     let templates: MustacheLibrary
@@ -86,10 +95,14 @@ public final class RegistrationServer: Service, Sendable {
     private let boundPort = NIOLockedValueBox<Int?>(nil)
     private let started = NIOLockedValueBox<[CheckedContinuation<Int, Never>]>([])
 
-    public init(desk: RegistrationDesk, login: any RegistrationLogin, logger: Logger) async throws {
+    public init(desk: RegistrationDesk, login: DirectoryLogin, revealNotAuthorized: Bool = false, metrics: GatewayMetrics? = nil,
+                logger: Logger) async throws {
         self.desk = desk
         self.login = login
-        self.roles = RoleMap(adminGroups: desk.configuration.adminGroups, departmentGroups: desk.configuration.departmentGroups)
+        self.revealNotAuthorized = revealNotAuthorized
+        self.metrics = metrics
+        self.roles = RoleMap(adminGroups: desk.configuration.adminGroups, departmentGroups: desk.configuration.departmentGroups,
+                             groupBase: desk.configuration.groupBase)
         self.sessions = SessionStore(lifetime: TimeInterval(desk.configuration.sessionLifetime.components.seconds))
         self.logger = logger
         guard let directory = Bundle.module.resourceURL?.appendingPathComponent("Templates").path else {
@@ -118,13 +131,13 @@ public final class RegistrationServer: Service, Sendable {
     }
 
     public func run() async throws {
-        let router = Router()
+        let router = Router(context: RegistrationRequestContext.self)
         router.add(middleware: SecurityHeaders())
         router.get("/") { [self] request, _ in
             sessions.session(request.cookies[Self.sessionCookie]?.value) == nil ? redirect("/login") : redirect("/devices")
         }
         router.get("/login") { [self] _, _ in loginPage() }
-        router.post("/login") { [self] request, _ in await handleLogin(request) }
+        router.post("/login") { [self] request, context in await handleLogin(request, client: context.remoteAddress?.ipAddress ?? "unknown") }
         router.post("/logout") { [self] request, _ in await withSession(request) { s, _, token in
             sessions.end(token)
             var r = redirect("/login")
@@ -213,29 +226,58 @@ public final class RegistrationServer: Service, Sendable {
         return try? URLEncodedFormDecoder().decode([String: String].self, from: text)
     }
 
-    func handleLogin(_ request: Request) async -> Response {
+    /// Logs in through the gateway's `DirectoryLogin`: its throttle, and one answer for a wrong password and
+    /// for a right one without a role (the audit log tells them apart).
+    func handleLogin(_ request: Request, client: String) async -> Response {
         guard let fields = await formFields(request) else { return loginPage(problem: "The form could not be read.", status: .badRequest) }
         // Login CSRF: the form must carry the value of the cookie set with it (double submit).
         guard sameToken(fields["csrf"], request.cookies[Self.loginCookie]?.value) else {
             return loginPage(problem: "The form's security token did not match. Please try again.", status: .forbidden)
         }
         let name = (fields["login"] ?? "").trimmingCharacters(in: .whitespaces)
-        switch await login.authenticate(login: name, password: fields["password"] ?? "") {
+        let roles = self.roles
+        let result = await login.authenticate(login: name, password: fields["password"] ?? "", client: client) { identity in
+            roles.user(login: identity.login, dn: identity.dn, groups: identity.groups) != nil
+        }
+        metrics?.registrationLogin(result: result.label)
+        switch result {
         case .success(let identity):
-            guard let user = roles.user(login: name, dn: identity.dn, groups: identity.groups) else {
-                logger.notice("registration login without a role", metadata: ["login": "\(name)"])
-                return loginPage(login: name, problem: "Your account is not a department contact or gateway admin.", status: .forbidden)
+            guard let user = roles.user(login: identity.login, dn: identity.dn, groups: identity.groups) else {
+                // `authorize` said yes to the same question a moment ago; answer as for no role.
+                return loginFailed(name, client: client, result: result, dn: identity.dn)
             }
             let (token, _) = sessions.create(user)
-            desk.audit.logger.info("registration_login", metadata: ["actor": "\(name)", "role": "\(user.isAdmin ? "admin" : "department")"])
+            desk.audit.logger.info("registration_login", metadata: ["actor": "\(user.login)", "role": "\(user.isAdmin ? "admin" : "department")",
+                                                                    "dn": "\(identity.dn)", "client": "\(client)"])
             var response = redirect("/devices")
             response.setCookie(Cookie(name: Self.sessionCookie, value: token, path: "/", secure: true, httpOnly: true, sameSite: .strict))
             response.setCookie(Cookie(name: Self.loginCookie, value: "", maxAge: 0, path: "/login", secure: true, httpOnly: true, sameSite: .strict))
             return response
-        case .invalidCredentials, .notAuthorized:
-            return loginPage(login: name, problem: "Wrong user name or password.", status: .unauthorized)
+        case .notAuthorized(let identity):
+            return loginFailed(name, client: client, result: result, dn: identity.dn)
+        case .invalidCredentials, .throttled, .unavailable:
+            return loginFailed(name, client: client, result: result, dn: nil)
+        }
+    }
+
+    /// Audits a failed login and answers it.
+    func loginFailed(_ name: String, client: String, result: LoginResult, dn: String?) -> Response {
+        var fields: Logger.Metadata = ["login": "\(name)", "client": "\(client)", "result": "\(result.label)"]
+        if let dn { fields["dn"] = "\(dn)" }
+        desk.audit.logger.info("registration_login_failed", metadata: fields)
+        switch result {
+        case .notAuthorized where revealNotAuthorized:
+            return loginPage(login: name, problem: "Your account is not a department contact or gateway admin.", status: .forbidden)
+        case .throttled(let retryAfter):
+            let seconds = max(1, Int(retryAfter.components.seconds) + (retryAfter.components.attoseconds > 0 ? 1 : 0))
+            var response = loginPage(login: name, problem: "Too many failed log-ins for this account or from your address; try again in \((seconds + 59) / 60) minute\(seconds > 60 ? "s" : "").",
+                                     status: .tooManyRequests)
+            response.headers[.retryAfter] = "\(seconds)"
+            return response
         case .unavailable:
             return loginPage(login: name, problem: "The directory is not reachable; try again in a minute.", status: .serviceUnavailable)
+        case .success, .invalidCredentials, .notAuthorized:
+            return loginPage(login: name, problem: "Wrong user name or password.", status: .unauthorized)
         }
     }
 
@@ -305,13 +347,18 @@ public final class RegistrationServer: Service, Sendable {
         }
         let formatter = ISO8601DateFormatter()
         let requests = ((try? desk.visibleRequests(for: s.user)) ?? []).map { r -> [String: Any] in
-            var item: [String: Any] = ["id": r.id, "deviceID": r.deviceID, "department": r.department, "model": r.model, "location": r.location,
+            var item: [String: Any] = ["senderClass": "", "id": r.id, "deviceID": r.deviceID, "department": r.department, "model": r.model, "location": r.location,
                                        "address": r.address, "sender": r.sender, "contact": r.contact, "sunset": r.sunset,
                                        "justification": r.justification, "requestedBy": r.requestedBy,
                                        "requestedAt": formatter.string(from: r.requestedAt), "status": r.status.rawValue,
                                        "actionable": s.user.isAdmin && r.status == .pending]
             if let d = r.decidedBy { item["decidedBy"] = d }
             if let reason = r.reason { item["reason"] = reason }
+            if let note = desk.senderNote(r, policy: policy) {
+                // For the approver: the sender is not in the department's own domains.
+                item["senderClass"] = "outside-domains"
+                item["senderNote"] = note
+            }
             return item
         }
         var context: [String: Any] = ["title": "Devices", "user": userContext(s), "csrf": s.csrf, "admin": s.user.isAdmin,
@@ -360,7 +407,7 @@ func redirect(_ location: String) -> Response {
 
 /// No framing, no caching, scripts and styles from nowhere but the page itself.
 struct SecurityHeaders: RouterMiddleware {
-    typealias Context = BasicRequestContext
+    typealias Context = RegistrationRequestContext
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         var response: Response

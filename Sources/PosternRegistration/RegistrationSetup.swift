@@ -1,21 +1,21 @@
 import Foundation
 import Logging
-import NIOPosix
 import PosternDirectory
 import PosternGateway
 
 extension RegistrationServer {
     /// The registration page as `postern serve` runs it: from the `registration:` section of the gateway's file,
-    /// logging in against the gateway's directory. nil when the file has no such section.
-    public static func make(configurationFile: String, gateway: GatewayConfiguration, audit: AuditLog, logger: Logger) async throws -> RegistrationServer? {
-        guard let configuration = try RegistrationConfiguration.load(path: configurationFile, gateway: gateway),
-              var directoryConfiguration = gateway.directory else { return nil }
-        // Roles here come from admin-groups and department-groups, not from SMTP AUTH's required groups.
-        directoryConfiguration.requiredGroups = []
-        let pool = NIOThreadPool(numberOfThreads: 2 * directoryConfiguration.maxConnections)
-        pool.start()
-        let directory = try Directory(configuration: directoryConfiguration, threadPool: pool, logger: logger)
-        let desk = try RegistrationDesk(configuration: configuration, policyDirectory: URL(fileURLWithPath: gateway.policyDirectory), audit: audit)
-        return try await RegistrationServer(desk: desk, login: directory, logger: logger)
+    /// logging in through the gateway's own `DirectoryLogin` (one throttle for SMTP AUTH and the page) and
+    /// counting into its metrics. nil when the file has no such section.
+    public static func make(configurationFile: String, gateway: Gateway, audit: AuditLog, logger: Logger) async throws -> RegistrationServer? {
+        guard let configuration = try RegistrationConfiguration.load(path: configurationFile, gateway: gateway.configuration) else { return nil }
+        guard let login = gateway.directoryLogin else {
+            throw RegistrationFailure("the registration page logs in against the directory, and no directory is configured")
+        }
+        for warning in configuration.warnings { logger.warning("\(warning)") }
+        let desk = try RegistrationDesk(configuration: configuration, policyDirectory: URL(fileURLWithPath: gateway.configuration.policyDirectory),
+                                        audit: audit)
+        return try await RegistrationServer(desk: desk, login: login, revealNotAuthorized: gateway.configuration.revealNotAuthorized,
+                                            metrics: gateway.metrics, logger: logger)
     }
 }

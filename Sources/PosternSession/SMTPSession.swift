@@ -187,10 +187,22 @@ public struct SMTPSession: Sendable {
             state = .ready
             return error(rejection.reply)
         case .message(let body):
+            var message = body
+            switch rules.checkMessage(facts, sender: transaction.sender, message: body) {
+            case .refuse(let reply):
+                state = .ready
+                return error(reply)
+            case .accept:
+                break
+            case .acceptAdding(let fields):
+                // Rare (a message without From:): one copy of the message is the price of a thin handler.
+                message = ByteBuffer(string: fields)
+                message.writeImmutableBuffer(body)
+            }
             state = .delivering
             let envelope = Envelope(sender: transaction.sender, recipients: transaction.recipients,
                                     bodyType: transaction.bodyType, facts: facts)
-            return .deliver(envelope, body)
+            return .deliver(envelope, message)
         }
     }
 

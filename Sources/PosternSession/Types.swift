@@ -97,10 +97,20 @@ public enum Verdict: Sendable, Hashable {
     case refuse(SMTPReply)
 }
 
-/// The rules a session asks before accepting a sender or recipient. Implemented by the gateway on top of Policy.
+/// A policy answer about a whole message, at the end of DATA.
+public enum MessageVerdict: Sendable, Hashable {
+    case accept
+    /// Accept, with these header fields (each ending in CRLF) put before the message's own.
+    case acceptAdding(String)
+    case refuse(SMTPReply)
+}
+
+/// The rules a session asks before accepting a sender, a recipient or a message. Implemented by the gateway on top of Policy.
 public protocol SessionRules: Sendable {
     func checkSender(_ facts: ConnectionFacts, sender: ReversePath) -> Verdict
     func checkRecipient(_ facts: ConnectionFacts, sender: ReversePath, recipient: Mailbox) -> Verdict
+    /// The message as received (CRLF line ends, dot-stuffing removed), before anything is stored.
+    func checkMessage(_ facts: ConnectionFacts, sender: ReversePath, message: ByteBuffer) -> MessageVerdict
     /// A tighter size limit for this connection (e.g. a device's own), if any.
     func messageSizeLimit(_ facts: ConnectionFacts) -> Int?
     /// Equal for recipients that are one mailbox: the session's duplicate filter answers `250` to a
@@ -141,7 +151,8 @@ public enum AuthOutcome: Sendable, Hashable {
     case success(AuthenticatedUser)
     /// Wrong password or unknown user: 535 5.7.8, indistinguishable.
     case invalidCredentials
-    /// Valid credentials, but not allowed to submit (e.g. not in a required group).
+    /// Valid credentials, but not allowed to submit (e.g. not in a required group). The reply is the
+    /// authenticator's: by default the same as for invalid credentials, so the password is not confirmed.
     case refused(SMTPReply)
     /// Directory unreachable or timed out: 454 4.7.0.
     case temporaryFailure

@@ -7,7 +7,14 @@ import PosternRegistration
 struct CheckCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "check",
-        abstract: "Validate the gateway configuration and the policy files; exit 1 listing each error.")
+        abstract: "Validate the gateway configuration and the policy files; exit 1 listing each error.",
+        discussion: """
+            Errors are printed as FILE:LINE: message (fix: ...). Device entries are checked with the same rules as \
+            the registration page and `postern devices add`: senders in the department's domains (the internal \
+            domains when it lists none), an internal owner, plain-text location and note. Warnings (FILE:LINE: \
+            warning: ...) do not change the exit status: for example a bare group name without directory.group-base, \
+            which matches no group.
+            """)
 
     @Option(name: .long, help: "The gateway configuration file (YAML).")
     var config: String = "policies/postern.yaml"
@@ -28,6 +35,9 @@ struct CheckCommand: ParsableCommand {
         } catch {
             for issue in error.issues { print(issue) }
             throw ExitCode(1)
+        }
+        for warning in configuration.warnings + (registration?.warnings ?? []) {
+            print("\(warning.file):\(warning.line): warning: \(warning.message)" + (warning.fix.map { " (fix: \($0))" } ?? ""))
         }
         switch PolicyLoader.load(directory: URL(fileURLWithPath: configuration.policyDirectory)) {
         case .success(let policy):

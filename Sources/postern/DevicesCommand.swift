@@ -66,16 +66,21 @@ struct DevicesCommand: ParsableCommand {
     struct Add: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Register a device: validate it with the whole policy, then append it to devices.yaml.",
-            discussion: "The registration date is today; the sunset defaults to the global sunset in policy.yaml.")
+            discussion: """
+                The registration date is today; the sunset defaults to the global sunset in policy.yaml. The entry \
+                follows the same rules as the registration page and `postern check`: senders in the department's \
+                domains (departments.yaml `domains:`, or the internal domains when it lists none), an internal owner, \
+                location in plain text (no control characters, line separators or bidi controls).
+                """)
 
         @Option(help: "Directory holding policy.yaml, departments.yaml and devices.yaml.")
         var policies: String = "policies"
         @Option(help: "Device id, e.g. chem-scanner-2.") var id: String
         @Option(help: "Department id from departments.yaml.") var department: String
-        @Option(help: "Owner's contact address; reminded before the sunset.") var owner: String
+        @Option(help: "Owner's contact address, in the internal domains; reminded before the sunset.") var owner: String
         @Option(help: "Where the device sits.") var location: String?
         @Option(name: .customLong("address"), help: "Source address or CIDR block; repeat for more.") var addresses: [String] = []
-        @Option(name: .customLong("sender"), help: "Allowed envelope sender address or domain; repeat for more.") var senders: [String] = []
+        @Option(name: .customLong("sender"), help: "Allowed sender address or domain (envelope and header From), in the department's domains; repeat for more.") var senders: [String] = []
         @Option(help: "Last valid day, YYYY-MM-DD (default: the global sunset).") var sunset: String?
         @Option(help: "Message size limit, bytes or e.g. 10M.") var maxSize: String?
         @Option(help: "Message rate limit, e.g. 60/hour.") var maxRate: String?

@@ -10,7 +10,8 @@ struct ExplainCommand: ParsableCommand {
         abstract: "Show the decision, the reply and the deciding rule for one transaction.",
         discussion: """
             Example: postern explain --listener device --client 10.1.2.3 --from scan@chem.example.edu --rcpt x@gmail.com --at 2026-12-01
-            Stages are judged as the gateway judges them: the connection, MAIL FROM, then each RCPT TO.
+            Stages are judged as the gateway judges them: the connection, MAIL FROM, then each RCPT TO, and with \
+            --message the header From policy at the end of DATA (the message's From: and Sender: addresses).
             Exit status is 0 when the explanation was printed (whatever the decision), 1 when the policy does not load.
             """)
 
@@ -43,6 +44,9 @@ struct ExplainCommand: ParsableCommand {
 
     @Option(help: "Judge at this day (YYYY-MM-DD, noon in the policy's time zone) or instant (ISO 8601). Default: now.")
     var at: String?
+
+    @Option(help: "A message file (header and body; LF line ends are read as CRLF): judge its From: and Sender: too.")
+    var message: String?
 
     func run() throws {
         guard let endpoint = PolicyEndpoint(rawValue: listener) else {
@@ -103,6 +107,13 @@ struct ExplainCommand: ParsableCommand {
             report(label, d)
             if d.isAccepted { accepted += 1 } else { lastRefusal = d }
         }
+        if accepted > 0, let message {
+            input.recipient = nil
+            let header = policy.decideHeaderFrom(input, originators: OriginatorParser.parse(try Self.read(message)))
+            report("end of DATA (header-from: \(policy.headerFromMode(endpoint).rawValue))", header.decision)
+            if let added = header.addedField { print("     adds: \(added.trimmingCharacters(in: .whitespacesAndNewlines))") }
+            guard header.decision.isAccepted else { return conclude("refused at the end of DATA", header.decision) }
+        }
         if accepted == recipients.count {
             print("decision:  accept (all \(accepted) recipient\(accepted == 1 ? "" : "s"))")
         } else if accepted == 0, let lastRefusal {
@@ -125,6 +136,20 @@ struct ExplainCommand: ParsableCommand {
     }
 
     private func bracketed(_ s: String) -> String { s.hasPrefix("<") ? s : "<\(s)>" }
+
+    /// The file as a client would send it: bare LF line ends become CRLF (swaks and smtplib do the same).
+    static func read(_ path: String) throws -> [UInt8] {
+        guard let data = FileManager.default.contents(atPath: path) else { throw ValidationError("cannot read \(path)") }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(data.count)
+        var previous: UInt8 = 0
+        for b in data {
+            if b == 0x0A && previous != 0x0D { bytes.append(0x0D) }
+            bytes.append(b)
+            previous = b
+        }
+        return bytes
+    }
 }
 
 /// Loads the policy directory or prints every issue and exits 1.

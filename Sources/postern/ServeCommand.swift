@@ -32,6 +32,7 @@ struct ServeCommand: AsyncParsableCommand {
             FileHandle.standardError.write(Data("\(error)\n".utf8))
             throw ExitCode(1)
         }
+        for warning in configuration.warnings { logger.warning("\(warning)") }
         let policies: PolicyStore
         do {
             policies = try PolicyStore(directory: URL(fileURLWithPath: configuration.policyDirectory), logger: logger,
@@ -52,7 +53,7 @@ struct ServeCommand: AsyncParsableCommand {
         var services: [any Service] = [gateway, reloader, reminders]
         // The device-registration web page, when postern.yaml has a `registration:` section.
         do {
-            if let registration = try await RegistrationServer.make(configurationFile: config, gateway: configuration, audit: audit, logger: logger) {
+            if let registration = try await RegistrationServer.make(configurationFile: config, gateway: gateway, audit: audit, logger: logger) {
                 services.append(registration)
             }
         } catch {

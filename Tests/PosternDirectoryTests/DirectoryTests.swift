@@ -43,6 +43,7 @@ final class DirectoryTests: XCTestCase {
         uris: [String]? = nil,
         groupLookup: GroupLookup = .attribute("memberOf"),
         requiredGroups: [String] = [],
+        groupBase: String? = TestSlapd.groupsBase,
         connectTimeout: Duration = .seconds(2),
         operationTimeout: Duration = .seconds(3),
         maxConnections: Int = 2,
@@ -58,6 +59,7 @@ final class DirectoryTests: XCTestCase {
             searchBase: TestSlapd.peopleBase,
             groupLookup: groupLookup,
             requiredGroups: requiredGroups,
+            groupBase: groupBase,
             connectTimeout: connectTimeout,
             operationTimeout: operationTimeout,
             maxConnections: maxConnections)
@@ -279,39 +281,72 @@ final class DirectoryTests: XCTestCase {
 
     // MARK: - Brute force
 
+    private func login(_ directory: Directory, lockoutAfter: Int, slowDownAfter: Int = 100) -> DirectoryLogin {
+        var logger = Logger(label: "test.login")
+        logger.logLevel = .critical
+        let account = AuthThrottle.Limits(slowDownAfter: slowDownAfter, delayStep: .milliseconds(10), maxDelay: .milliseconds(30),
+                                          lockoutAfter: lockoutAfter, lockoutDuration: .seconds(600), forgetAfter: .seconds(600))
+        return DirectoryLogin(directory: directory, throttle: AuthThrottle(perAccount: account, perClient: .client), logger: logger)
+    }
+
     func testBruteForceLoopThroughThrottleCostsABoundedNumberOfBinds() async throws {
         let directory = try makeDirectory(configuration())
         let lockoutAfter = 5
-        var throttle = AuthThrottle(
-            perLogin: .init(slowDownAfter: 2, delayStep: .milliseconds(10), maxDelay: .milliseconds(30),
-                            lockoutAfter: lockoutAfter, lockoutDuration: .seconds(600), forgetAfter: .seconds(600)),
-            perClient: .client)
+        let door = login(directory, lockoutAfter: lockoutAfter, slowDownAfter: 2)
         let bindsBefore = slapd.bindCount(dn: Self.alice)
-        var refused = 0
-        var delayed = 0
+        var results: [LoginResult] = []
         for attempt in 0..<50 {
-            switch throttle.check(client: "192.0.2.66", login: "alice", now: Date()) {
-            case .refuse:
-                refused += 1
-                continue
-            case .allow(let delay):
-                if delay > .zero {
-                    delayed += 1
-                    try await Task.sleep(for: delay)
-                }
-            }
-            let result = await directory.authenticate(login: "alice", password: "guess-\(attempt)")
-            XCTAssertEqual(result, .invalidCredentials)
-            throttle.record(success: result != .invalidCredentials, client: "192.0.2.66", login: "alice", now: Date())
+            results.append(await door.authenticateSubmitter(login: "alice", password: "guess-\(attempt)", client: "192.0.2.66"))
         }
         // Even the right password is refused during the lockout, without asking the directory.
-        XCTAssertEqual(throttle.check(client: "192.0.2.66", login: "alice", now: Date()), .refuse)
+        let right = await door.authenticateSubmitter(login: "alice", password: "alice-demo-pass", client: "192.0.2.67")
+        guard case .throttled(let retryAfter) = right else { return XCTFail("right password during the lockout: \(right)") }
+        XCTAssertGreaterThan(retryAfter, .seconds(590))
         await directory.shutdown()
-        XCTAssertEqual(refused, 50 - lockoutAfter)
-        XCTAssertEqual(delayed, lockoutAfter - 2)
+        XCTAssertEqual(results.prefix(lockoutAfter).filter { $0 == .invalidCredentials }.count, lockoutAfter)
+        XCTAssertTrue(results.dropFirst(lockoutAfter).allSatisfy { if case .throttled = $0 { return true } else { return false } }, "\(results)")
         XCTAssertEqual(directory.credentialBindCount, lockoutAfter)
         XCTAssertEqual(slapd.bindCount(dn: Self.alice) - bindsBefore, lockoutAfter,
                        "BINDs in slapd's log:\n" + slapd.log().split(separator: "\n").filter { $0.contains("BIND") }.joined(separator: "\n"))
+    }
+
+    /// Twenty wrong passwords at once, from twenty addresses and in every spelling slapd takes for alice: the
+    /// reservation counts them before the directory answers, so slapd sees at most `lockoutAfter` binds.
+    func testParallelGuessesInAnySpellingReachTheDirectoryAtMostLockoutAfterTimes() async throws {
+        let directory = try makeDirectory(configuration(maxConnections: 4))
+        let lockoutAfter = 6
+        let door = login(directory, lockoutAfter: lockoutAfter)
+        let bindsBefore = slapd.bindCount(dn: Self.alice)
+        let spellings = ["alice", " alice", "alice ", "Alice ", "ALICE", "ａｌｉｃｅ", "alice\u{00A0}"]
+        let results = await withTaskGroup(of: LoginResult.self) { group -> [LoginResult] in
+            for n in 0..<20 {
+                group.addTask { await door.authenticateSubmitter(login: spellings[n % spellings.count], password: "guess-\(n)", client: "10.9.0.\(n)") }
+            }
+            return await group.reduce(into: []) { $0.append($1) }
+        }
+        let right = await door.authenticateSubmitter(login: " Alice", password: "alice-demo-pass", client: "10.9.1.1")
+        await directory.shutdown()
+        XCTAssertEqual(results.filter { $0 == .invalidCredentials }.count, lockoutAfter, "\(results)")
+        XCTAssertEqual(results.filter { if case .throttled = $0 { return true } else { return false } }.count, 20 - lockoutAfter, "\(results)")
+        guard case .throttled = right else { return XCTFail("the right password during the lockout: \(right)") }
+        XCTAssertEqual(slapd.bindCount(dn: Self.alice) - bindsBefore, lockoutAfter)
+    }
+
+    /// A right password that `authorize` turns away counts as a failure: a lockout starts at the same attempt
+    /// whichever guess was right, so its timing does not reveal the password either.
+    func testRightPasswordTurnedAwayCountsAsAFailure() async throws {
+        let directory = try makeDirectory(configuration(requiredGroups: ["mail-submitters"]))
+        let door = login(directory, lockoutAfter: 3)
+        let first = await door.authenticateSubmitter(login: "bob", password: "wrong-1", client: "192.0.2.5")
+        let second = await door.authenticateSubmitter(login: "bob", password: "bob-demo-pass", client: "192.0.2.5")
+        let third = await door.authenticateSubmitter(login: "bob", password: "wrong-2", client: "192.0.2.5")
+        let fourth = await door.authenticateSubmitter(login: "bob", password: "bob-demo-pass", client: "192.0.2.5")
+        await directory.shutdown()
+        XCTAssertEqual(first, .invalidCredentials)
+        guard case .notAuthorized(let identity) = second else { return XCTFail("\(second)") }
+        XCTAssertEqual(identity.dn, "uid=bob,ou=people,dc=example,dc=edu")
+        XCTAssertEqual(third, .invalidCredentials)
+        guard case .throttled = fourth else { return XCTFail("locked after three failures, one of them the right password: \(fourth)") }
     }
 
     // MARK: - Configuration

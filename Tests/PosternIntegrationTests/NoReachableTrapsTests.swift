@@ -24,6 +24,7 @@ final class NoReachableTrapsTests: XCTestCase {
     struct AcceptAll: SessionRules {
         func checkSender(_ facts: ConnectionFacts, sender: ReversePath) -> Verdict { .accept }
         func checkRecipient(_ facts: ConnectionFacts, sender: ReversePath, recipient: Mailbox) -> Verdict { .accept }
+        func checkMessage(_ facts: ConnectionFacts, sender: ReversePath, message: ByteBuffer) -> MessageVerdict { .accept }
         func messageSizeLimit(_ facts: ConnectionFacts) -> Int? { nil }
     }
 

@@ -40,8 +40,9 @@ final class OperationsTests: XCTestCase {
             XCTAssertEqual(metrics["postern_tls_handshakes_total", ["listener": "submissions", "result": "success"]], 1, scrape.body)
             XCTAssertEqual(metrics["postern_tls_handshakes_total", ["listener": "submissions", "result": "failure"]], 1, scrape.body)
             XCTAssertEqual(metrics["postern_policy_decisions_total", ["code": "550", "rule": "internal-domains"]], 1, scrape.body)
-            // MAIL and RCPT of the accepted message, MAIL of the refused one.
-            XCTAssertEqual(metrics.sum("postern_policy_decisions_total", ["code": "250"]), 3, scrape.body)
+            // MAIL, RCPT and header From of the accepted message, MAIL of the refused one.
+            XCTAssertEqual(metrics.sum("postern_policy_decisions_total", ["code": "250"]), 4, scrape.body)
+            XCTAssertEqual(metrics["postern_policy_decisions_total", ["code": "250", "rule": "header-from"]], 1, scrape.body)
             XCTAssertEqual(metrics["postern_messages_accepted_total", ["listener": "device"]], 1, scrape.body)
             XCTAssertEqual(metrics["postern_delivery_latency_seconds_bucket", ["le": "0.25"]], 0, scrape.body)
             XCTAssertEqual(metrics["postern_delivery_latency_seconds_bucket", ["le": "0.5"]], 1, scrape.body)

@@ -34,7 +34,7 @@ final class RateLimiterTests: XCTestCase {
         XCTAssertFalse(limiter.admit("user:u19999", limit: limit, at: start.addingTimeInterval(20_000)))
     }
 
-    /// The gateway-wide per-user limit counts every session of one login, case-insensitively, and is audited.
+    /// The gateway-wide per-user limit counts every session of one account (its DN, however the login was spelled), and is audited.
     func testPerUserLimitRefusesWith450AndIsAudited() throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("postern-rate-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -44,15 +44,17 @@ final class RateLimiterTests: XCTestCase {
         let audit = try AuditLog.make(output: auditFile.path)
         let now = start
         let sender = ReversePath.mailbox(try AddressParser.parseMailbox("alice@example.edu"))
-        func session(_ id: String, login: String) -> ConnectionFacts {
+        func session(_ id: String, login: String, dn: String = "uid=alice,ou=people,dc=example,dc=edu") -> ConnectionFacts {
             var facts = ConnectionFacts(listenerName: "submission", kind: .submission, clientAddress: "192.0.2.7", sessionID: id)
             facts.tls = TLSInfo(version: "TLSv1.3")
-            facts.user = AuthenticatedUser(login: login, distinguishedName: "uid=alice", addresses: ["alice@example.edu"], groups: [])
+            facts.user = AuthenticatedUser(login: login, distinguishedName: dn, addresses: ["alice@example.edu"], groups: [])
             return facts
         }
         // Rules are made per session, as the listener does; the limiter behind them is the store's.
         XCTAssertEqual(store.rules(now: { now }, audit: audit).checkSender(session("s1", login: "alice"), sender: sender), .accept)
-        XCTAssertEqual(store.rules(now: { now }, audit: audit).checkSender(session("s2", login: "Alice"), sender: sender), .accept)
+        // Another login of the same entry (an alias the user filter takes, a DN written in other case) is the same account.
+        XCTAssertEqual(store.rules(now: { now }, audit: audit).checkSender(session("s2", login: "a.smith", dn: "UID=alice, ou=people,dc=example,dc=edu"),
+                                                                           sender: sender), .accept)
         let third = store.rules(now: { now }, audit: audit).checkSender(session("s3", login: "alice"), sender: sender)
         guard case .refuse(let reply) = third else { return XCTFail("third message in the hour accepted") }
         XCTAssertEqual(reply.code, 450)
@@ -67,6 +69,6 @@ final class RateLimiterTests: XCTestCase {
         XCTAssertEqual(store.rules(now: { later }, audit: audit).checkSender(session("s5", login: "alice"), sender: sender), .accept,
                        "half an hour later one more message is allowed")
         let audited = try String(contentsOf: auditFile, encoding: .utf8)
-        XCTAssertTrue(audited.contains("rate-limit user:alice 2/hour"), audited)
+        XCTAssertTrue(audited.contains("rate-limit user:uid=alice,ou=people,dc=example,dc=edu 2/hour"), audited)
     }
 }

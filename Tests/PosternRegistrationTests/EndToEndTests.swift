@@ -46,6 +46,7 @@ final class EndToEndTests: XCTestCase {
               bind-password-env: POSTERN_LDAP_PASSWORD
               search-base: ou=people,dc=example,dc=edu
               group-attribute: memberOf
+              group-base: ou=groups,dc=example,dc=edu
               required-groups: [mail-submitters]
             registration:
               listen: 127.0.0.1:\(webPort)

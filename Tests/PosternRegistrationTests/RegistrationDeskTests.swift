@@ -30,7 +30,8 @@ final class RegistrationDeskTests: XCTestCase {
     }
 
     func testRoleMapMatchesGroupNamesAndDNsWithoutCase() {
-        let roles = RoleMap(adminGroups: ["postern-admins"], departmentGroups: ["it": ["dept-it"], "chem": ["cn=Dept-Chem, ou=groups,dc=example,dc=edu"]])
+        let roles = RoleMap(adminGroups: ["postern-admins"], departmentGroups: ["it": ["dept-it"], "chem": ["cn=Dept-Chem, ou=groups,dc=example,dc=edu"]],
+                            groupBase: "ou=Groups, dc=example,dc=edu")
         let admin = roles.user(login: "alice", dn: "uid=alice", groups: ["cn=postern-admins,ou=groups,dc=example,dc=edu"])
         XCTAssertEqual(admin?.isAdmin, true)
         let contact = roles.user(login: "bob", dn: "uid=bob", groups: ["CN=dept-it,ou=groups,dc=example,dc=edu", "cn=dept-chem,ou=groups,dc=example,dc=edu"])
@@ -39,6 +40,13 @@ final class RegistrationDeskTests: XCTestCase {
         XCTAssertNil(roles.user(login: "x", dn: "uid=x", groups: ["cn=mail-submitters,ou=groups,dc=example,dc=edu"]))
         // A bare name matches the first RDN only, not an OU further up.
         XCTAssertNil(roles.user(login: "x", dn: "uid=x", groups: ["cn=other,ou=dept-it,dc=example,dc=edu"]))
+        // ...and only directly under the group base: not a same-named group in an OU users manage.
+        XCTAssertNil(roles.user(login: "x", dn: "uid=x", groups: ["cn=postern-admins,ou=clubs,dc=example,dc=edu",
+                                                                  "cn=dept-it,ou=groups,ou=clubs,dc=example,dc=edu"]))
+        // Without a base, bare names match nothing; full DNs still do.
+        let noBase = RoleMap(adminGroups: ["postern-admins"], departmentGroups: ["chem": ["cn=dept-chem,ou=groups,dc=example,dc=edu"]], groupBase: nil)
+        XCTAssertNil(noBase.user(login: "alice", dn: "uid=alice", groups: ["cn=postern-admins,ou=groups,dc=example,dc=edu"]))
+        XCTAssertEqual(noBase.user(login: "c", dn: "uid=c", groups: ["cn=dept-chem,ou=groups,dc=example,dc=edu"])?.departments, ["chem"])
     }
 
     func testConcurrentApprovalsAllLandAndTheFileStaysValid() async throws {

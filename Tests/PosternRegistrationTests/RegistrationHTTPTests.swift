@@ -37,13 +37,9 @@ final class RegistrationHTTPTests: XCTestCase {
         await fixture.stop()
     }
 
-    func testUserWithoutARoleIsRefusedAndLoginWithoutTheFormTokenIsRefused() async throws {
+    func testLoginWithoutTheFormTokenIsRefused() async throws {
         let fixture = try await RegistrationFixture()
         do {
-            let web = try fixture.client()
-            let nobody = try await web.login("webapp", "webapp-demo-pass")
-            XCTAssertEqual(nobody.status, 403)
-            XCTAssertTrue(nobody.body.contains("not a department contact or gateway admin"))
             // A cross-site login POST has no token cookie to match.
             let fresh = try fixture.client()
             let forged = try await fresh.post("/login", [("csrf", "00"), ("login", "alice"), ("password", "alice-demo-pass")])

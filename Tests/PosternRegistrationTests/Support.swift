@@ -134,6 +134,9 @@ final class RegistrationFixture: @unchecked Sendable {
     let directory: URL
     let threadPool: NIOThreadPool
     let ldap: Directory
+    /// The page's password checks and their throttle.
+    let login: DirectoryLogin
+    let metrics = GatewayMetrics()
     let desk: RegistrationDesk
     let server: RegistrationServer
     let task: Task<Void, Error>
@@ -144,17 +147,24 @@ final class RegistrationFixture: @unchecked Sendable {
     var caFile: String { slapd.caFile }
 
     static func registrationConfiguration(certificates: String, state: String, port: Int = 0) -> RegistrationConfiguration {
-        RegistrationConfiguration(
+        var configuration = RegistrationConfiguration(
             host: "127.0.0.1", port: port,
             tls: TLSFiles(certificateChain: certificates + "/server.pem", privateKey: certificates + "/server.key"),
             adminGroups: ["postern-admins"],
             departmentGroups: ["it": ["dept-it"], "chem": ["cn=dept-chem,ou=groups,dc=example,dc=edu"]],
             campusRanges: [try! AddressRange.parse("127.0.0.0/8").get(), try! AddressRange.parse("10.0.0.0/8").get()],
             stateDirectory: state)
+        configuration.groupBase = TestSlapd.groupsBase
+        return configuration
     }
 
-    init(now: @escaping @Sendable () -> Date = { Date() }) async throws {
-        slapd = try TestSlapd()
+    /// Lenient limits: tests that log in many times are not locked out by accident; `throttle` tightens them.
+    static let lenient = AuthThrottle.Limits(slowDownAfter: 100, delayStep: .milliseconds(10), maxDelay: .milliseconds(50),
+                                             lockoutAfter: 100, lockoutDuration: .seconds(600), forgetAfter: .seconds(600))
+
+    init(now: @escaping @Sendable () -> Date = { Date() }, throttle: AuthThrottle.Limits = RegistrationFixture.lenient,
+         revealNotAuthorized: Bool = false, ldif: String? = nil) async throws {
+        slapd = try TestSlapd(ldif: ldif)
         directory = try Repo.temporaryDirectory("postern-web")
         try FileManager.default.createDirectory(at: directory.appendingPathComponent("policies"), withIntermediateDirectories: true)
         try Repo.copyPolicies(to: directory.appendingPathComponent("policies"))
@@ -168,11 +178,14 @@ final class RegistrationFixture: @unchecked Sendable {
         var logger = Logger(label: "postern-web-test")
         logger.logLevel = .notice
         ldap = try Directory(configuration: configuration, threadPool: threadPool, logger: logger)
+        var client = throttle
+        client.lockoutAfter *= 3
+        login = DirectoryLogin(directory: ldap, throttle: AuthThrottle(perAccount: throttle, perClient: client), logger: logger)
         let audit = try AuditLog.make(output: directory.appendingPathComponent("audit.jsonl").path)
         desk = try RegistrationDesk(
             configuration: Self.registrationConfiguration(certificates: slapd.certificateDirectory, state: directory.appendingPathComponent("state").path),
             policyDirectory: directory.appendingPathComponent("policies"), audit: audit, now: now)
-        let server = try await RegistrationServer(desk: desk, login: ldap, logger: logger)
+        let server = try await RegistrationServer(desk: desk, login: login, revealNotAuthorized: revealNotAuthorized, metrics: metrics, logger: logger)
         self.server = server
         task = Task { try await server.run() }
         port = await server.port()

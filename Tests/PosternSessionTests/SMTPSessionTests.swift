@@ -3,7 +3,8 @@ import XCTest
 @testable import PosternSMTP
 @testable import PosternSession
 
-/// Rules for driving the state machine: senders from "blocked.example" and recipients outside example.edu are refused.
+/// Rules for driving the state machine: senders from "blocked.example" and recipients outside example.edu are refused;
+/// a message with "From: spoof" is refused and one without "From:" gets the sender's.
 struct TestRules: SessionRules {
     var sizeLimit: Int?
     func checkSender(_ facts: ConnectionFacts, sender: ReversePath) -> Verdict {
@@ -13,6 +14,11 @@ struct TestRules: SessionRules {
         recipient.normalizedDomain == "example.edu" ? .accept : .refuse(SMTPReply(550, "5.7.1", "\(recipient): internal only"))
     }
     func messageSizeLimit(_ facts: ConnectionFacts) -> Int? { sizeLimit }
+    func checkMessage(_ facts: ConnectionFacts, sender: ReversePath, message: ByteBuffer) -> MessageVerdict {
+        let text = String(buffer: message)
+        if text.contains("From: spoof") { return .refuse(SMTPReply(550, "5.7.1", "From: header address refused")) }
+        return text.contains("From:") ? .accept : .acceptAdding("From: \(sender.mailbox?.description ?? "")\r\n")
+    }
 }
 
 final class SMTPSessionTests: XCTestCase {
@@ -137,6 +143,29 @@ final class SMTPSessionTests: XCTestCase {
         XCTAssertEqual(envelope.bodyType, "8BITMIME")
         XCTAssertEqual(reply(s.deliveryCompleted(.queued(id: "Q1"))), SMTPReply(250, "2.0.0", "Ok: queued as Q1"))
         XCTAssertEqual(reply(send(&s, "RCPT TO:<bob@example.edu>"))?.code, 503, "the transaction is over")
+    }
+
+    func testMessageRefusedByTheRulesAtTheEndOfDataIsNotDeliveredAndTheSessionGoesOn() {
+        var s = makeSession(.device)
+        send(&s, "EHLO scanner")
+        send(&s, "MAIL FROM:<scan@example.edu>")
+        send(&s, "RCPT TO:<bob@example.edu>")
+        _ = send(&s, "DATA")
+        XCTAssertEqual(s.dataCompleted(.message(ByteBuffer(string: "From: spoof@example.edu\r\n\r\nx\r\n"))),
+                       .reply(SMTPReply(550, "5.7.1", "From: header address refused")))
+        XCTAssertFalse(s.isInData)
+        XCTAssertEqual(reply(send(&s, "RCPT TO:<bob@example.edu>"))?.code, 503, "the refused transaction is over")
+        XCTAssertEqual(reply(send(&s, "MAIL FROM:<scan@example.edu>"))?.code, 250)
+    }
+
+    func testFieldsTheRulesAddComeBeforeTheMessage() {
+        var s = makeSession(.device)
+        send(&s, "EHLO scanner")
+        send(&s, "MAIL FROM:<scan@example.edu>")
+        send(&s, "RCPT TO:<bob@example.edu>")
+        _ = send(&s, "DATA")
+        guard case .deliver(_, let body) = s.dataCompleted(.message(ByteBuffer(string: "Subject: x\r\n\r\nx\r\n"))) else { return XCTFail() }
+        XCTAssertEqual(String(buffer: body), "From: scan@example.edu\r\nSubject: x\r\n\r\nx\r\n")
     }
 
     func testSpoolFailureIsTemporaryAndSessionGoesOn() {
