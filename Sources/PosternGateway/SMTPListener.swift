@@ -34,7 +34,9 @@ final class SMTPListener: @unchecked Sendable {  // ServerQuiescingHelper is thr
         var rules: @Sendable () -> any SessionRules
     }
 
-    static func bind(_ configuration: ListenerConfiguration, shared: Shared, group: any EventLoopGroup) async throws -> SMTPListener {
+    /// Listens on a loop of `acceptGroup` and serves each connection on a loop of `group`.
+    static func bind(_ configuration: ListenerConfiguration, shared: Shared, group: any EventLoopGroup,
+                     acceptGroup: any EventLoopGroup) async throws -> SMTPListener {
         let quiescing = ServerQuiescingHelper(group: group)
         let sessionConfiguration = SessionConfiguration(
             hostname: shared.hostname, listenerName: configuration.name, kind: configuration.kind,
@@ -43,7 +45,7 @@ final class SMTPListener: @unchecked Sendable {  // ServerQuiescingHelper is thr
             authAvailable: shared.environment.authenticator != nil)
         let idle = TimeAmount.seconds(Int64(shared.limits.idleTimeoutSeconds))
         let logger = shared.environment.logger
-        let channel = try await ServerBootstrap(group: group)
+        let channel = try await ServerBootstrap(group: acceptGroup, childGroup: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelInitializer { channel in
