@@ -12,8 +12,9 @@ import NIOCore
 /// - output is held at `writeBufferWaterMark` (and the kernel's part at `socketSendBuffer`): past the high
 ///   mark the channel is not writable and input waits;
 /// - a client that has reached that bound and has still sent more is writing without reading: it gets
-///   `421 4.7.0` and is closed (RFC 2920 3.1 makes a client that cannot read while it writes keep each
-///   pipelined group within the TCP window, so no conforming client gets near the bound).
+///   `421 4.7.0` and is closed. Avoiding that deadlock is the client's job (RFC 2920 3.1: a client that does
+///   not read while it writes keeps each pipelined group, which ends at DATA, within the TCP window); the
+///   bound, some 200 KB of unread replies with the kernel's part, is far beyond any conforming group.
 struct ConnectionFlow: Sendable, Hashable {
     /// Commands (or DATA chunks, one read each) handled in one turn. The largest reply (EHLO, HELP) is
     /// under 200 octets, so a turn writes at most a few KiB, far below the high water mark.

@@ -7,38 +7,8 @@ import XCTest
 /// read, which backpressure must not get in the way of.
 final class SlowReaderTests: XCTestCase {
     /// Twenty connections from 127.0.0.2 that send HELP and NOOP as fast as the gateway takes them and never
-    /// read. One thread, non-blocking sockets. A connection the gateway closes is replaced while the attack
-    /// lasts; then the script keeps writing to what is left until every connection it opened first is closed.
-    static let attacker = """
-        import select, socket, sys, time
-        port, count, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-        payload = b"HELP\\r\\nNOOP\\r\\n" * 256
-        def connect():
-            s = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.0.0.2", 0))
-            s.setblocking(False)
-            return s
-        live = [connect() for _ in range(count)]
-        first = list(live)  # kept referenced, so their ids stay unique
-        first_ids = {id(s) for s in first}
-        print("started", flush=True)
-        opened, closed, first_closed = count, 0, 0
-        attack_ends = time.time() + seconds
-        give_up = attack_ends + 40
-        while time.time() < give_up and (time.time() < attack_ends or first_closed < count):
-            _, writable, _ = select.select([], live, [], 0.1)
-            for s in writable:
-                try:
-                    s.send(payload)
-                except OSError:  # reset or broken pipe: the gateway closed it
-                    closed += 1
-                    first_closed += id(s) in first_ids
-                    live.remove(s)
-                    s.close()
-                    if time.time() < attack_ends:
-                        live.append(connect())
-                        opened += 1
-        print("opened", opened, "closed", closed, "first_closed", first_closed, flush=True)
-        """
+    /// read (`bench/slow-readers.py attack`; its `measure` mode gives the same figures for any build).
+    static var attacker: String { Repo.root.appendingPathComponent("bench/slow-readers.py").path }
 
     func testTwentyClientsThatNeverReadTheirRepliesDoNotHoldUpANewClient() throws {
         try Repo.ensureCertificates()
@@ -59,7 +29,7 @@ final class SlowReaderTests: XCTestCase {
         let rssBefore = try Self.resident(pid: server.pid)
 
         let attackerLog = directory.appendingPathComponent("attacker.log")
-        let attacker = try Spawned(["/usr/bin/python3", "-c", Self.attacker, "\(port)", "20", "8"], output: attackerLog.path)
+        let attacker = try Spawned(["/usr/bin/python3", Self.attacker, "attack", "\(port)", "20", "8"], output: attackerLog.path)
         defer { attacker.kill() }
         try waitFor("the attacker to connect", timeout: 10) { (try? String(contentsOf: attackerLog, encoding: .utf8))?.contains("started") ?? false }
         Thread.sleep(forTimeInterval: 1.5)  // the attack takes hold: kernel buffers fill, the first cut-offs come
