@@ -249,19 +249,20 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         guard !inTurn else { return }  // called again from within the turn (an action completed at once): the turn goes on
         inTurn = true
         var handled = 0
-        var starved = false
         while flow.mayHandleInput && active && handled < ConnectionFlow.commandsPerTurn {
             if dataFramer != nil {
-                guard let outcome = dataFramer!.feed(&inbound) else { starved = true; break }
+                guard let outcome = dataFramer!.feed(&inbound) else { break }
                 dataFramer = nil
                 apply(session.dataCompleted(outcome), context: context)
             } else {
                 lineFramer.maxLength = session.maxLineLength
-                guard let line = lineFramer.next(&inbound) else { starved = true; break }
+                guard let line = lineFramer.next(&inbound) else { break }
                 apply(session.receive(line), context: context)
             }
             handled += 1
         }
+        // Left through a `break` (the loop could have gone on): the framers need more bytes.
+        let starved = flow.mayHandleInput && active && handled < ConnectionFlow.commandsPerTurn
         flow.needsInput = starved || inbound.readableBytes == 0
         if inbound.readableBytes == 0 { inbound.clear() } else { inbound.discardReadBytes() }
         flushReplies(context: context)
