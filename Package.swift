@@ -181,6 +181,7 @@ let package = Package(
             dependencies: [
                 "PosternGateway", "PosternPolicy", "PosternSession", "PosternSink", "PosternSpool", "PosternRelay", "PosternTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ]

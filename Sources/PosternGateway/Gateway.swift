@@ -16,6 +16,9 @@ import ServiceLifecycle
 public final class Gateway: Service, Sendable {
     public let configuration: GatewayConfiguration
     private let group: MultiThreadedEventLoopGroup
+    /// Accepts SMTP connections, which are then served on `group`: a loop busy with its sessions never
+    /// delays accepting and greeting a new client (see `ConnectionFlow`).
+    private let acceptGroup: MultiThreadedEventLoopGroup
     private let threadPool: NIOThreadPool
     private let logger: Logger
     private let shared: SMTPListener.Shared
@@ -43,6 +46,7 @@ public final class Gateway: Service, Sendable {
         self.drainTimeout = drainTimeout
         self.metrics = metrics
         group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+        acceptGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         // Blocking work (file writes, libldap) runs here; each LDAP pool slot may hold a thread for a whole call.
         threadPool = NIOThreadPool(numberOfThreads: max(8, 2 * (configuration.directory?.maxConnections ?? 0) + 4))
         threadPool.start()
@@ -120,7 +124,7 @@ public final class Gateway: Service, Sendable {
             }
         }
         for listenerConfiguration in configuration.listeners {
-            let listener = try await SMTPListener.bind(listenerConfiguration, shared: shared, group: group)
+            let listener = try await SMTPListener.bind(listenerConfiguration, shared: shared, group: group, acceptGroup: acceptGroup)
             listeners.append(listener)
         }
         if let adminConfiguration = configuration.admin {
@@ -205,6 +209,7 @@ public final class Gateway: Service, Sendable {
         await spool?.shutdown()
         await admin.withLockedValue { $0 }?.close()
         await authenticator?.shutdown()
+        try? await acceptGroup.shutdownGracefully()
         try? await group.shutdownGracefully()
         try? await threadPool.shutdownGracefully()
         logger.info("stopped")

@@ -38,6 +38,11 @@ public final class GatewayMetrics: Sendable {
         registry.makeCounter(descriptor: Self.connectionsName, labels: [("listener", listener)]).increment()
     }
 
+    /// A client that sent commands without reading its replies was closed at its output bound.
+    public func slowReaderClosed(listener: String) {
+        registry.makeCounter(descriptor: Self.slowReadersName, labels: [("listener", listener)]).increment()
+    }
+
     /// A TLS handshake finished (STARTTLS or implicit TLS), or failed.
     public func tlsHandshake(listener: String, success: Bool) {
         registry.makeCounter(descriptor: Self.tlsName, labels: [("listener", listener), ("result", success ? "success" : "failure")])
@@ -144,6 +149,9 @@ public final class GatewayMetrics: Sendable {
     }
 
     static var connectionsName: MetricNameDescriptor { name("connections", unit: "total", "Client connections accepted, by listener.") }
+    static var slowReadersName: MetricNameDescriptor {
+        name("slow_readers_closed", unit: "total", "Clients closed with 421 for sending commands without reading the replies, by listener.")
+    }
     static var tlsName: MetricNameDescriptor { name("tls_handshakes", unit: "total", "TLS handshakes by listener and result.") }
     static var authName: MetricNameDescriptor { name("auth_attempts", unit: "total", "SMTP AUTH attempts by result.") }
     static var registrationLoginName: MetricNameDescriptor { name("registration_logins", unit: "total", "Registration page log-ins by result.") }

@@ -34,7 +34,9 @@ final class SMTPListener: @unchecked Sendable {  // ServerQuiescingHelper is thr
         var rules: @Sendable () -> any SessionRules
     }
 
-    static func bind(_ configuration: ListenerConfiguration, shared: Shared, group: any EventLoopGroup) async throws -> SMTPListener {
+    /// Listens on a loop of `acceptGroup` and serves each connection on a loop of `group`.
+    static func bind(_ configuration: ListenerConfiguration, shared: Shared, group: any EventLoopGroup,
+                     acceptGroup: any EventLoopGroup) async throws -> SMTPListener {
         let quiescing = ServerQuiescingHelper(group: group)
         let sessionConfiguration = SessionConfiguration(
             hostname: shared.hostname, listenerName: configuration.name, kind: configuration.kind,
@@ -43,7 +45,7 @@ final class SMTPListener: @unchecked Sendable {  // ServerQuiescingHelper is thr
             authAvailable: shared.environment.authenticator != nil)
         let idle = TimeAmount.seconds(Int64(shared.limits.idleTimeoutSeconds))
         let logger = shared.environment.logger
-        let channel = try await ServerBootstrap(group: group)
+        let channel = try await ServerBootstrap(group: acceptGroup, childGroup: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelInitializer { channel in
@@ -53,6 +55,11 @@ final class SMTPListener: @unchecked Sendable {  // ServerQuiescingHelper is thr
             }
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.allowRemoteHalfClosure, value: false)
+            // Backpressure (see ConnectionFlow): bounded output per connection, in the channel and in the
+            // kernel, and one socket read per read event, so nothing more is read while input is buffered.
+            .childChannelOption(.writeBufferWaterMark, value: ConnectionFlow.writeBufferWaterMark)
+            .childChannelOption(.socketOption(.so_sndbuf), value: ChannelOptions.Types.SocketOption.Value(ConnectionFlow.socketSendBuffer))
+            .childChannelOption(.maxMessagesPerRead, value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let peer = clientAddress(of: channel)

@@ -20,6 +20,8 @@ struct ConnectionEnvironment: Sendable {
     var audit: AuditLog
     var now: @Sendable () -> Date
     var metrics: GatewayMetrics
+    /// Where connections with input left after their turn wait for the next one (see `TurnQueue`).
+    var turns = TurnQueues()
 }
 
 /// The thin I/O layer around `SMTPSession`: frames bytes into lines or DATA, applies the session's
@@ -36,20 +38,42 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var outbound: ByteBuffer
     private var lineFramer = LineFramer(maxLength: 512)
     private var dataFramer: DataFramer?
+    /// When to read, handle input, and cut off a client that does not read its replies (see `ConnectionFlow`).
+    private var flow = ConnectionFlow()
     /// An authentication, a delivery or a TLS handshake is under way: input waits.
-    private var waiting = false
-    private var handshaking = false
-    /// A read was asked for while waiting; it is passed on when the wait ends.
+    private var waiting: Bool {
+        get { flow.waiting }
+        set { flow.waiting = newValue }
+    }
+    private var handshaking: Bool {
+        get { flow.handshaking }
+        set { flow.handshaking = newValue }
+    }
+    /// A read was asked for while input was held; it is passed on when the flow allows.
     private var pendingRead = false
     private var active = true
-    private var closing = false
+    private var closing: Bool {
+        get { flow.closing }
+        set { flow.closing = newValue }
+    }
     /// Shutdown was asked for while a message was being received: close after it is answered.
     private var quiesceAfterMessage = false
+    /// Input is being handled (`process`); writability changes then wait for the end of the turn.
+    private var inTurn = false
+    /// Another turn is queued on the event loop.
+    private var turnScheduled = false
+    /// This connection's event loop's queue of turns, known from `handlerAdded`.
+    private var turnQueue: TurnQueue?
+    /// Cuts the client off if the channel stays not writable (see `ConnectionFlow.stallTimeout`).
+    private var stallTimer: Scheduled<Void>?
 
     /// How long to hold the 220; a client that talks before it is refused (see `greet`).
     private let greetingDelay: TimeAmount
     /// The greeting is being held back.
-    private var greetingHeld = false
+    private var greetingHeld: Bool {
+        get { flow.greetingHeld }
+        set { flow.greetingHeld = newValue }
+    }
 
     init(session: SMTPSession, environment: ConnectionEnvironment, greetingDelay: TimeAmount = .zero) {
         self.session = session
@@ -66,6 +90,8 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: Channel events
 
     func handlerAdded(context: ChannelHandlerContext) {
+        turnQueue = environment.turns.queue(on: context.eventLoop)
+        flow.writable = context.channel.isWritable
         // Added after a PROXY header, the channel is already active: greet now.
         if context.channel.isActive { greet(context: context) }
     }
@@ -110,11 +136,13 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         active = false
+        stallTimer?.cancel()
         context.fireChannelInactive()
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         active = false
+        stallTimer?.cancel()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -122,20 +150,62 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var bytes = unwrapInboundIn(data)
         inbound.writeBuffer(&bytes)
         if greetingHeld {
-            // Keep no more than a line of an early talker's bytes; it is refused when the delay ends.
+            // Keep no more than a line of an early talker's bytes, and read no more; it is refused when the delay ends.
             if inbound.readableBytes > 512 { inbound.moveReaderIndex(forwardBy: inbound.readableBytes - 512); inbound.discardReadBytes() }
+            flow.needsInput = false
             return
         }
-        if !waiting { process(context: context) }
+        flow.needsInput = false  // until the framers have looked at it
+        process(context: context)
     }
 
     func read(context: ChannelHandlerContext) {
-        // During a TLS handshake reads must flow: the handshake itself needs them.
-        if waiting && !handshaking {
-            pendingRead = true
-        } else {
+        // Reads wait while input is buffered, output is held, or AUTH or delivery is under way; during a TLS
+        // handshake they flow (the handshake itself needs them).
+        if flow.mayRead {
             context.read()
+        } else {
+            pendingRead = true
         }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        flow.writable = context.channel.isWritable
+        if flow.writable {
+            stallTimer?.cancel()
+            stallTimer = nil
+        } else if stallTimer == nil {
+            armStallTimer(context: context)
+        }
+        // During a turn (the flush at its end) the turn decides; otherwise decide now.
+        if !inTurn { proceed(context: context) }
+        context.fireChannelWritabilityChanged()
+    }
+
+    /// A client that stays at its output bound without sending more is cut off after `ConnectionFlow.stallTimeout`.
+    private func armStallTimer(context: ChannelHandlerContext) {
+        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let boundContext = NIOLoopBound(context, eventLoop: context.eventLoop)
+        stallTimer = context.eventLoop.scheduleTask(in: ConnectionFlow.stallTimeout) {
+            let this = handler.value
+            this.stallTimer = nil
+            guard this.active, !this.flow.writable, !this.closing else { return }
+            if this.flow.stalled {
+                this.cutOff(reason: "replies unread for \(ConnectionFlow.stallTimeout.nanoseconds / 1_000_000_000) s", context: boundContext.value)
+            } else {
+                this.armStallTimer(context: boundContext.value)  // AUTH, delivery or a handshake is under way: look again later
+            }
+        }
+    }
+
+    /// Closes a client that sends without reading its replies, once its output bound is reached.
+    private func cutOff(reason: String, context: ChannelHandlerContext) {
+        logger.notice("closing a client that does not read its replies",
+                      metadata: ["client": "\(session.facts.clientAddress)", "reason": "\(reason)",
+                                 "buffered_input": "\(inbound.readableBytes)"])
+        environment.metrics.slowReaderClosed(listener: session.facts.listenerName)
+        inbound.clear()
+        apply(session.close(with: .repliesNotRead), context: context)
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -173,9 +243,13 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     // MARK: Processing
 
-    /// Feeds buffered input to the session until it needs more bytes or starts waiting.
+    /// One turn: feeds buffered input to the session until it needs more bytes, starts waiting, the channel
+    /// stops being writable, or `ConnectionFlow.commandsPerTurn` commands are handled; then writes the replies.
     private func process(context: ChannelHandlerContext) {
-        while !waiting && !closing && active {
+        guard !inTurn else { return }  // called again from within the turn (an action completed at once): the turn goes on
+        inTurn = true
+        var handled = 0
+        while flow.mayHandleInput && active && handled < ConnectionFlow.commandsPerTurn {
             if dataFramer != nil {
                 guard let outcome = dataFramer!.feed(&inbound) else { break }  // checked just above; `!` spares a copy
                 dataFramer = nil
@@ -185,9 +259,39 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 guard let line = lineFramer.next(&inbound) else { break }
                 apply(session.receive(line), context: context)
             }
+            handled += 1
         }
+        // Left through a `break` (the loop could have gone on): the framers need more bytes.
+        let starved = flow.mayHandleInput && active && handled < ConnectionFlow.commandsPerTurn
+        flow.needsInput = starved || inbound.readableBytes == 0
         if inbound.readableBytes == 0 { inbound.clear() } else { inbound.discardReadBytes() }
         flushReplies(context: context)
+        inTurn = false
+        proceed(context: context)
+    }
+
+    /// After a turn, or when something that held input ends: another turn later, a cut-off, or a read.
+    private func proceed(context: ChannelHandlerContext) {
+        guard active else { return }
+        switch flow.next(bufferedBytes: inbound.readableBytes) {
+        case .cutOff:
+            cutOff(reason: "output bound reached", context: context)
+        case .continueLater:
+            guard !turnScheduled, let turnQueue else { break }
+            // Other connections on this event loop get their turns, and the loop polls its sockets, first.
+            turnScheduled = true
+            turnQueue.enqueue { [self] in
+                turnScheduled = false
+                guard active else { return }
+                process(context: context)
+            }
+        case .wait:
+            break
+        }
+        if pendingRead && flow.mayRead {
+            pendingRead = false
+            context.read()
+        }
     }
 
     private func apply(_ action: SessionAction, context: ChannelHandlerContext) {
@@ -204,7 +308,12 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
             let buffer = outbound
             outbound.clear()
             let channel = context.channel
-            context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
+            // Best effort: a client that does not read would hold the reply, and the connection, forever.
+            let grace = context.eventLoop.scheduleTask(in: ConnectionFlow.closeGrace) { channel.close(promise: nil) }
+            context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in
+                grace.cancel()
+                channel.close(promise: nil)
+            }
         case .startTLS(let reply):
             startTLS(reply, context: context)
         case .startData(let reply, let limits):
@@ -306,9 +415,5 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func resume(context: ChannelHandlerContext) {
         waiting = false
         process(context: context)
-        if pendingRead && !waiting {
-            pendingRead = false
-            context.read()
-        }
     }
 }

@@ -422,7 +422,8 @@ final class Spawned {
 
 /// `postern serve` in a temp directory with the repository's policies and dev certificates.
 enum PosternProcess {
-    static func serve(in directory: URL, listeners: String) throws -> Spawned {
+    /// `extra` is more YAML for the top level (limits, admin).
+    static func serve(in directory: URL, listeners: String, extra: String = "") throws -> Spawned {
         let tls = directory.appendingPathComponent("tls/cert.pem")
         let certificate = FileManager.default.fileExists(atPath: tls.path) ? tls.path : Repo.certs.appendingPathComponent("server.pem").path
         let key = FileManager.default.fileExists(atPath: tls.path) ? directory.appendingPathComponent("tls/key.pem").path
@@ -439,6 +440,7 @@ enum PosternProcess {
               outbox: \(directory.path)/outbox
             audit:
               output: \(directory.path)/audit.jsonl
+            \(extra)
             """
         let config = directory.appendingPathComponent("postern.yaml")
         try yaml.write(to: config, atomically: true, encoding: .utf8)
