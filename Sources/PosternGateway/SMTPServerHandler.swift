@@ -338,7 +338,7 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// in plaintext and is thrown away unread (CVE-2011-0411).
     private func startTLS(_ reply: SMTPReply, context: ChannelHandlerContext) {
         guard let sslContext = environment.tls.current else {
-            SMTPReply(454, "4.7.0", "TLS not available due to temporary reason").write(into: &outbound)
+            apply(session.tlsUnavailable(), context: context)
             return
         }
         reply.write(into: &outbound)

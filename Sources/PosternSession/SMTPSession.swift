@@ -159,6 +159,14 @@ public struct SMTPSession: Sendable {
         state = .connected
     }
 
+    /// The handler has no certificate to start TLS with (none loaded): 454, and the session goes on in
+    /// plaintext, where a TLS endpoint still refuses MAIL and AUTH.
+    public mutating func tlsUnavailable() -> SessionAction {
+        guard case .tlsStarting = state else { return internalFailure("TLS unavailable in state \(Self.caseName(state))") }
+        state = .ready
+        return .reply(SMTPReply(454, "4.7.0", "TLS not available due to temporary reason"))
+    }
+
     public mutating func authCompleted(_ outcome: AuthOutcome) -> SessionAction {
         // A session closed meanwhile (idle timeout, shutdown) can still get its directory's answer.
         guard case .authenticating = state else { return internalFailure("authentication result in state \(Self.caseName(state))") }

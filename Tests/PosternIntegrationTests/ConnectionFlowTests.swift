@@ -199,9 +199,11 @@ final class HeldWrites: ChannelOutboundHandler {
     }
 }
 
+/// Rules that accept everything, for tests of the handler's wiring rather than of policy.
 struct AcceptingRules: SessionRules {
     func checkSender(_ facts: ConnectionFacts, sender: ReversePath) -> Verdict { .accept }
     func checkRecipient(_ facts: ConnectionFacts, sender: ReversePath, recipient: Mailbox) -> Verdict { .accept }
+    func checkMessage(_ facts: ConnectionFacts, sender: ReversePath, message: ByteBuffer) -> MessageVerdict { .accept }
     func messageSizeLimit(_ facts: ConnectionFacts) -> Int? { nil }
 }
 

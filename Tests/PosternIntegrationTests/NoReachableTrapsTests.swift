@@ -21,13 +21,6 @@ final class NoReachableTrapsTests: XCTestCase {
         }
     }
 
-    struct AcceptAll: SessionRules {
-        func checkSender(_ facts: ConnectionFacts, sender: ReversePath) -> Verdict { .accept }
-        func checkRecipient(_ facts: ConnectionFacts, sender: ReversePath, recipient: Mailbox) -> Verdict { .accept }
-        func checkMessage(_ facts: ConnectionFacts, sender: ReversePath, message: ByteBuffer) -> MessageVerdict { .accept }
-        func messageSizeLimit(_ facts: ConnectionFacts) -> Int? { nil }
-    }
-
     /// A directory that answers after `delay`.
     struct SlowAuthenticator: SubmissionAuthenticator {
         var delay: Duration
@@ -74,7 +67,7 @@ final class NoReachableTrapsTests: XCTestCase {
                     let configuration = SessionConfiguration(hostname: "gw.test", listenerName: "sub", kind: .submissions, authAvailable: true)
                     var session = SMTPSession(configuration: configuration,
                                               facts: ConnectionFacts(listenerName: "sub", kind: .submissions, clientAddress: "127.0.0.1", sessionID: "t"),
-                                              rules: AcceptAll())
+                                              rules: AcceptingRules())
                     session.tlsEstablished(TLSInfo(version: "TLSv1.3"))
                     for handler in handlers() { try channel.pipeline.syncOperations.addHandler(handler) }
                     try channel.pipeline.syncOperations.addHandler(SMTPServerHandler(session: session, environment: environment))

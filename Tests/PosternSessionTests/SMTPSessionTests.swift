@@ -219,6 +219,15 @@ final class SMTPSessionTests: XCTestCase {
         XCTAssertEqual(second.recipients.map(\.description), ["bob@example.edu", "Bob@example.edu"])
     }
 
+    func testStartTLSWithoutACertificateGives454AndTheSessionGoesOnInPlaintext() {
+        var s = makeSession(.submission)
+        send(&s, "EHLO client")
+        guard case .startTLS = send(&s, "STARTTLS") else { return XCTFail("no STARTTLS") }
+        XCTAssertEqual(reply(s.tlsUnavailable()), SMTPReply(454, "4.7.0", "TLS not available due to temporary reason"))
+        XCTAssertEqual(reply(send(&s, "NOOP"))?.code, 250)
+        XCTAssertEqual(reply(send(&s, "MAIL FROM:<alice@example.edu>")), .mustStartTLS)
+    }
+
     func testDataRefusalsMapToReplies() {
         for (rejection, expected) in [(DataFramer.Rejection.bareLineEnding, "550 5.6.0"), (.tooBig, "552 5.3.4"), (.lineTooLong, "550 5.6.0")] {
             var s = makeSession(.device)
