@@ -115,14 +115,6 @@ public final class Gateway: Service, Sendable {
 
     /// Binds every listener. Afterwards `boundPort(listener:)` tells where each is.
     public func start() async throws {
-        if let relay {
-            let logger = self.logger
-            relayTask.withLockedValue {
-                $0 = Task {
-                    do { try await relay.run() } catch { logger.error("relay stopped", metadata: ["error": "\(error)"]) }
-                }
-            }
-        }
         for listenerConfiguration in configuration.listeners {
             let listener = try await SMTPListener.bind(listenerConfiguration, shared: shared, group: group, acceptGroup: acceptGroup)
             listeners.append(listener)
@@ -132,6 +124,16 @@ public final class Gateway: Service, Sendable {
                                               logger: logger)
             let server = try await AdminServer.bind(adminConfiguration, context: context, group: group)
             admin.withLockedValue { $0 = server }
+        }
+        // The relay starts once every port is bound: a start that fails delivers nothing, and the relay's
+        // outgoing connections cannot take an ephemeral port that a listener is about to bind.
+        if let relay {
+            let logger = self.logger
+            relayTask.withLockedValue {
+                $0 = Task {
+                    do { try await relay.run() } catch { logger.error("relay stopped", metadata: ["error": "\(error)"]) }
+                }
+            }
         }
     }
 
