@@ -168,7 +168,7 @@ let package = Package(
         ),
         .testTarget(name: "PosternSMTPTests", dependencies: ["PosternSMTP"]),
         .testTarget(name: "PosternSessionTests", dependencies: ["PosternSession", "PosternSMTP"]),
-        .testTarget(name: "PosternPolicyTests", dependencies: ["PosternPolicy", "PosternSMTP"]),
+        .testTarget(name: "PosternPolicyTests", dependencies: ["PosternPolicy", "PosternSMTP", "PosternTestSupport"]),
         .testTarget(name: "PosternDirectoryTests", dependencies: ["PosternDirectory", "PosternTestSupport"]),
         .testTarget(name: "PosternSpoolTests", dependencies: ["PosternSpool", "PosternTestSupport"]),
         .testTarget(name: "PosternRelayTests", dependencies: ["PosternRelay", "PosternSpool", "PosternSink", "PosternTestSupport"]),

@@ -55,7 +55,7 @@ public struct SpoolDirectory: Sendable {
         case hold
     }
 
-    func path(of area: Area) -> String { area == .queue ? queuePath : holdPath }
+    public func path(of area: Area) -> String { area == .queue ? queuePath : holdPath }
     func messagePath(_ id: String, in area: Area = .queue) -> String { "\(path(of: area))/\(id).msg" }
     func statePath(_ id: String, in area: Area = .queue) -> String { "\(path(of: area))/\(id).state" }
 

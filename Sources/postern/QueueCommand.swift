@@ -157,21 +157,31 @@ struct QueueCommand: AsyncParsableCommand {
         }
     }
 
+    /// Changes one message under its lock: found where it is (queued or held; `wanted`, when given, or
+    /// `otherwise` is the error), then a running relay is woken to see the change.
+    static func change(_ options: SpoolOption, id: String, wanted: SpoolDirectory.Area? = nil, otherwise: String = "",
+                       _ body: (SpoolDirectory, SpoolDirectory.Area) throws -> Void) throws {
+        try options.validateExists()
+        let directory = options.directory
+        let area = try locate(directory, id: id)
+        if let wanted, area != wanted { throw ValidationError(otherwise) }
+        let lock = try lock(directory, id: id, in: area)
+        defer { lock.release() }
+        try body(directory, area)
+        directory.touch(.wake)
+    }
+
     struct Hold: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Take a queued message out of delivery until it is released.")
         @OptionGroup var options: SpoolOption
         @Argument(help: "Queue ID") var id: String
 
         func run() async throws {
-            try options.validateExists()
-            let directory = options.directory
-            guard try QueueCommand.locate(directory, id: id) == .queue else { throw ValidationError("\(id) is already held") }
-            let lock = try QueueCommand.lock(directory, id: id)
-            defer { lock.release() }
-            var state = try directory.readEntry(id: id).entry.state
-            state.heldReason = "held by the postmaster (postern queue hold)"
-            try directory.hold(id: id, state: state)
-            directory.touch(.wake)
+            try QueueCommand.change(options, id: id, wanted: .queue, otherwise: "\(id) is already held") { directory, _ in
+                var state = try directory.readEntry(id: id).entry.state
+                state.heldReason = "held by the postmaster (postern queue hold)"
+                try directory.hold(id: id, state: state)
+            }
             print("held \(id)")
         }
     }
@@ -182,13 +192,9 @@ struct QueueCommand: AsyncParsableCommand {
         @Argument(help: "Queue ID") var id: String
 
         func run() async throws {
-            try options.validateExists()
-            let directory = options.directory
-            guard try QueueCommand.locate(directory, id: id) == .hold else { throw ValidationError("\(id) is not held") }
-            let lock = try QueueCommand.lock(directory, id: id, in: .hold)
-            defer { lock.release() }
-            try directory.release(id: id, now: Date())
-            directory.touch(.wake)
+            try QueueCommand.change(options, id: id, wanted: .hold, otherwise: "\(id) is not held") { directory, _ in
+                try directory.release(id: id, now: Date())
+            }
             print("released \(id)")
         }
     }
@@ -199,14 +205,10 @@ struct QueueCommand: AsyncParsableCommand {
         @Argument(help: "Queue ID") var id: String
 
         func run() async throws {
-            try options.validateExists()
-            let directory = options.directory
-            let area = try QueueCommand.locate(directory, id: id)
-            let lock = try QueueCommand.lock(directory, id: id, in: area)
-            defer { lock.release() }
-            try directory.remove(id: id, in: area)
-            try directory.syncDirectory(area == .queue ? directory.queuePath : directory.holdPath)
-            directory.touch(.wake)
+            try QueueCommand.change(options, id: id) { directory, area in
+                try directory.remove(id: id, in: area)
+                try directory.syncDirectory(directory.path(of: area))
+            }
             print("deleted \(id)")
         }
     }

@@ -1,8 +1,10 @@
 import Foundation
 import Logging
 import NIOCore
+import NIOPosix
 import PosternGateway
 import PosternPolicy
+import PosternSink
 import PosternSession
 import XCTest
 
@@ -153,5 +155,39 @@ final class GatewayHarness: @unchecked Sendable {
         ((try? FileManager.default.contentsOfDirectory(at: outbox, includingPropertiesForKeys: nil)) ?? [])
             .filter { $0.pathExtension == "eml" }
             .sorted { $0.lastPathComponent < $1.lastPathComponent }
+    }
+}
+
+/// The upstream of the relay tests: an in-process sink on a free loopback port that requires the dev
+/// client certificate and writes what it receives to `outbox` (its memory keeps the last thousand).
+final class SinkFixture: @unchecked Sendable {
+    let group: MultiThreadedEventLoopGroup
+    let sink: SinkServer
+    let port: Int
+
+    private init(group: MultiThreadedEventLoopGroup, sink: SinkServer, port: Int) {
+        self.group = group
+        self.sink = sink
+        self.port = port
+    }
+
+    static func start(outbox: URL) async throws -> SinkFixture {
+        try Repo.ensureCertificates()
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let certs = Repo.certs.path
+        let sink = SinkServer(configuration: SinkConfiguration(certificateFile: "\(certs)/server.pem", keyFile: "\(certs)/server.key",
+                                                               clientCAFile: "\(certs)/ca.pem", outbox: outbox.path),
+                              group: group, logger: Logger(label: "sink"))
+        do {
+            return SinkFixture(group: group, sink: sink, port: try await sink.start())
+        } catch {
+            try? await group.shutdownGracefully()
+            throw error
+        }
+    }
+
+    func stop() async {
+        await sink.stop()
+        try? await group.shutdownGracefully()
     }
 }

@@ -29,17 +29,14 @@ final class PipelinePropertyTests: XCTestCase {
         let seed: UInt64 = environment["POSTERN_PIPELINE_SEED"].flatMap { $0 == "random" ? UInt64.random(in: 1...UInt64.max) : UInt64($0) } ?? 20261201
         print("pipeline property test: \(transactions) transactions, POSTERN_PIPELINE_SEED=\(seed)")
 
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let work = FileManager.default.temporaryDirectory.appendingPathComponent("postern-pipeline-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
         let certs = Repo.certs.path
-        try Repo.ensureCertificates()
         let outbox = work.appendingPathComponent("sink")
-        let sink = SinkServer(configuration: SinkConfiguration(certificateFile: "\(certs)/server.pem", keyFile: "\(certs)/server.key", clientCAFile: "\(certs)/ca.pem",
-                                                               outbox: outbox.path,
-                                                               faults: SinkFaults(rcptReplies: ["carol@example.edu": "451 4.3.0 Try again later"])),
-                              group: group, logger: Logger(label: "sink"))
-        let sinkPort = try await sink.start()
+        let fixture = try await SinkFixture.start(outbox: outbox)
+        let sink = fixture.sink
+        let sinkPort = fixture.port
+        sink.setFaults(SinkFaults(rcptReplies: ["carol@example.edu": "451 4.3.0 Try again later"]))
         let harness = try await GatewayHarness.start(
             listeners: "  - { name: device, kind: device, listen: \"127.0.0.1:0\", max-message-size: \(Self.sizeLimit) }",
             delivery: """
@@ -52,7 +49,7 @@ final class PipelinePropertyTests: XCTestCase {
                 """)
         let port = harness.port("device")
 
-        var generator = SeededGenerator(state: seed)
+        var generator = SplitMix64(seed: seed)
         var conversations: [[PlannedTransaction]] = []
         var planned = 0
         while planned < transactions {
@@ -124,8 +121,7 @@ final class PipelinePropertyTests: XCTestCase {
               + "\(deliveries.count) upstream deliveries")
 
         await harness.stop()
-        await sink.stop()
-        try await group.shutdownGracefully()
+        await fixture.stop()
         try? FileManager.default.removeItem(at: work)
     }
 
@@ -182,7 +178,7 @@ final class PipelinePropertyTests: XCTestCase {
     /// Runs one connection's transactions; blocking, on a dispatch thread.
     static func run(_ conversation: [PlannedTransaction], source: String, port: Int) -> [Outcome] {
         var outcomes: [Outcome] = []
-        guard let client = try? SMTPLineClient(port: port, source: source), (try? client.reply())?.code == 220,
+        guard let client = try? ClientSocket(port: port, source: source, timeoutSeconds: 20), (try? client.smtpReply())?.code == 220,
               (try? client.command("EHLO property.test"))?.code == 250 else {
             return [Outcome(kind: "connect-failed", queueID: nil, acceptedRecipients: [], body: [])]
         }
@@ -220,7 +216,7 @@ struct PlannedTransaction: Sendable {
                                 "dave@chem.example.edu", "DAVE@CHEM.example.edu", "erin@phys.example.edu", "x@gmail.com",
                                 "a%b@example.edu", "bob@example.edu.evil.test"]
 
-    static func random(using generator: inout SeededGenerator, limit: Int) -> PlannedTransaction {
+    static func random(using generator: inout SplitMix64, limit: Int) -> PlannedTransaction {
         let sender = senders.randomElement(using: &generator) ?? "scanner@example.edu"
         let recipients = (0..<Int.random(in: 0...6, using: &generator)).map { _ in recipientPool.randomElement(using: &generator) ?? "bob@example.edu" }
         var body = Array("Subject: property \(UInt32.random(in: 0...UInt32.max, using: &generator))\r\n\r\n".utf8)
@@ -257,15 +253,15 @@ struct PlannedTransaction: Sendable {
                                   pipelined: Bool.random(using: &generator), abandon: Int.random(in: 0..<10, using: &generator) == 0)
     }
 
-    func run(on client: SMTPLineClient) throws -> PipelinePropertyTests.Outcome {
+    func run(on client: ClientSocket) throws -> PipelinePropertyTests.Outcome {
         func outcome(_ kind: String, _ id: String? = nil, _ accepted: [String] = []) -> PipelinePropertyTests.Outcome {
             .init(kind: kind, queueID: id, acceptedRecipients: accepted, body: body)
         }
         let commands = ["MAIL FROM:<\(sender)>"] + recipients.map { "RCPT TO:<\($0)>" } + [abandon ? "RSET" : "DATA"]
-        var replies: [SMTPLineClient.Reply] = []
+        var replies: [ClientSocket.Reply] = []
         if pipelined {
             try client.send(commands.map { $0 + "\r\n" }.joined())
-            for _ in commands { replies.append(try client.reply()) }
+            for _ in commands { replies.append(try client.smtpReply()) }
         } else {
             for command in commands {
                 let reply = try client.command(command)
@@ -287,7 +283,7 @@ struct PlannedTransaction: Sendable {
         }
         wire += Array(".\r\n".utf8)
         try client.send(wire)
-        let final = try client.reply()
+        let final = try client.smtpReply()
         guard final.code == 250, let id = final.text.split(separator: " ").last.map(String.init), final.text.contains("queued as") else {
             return outcome("\(final.code)-end")
         }
@@ -295,91 +291,24 @@ struct PlannedTransaction: Sendable {
     }
 }
 
-/// SplitMix64: small and seedable, so a failing run replays from its seed.
-struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
-/// A blocking SMTP client from a chosen loopback source address.
-final class SMTPLineClient: @unchecked Sendable {
+/// SMTP replies from `ClientSocket`, with their codes.
+extension ClientSocket {
     struct Reply: CustomStringConvertible {
         var code: Int
         var text: String
         var description: String { "\(code) \(text)" }
     }
 
-    private let fd: Int32
-    private var buffer: [UInt8] = []
-
-    init(port: Int, source: String) throws {
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw HarnessError("socket failed") }
-        var local = sockaddr_in()
-        local.sin_family = sa_family_t(AF_INET)
-        local.sin_addr.s_addr = inet_addr(source)
-        let bound = withUnsafePointer(to: &local) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = in_port_t(UInt16(port).bigEndian)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard bound == 0, connected == 0 else {
-            Glibc.close(fd)
-            throw HarnessError("connect from \(source) to \(port) failed")
-        }
-        var timeout = timeval(tv_sec: 20, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-    }
-
-    func send(_ text: String) throws { try send(Array(text.utf8)) }
-
-    func send(_ bytes: [UInt8]) throws {
-        var offset = 0
-        while offset < bytes.count {
-            let n = bytes[offset...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            guard n > 0 else { throw HarnessError("send failed") }
-            offset += n
-        }
+    func smtpReply() throws -> Reply {
+        let line = try reply()
+        guard let code = Int(line.prefix(3)) else { throw HarnessError("bad reply line \(line)") }
+        return Reply(code: code, text: String(line.dropFirst(4)))
     }
 
     func command(_ line: String) throws -> Reply {
         try send(line + "\r\n")
-        return try reply()
+        return try smtpReply()
     }
-
-    func reply() throws -> Reply {
-        while true {
-            let line = try readLine()
-            let bytes = Array(line.utf8)
-            guard bytes.count >= 3, let code = Int(String(decoding: bytes[0..<3], as: UTF8.self)) else { throw HarnessError("bad reply line \(line)") }
-            if bytes.count < 4 || bytes[3] != UInt8(ascii: "-") { return Reply(code: code, text: String(line.dropFirst(4))) }
-        }
-    }
-
-    private func readLine() throws -> String {
-        while true {
-            if let end = buffer.firstIndex(of: 0x0A) {
-                let line = String(decoding: buffer[..<end], as: UTF8.self).trimmingCharacters(in: .newlines)
-                buffer.removeSubrange(...end)
-                return line
-            }
-            var chunk = [UInt8](repeating: 0, count: 4096)
-            let count = recv(fd, &chunk, chunk.count, 0)
-            guard count > 0 else { throw HarnessError("connection closed while reading a reply") }
-            buffer += chunk[..<count]
-        }
-    }
-
-    func close() { Glibc.close(fd) }
 }
 
 final class LockedOutcomes: @unchecked Sendable {

@@ -9,26 +9,19 @@ import XCTest
 /// A message that kills the gateway while it is being delivered (a trap the code missed) must not
 /// crash-loop it: the real binary, a fault injected through its test-only switch, a real sink.
 final class PoisonMessageTests: XCTestCase {
-    var group: MultiThreadedEventLoopGroup!
-    var sink: SinkServer!
-    var sinkPort = 0
+    var fixture: SinkFixture!
+    var sink: SinkServer { fixture.sink }
+    var sinkPort: Int { fixture.port }
     var work: URL!
 
     override func setUp() async throws {
-        try Repo.ensureCertificates()
-        group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         work = FileManager.default.temporaryDirectory.appendingPathComponent("postern-poison-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
-        let certs = Repo.certs.path
-        sink = SinkServer(configuration: SinkConfiguration(certificateFile: "\(certs)/server.pem", keyFile: "\(certs)/server.key",
-                                                           clientCAFile: "\(certs)/ca.pem", outbox: work.appendingPathComponent("sink").path),
-                          group: group, logger: Logger(label: "sink"))
-        sinkPort = try await sink.start()
+        fixture = try await SinkFixture.start(outbox: work.appendingPathComponent("sink"))
     }
 
     override func tearDown() async throws {
-        await sink.stop()
-        try await group.shutdownGracefully()
+        await fixture.stop()
         if let failures = testRun?.failureCount, failures > 0 {
             for log in (try? FileManager.default.contentsOfDirectory(atPath: work.path))?.filter({ $0.hasSuffix(".log") }) ?? [] {
                 print("--- \(log)\n" + ((try? String(contentsOf: work.appendingPathComponent(log), encoding: .utf8)) ?? ""))

@@ -8,26 +8,19 @@ import XCTest
 
 /// The whole path: client → listener → durable spool → mutual-TLS relay → sink, and crash safety of it.
 final class RelayPathTests: XCTestCase {
-    var group: MultiThreadedEventLoopGroup!
-    var sink: SinkServer!
-    var sinkPort = 0
+    var fixture: SinkFixture!
+    var sink: SinkServer { fixture.sink }
+    var sinkPort: Int { fixture.port }
     var sinkOutbox: URL!
 
     override func setUp() async throws {
-        try Repo.ensureCertificates()
-        group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         sinkOutbox = FileManager.default.temporaryDirectory.appendingPathComponent("postern-sink-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: sinkOutbox, withIntermediateDirectories: true)
-        let certs = Repo.certs.path
-        sink = SinkServer(configuration: SinkConfiguration(certificateFile: "\(certs)/server.pem", keyFile: "\(certs)/server.key",
-                                                           clientCAFile: "\(certs)/ca.pem", outbox: sinkOutbox.path),
-                          group: group, logger: Logger(label: "sink"))
-        sinkPort = try await sink.start()
+        fixture = try await SinkFixture.start(outbox: sinkOutbox)
     }
 
     override func tearDown() async throws {
-        await sink.stop()
-        try await group.shutdownGracefully()
+        await fixture.stop()
         try? FileManager.default.removeItem(at: sinkOutbox)
     }
 

@@ -9,26 +9,19 @@ import XCTest
 /// The relay's backoff and the queue tool, with the real binary: deliveries in flight that a throttling
 /// upstream refuses together raise the pause one step, and `postern queue retry` lifts it.
 final class ThrottleAndFlushTests: XCTestCase {
-    var group: MultiThreadedEventLoopGroup!
-    var sink: SinkServer!
-    var sinkPort = 0
+    var fixture: SinkFixture!
+    var sink: SinkServer { fixture.sink }
+    var sinkPort: Int { fixture.port }
     var work: URL!
 
     override func setUp() async throws {
-        try Repo.ensureCertificates()
-        group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         work = FileManager.default.temporaryDirectory.appendingPathComponent("postern-throttle-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
-        let certs = Repo.certs.path
-        sink = SinkServer(configuration: SinkConfiguration(certificateFile: "\(certs)/server.pem", keyFile: "\(certs)/server.key",
-                                                           clientCAFile: "\(certs)/ca.pem", outbox: work.appendingPathComponent("sink").path),
-                          group: group, logger: Logger(label: "sink"))
-        sinkPort = try await sink.start()
+        fixture = try await SinkFixture.start(outbox: work.appendingPathComponent("sink"))
     }
 
     override func tearDown() async throws {
-        await sink.stop()
-        try await group.shutdownGracefully()
+        await fixture.stop()
         try? FileManager.default.removeItem(at: work)
     }
 

@@ -1,5 +1,6 @@
 import Foundation
 @testable import PosternPolicy
+import PosternTestSupport
 import Testing
 
 /// A load of an edited devices.yaml takes the entries whose bytes the previous load saw from it; the
@@ -201,7 +202,7 @@ import Testing
     /// Random edits of the kinds departments make, and some broken ones; every load with reuse must agree
     /// with a load from scratch.
     @Test func randomEditsAgreeWithAFreshLoad() throws {
-        var rng = SplitMix(seed: 0x5eed_0f_2026)
+        var rng = SplitMix64(seed: 0x5eed_0f_2026)  // deterministic: a failing sequence of edits replays
         var entries = (0..<40).map { Self.entry("dev-\($0)", department: ["it", "chem", "phys"][$0 % 3], addresses: "10.8.\($0).0/28") }
         let fixture = try PolicyFixture(devices: Self.file(entries))
         defer { fixture.remove() }
@@ -229,15 +230,3 @@ import Testing
     }
 }
 
-/// A small deterministic generator, so that a failing sequence of edits can be replayed.
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
