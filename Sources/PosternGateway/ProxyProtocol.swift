@@ -38,8 +38,10 @@ final class ProxyProtocolHandler: ChannelInboundHandler, RemovableChannelHandler
             try install(context.channel, client, port)
             let rest = buffer
             buffer = ByteBuffer()
-            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+            // What came after the header in the same read is the client's: passed on before this handler
+            // leaves (a context that has left the pipeline passes nothing on).
             if rest.readableBytes > 0 { context.fireChannelRead(wrapInboundOut(rest)) }
+            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
         } catch {
             context.close(promise: nil)
         }

@@ -7,7 +7,7 @@ import NIOTLS
 import PosternSMTP
 
 /// Why a connection to an upstream failed or ended.
-public enum UpstreamConnectionError: Error, Sendable, CustomStringConvertible {
+public enum UpstreamConnectionError: Error, Sendable, Hashable, CustomStringConvertible {
     case connectFailed(String)
     case tlsFailed(String)
     /// The TLS handshake did not complete, or the upstream dropped the connection before its first

@@ -60,7 +60,7 @@ public struct SMTPReplyParser: Sendable {
     /// For replies written in a configuration or a test (`"450 4.7.230 throttled"`).
     public static func parse(_ text: String) throws(ParseError) -> SMTPReply {
         var parser = SMTPReplyParser()
-        var buffer = ByteBuffer(string: text.hasSuffix("\n") ? text : text + "\r\n")
+        var buffer = ByteBuffer(string: text.utf8.last == UInt8(ascii: "\n") ? text : text + "\r\n")  // not `hasSuffix`: "\r\n" is one Character
         guard let reply = try parser.next(&buffer) else { throw .malformedLine(text) }
         guard buffer.readableBytes == 0 else { throw .malformedLine(text) }
         return reply
