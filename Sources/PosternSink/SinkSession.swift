@@ -89,7 +89,12 @@ final class SinkSessionHandler: ChannelInboundHandler {
             let handler = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self)
             session.tlsEstablished(TLSInfo(version: "TLS", peerCertificateSubject: handler?.peerCertificate.map { "\($0)" }))
             waitingForTLS = false
-            if server.configuration.tls == .implicit { greet(context: context) } else { process(context: context) }
+            if server.configuration.tls == .implicit {
+                greet(context: context)
+            } else {
+                process(context: context)
+                flush(context: context)
+            }
         }
         context.fireUserInboundEventTriggered(event)
     }
