@@ -73,8 +73,16 @@ return [document.querySelectorAll(arguments[0]).length, failures];
 """
 
 
+def absent(by, selector):
+    """True when nothing matches now (without the implicit wait, which is for things that must appear)."""
+    driver.implicitly_wait(0)
+    try:
+        return not driver.find_elements(by, selector)
+    finally:
+        driver.implicitly_wait(20)
+
+
 def check_layout(name, width, controls):
-    viewport(width)
     scroll_width = driver.execute_script("return document.documentElement.scrollWidth")
     inner = driver.execute_script("return window.innerWidth")
     assert scroll_width <= inner, "%s at %d px: the page scrolls sideways (scrollWidth %d > innerWidth %d)" % (name, width, scroll_width, inner)
@@ -86,6 +94,7 @@ def check_layout(name, width, controls):
 
 def screenshot(name, width, controls=None):
     """Checks the layout at `width`, then saves the whole page (the viewport made as tall as the page)."""
+    viewport(width)
     check_layout(name, width, controls)
     height = driver.execute_script("return document.documentElement.scrollHeight")
     viewport(width, min(max(height, 600), 8000))
@@ -157,7 +166,7 @@ try:
     # Post/redirect/get: a reload shows the form again, without resubmitting it.
     driver.refresh()
     wait_path("/register")
-    assert not driver.find_elements(By.CSS_SELECTOR, ".error"), "a reload showed the old messages again"
+    assert absent(By.CSS_SELECTOR, ".error"), "a reload showed the old messages again"
 
     fill({"device": "it-scanner-9", "model": "Acme ScanMaster 3000", "location": "Computing Centre, room 0.14",
           "address": "127.0.0.9", "sender": "scanner9@example.edu", "contact": "it-helpdesk@example.edu",
@@ -168,7 +177,7 @@ try:
     wait_path("/devices")
     driver.refresh()
     wait_path("/devices")
-    assert not driver.find_elements(By.ID, "notice"), "a reload repeated the submission's notice"
+    assert absent(By.ID, "notice"), "a reload repeated the submission's notice"
     driver.get(base + "/register")
     fill({"device": "it-copier-7", "model": "Copyfast 9 with a rather long model name that wraps in the table",
           "location": "Main building, room 2.101 (next to the kitchen)", "address": "10.77.0.7",
@@ -193,7 +202,7 @@ try:
     driver.find_element(By.ID, "device-it-scanner-9")
     driver.refresh()
     wait_path("/devices")
-    assert not driver.find_elements(By.ID, "problem"), "a reload sent the approval again"
+    assert absent(By.ID, "problem"), "a reload sent the approval again"
 
     # Reject: the reason is required in the form (and on the server, which the HTTP tests check).
     driver.find_element(By.ID, "reject-it-copier-7").click()
@@ -203,7 +212,7 @@ try:
     reason.send_keys("Use scan to folder <b>instead</b>; see ticket #42.")
     driver.find_element(By.ID, "confirm-reject").click()
     wait_text("notice", "Rejected the request for it-copier-7")
-    assert not driver.find_elements(By.ID, "requests"), "decided requests stay in the list"
+    assert absent(By.ID, "requests"), "decided requests stay in the list"
 
     # Revoke asks first; Cancel leaves the device registered.
     driver.find_element(By.ID, "revoke-it-scanner-9").click()
@@ -217,16 +226,16 @@ try:
     driver.find_element(By.ID, "history-link").click()
     wait_path("/history")
     wait_text("history-it-copier-7", "Use scan to folder <b>instead</b>; see ticket #42.")
-    assert not driver.find_elements(By.CSS_SELECTOR, "#history b"), "the reason was not escaped"
+    assert absent(By.CSS_SELECTOR, "#history b"), "the reason was not escaped"
     both_widths("history", "#history .status .badge")
     driver.find_element(By.ID, "q-device").send_keys("copier")
     driver.find_element(By.ID, "search").click()
     wait_text("result-count", "1 decided request match")
-    assert driver.find_elements(By.ID, "history-it-copier-7") and not driver.find_elements(By.ID, "history-it-scanner-9")
+    assert driver.find_elements(By.ID, "history-it-copier-7") and absent(By.ID, "history-it-scanner-9")
     assert driver.find_element(By.ID, "q-device").get_attribute("value") == "copier"
     driver.get(base + "/history?status=approved&department=it&contact=HELPDESK")
     wait_text("result-count", "1 decided request match")
-    assert driver.find_elements(By.ID, "history-it-scanner-9") and not driver.find_elements(By.ID, "history-it-copier-7")
+    assert driver.find_elements(By.ID, "history-it-scanner-9") and absent(By.ID, "history-it-copier-7")
     print("BROWSER FLOW OK")
 finally:
     driver.quit()
