@@ -133,9 +133,7 @@ public final class RegistrationDesk: Sendable {
         // The same rules the policy loader applies to devices.yaml (and so `devices add` and `postern check`).
         if form.sender.isEmpty {
             errors["sender"] = "Give the address the device sends as."
-        } else if !form.sender.contains("@") || form.sender.hasPrefix("@") {
-            errors["sender"] = "\(form.sender) is not one mail address; give one, e.g. scanner@dept.example.edu."
-        } else if let pattern = SenderPattern(form.sender) {
+        } else if form.sender.contains("@"), !form.sender.hasPrefix("@"), let pattern = SenderPattern(form.sender) {
             if let department = policy.departments[form.department],
                let problem = DeviceFieldRules.senderProblem(pattern, department: department, internalDomains: policy.internalDomains) {
                 errors["sender"] = "The \(problem)."

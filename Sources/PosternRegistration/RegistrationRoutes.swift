@@ -34,7 +34,7 @@ extension RegistrationServer {
                 let name = (try? desk.policy().departments[r.department]?.name) ?? nil
                 let sent = await notifier?.requestArrived(r, departmentName: name ?? r.department)
                 return Outcome(location: "/devices", flash: Flash(notice: "Request for \(r.deviceID) submitted; it is pending until a gateway admin approves it."
-                                                                  + mailNote(sent, to: "The gateway admins")))
+                                                                  + mailNote(sent, to: "the gateway admins")))
             }
         } }
 
@@ -49,7 +49,7 @@ extension RegistrationServer {
             if let decided { sent = await notifier?.requestDecided(decided) }
             return Outcome(location: "/devices", flash: Flash(notice: "Approved: \(device.id) is registered and the gateway accepts it from "
                                                               + device.addresses.map(\.description).joined(separator: ", ") + "."
-                                                              + mailNote(sent, to: decided?.contact ?? "The contact")))
+                                                              + mailNote(sent, to: decided?.contact ?? "the contact")))
         } }
         router.get("/requests/:id/reject") { [self] request, context in withSessionGET(request) { s, flash in
             try decisionPage(s, requestID: context.parameters.get("id") ?? "", action: .reject, flash: flash)
@@ -97,7 +97,7 @@ extension RegistrationServer {
     /// What the notice adds about the notification mail.
     func mailNote(_ sent: RegistrationNotifier.Sent?, to whom: String) -> String {
         switch sent {
-        case .queued?: return " \(whom) got a mail about it."
+        case .queued?: return " A mail tells \(whom)."
         case .notQueued(let why)?: return " The notification mail to \(whom) could not be queued (\(why)); please tell them yourself."
         case nil: return ""
         }

@@ -124,7 +124,7 @@ final class RegistrationPageTests: XCTestCase {
 
             let (done, list) = try await alice.postAndFollow("/requests/\(request.id)/reject", [("csrf", token), ("reason", "Use scan to folder.")])
             XCTAssertEqual(done.headers("Location"), ["/devices"])
-            XCTAssertTrue(list.body.contains("Rejected the request for it-scanner-9. it-helpdesk@example.edu got a mail about it."), list.body)
+            XCTAssertTrue(list.body.contains("Rejected the request for it-scanner-9. A mail tells it-helpdesk@example.edu."), list.body)
             let stored = try XCTUnwrap(try fixture.desk.requests.all().first)
             XCTAssertEqual(stored.status, .rejected)
             XCTAssertEqual(stored.reason, "Use scan to folder.")
@@ -194,6 +194,32 @@ final class RegistrationPageTests: XCTestCase {
             let odd = try await rows("?device=%22%3E%3Cscript%3Ex")
             XCTAssertTrue(odd.page.body.contains(#"name="device" value="&quot;&gt;&lt;script&gt;x""#), odd.page.body)
             XCTAssertFalse(odd.page.body.contains("\"><script>"), odd.page.body)
+        } catch {
+            await fixture.stop()
+            throw error
+        }
+        await fixture.stop()
+    }
+
+    func testAMailThatCannotBeQueuedDoesNotUndoTheDecisionAndThePageSaysSo() async throws {
+        let fixture = try await RegistrationFixture()
+        do {
+            let bob = try fixture.client()
+            _ = try await bob.login("bob", "bob-demo-pass")
+            _ = try await bob.postAndFollow("/register", [("csrf", try await bob.sessionToken())] + RegistrationFixture.form())
+            let request = try XCTUnwrap(try fixture.desk.requests.all().first)
+            // The outbox is gone: the delivery target answers 451 4.3.0, as a full or broken spool would.
+            try FileManager.default.removeItem(at: fixture.outbox.directory)
+            let alice = try fixture.client()
+            _ = try await alice.login("alice", "alice-demo-pass")
+            let adminList = try await alice.get("/devices")
+            let (_, page) = try await alice.postAndFollow("/requests/\(request.id)/approve", [("csrf", try XCTUnwrap(adminList.csrf))])
+            XCTAssertTrue(page.body.contains("Approved: it-scanner-9"), page.body)
+            XCTAssertTrue(page.body.contains("The notification mail to it-helpdesk@example.edu could not be queued (451 4.3.0"), page.body)
+            XCTAssertEqual(try fixture.desk.requests.all().first?.status, .approved)
+            XCTAssertNotNil(try PolicyLoader.load(directory: fixture.policyDirectory).get().device(id: "it-scanner-9"))
+            let mail = try fixture.auditEvents().filter { $0["event"] as? String == "registration_mail" }
+            XCTAssertEqual(mail.compactMap { $0["outcome"] as? String }, ["queued", "not_queued"])
         } catch {
             await fixture.stop()
             throw error
