@@ -169,6 +169,12 @@ extension RegistrationServer {
                                    "status": r.status.rawValue]
         if let d = r.decidedBy { item["decidedBy"] = d }
         if let at = r.decidedAt { item["decidedAt"] = Self.when(at, zone) }
+        // For the tables: the day kept on one line (a hyphen is a line break opportunity), the time after it.
+        for (key, date) in [("requested", Optional(r.requestedAt)), ("decided", r.decidedAt)] {
+            guard let text = date.map({ Self.when($0, zone) }), let space = text.firstIndex(of: " ") else { continue }
+            item[key + "Day"] = String(text[..<space])
+            item[key + "Time"] = String(text[text.index(after: space)...])
+        }
         if let reason = r.reason { item["reason"] = reason }
         if let policy, let note = desk.senderNote(r, policy: policy) {
             // For the approver: the sender is not in the department's own domains.
