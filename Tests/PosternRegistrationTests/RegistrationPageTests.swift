@@ -51,12 +51,8 @@ final class RegistrationPageTests: XCTestCase {
     func testConfirmationPagesSayWhatWillHappenAndChangeNothing() async throws {
         let fixture = try await RegistrationFixture()
         do {
-            let bob = try fixture.client()
-            _ = try await bob.login("bob", "bob-demo-pass")
-            _ = try await bob.postAndFollow("/register", [("csrf", try await bob.sessionToken())] + RegistrationFixture.form())
-            let request = try XCTUnwrap(try fixture.desk.requests.all().first)
-            let alice = try fixture.client()
-            _ = try await alice.login("alice", "alice-demo-pass")
+            let (_, request) = try await fixture.contactWithRequest()
+            let (alice, _) = try await fixture.admin()
             let list = try await alice.get("/devices")
             // The list links to the confirmation pages; it has no form that approves, rejects or revokes.
             XCTAssertTrue(list.body.contains(#"<a class="button primary" id="approve-it-scanner-9" href="/requests/\#(request.id)/approve">"#), list.body)
@@ -93,21 +89,14 @@ final class RegistrationPageTests: XCTestCase {
     func testRejectingNeedsAReasonOnTheServerAndTheContactIsMailedIt() async throws {
         let fixture = try await RegistrationFixture()
         do {
-            let bob = try fixture.client()
-            _ = try await bob.login("bob", "bob-demo-pass")
-            let (submitted, _) = try await bob.postAndFollow("/register", [("csrf", try await bob.sessionToken())] + RegistrationFixture.form())
-            XCTAssertEqual(submitted.headers("Location"), ["/devices"])
-            let request = try XCTUnwrap(try fixture.desk.requests.all().first)
+            let (_, request) = try await fixture.contactWithRequest()
             // The admins are told at once.
             let arrived = try XCTUnwrap(fixture.mails().first, "no mail to the admins")
             XCTAssertTrue(arrived.contains("To: <postern-admins@example.edu>,\r\n <postmaster@example.edu>\r\n"), arrived)
             XCTAssertTrue(arrived.contains("Subject: Device registration request: it-scanner-9 (IT Services)\r\n"), arrived)
             XCTAssertTrue(arrived.contains("https://devices.example.edu/requests/\(request.id)/reject\r\n"), arrived)
 
-            let alice = try fixture.client()
-            _ = try await alice.login("alice", "alice-demo-pass")
-            let adminList = try await alice.get("/devices")
-            let token = try XCTUnwrap(adminList.csrf)
+            let (alice, token) = try await fixture.admin()
             for (reason, message) in [("", "Give a reason; the contact gets it by mail."), ("   \r\n ", "Give a reason; the contact gets it by mail."),
                                       ("no\u{202E}way", "bidirectional control U+202E is not allowed"),
                                       (String(repeating: "x", count: 501), "At most 500 characters.")] {
@@ -157,10 +146,7 @@ final class RegistrationPageTests: XCTestCase {
                 _ = try await bob.postAndFollow("/register", [("csrf", token)] + form)
             }
             let ids = Dictionary(try fixture.desk.requests.all().map { ($0.deviceID, $0.id) }, uniquingKeysWith: { a, _ in a })
-            let alice = try fixture.client()
-            _ = try await alice.login("alice", "alice-demo-pass")
-            let adminList = try await alice.get("/devices")
-            let adminToken = try XCTUnwrap(adminList.csrf)
+            let (alice, adminToken) = try await fixture.admin()
             _ = try await alice.postAndFollow("/requests/\(try XCTUnwrap(ids["it-scan-a"]))/approve", [("csrf", adminToken)])
             _ = try await alice.postAndFollow("/requests/\(try XCTUnwrap(ids["it-scan-b"]))/reject", [("csrf", adminToken), ("reason", "<script>alert(1)</script> & more")])
             _ = try await alice.postAndFollow("/requests/\(try XCTUnwrap(ids["it-scan-c"]))/reject", [("csrf", adminToken), ("reason", "duplicate")])
@@ -204,16 +190,11 @@ final class RegistrationPageTests: XCTestCase {
     func testAMailThatCannotBeQueuedDoesNotUndoTheDecisionAndThePageSaysSo() async throws {
         let fixture = try await RegistrationFixture()
         do {
-            let bob = try fixture.client()
-            _ = try await bob.login("bob", "bob-demo-pass")
-            _ = try await bob.postAndFollow("/register", [("csrf", try await bob.sessionToken())] + RegistrationFixture.form())
-            let request = try XCTUnwrap(try fixture.desk.requests.all().first)
+            let (_, request) = try await fixture.contactWithRequest()
             // The outbox is gone: the delivery target answers 451 4.3.0, as a full or broken spool would.
             try FileManager.default.removeItem(at: fixture.outbox.directory)
-            let alice = try fixture.client()
-            _ = try await alice.login("alice", "alice-demo-pass")
-            let adminList = try await alice.get("/devices")
-            let (_, page) = try await alice.postAndFollow("/requests/\(request.id)/approve", [("csrf", try XCTUnwrap(adminList.csrf))])
+            let (alice, token) = try await fixture.admin()
+            let (_, page) = try await alice.postAndFollow("/requests/\(request.id)/approve", [("csrf", token)])
             XCTAssertTrue(page.body.contains("Approved: it-scanner-9"), page.body)
             XCTAssertTrue(page.body.contains("The notification mail to it-helpdesk@example.edu could not be queued (451 4.3.0"), page.body)
             XCTAssertEqual(try fixture.desk.requests.all().first?.status, .approved)
@@ -225,5 +206,25 @@ final class RegistrationPageTests: XCTestCase {
             throw error
         }
         await fixture.stop()
+    }
+}
+
+extension RegistrationFixture {
+    /// bob, IT Services' contact, logged in and with the request for it-scanner-9 sent (and answered with a
+    /// 303 to the list), and the request as stored.
+    func contactWithRequest() async throws -> (bob: WebClient, request: RegistrationRequest) {
+        let bob = try client()
+        _ = try await bob.login("bob", "bob-demo-pass")
+        let (sent, _) = try await bob.postAndFollow("/register", [("csrf", try await bob.sessionToken())] + Self.form())
+        XCTAssertEqual(sent.headers("Location"), ["/devices"])
+        return (bob, try XCTUnwrap(try desk.requests.all().first))
+    }
+
+    /// alice, a gateway admin, logged in, and her session's CSRF token.
+    func admin() async throws -> (alice: WebClient, token: String) {
+        let alice = try client()
+        _ = try await alice.login("alice", "alice-demo-pass")
+        let list = try await alice.get("/devices")
+        return (alice, try XCTUnwrap(list.csrf))
     }
 }
