@@ -114,7 +114,9 @@ public final class RegistrationDesk: Sendable {
         } else if !user.mayAct(for: form.department) {
             errors["department"] = "You may only register devices for your own department."
         }
-        if form.deviceID.range(of: #"^[a-z0-9][a-z0-9-]{1,62}$"#, options: .regularExpression) == nil {
+        if form.deviceID.isEmpty {
+            errors["device"] = "Give the device a name."
+        } else if form.deviceID.range(of: #"^[a-z0-9][a-z0-9-]{1,62}$"#, options: .regularExpression) == nil {
             errors["device"] = "Use 2–63 lower-case letters, digits and dashes, starting with a letter or digit."
         } else if policy.device(id: form.deviceID) != nil {
             errors["device"] = "A device with this name is already registered."
@@ -123,24 +125,34 @@ public final class RegistrationDesk: Sendable {
         check(text: form.location, field: "location", max: 200, "Say where the device stands (building, room).", into: &errors)
         check(text: form.justification, field: "justification", max: 2000, "Explain why the device cannot use TLS with authentication.",
               multiline: true, into: &errors)
-        if let message = addressProblem(form.address, policy: policy) { errors["address"] = message }
+        if form.address.isEmpty {
+            errors["address"] = "Give the device's IP address."
+        } else if let message = addressProblem(form.address, policy: policy) {
+            errors["address"] = message
+        }
         // The same rules the policy loader applies to devices.yaml (and so `devices add` and `postern check`).
-        if !form.sender.contains("@") || form.sender.hasPrefix("@") {
-            errors["sender"] = "Give one mail address, e.g. scanner@dept.example.edu."
-        } else if let pattern = SenderPattern(form.sender) {
+        if form.sender.isEmpty {
+            errors["sender"] = "Give the address the device sends as."
+        } else if form.sender.contains("@"), !form.sender.hasPrefix("@"), let pattern = SenderPattern(form.sender) {
             if let department = policy.departments[form.department],
                let problem = DeviceFieldRules.senderProblem(pattern, department: department, internalDomains: policy.internalDomains) {
                 errors["sender"] = "The \(problem)."
             }
         } else {
-            errors["sender"] = "Give one mail address, e.g. scanner@dept.example.edu."
+            errors["sender"] = "\(form.sender) is not one mail address; give one, e.g. scanner@dept.example.edu."
         }
-        if (try? AddressParser.parseMailbox(form.contact)) == nil {
-            errors["contact"] = "Give the mail address that gets sunset reminders."
+        if form.contact.isEmpty {
+            errors["contact"] = "Give the mail address that gets the decision and the sunset reminders."
+        } else if (try? AddressParser.parseMailbox(form.contact)) == nil {
+            errors["contact"] = "\(form.contact) is not a mail address; give one, e.g. it-helpdesk@example.edu."
         } else if let problem = DeviceFieldRules.contactProblem(form.contact, internalDomains: policy.internalDomains) {
             errors["contact"] = "The contact must be internal: \(problem)."
         }
-        if let message = sunsetProblem(form.sunset, department: form.department, policy: policy) { errors["sunset"] = message }
+        if form.sunset.isEmpty {
+            errors["sunset"] = "Choose the last day the device may send."
+        } else if let message = sunsetProblem(form.sunset, department: form.department, policy: policy) {
+            errors["sunset"] = message
+        }
 
         guard errors.isEmpty else { return .failure(errors) }
         let request = try requests.modify { all -> Result<RegistrationRequest, FieldErrors> in
@@ -194,17 +206,21 @@ public final class RegistrationDesk: Sendable {
         return device
     }
 
+    /// Rejects a pending request with a reason, which is kept, shown in the history and mailed to the contact.
+    /// A missing or unusable reason throws `FieldErrors` for `reason`.
     public func reject(requestID: String, reason: String, by user: WebUser) throws -> RegistrationRequest {
         guard user.isAdmin else { throw RegistrationFailure("Only gateway admins reject requests.") }
         let reason = reason.trimmingCharacters(in: .whitespacesAndNewlines)
-        if let problem = DeviceFieldRules.freeTextProblem(reason) { throw RegistrationFailure("The reason must be plain text: \(problem).") }
+        var errors = FieldErrors()
+        check(text: reason, field: "reason", max: 500, "Give a reason; the contact gets it by mail.", multiline: true, into: &errors)
+        guard errors.isEmpty else { throw errors }
         let request = try requests.modify { all -> RegistrationRequest in
             guard let i = all.firstIndex(where: { $0.id == requestID }) else { throw RegistrationFailure("There is no such request.") }
             guard all[i].status == .pending else { throw RegistrationFailure("Request \(all[i].deviceID) was already \(all[i].status.rawValue).") }
             all[i].status = .rejected
             all[i].decidedBy = user.login
             all[i].decidedAt = now()
-            all[i].reason = reason.isEmpty ? nil : String(reason.prefix(500))
+            all[i].reason = reason
             return all[i]
         }
         record("registration_rejected", user, ["request": "\(request.id)", "device": "\(request.deviceID)", "department": "\(request.department)",
@@ -281,7 +297,10 @@ public final class RegistrationDesk: Sendable {
     }
 
     func sunsetProblem(_ text: String, department: String, policy: PolicySet) -> String? {
-        guard let date = CalendarDate(text) else { return "Give a date as YYYY-MM-DD." }
+        guard let date = CalendarDate(text) else {
+            if text.range(of: #"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"#, options: .regularExpression) != nil { return "\(text) is not a day in the calendar." }
+            return "Give a date as YYYY-MM-DD."
+        }
         let today = policy.today(now())
         if date < today { return "The sunset date cannot be in the past." }
         if let latest = latestSunset(department: department, policy: policy), date > latest {

@@ -172,6 +172,10 @@ struct QueueCommand: AsyncParsableCommand {
                 if let id, try QueueCommand.locate(directory, id: id) == .hold {
                     throw QueueFailure.notDone("\(id) is held; `postern queue release \(id)` puts it back in the queue")
                 }
+                // The flush signal first: a running relay lifts its upstream pauses before it can pick up any entry
+                // made due below. (Touched last, an entry the relay took up in between met the old pause and was
+                // put back until its end.)
+                directory.touch(.flush)
                 var count = 0
                 for queued in id.map({ [$0] }) ?? directory.listIDs() {
                     do {
@@ -186,7 +190,6 @@ struct QueueCommand: AsyncParsableCommand {
                         FileHandle.standardError.write(Data("postern queue: skipped: \(why)\n".utf8))  // delivered meanwhile
                     }
                 }
-                directory.touch(.flush)
                 print("\(count) message(s) due now; upstream pauses lifted")
             }
         }

@@ -120,6 +120,15 @@ final class WebClient: @unchecked Sendable {
         return try await post("/login", [("csrf", token), ("login", user), ("password", password)])
     }
 
+    /// A POST that the page answers with 303 (post/redirect/get), and the GET page it leads to.
+    func postAndFollow(_ path: String, _ form: [(String, String)]) async throws -> (redirect: HTTPResult, page: HTTPResult) {
+        let redirect = try await post(path, form)
+        guard redirect.status == 303, let location = redirect.headers("Location").first else {
+            throw TestFailure("POST \(path) answered \(redirect.status), not 303: \(redirect.body)")
+        }
+        return (redirect, try await get(location))
+    }
+
     /// The session's CSRF token, from a page that needs the session.
     func sessionToken() async throws -> String {
         let page = try await get("/register")
@@ -138,6 +147,8 @@ final class RegistrationFixture: @unchecked Sendable {
     let login: DirectoryLogin
     let metrics = GatewayMetrics()
     let desk: RegistrationDesk
+    /// The gateway's outbox delivery target: where the page's notification mail lands.
+    let outbox: OutboxTarget
     let server: RegistrationServer
     let task: Task<Void, Error>
     let port: Int
@@ -155,6 +166,11 @@ final class RegistrationFixture: @unchecked Sendable {
             campusRanges: [try! AddressRange.parse("127.0.0.0/8").get(), try! AddressRange.parse("10.0.0.0/8").get()],
             stateDirectory: state)
         configuration.groupBase = TestSlapd.groupsBase
+        configuration.universityName = "University of Example & Co"
+        configuration.helpURL = "https://it.example.edu/devices-help"
+        configuration.contact = "postern-help@example.edu"
+        configuration.notifyAdmins = ["postern-admins@example.edu", "postmaster@example.edu"]
+        configuration.publicURL = "https://devices.example.edu/"
         return configuration
     }
 
@@ -185,7 +201,10 @@ final class RegistrationFixture: @unchecked Sendable {
         desk = try RegistrationDesk(
             configuration: Self.registrationConfiguration(certificates: slapd.certificateDirectory, state: directory.appendingPathComponent("state").path),
             policyDirectory: directory.appendingPathComponent("policies"), audit: audit, now: now)
-        let server = try await RegistrationServer(desk: desk, login: login, revealNotAuthorized: revealNotAuthorized, metrics: metrics, logger: logger)
+        outbox = try OutboxTarget(directory: directory.appendingPathComponent("outbox"), threadPool: threadPool, logger: logger)
+        let notifier = RegistrationNotifier(target: outbox, hostname: "gw.test", configuration: desk.configuration, audit: audit, logger: logger, now: now)
+        let server = try await RegistrationServer(desk: desk, login: login, revealNotAuthorized: revealNotAuthorized, metrics: metrics,
+                                                  notifier: notifier, logger: logger)
         self.server = server
         task = Task { try await server.run() }
         port = await server.port()
@@ -204,6 +223,12 @@ final class RegistrationFixture: @unchecked Sendable {
     func auditEvents() throws -> [[String: Any]] {
         let text = (try? String(contentsOf: auditFile, encoding: .utf8)) ?? ""
         return try text.split(separator: "\n").map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
+    }
+
+    /// The notification mails the page queued, oldest first.
+    func mails() -> [String] {
+        let names = ((try? FileManager.default.contentsOfDirectory(atPath: outbox.directory.path)) ?? []).filter { $0.hasSuffix(".eml") }.sorted()
+        return names.compactMap { try? String(contentsOf: outbox.directory.appendingPathComponent($0), encoding: .utf8) }
     }
 
     func devicesText() throws -> String {
