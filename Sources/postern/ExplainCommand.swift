@@ -15,7 +15,7 @@ struct ExplainCommand: ParsableCommand {
             Exit status is 0 when the explanation was printed (whatever the decision), 1 when the policy does not load.
             """)
 
-    @Option(help: "Directory holding policy.yaml, departments.yaml and devices.yaml.")
+    @Option(help: "Directory holding policy.yaml, departments.yaml and devices.d.")
     var policies: String = "policies"
 
     @Option(help: "Listener kind: submission, submissions or device.")
