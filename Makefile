@@ -2,7 +2,9 @@
 SWIFT ?= swift
 BUILD_FLAGS ?=
 
-.PHONY: demo test deps certs build release clean-var fuzz security bench
+.PHONY: demo test deps certs build release install clean-var fuzz security bench
+
+PREFIX ?= /usr/local
 
 deps:
 	@scripts/install-deps.sh
@@ -42,6 +44,12 @@ bench: deps
 	$(SWIFT) build -c release --scratch-path .build-release --product postern
 	$(SWIFT) build -c release --scratch-path .build-release --product postern-load
 	bench/run.sh
+
+# Puts a release build of `postern` on PATH: $(PREFIX)/bin/postern (PREFIX=$$HOME/.local for a user install).
+install: deps
+	$(SWIFT) build -c release --scratch-path .build-release --product postern
+	install -d $(PREFIX)/bin
+	install -m 0755 .build-release/release/postern $(PREFIX)/bin/postern
 
 clean-var:
 	rm -rf var

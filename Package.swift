@@ -16,7 +16,6 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
-        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
         .package(url: "https://github.com/hummingbird-project/swift-mustache.git", from: "2.1.1"),
@@ -65,7 +64,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        // Outbound SMTP client with mutual TLS, per-recipient results; the test/demo sink.
+        // Delivery from the spool: the outbound SMTP client with mutual TLS (a state machine and the channel code that
+        // drives it), the pure delivery plan (route, classify, expire, bounce) and the code that carries it out.
         .target(
             name: "PosternRelay",
             dependencies: [
@@ -80,11 +80,12 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        // A small receiving SMTP server that requires client certificates: the demo upstream and benchmark sink.
+        // `postern sink`: a receiving SMTP server on `SMTPSession` that requires client certificates, with faults
+        // injected through its rules: the demo upstream, the relay tests' upstream and the benchmark sink.
         .target(
             name: "PosternSink",
             dependencies: [
-                "PosternSMTP",
+                "PosternSMTP", "PosternSession",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOTLS", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -116,7 +117,6 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Yams", package: "Yams"),
-                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ]

@@ -24,6 +24,8 @@ struct FuzzInput {
         frameData()
         parseOriginators()
         driveSession()
+        parseProxyHeader()
+        parseReplies()
     }
 
     // MARK: (a) command and address parsers, line by line

@@ -31,7 +31,7 @@ public struct AdminProbes: Sendable {
     }
 }
 
-/// Health checks that the admin endpoint and the lead's probes share.
+/// Health checks behind the admin endpoint's `/health`: the gateway passes them in as `AdminProbes.spoolProblem`.
 public enum HealthProbe {
     /// Creates, writes and removes a file in `path`: nil when that works, else why not.
     /// (A permission check alone says nothing when running as root.)

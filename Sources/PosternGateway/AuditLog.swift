@@ -89,6 +89,12 @@ public struct AuditLog: Sendable {
                        "reason": "\(reason)"])
     }
 
+    /// A postmaster's change to the queue (`postern queue flush|hold|release|delete`).
+    public func queueChange(action: String, queueID: String, sender: String, recipients: [String], actor: String) {
+        event("queue_\(action)", ["queue_id": "\(queueID)", "sender": "<\(sender)>", "recipients": .array(recipients.map { "<\($0)>" }),
+                                   "actor": "\(actor)"])
+    }
+
     /// One relay attempt's outcome for one recipient.
     public func relay(queueID: String, recipient: String, upstream: String, reply: String, attempt: Int, outcome: String) {
         event("relay", ["queue_id": "\(queueID)", "recipient": "\(recipient)", "upstream": "\(upstream)",
@@ -96,12 +102,15 @@ public struct AuditLog: Sendable {
     }
 }
 
-/// Where JSON lines go: standard output or an append-only file. Whole lines under one lock.
+/// Where JSON lines go: standard output, standard error (`stderr`, for tools whose gateway logs to its
+/// standard output) or an append-only file. Whole lines under one lock.
 final class JSONLineSink: Sendable {
     private let handle: NIOLockedValueBox<FileHandle>
 
     init(path: String?) throws {
-        if let path, path != "-", path != "stdout" {
+        if path == "stderr" {
+            self.handle = NIOLockedValueBox(FileHandle.standardError)
+        } else if let path, path != "-", path != "stdout" {
             if !FileManager.default.fileExists(atPath: path) {
                 guard FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o640]) else {
                     throw AuditLogError("cannot create audit log \(path)")

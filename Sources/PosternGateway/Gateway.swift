@@ -17,7 +17,7 @@ public final class Gateway: Service, Sendable {
     public let configuration: GatewayConfiguration
     private let group: MultiThreadedEventLoopGroup
     /// Accepts SMTP connections, which are then served on `group`: a loop busy with its sessions never
-    /// delays accepting and greeting a new client (see `ConnectionFlow`).
+    /// delays accepting and greeting a new client (see `ServerConnectionStateMachine`).
     private let acceptGroup: MultiThreadedEventLoopGroup
     private let threadPool: NIOThreadPool
     private let logger: Logger

@@ -55,10 +55,10 @@ final class SMTPListener: @unchecked Sendable {  // ServerQuiescingHelper is thr
             }
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.allowRemoteHalfClosure, value: false)
-            // Backpressure (see ConnectionFlow): bounded output per connection, in the channel and in the
+            // Backpressure (see ServerConnectionStateMachine): bounded output per connection, in the channel and in the
             // kernel, and one socket read per read event, so nothing more is read while input is buffered.
-            .childChannelOption(.writeBufferWaterMark, value: ConnectionFlow.writeBufferWaterMark)
-            .childChannelOption(.socketOption(.so_sndbuf), value: ChannelOptions.Types.SocketOption.Value(ConnectionFlow.socketSendBuffer))
+            .childChannelOption(.writeBufferWaterMark, value: ServerConnectionStateMachine.writeBufferWaterMark)
+            .childChannelOption(.socketOption(.so_sndbuf), value: ChannelOptions.Types.SocketOption.Value(ServerConnectionStateMachine.socketSendBuffer))
             .childChannelOption(.maxMessagesPerRead, value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {

@@ -24,56 +24,29 @@ struct ConnectionEnvironment: Sendable {
     var turns = TurnQueues()
 }
 
-/// The thin I/O layer around `SMTPSession`: frames bytes into lines or DATA, applies the session's
-/// actions to the channel, and runs authentication and delivery off the event loop.
+/// The thin I/O layer around `SMTPSession` and `ServerConnectionStateMachine`: frames bytes into lines or
+/// DATA, gives the session what the client sent and the machine what happened to the channel, and does what
+/// they return; authentication and delivery run off the event loop.
 final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     private var session: SMTPSession
+    /// When to greet, read, handle input, wait and close (see `ServerConnectionStateMachine`).
+    private var machine = ServerConnectionStateMachine()
     private let environment: ConnectionEnvironment
     private var logger: Logger
     private var inbound: ByteBuffer
     private var outbound: ByteBuffer
     private var lineFramer = LineFramer(maxLength: 512)
     private var dataFramer: DataFramer?
-    /// When to read, handle input, and cut off a client that does not read its replies (see `ConnectionFlow`).
-    private var flow = ConnectionFlow()
-    /// An authentication, a delivery or a TLS handshake is under way: input waits.
-    private var waiting: Bool {
-        get { flow.waiting }
-        set { flow.waiting = newValue }
-    }
-    private var handshaking: Bool {
-        get { flow.handshaking }
-        set { flow.handshaking = newValue }
-    }
-    /// A read was asked for while input was held; it is passed on when the flow allows.
-    private var pendingRead = false
-    private var active = true
-    private var closing: Bool {
-        get { flow.closing }
-        set { flow.closing = newValue }
-    }
-    /// Shutdown was asked for while a message was being received: close after it is answered.
-    private var quiesceAfterMessage = false
-    /// Input is being handled (`process`); writability changes then wait for the end of the turn.
-    private var inTurn = false
-    /// Another turn is queued on the event loop.
-    private var turnScheduled = false
     /// This connection's event loop's queue of turns, known from `handlerAdded`.
     private var turnQueue: TurnQueue?
-    /// Cuts the client off if the channel stays not writable (see `ConnectionFlow.stallTimeout`).
+    /// Cuts the client off if the channel stays not writable (see `ServerConnectionStateMachine.stallTimeout`).
     private var stallTimer: Scheduled<Void>?
-
-    /// How long to hold the 220; a client that talks before it is refused (see `greet`).
+    /// How long to hold the 220; a client that talks before it is refused.
     private let greetingDelay: TimeAmount
-    /// The greeting is being held back.
-    private var greetingHeld: Bool {
-        get { flow.greetingHeld }
-        set { flow.greetingHeld = newValue }
-    }
 
     init(session: SMTPSession, environment: ConnectionEnvironment, greetingDelay: TimeAmount = .zero) {
         self.session = session
@@ -91,109 +64,106 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         turnQueue = environment.turns.queue(on: context.eventLoop)
-        flow.writable = context.channel.isWritable
+        machine = ServerConnectionStateMachine(writable: context.channel.isWritable)
         // Added after a PROXY header, the channel is already active: greet now.
-        if context.channel.isActive { greet(context: context) }
+        if context.channel.isActive { connectionActive(context: context) }
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        greet(context: context)
+        connectionActive(context: context)
         context.fireChannelActive()
     }
 
-    private var greeted = false
-
-    private func greet(context: ChannelHandlerContext) {
-        guard !greeted else { return }
-        greeted = true
+    private func connectionActive(context: ChannelHandlerContext) {
+        let action = machine.channelActive(greetingDelay: greetingDelay > .zero)
+        guard action != .none else { return }
         environment.audit.connection(session.facts, peer: clientAddress(of: context.channel))
         environment.metrics.connectionOpened(listener: session.facts.listenerName)
-        guard greetingDelay > .zero else {
+        switch action {
+        case .greet:
             session.greeting().write(into: &outbound)
             flushReplies(context: context)
-            return
+        case .holdGreeting:
+            let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+            let boundContext = NIOLoopBound(context, eventLoop: context.eventLoop)
+            context.eventLoop.scheduleTask(in: greetingDelay) { handler.value.greetingDelayEnded(context: boundContext.value) }
+        case .none:
+            break
         }
-        // RFC 5321 4.3.1 lets a client wait for the greeting; one that sends before it is a spam bot or a
-        // pipelining attack (Postfix postscreen "pregreet"): refuse it rather than read what it sent.
-        greetingHeld = true
-        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
-        let boundContext = NIOLoopBound(context, eventLoop: context.eventLoop)
-        context.eventLoop.scheduleTask(in: greetingDelay) {
-            let this = handler.value
-            guard this.active, !this.closing else { return }
-            this.greetingHeld = false
-            if this.inbound.readableBytes > 0 {
-                this.logger.notice("client talked before the greeting", metadata: ["bytes": "\(this.inbound.readableBytes)"])
-                this.inbound.clear()
-                this.apply(this.session.close(with: SMTPReply(554, "5.5.1", "Protocol error: data before greeting")),
-                           context: boundContext.value)
-                return
-            }
-            this.session.greeting().write(into: &this.outbound)
-            this.process(context: boundContext.value)
+    }
+
+    private func greetingDelayEnded(context: ChannelHandlerContext) {
+        switch machine.greetingDelayEnded(bufferedBytes: inbound.readableBytes) {
+        case .refuseEarlyTalker:
+            logger.notice("client talked before the greeting", metadata: ["bytes": "\(inbound.readableBytes)"])
+            inbound.clear()
+            apply(session.close(with: SMTPReply(554, "5.5.1", "Protocol error: data before greeting")), context: context)
+        case .greetAndTakeInput:
+            session.greeting().write(into: &outbound)
+            process(context: context)
+        case .none:
+            break
         }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        active = false
+        machine.channelInactive()
         stallTimer?.cancel()
         context.fireChannelInactive()
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        active = false
+        machine.channelInactive()
         stallTimer?.cancel()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard !closing else { return }
         var bytes = unwrapInboundIn(data)
-        inbound.writeBuffer(&bytes)
-        if greetingHeld {
-            // Keep no more than a line of an early talker's bytes, and read no more; it is refused when the delay ends.
-            if inbound.readableBytes > 512 { inbound.moveReaderIndex(forwardBy: inbound.readableBytes - 512); inbound.discardReadBytes() }
-            flow.needsInput = false
-            return
+        switch machine.bytesArrived() {
+        case .takeInput:
+            inbound.writeBuffer(&bytes)
+            process(context: context)
+        case .keepEarlyTalkerBytes:
+            inbound.writeBuffer(&bytes)
+            let limit = ServerConnectionStateMachine.earlyTalkerBytes
+            if inbound.readableBytes > limit {
+                inbound.moveReaderIndex(forwardBy: inbound.readableBytes - limit)
+                inbound.discardReadBytes()
+            }
+        case .discard:
+            break
         }
-        flow.needsInput = false  // until the framers have looked at it
-        process(context: context)
     }
 
     func read(context: ChannelHandlerContext) {
-        // Reads wait while input is buffered, output is held, or AUTH or delivery is under way; during a TLS
-        // handshake they flow (the handshake itself needs them).
-        if flow.mayRead {
-            context.read()
-        } else {
-            pendingRead = true
-        }
+        if machine.readRequested() { context.read() }
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        flow.writable = context.channel.isWritable
-        if flow.writable {
-            stallTimer?.cancel()
-            stallTimer = nil
-        } else if stallTimer == nil {
-            armStallTimer(context: context)
+        let (timer, proceedNow) = machine.writabilityChanged(to: context.channel.isWritable)
+        switch timer {
+        case .arm: armStallTimer(context: context)
+        case .cancel: stallTimer?.cancel(); stallTimer = nil
+        case .none: break
         }
-        // During a turn (the flush at its end) the turn decides; otherwise decide now.
-        if !inTurn { proceed(context: context) }
+        if proceedNow { proceed(context: context) }
         context.fireChannelWritabilityChanged()
     }
 
-    /// A client that stays at its output bound without sending more is cut off after `ConnectionFlow.stallTimeout`.
     private func armStallTimer(context: ChannelHandlerContext) {
         let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
         let boundContext = NIOLoopBound(context, eventLoop: context.eventLoop)
-        stallTimer = context.eventLoop.scheduleTask(in: ConnectionFlow.stallTimeout) {
+        stallTimer = context.eventLoop.scheduleTask(in: ServerConnectionStateMachine.stallTimeout) {
             let this = handler.value
             this.stallTimer = nil
-            guard this.active, !this.flow.writable, !this.closing else { return }
-            if this.flow.stalled {
-                this.cutOff(reason: "replies unread for \(ConnectionFlow.stallTimeout.nanoseconds / 1_000_000_000) s", context: boundContext.value)
-            } else {
-                this.armStallTimer(context: boundContext.value)  // AUTH, delivery or a handshake is under way: look again later
+            switch this.machine.stallTimerFired() {
+            case .cutOff:
+                this.cutOff(reason: "replies unread for \(ServerConnectionStateMachine.stallTimeout.nanoseconds / 1_000_000_000) s",
+                            context: boundContext.value)
+            case .rearm:
+                this.armStallTimer(context: boundContext.value)
+            case .none:
+                break
             }
         }
     }
@@ -214,22 +184,12 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
             session.tlsEstablished(TLSInfo(version: version?.displayName ?? "TLS"))
             if let tls = session.facts.tls { environment.audit.tls(session.facts, tls) }  // set by tlsEstablished just above
             environment.metrics.tlsHandshake(listener: session.facts.listenerName, success: true)
-            handshaking = false
             logger.debug("tls established", metadata: ["version": "\(version?.displayName ?? "?")"])
-            resume(context: context)
+            if machine.waitEnded() { process(context: context) }
         } else if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read {
-            if session.isInData && waiting { return }  // delivery under way; it answers soon
-            apply(session.close(with: .idleTimeout), context: context)
-            flushReplies(context: context)
+            if machine.idleTimedOut(sessionInData: session.isInData) { apply(session.close(with: .idleTimeout), context: context) }
         } else if event is ChannelShouldQuiesceEvent {
-            if session.isInData {
-                quiesceAfterMessage = true
-            } else if !waiting {
-                apply(session.close(with: .serviceClosing), context: context)
-                flushReplies(context: context)
-            } else {
-                quiesceAfterMessage = true
-            }
+            if machine.quiesce(sessionInData: session.isInData) == .close { apply(session.close(with: .serviceClosing), context: context) }
         } else {
             context.fireUserInboundEventTriggered(event)
         }
@@ -243,54 +203,49 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     // MARK: Processing
 
-    /// One turn: feeds buffered input to the session until it needs more bytes, starts waiting, the channel
-    /// stops being writable, or `ConnectionFlow.commandsPerTurn` commands are handled; then writes the replies.
+    /// One turn: feeds buffered input to the session while the machine allows (until the framers need more
+    /// bytes, the session waits, the channel stops being writable, or a turn's commands are taken), then
+    /// writes the replies and asks the machine what comes next.
     private func process(context: ChannelHandlerContext) {
-        guard !inTurn else { return }  // called again from within the turn (an action completed at once): the turn goes on
-        inTurn = true
-        var handled = 0
-        while flow.mayHandleInput && active && handled < ConnectionFlow.commandsPerTurn {
+        guard machine.turnStarted() else { return }
+        while machine.mayTakeCommand() {
             if dataFramer != nil {
-                guard let outcome = dataFramer!.feed(&inbound) else { break }  // checked just above; `!` spares a copy
+                guard let outcome = dataFramer!.feed(&inbound) else {  // checked just above; `!` spares a copy
+                    machine.inputRanOut()
+                    break
+                }
                 dataFramer = nil
                 apply(session.dataCompleted(outcome), context: context)
             } else {
                 lineFramer.maxLength = session.maxLineLength
-                guard let line = lineFramer.next(&inbound) else { break }
+                guard let line = lineFramer.next(&inbound) else {
+                    machine.inputRanOut()
+                    break
+                }
                 apply(session.receive(line), context: context)
             }
-            handled += 1
         }
-        // Left through a `break` (the loop could have gone on): the framers need more bytes.
-        let starved = flow.mayHandleInput && active && handled < ConnectionFlow.commandsPerTurn
-        flow.needsInput = starved || inbound.readableBytes == 0
         if inbound.readableBytes == 0 { inbound.clear() } else { inbound.discardReadBytes() }
-        flushReplies(context: context)
-        inTurn = false
+        flushReplies(context: context)  // still in the turn: a writability change it causes waits for `proceed`
+        machine.turnEnded(bufferedBytes: inbound.readableBytes)
         proceed(context: context)
     }
 
-    /// After a turn, or when something that held input ends: another turn later, a cut-off, or a read.
+    /// After a turn, or a writability change outside one: another turn later, a cut-off, or a held read.
     private func proceed(context: ChannelHandlerContext) {
-        guard active else { return }
-        switch flow.next(bufferedBytes: inbound.readableBytes) {
-        case .cutOff:
-            cutOff(reason: "output bound reached", context: context)
-        case .continueLater:
-            guard !turnScheduled, let turnQueue else { break }
+        switch machine.proceed(bufferedBytes: inbound.readableBytes) {
+        case .takeTurnLater:
             // Other connections on this event loop get their turns, and the loop polls its sockets, first.
-            turnScheduled = true
-            turnQueue.enqueue { [self] in
-                turnScheduled = false
-                guard active else { return }
+            turnQueue?.enqueue { [self] in
+                guard machine.queuedTurnDue() else { return }
                 process(context: context)
             }
-        case .wait:
-            break
-        }
-        if pendingRead && flow.mayRead {
-            pendingRead = false
+        case .cutOff:
+            cutOff(reason: "output bound reached", context: context)
+        case .read:
             context.read()
+        case .none:
+            break
         }
     }
 
@@ -298,18 +253,19 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         switch action {
         case .reply(let reply):
             reply.write(into: &outbound)
-            if quiesceAfterMessage && !session.isInData {
+            if machine.replyQueued(sessionInData: session.isInData) {
                 apply(session.close(with: .serviceClosing), context: context)
             }
         case .close(let reply):
             if let reason = session.internalError { logger.error("session closed on an internal error", metadata: ["reason": "\(reason)"]) }
+            guard machine.mayWrite else { return }  // already closing: one closing reply is enough
             reply.write(into: &outbound)
-            closing = true
+            machine.closeStarted()
             let buffer = outbound
             outbound.clear()
             let channel = context.channel
             // Best effort: a client that does not read would hold the reply, and the connection, forever.
-            let grace = context.eventLoop.scheduleTask(in: ConnectionFlow.closeGrace) { channel.close(promise: nil) }
+            let grace = context.eventLoop.scheduleTask(in: ServerConnectionStateMachine.closeGrace) { channel.close(promise: nil) }
             context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in
                 grace.cancel()
                 channel.close(promise: nil)
@@ -328,7 +284,7 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func flushReplies(context: ChannelHandlerContext) {
-        guard outbound.readableBytes > 0, active, !closing else { return }
+        guard outbound.readableBytes > 0, machine.mayWrite else { return }
         let buffer = outbound
         outbound = context.channel.allocator.buffer(capacity: 256)
         context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
@@ -344,8 +300,7 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         reply.write(into: &outbound)
         flushReplies(context: context)  // the 220 leaves in plaintext before the TLS handler goes in
         inbound.clear()
-        waiting = true
-        handshaking = true
+        machine.startWaiting(for: .tlsHandshake)
         do {
             try context.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: sslContext), position: .first)
         } catch {
@@ -362,7 +317,7 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
             apply(session.authCompleted(.temporaryFailure), context: context)
             return
         }
-        waiting = true
+        machine.startWaiting(for: .authentication)
         let client = session.facts.clientAddress
         let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
         let boundContext = NIOLoopBound(context, eventLoop: context.eventLoop)
@@ -370,18 +325,18 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
             await authenticator.authenticate(credentials, client: client)
         }.whenSuccess { outcome in
             let this = handler.value
-            guard this.active else { return }
+            guard !this.machine.isClosed else { return }
             this.environment.audit.auth(this.session.facts, login: credentials.login, mechanism: credentials.mechanism, outcome: outcome)
             this.environment.metrics.auth(result: outcome)
             // Closed meanwhile (idle timeout, shutdown) with its reply not yet written: nothing to answer.
-            guard !this.closing else { return }
+            guard this.machine.waitEnded() else { return }
             this.apply(this.session.authCompleted(outcome), context: boundContext.value)
-            this.resume(context: boundContext.value)
+            this.process(context: boundContext.value)
         }
     }
 
     private func deliver(_ envelope: Envelope, _ body: ByteBuffer, context: ChannelHandlerContext) {
-        waiting = true
+        machine.startWaiting(for: .delivery)
         let target = environment.target
         let queueID = target.makeQueueID()
         let header = ReceivedHeader.make(envelope: envelope, hostname: session.configuration.hostname, queueID: queueID, date: environment.now())
@@ -405,15 +360,9 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 audit.refusedMessage(envelope.facts, reply: reply)
             }
             let this = handler.value
-            guard this.active else { return }
+            guard this.machine.waitEnded() else { return }
             this.apply(this.session.deliveryCompleted(outcome), context: boundContext.value)
-            this.resume(context: boundContext.value)
+            this.process(context: boundContext.value)
         }
-    }
-
-    /// Ends a wait: processes what arrived meanwhile and passes on a held read.
-    private func resume(context: ChannelHandlerContext) {
-        waiting = false
-        process(context: context)
     }
 }

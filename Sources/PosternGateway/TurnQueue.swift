@@ -1,7 +1,7 @@
 import NIOConcurrencyHelpers
 import NIOCore
 
-/// Connections on one event loop that have input left after their turn (see `ConnectionFlow.commandsPerTurn`).
+/// Connections on one event loop that have input left after their turn (see `ServerConnectionStateMachine.commandsPerTurn`).
 ///
 /// They are served in rounds, one turn per connection each, with a short pause before each round. The pause
 /// is what lets the loop poll its sockets: NIO runs every task that is ready before it polls again, so turns

@@ -186,8 +186,8 @@ public final class Relay: Sendable {
         }
     }
 
-    /// One delivery attempt for one queued message, under its lock. Returns when to try it next,
-    /// nil when it is finished or gone.
+    /// One delivery attempt for one queued message, under its lock: `DeliveryPlan` decides, this carries
+    /// it out (pool, spool, DSN, audit). Returns when to try it next, nil when it is finished or gone.
     func process(id: String) async -> Date? {
         let preloaded = state.withLockedValue { $0.takePreloaded(id) }
         guard let lock = spool.lock(id: id) else {
@@ -208,95 +208,21 @@ public final class Relay: Sendable {
         guard let (entry, message) = loaded else { return nil }
         let now = clock()
         if entry.state.nextAttempt > now { return entry.state.nextAttempt }
-        var state = entry.state
-        let attempt = state.attempts == .max ? state.attempts : state.attempts + 1  // from the state file: any Int
-        // One delivery per distinct recipient. The session drops duplicates, but an entry written by
-        // an older build (or by hand) may list one twice; `update` settles every copy at once.
-        var byUpstream: [String: [String]] = [:]
-        var seen = Set<String>()
-        for recipient in state.pendingRecipients where seen.insert(Self.recipientKey(recipient)).inserted {
-            byUpstream[configuration.upstream(for: recipient), default: []].append(recipient)
-        }
-        var attempted = false
-        /// When a group deferred by an upstream-wide pause may go again: with the pause, not with
-        /// this message's own backoff, so that the queue drains as soon as the upstream recovers.
-        var pauseEnds: Date?
-        var deferredOnItsOwn = false
-        var outcomes: [RelayOutcome] = []
-        var failed: [DeliveryStatusNotification.FailedRecipient] = []
-        let expired = now.timeIntervalSince(entry.envelope.receivedAt) >= configuration.expiry.seconds
-
-        for (upstreamName, recipients) in byUpstream.sorted(by: { $0.key < $1.key }) {
-            guard let pool = pools[upstreamName] else {
-                logger.error("no upstream configured", metadata: ["upstream": "\(upstreamName)", "queue_id": "\(id)"])
-                for recipient in recipients {
-                    update(&state, recipient, reply: "no upstream named \(upstreamName) is configured", upstream: upstreamName, permanent: false)
-                }
-                attempted = true
-                deferredOnItsOwn = true
+        var plan = DeliveryPlan(id: id, envelope: entry.envelope, state: entry.state, now: now)
+        for route in plan.routes(upstream: configuration.upstream(for:)) {
+            guard let pool = pools[route.upstream] else {
+                logger.error("no upstream configured", metadata: ["upstream": "\(route.upstream)", "queue_id": "\(id)"])
+                plan.noSuchUpstream(route)
                 continue
             }
-            let replies: [String: RecipientResult]
-            let upstreamPause: Date?
-            switch await deliver(entry: entry, message: message, recipients: recipients, pool: pool) {
-            case .paused(let until):
-                pauseEnds = min(pauseEnds ?? until, until)
-                continue
-            case .attempted(let results, let until):
-                replies = results
-                upstreamPause = until
-            }
-            attempted = true
-            for recipient in recipients {
-                let result = replies[recipient] ?? .local("no reply recorded for this recipient")
-                let disposition: RelayOutcome.Disposition
-                switch result {
-                case .reply(let reply) where reply.isPositive:
-                    disposition = .delivered
-                    update(&state, recipient, reply: reply.description, upstream: upstreamName, delivered: true)
-                case .reply(let reply) where reply.isPermanent:
-                    disposition = .failed
-                    update(&state, recipient, reply: reply.description, upstream: upstreamName, permanent: true)
-                    failed.append(.init(address: recipient, status: reply.enhancedStatus ?? "5.0.0", diagnostic: reply.description, remoteMTA: pool.upstream.host))
-                default:
-                    disposition = .deferred
-                    update(&state, recipient, reply: result.text, upstream: upstreamName, permanent: false)
-                    if let upstreamPause { pauseEnds = min(pauseEnds ?? upstreamPause, upstreamPause) } else { deferredOnItsOwn = true }
-                }
-                outcomes.append(RelayOutcome(queueID: id, recipient: recipient, upstream: upstreamName, disposition: disposition,
-                                             reply: result.text, attempt: attempt, at: now, receivedAt: entry.envelope.receivedAt))
-            }
+            plan.record(await deliver(entry: entry, message: message, recipients: route.recipients, pool: pool), for: route,
+                        remoteMTA: pool.upstream.host)
         }
+        if plan.isExpired(expiry: configuration.expiry) { plan.expire(expiry: configuration.expiry, upstream: configuration.upstream(for:)) }
+        TestFault.afterUpstreamReplies(plan.outcomes)
+        let state = plan.finish(backoff: schedule.delay(afterAttempt:))
 
-        if expired {
-            var bounced = Set<String>()
-            for index in state.recipients.indices where state.recipients[index].state == .pending {
-                let recipient = state.recipients[index]
-                state.recipients[index].state = .failed
-                guard bounced.insert(Self.recipientKey(recipient.address)).inserted else { continue }
-                let hours = configuration.expiry.seconds / 3600
-                let age = hours >= 1 ? "\(Int(hours)) hours" : "\(Int(configuration.expiry.seconds)) seconds"
-                let reason = "message expired after \(age) in the queue; last error: \(recipient.lastReply ?? "none")"
-                failed.append(.init(address: recipient.address, status: "4.4.7", diagnostic: reason, remoteMTA: nil))
-                outcomes.append(RelayOutcome(queueID: id, recipient: recipient.address, upstream: recipient.upstream ?? configuration.upstream(for: recipient.address),
-                                             disposition: .expired, reply: reason, attempt: attempt, at: now, receivedAt: entry.envelope.receivedAt))
-            }
-        }
-
-        TestFault.afterUpstreamReplies(outcomes)
-        if attempted {
-            state.attempts = attempt
-            state.lastAttempt = now
-            state.interruptedDeliveries = nil  // this attempt ended normally
-        }
-        var next = pauseEnds
-        if deferredOnItsOwn || next == nil {
-            let own = now.addingTimeInterval(schedule.delay(afterAttempt: max(state.attempts, 1)))
-            next = min(next ?? own, own)
-        }
-        state.nextAttempt = next ?? now
-
-        if !failed.isEmpty { await bounce(entry: entry, message: message, failed: failed, now: now) }
+        if !plan.failed.isEmpty { await bounce(entry: entry, message: message, failed: plan.failed, now: now) }
         var result: Date? = state.nextAttempt
         do {
             if state.isFinished {
@@ -309,35 +235,12 @@ public final class Relay: Sendable {
             // The old state stays on disk: the worst case is a repeated attempt, never a loss.
             logger.error("could not record delivery state", metadata: ["queue_id": "\(id)", "error": "\(error)"])
         }
-        for outcome in outcomes {
+        for outcome in plan.outcomes {
             logger.info("relay", metadata: ["queue_id": "\(id)", "rcpt": "\(outcome.recipient)", "upstream": "\(outcome.upstream)",
-                                            "result": "\(outcome.disposition.rawValue)", "reply": "\(outcome.reply)", "attempt": "\(attempt)"])
+                                            "result": "\(outcome.disposition.rawValue)", "reply": "\(outcome.reply)", "attempt": "\(plan.attempt)"])
             onOutcome?(outcome)
         }
         return result
-    }
-
-    enum RecipientResult: Sendable {
-        case reply(SMTPReply)
-        /// No reply: the connection or TLS failed.
-        case local(String)
-        var text: String {
-            switch self {
-            case .reply(let reply): return reply.description
-            case .local(let reason): return reason
-            }
-        }
-    }
-
-    /// Records one recipient's result on every pending copy of it (see `recipientKey`).
-    private func update(_ state: inout SpoolEntryState, _ recipient: String, reply: String, upstream: String, delivered: Bool = false, permanent: Bool = false) {
-        let key = Self.recipientKey(recipient)
-        for index in state.recipients.indices where state.recipients[index].state == .pending && Self.recipientKey(state.recipients[index].address) == key {
-            if state.recipients[index].attempts < .max { state.recipients[index].attempts += 1 }  // from the state file: any Int
-            state.recipients[index].lastReply = reply
-            state.recipients[index].upstream = upstream
-            if delivered { state.recipients[index].state = .delivered } else if permanent { state.recipients[index].state = .failed }
-        }
     }
 
     /// Which queued recipients are one delivery: equal once the domain's case is folded (RFC 5321
@@ -353,20 +256,14 @@ public final class Relay: Sendable {
         reply.code == 421 || (reply.isTransient && (reply.enhancedStatus?.hasPrefix("4.7.") ?? false))
     }
 
-    enum Delivery: Sendable {
-        /// The upstream is backed off: nothing was sent, nothing counts as an attempt.
-        case paused(until: Date)
-        /// A result for every recipient handed in; `pauseEnds` when the failure was the upstream's
-        /// (a throttle, an outage), which then decides when those recipients go again.
-        case attempted([String: RecipientResult], pauseEnds: Date?)
-    }
-
     /// The same result for every recipient (a connection that failed before any reply).
-    private static func everyone(_ recipients: [String], _ result: RecipientResult) -> [String: RecipientResult] {
+    private static func everyone(_ recipients: [String], _ result: DeliveryPlan.RecipientResult) -> [String: DeliveryPlan.RecipientResult] {
         Dictionary(recipients.map { ($0, result) }, uniquingKeysWith: { first, _ in first })
     }
 
-    private func deliver(entry: SpoolEntry, message: ByteBuffer, recipients: [String], pool: UpstreamPool) async -> Delivery {
+    /// Hands `recipients` to `pool`'s upstream and says what came of it; raises or resets the upstream's
+    /// backoff and puts the connection back as the replies say.
+    private func deliver(entry: SpoolEntry, message: ByteBuffer, recipients: [String], pool: UpstreamPool) async -> DeliveryPlan.Delivery {
         // The pool's epoch when this attempt began: a failure raises the upstream's backoff only if no
         // other failure of the same moment has already done so.
         let epoch = await pool.epoch
@@ -401,9 +298,9 @@ public final class Relay: Sendable {
                 if !anyFailure { await pool.succeeded() }
                 await pool.release(connection, reusable: result.connectionReusable, needsReset: anyFailure)
             }
-            var replies: [String: RecipientResult] = [:]
+            var replies: [String: DeliveryPlan.RecipientResult] = [:]
             for recipient in recipients {
-                replies[recipient] = result.replies[recipient].map(RecipientResult.reply) ?? .local("the upstream session gave no reply for this recipient")
+                replies[recipient] = result.replies[recipient].map(DeliveryPlan.RecipientResult.reply) ?? .local("the upstream session gave no reply for this recipient")
             }
             return .attempted(replies, pauseEnds: pauseEnds)
         } catch {

@@ -7,7 +7,7 @@ import NIOTLS
 import PosternSMTP
 
 /// Why a connection to an upstream failed or ended.
-public enum UpstreamConnectionError: Error, Sendable, CustomStringConvertible {
+public enum UpstreamConnectionError: Error, Sendable, Hashable, CustomStringConvertible {
     case connectFailed(String)
     case tlsFailed(String)
     /// The TLS handshake did not complete, or the upstream dropped the connection before its first
@@ -23,6 +23,8 @@ public enum UpstreamConnectionError: Error, Sendable, CustomStringConvertible {
     case closed
     case timeout
     case malformedReply(String)
+    /// The session's state machine was asked something its state cannot take (a fault of ours, see `UpstreamSession`).
+    case protocolState(String)
 
     public var description: String {
         switch self {
@@ -35,7 +37,8 @@ public enum UpstreamConnectionError: Error, Sendable, CustomStringConvertible {
         case .ehloRefused(let reply): return "EHLO refused: \(reply)"
         case .closed: return "connection closed by upstream"
         case .timeout: return "timeout waiting for upstream"
-        case .malformedReply(let line): return "malformed reply: \(line.prefix(80))"
+        case .malformedReply(let why): return "\(why.prefix(100))"
+        case .protocolState(let why): return "internal error in the upstream session: \(why)"
         }
     }
 
@@ -48,7 +51,7 @@ public enum UpstreamConnectionError: Error, Sendable, CustomStringConvertible {
     }
 }
 
-/// Parses SMTP replies off the wire and hands them, in order, to whoever waits for them.
+/// Reads SMTP replies off the wire (`SMTPReplyParser`) and hands them, in order, to whoever waits for them.
 /// Also performs the STARTTLS switch: once the 220 arrives, every byte still buffered (sent in
 /// plaintext after the 220) is discarded, and TLS is put in front of this handler.
 final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
@@ -57,7 +60,7 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     private var context: ChannelHandlerContext?
     private var buffer = ByteBuffer()
-    private var partialLines: [String] = []
+    private var parser = SMTPReplyParser()
     private var waiters = CircularBuffer<EventLoopPromise<SMTPReply>>()
     private var unclaimed = CircularBuffer<SMTPReply>()
     private var pendingStartTLS: (tls: NIOSSLClientHandler, promise: EventLoopPromise<Void>)?
@@ -66,7 +69,6 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// TLS is in front (or being put there) and no reply has come over it yet: until one does, a
     /// close or reset is the upstream refusing the handshake (see `tlsHandshakeFailed`).
     private var tlsUnconfirmed: Bool
-    static let maxLine = 4096
 
     init(implicitTLS: Bool) {
         tlsUnconfirmed = implicitTLS
@@ -99,12 +101,15 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var incoming = unwrapInboundIn(data)
         buffer.writeBuffer(&incoming)
-        while let lf = buffer.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) {
-            let length = lf - buffer.readerIndex
-            var line = buffer.readString(length: length)!  // `!`: those bytes are in the buffer, before the LF
-            buffer.moveReaderIndex(forwardBy: 1)
-            if line.hasSuffix("\r") { line.removeLast() }
-            guard let reply = takeLine(line, context: context) else { continue }
+        while true {
+            let reply: SMTPReply
+            do {
+                guard let next = try parser.next(&buffer) else { break }
+                reply = next
+            } catch {
+                fail(.malformedReply("\(error)"), context: context)
+                return
+            }
             if handshake == nil { tlsUnconfirmed = false }
             if let (tls, promise) = pendingStartTLS {
                 pendingStartTLS = nil
@@ -114,7 +119,7 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
                 }
                 // Whatever else arrived in plaintext after the 220 is not trusted: drop it.
                 buffer.clear()
-                partialLines = []
+                parser = SMTPReplyParser()
                 handshake = promise
                 tlsUnconfirmed = true
                 do {
@@ -126,42 +131,7 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
             }
             if let waiter = waiters.popFirst() { waiter.succeed(reply) } else { unclaimed.append(reply) }
         }
-        if buffer.readableBytes > Self.maxLine { fail(.malformedReply("line too long"), context: context) }
         buffer.discardReadBytes()
-    }
-
-    /// Collects the lines of one reply; returns the reply when its last line arrives.
-    private func takeLine(_ line: String, context: ChannelHandlerContext) -> SMTPReply? {
-        let bytes = Array(line.utf8)
-        guard bytes.count >= 3, bytes[0...2].allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }), let code = Int(line.prefix(3)),
-              bytes.count == 3 || bytes[3] == UInt8(ascii: " ") || bytes[3] == UInt8(ascii: "-")
-        else {
-            fail(.malformedReply(line), context: context)
-            return nil
-        }
-        let text = bytes.count > 4 ? String(line.dropFirst(4)) : ""
-        partialLines.append(text)
-        if bytes.count > 3 && bytes[3] == UInt8(ascii: "-") { return nil }
-        defer { partialLines = [] }
-        return Self.makeReply(code: code, lines: partialLines)
-    }
-
-    static func makeReply(code: Int, lines: [String]) -> SMTPReply {
-        // An enhanced status code (RFC 2034) leads every line when the server uses them.
-        var status: String?
-        if let first = lines.first, let space = first.firstIndex(of: " ") ?? (first.isEmpty ? nil : first.endIndex) {
-            let candidate = first[..<space]
-            let parts = candidate.split(separator: ".", omittingEmptySubsequences: false)
-            if parts.count == 3, parts.allSatisfy({ !$0.isEmpty && $0.count <= 3 && $0.allSatisfy(\.isNumber) }),
-               let class_ = parts.first, ["2", "4", "5"].contains(class_) {
-                status = String(candidate)
-            }
-        }
-        let texts = lines.map { line -> String in
-            guard let status, line.hasPrefix(status) else { return line }
-            return String(line.dropFirst(status.count).drop(while: { $0 == " " }))
-        }
-        return SMTPReply(code: code, enhancedStatus: status, lines: texts.isEmpty ? [""] : texts)
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -208,23 +178,26 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 }
 
-/// One SMTP session with an upstream over TLS: connected, greeted, EHLO done, TLS established.
+/// One SMTP session with an upstream over TLS: connected, greeted, EHLO done, TLS established. The channel
+/// code around `UpstreamSession`, which decides what to send.
 public final class UpstreamConnection: Sendable {
     let channel: Channel
     private let handler: NIOLoopBound<SMTPClientHandler>
-    public let extensions: Set<String>
+    /// The dialogue's state between transactions; one delivery at a time uses a connection (`UpstreamPool`).
+    let session = NIOLockedValueBox(UpstreamSession(hostname: "", tls: .startTLS))
     let commandTimeout: Duration
     let upstreamName: String
 
-    private init(channel: Channel, handler: NIOLoopBound<SMTPClientHandler>, extensions: Set<String>, commandTimeout: Duration, upstreamName: String) {
+    private init(channel: Channel, handler: NIOLoopBound<SMTPClientHandler>, commandTimeout: Duration, upstreamName: String) {
         self.channel = channel
         self.handler = handler
-        self.extensions = extensions
         self.commandTimeout = commandTimeout
         self.upstreamName = upstreamName
     }
 
     public var isActive: Bool { channel.isActive }
+    /// What the upstream offered in its EHLO reply over TLS.
+    public var extensions: Set<String> { session.withLockedValue { $0.extensions } }
     public var supportsPipelining: Bool { extensions.contains("PIPELINING") }
 
     static func makeTLSContext(_ upstream: UpstreamConfiguration) throws -> NIOSSLContext {
@@ -269,31 +242,38 @@ public final class UpstreamConnection: Sendable {
             channel.close(promise: nil)
             throw .connectFailed("\(error)")
         }
-        var connection = UpstreamConnection(channel: channel, handler: handler, extensions: [], commandTimeout: upstream.commandTimeout, upstreamName: upstream.name)
+        let connection = UpstreamConnection(channel: channel, handler: handler, commandTimeout: upstream.commandTimeout, upstreamName: upstream.name)
         do {
-            let greeting = try await connection.exchange(nil, expecting: 1)[0]
-            guard greeting.code == 220 else { throw UpstreamConnectionError.greetingRefused(greeting) }
-            var extensions = try await connection.ehlo(hostname)
-            if upstream.tls == .startTLS {
-                guard extensions.contains("STARTTLS") else { throw UpstreamConnectionError.startTLSNotOffered }
-                let serverName = upstream.serverName
-                try await connection.withTimeout(connection.commandTimeout) {
-                    try await channel.eventLoop.flatSubmit { [handler] in
-                        do {
-                            let tls = try NIOSSLClientHandler(context: tlsContext, serverHostname: serverName)
-                            return handler.value.startTLS(tls, eventLoop: channel.eventLoop)
-                        } catch {
-                            return channel.eventLoop.makeFailedFuture(UpstreamConnectionError.tlsFailed("\(error)"))
-                        }
-                    }.get()
+            var session = UpstreamSession(hostname: hostname, tls: upstream.tls)
+            var action = session.start()
+            setup: while true {
+                switch action {
+                case .send(let commands, let count):
+                    action = session.receive(try await connection.exchange(commands.isEmpty ? nil : ByteBuffer(string: commands), expecting: count))
+                case .startTLS:
+                    let serverName = upstream.serverName
+                    try await connection.withTimeout(connection.commandTimeout) {
+                        try await channel.eventLoop.flatSubmit { [handler] in
+                            do {
+                                let tls = try NIOSSLClientHandler(context: tlsContext, serverHostname: serverName)
+                                return handler.value.startTLS(tls, eventLoop: channel.eventLoop)
+                            } catch {
+                                return channel.eventLoop.makeFailedFuture(UpstreamConnectionError.tlsFailed("\(error)"))
+                            }
+                        }.get()
+                    }
+                    try await verifyPeerName(channel: channel, expected: upstream.serverName)
+                    action = session.tlsEstablished()
+                case .ready:
+                    if upstream.tls == .implicit { try await verifyPeerName(channel: channel, expected: upstream.serverName) }
+                    break setup
+                case .fail(let error):
+                    throw error
+                case .sendMessage, .finished:
+                    throw UpstreamConnectionError.protocolState("\(action) during setup")
                 }
-                try await verifyPeerName(channel: channel, expected: upstream.serverName)
-                // RFC 3207: forget everything learnt before TLS and ask again.
-                extensions = try await connection.ehlo(hostname)
-            } else {
-                try await verifyPeerName(channel: channel, expected: upstream.serverName)
             }
-            connection = UpstreamConnection(channel: channel, handler: handler, extensions: extensions, commandTimeout: upstream.commandTimeout, upstreamName: upstream.name)
+            connection.session.withLockedValue { $0 = session }
             return connection
         } catch let error as UpstreamConnectionError {
             channel.close(promise: nil)
@@ -325,12 +305,6 @@ public final class UpstreamConnection: Sendable {
         guard ok else {
             throw UpstreamConnectionError.tlsFailed("upstream certificate is not for \(expected) (DNS names: \(names.joined(separator: ", ")))")
         }
-    }
-
-    private func ehlo(_ hostname: String) async throws -> Set<String> {
-        let reply = try await exchange(ByteBuffer(string: "EHLO \(hostname)\r\n"), expecting: 1)[0]
-        guard reply.code == 250 else { throw UpstreamConnectionError.ehloRefused(reply) }
-        return Set(reply.lines.dropFirst().compactMap { $0.split(separator: " ").first.map { $0.uppercased() } })
     }
 
     /// Writes `bytes` and waits for `count` replies.

@@ -71,7 +71,7 @@ extension SMTPReply {
     public static let serviceClosing = SMTPReply(421, "4.3.2", "Service shutting down, closing transmission channel")
     public static let idleTimeout = SMTPReply(421, "4.4.2", "Idle timeout, closing transmission channel")
     public static let tooManyConnections = SMTPReply(421, "4.7.0", "Too many connections from your address, try again later")
-    /// A client that keeps sending commands without reading the replies (see `ConnectionFlow` in the gateway).
+    /// A client that keeps sending commands without reading the replies (see `ServerConnectionStateMachine` in the gateway).
     public static let repliesNotRead = SMTPReply(421, "4.7.0", "Replies not being read, closing transmission channel")
     public static let messageTooBig = SMTPReply(552, "5.3.4", "Message size exceeds fixed limit")
     public static let tooManyRecipients = SMTPReply(452, "4.5.3", "Too many recipients")

@@ -350,7 +350,7 @@ public struct SMTPSession: Sendable {
         guard facts.heloName != nil else { return error(SMTPReply(503, "5.5.1", "Send EHLO or HELO first")) }
         if configuration.kind.requiresTLS && !tlsActive { return error(.mustStartTLS) }
         guard case .ready = state else { return error(SMTPReply(503, "5.5.1", "Nested MAIL command")) }
-        if configuration.kind.offersAuth && facts.user == nil {
+        if configuration.requiresAuthentication && facts.user == nil {
             return error(SMTPReply(530, "5.7.0", "Authentication required"))
         }
         var bodyType: String?

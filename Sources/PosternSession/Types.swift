@@ -27,9 +27,13 @@ public struct SessionConfiguration: Sendable {
     public var authAvailable: Bool
     /// Errors (bad commands, refusals) before the session is closed with 421.
     public var maxErrors: Int
+    /// MAIL needs an authenticated user: on the gateway's TLS endpoints (`kind.offersAuth`). A receiving
+    /// server that relays for nobody (`postern sink`) takes mail over TLS without it.
+    public var requiresAuthentication: Bool
 
     public init(hostname: String, listenerName: String, kind: ListenerKind, maxMessageSize: Int = 25 * 1024 * 1024,
-                maxRecipients: Int = 100, normalizeBareLF: Bool = false, authAvailable: Bool = false, maxErrors: Int = 20) {
+                maxRecipients: Int = 100, normalizeBareLF: Bool = false, authAvailable: Bool = false, maxErrors: Int = 20,
+                requiresAuthentication: Bool? = nil) {
         self.hostname = hostname
         self.listenerName = listenerName
         self.kind = kind
@@ -38,6 +42,7 @@ public struct SessionConfiguration: Sendable {
         self.normalizeBareLF = normalizeBareLF && kind == .device
         self.authAvailable = authAvailable
         self.maxErrors = maxErrors
+        self.requiresAuthentication = requiresAuthentication ?? kind.offersAuth
     }
 }
 

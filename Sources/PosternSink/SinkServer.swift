@@ -6,6 +6,7 @@ import NIOPosix
 import NIOSSL
 import NIOTLS
 import PosternSMTP
+import PosternSession
 
 /// Failures the sink can be told to produce, for tests of the relay.
 public struct SinkFaults: Sendable, Hashable {
@@ -78,7 +79,10 @@ public struct SinkMessage: Sendable, Hashable {
 }
 
 /// A small SMTP server that requires and verifies a client certificate and stores or discards
-/// what it receives: the demo upstream and the benchmark sink.
+/// what it receives: the demo upstream, the relay tests' upstream and the benchmark sink. Its sessions are
+/// `SMTPSession`s, as on the gateway's listeners, so the relay faces the same rules as from a production
+/// server (no MAIL before EHLO, none before TLS, one MAIL at a time); the faults come in through the
+/// session's rules (`SinkRules`).
 public final class SinkServer: Sendable {
     let configuration: SinkConfiguration
     let group: EventLoopGroup
@@ -134,11 +138,11 @@ public final class SinkServer: Sendable {
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
-                    state.withLockedValue { $0.connections += 1 }
                     if configuration.tls == .implicit {
                         try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context))
                     }
-                    try channel.pipeline.syncOperations.addHandler(SinkSessionHandler(server: self, tlsContext: context))
+                    try channel.pipeline.syncOperations.addHandler(SinkSessionHandler(server: self, tlsContext: context,
+                                                                                      session: makeSession(for: channel)))
                 }
             }
             .bind(host: configuration.host, port: configuration.port)
@@ -159,8 +163,10 @@ public final class SinkServer: Sendable {
         try? await fileIO.shutdownGracefully()
     }
 
-    /// Stores a message (off the event loop) and completes when it is written.
-    func store(_ message: SinkMessage, on eventLoop: EventLoop) -> EventLoopFuture<Void> {
+    /// Stores a message (off the event loop) and completes with its name when it is written: what the
+    /// gateway's `DeliveryTarget` is to its sessions. The outbox file is the message after three header
+    /// fields of the sink's (`Return-Path`, `X-Sink-Recipients`, `X-Sink-Client-Certificate`), which tests read.
+    func store(_ message: SinkMessage, on eventLoop: EventLoop) -> EventLoopFuture<String> {
         let name: String = state.withLockedValue { state in
             state.received += 1
             state.counter += 1
@@ -171,7 +177,7 @@ public final class SinkServer: Sendable {
             }
             return String(format: "%.6f-%06d", message.receivedAt.timeIntervalSince1970, state.counter)
         }
-        guard let outbox = configuration.outbox else { return eventLoop.makeSucceededVoidFuture() }
+        guard let outbox = configuration.outbox else { return eventLoop.makeSucceededFuture(name) }
         return fileIO.runIfActive(eventLoop: eventLoop) {
             var file = "Return-Path: <\(message.sender)>\r\n"
             file += "X-Sink-Recipients: \(message.recipients.joined(separator: ", "))\r\n"
@@ -181,234 +187,25 @@ public final class SinkServer: Sendable {
             let tmp = "\(outbox)/.\(name).tmp"
             try bytes.write(to: URL(fileURLWithPath: tmp))
             try FileManager.default.moveItem(atPath: tmp, toPath: "\(outbox)/\(name).eml")
+            return name
         }
     }
 
     func noteHandshakeFailure() { state.withLockedValue { $0.handshakeFailures += 1 } }
-}
 
-/// One SMTP session on the sink: a small state machine over lines, replies flushed per read so
-/// pipelined commands cost one write.
-final class SinkSessionHandler: ChannelInboundHandler {
-    typealias InboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
-
-    enum Phase { case command, data(DataFramer), storing, closed }
-
-    let server: SinkServer
-    let tlsContext: NIOSSLContext
-    var phase: Phase = .command
-    var tlsActive: Bool
-    var framer = LineFramer(maxLength: 2048)
-    var buffer = ByteBuffer()
-    var out = ByteBuffer()
-    var sender: String?
-    var recipients: [String] = []
-    var clientSubject: String?
-
-    init(server: SinkServer, tlsContext: NIOSSLContext) {
-        self.server = server
-        self.tlsContext = tlsContext
-        self.tlsActive = server.configuration.tls == .implicit
-    }
-
-    func channelActive(context: ChannelHandlerContext) {
-        if server.configuration.tls == .startTLS { sendGreeting(context: context) }
-        context.fireChannelActive()
-    }
-
-    private func sendGreeting(context: ChannelHandlerContext) {
-        if let greeting = server.faults.greeting {
-            reply(greeting)
-            flush(context: context)
-            context.close(promise: nil)
-            phase = .closed
-            return
+    /// A session as a receiving MTA has it: TLS required before MAIL (STARTTLS, or implicit TLS first), no
+    /// AUTH, limits far above what the relay sends, and the faults as rules.
+    func makeSession(for channel: Channel) -> SMTPSession {
+        let kind: ListenerKind = configuration.tls == .implicit ? .submissions : .submission
+        let sessionID = state.withLockedValue { state -> Int in
+            state.connections += 1
+            return state.connections
         }
-        reply("220 \(server.configuration.hostname) ESMTP Postern sink")
-        flush(context: context)
-    }
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let event = event as? TLSUserEvent, case .handshakeCompleted = event {
-            tlsActive = true
-            if let handler = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self) {
-                clientSubject = handler.peerCertificate.map { "\($0)" }
-            }
-            if server.configuration.tls == .implicit { sendGreeting(context: context) }
-        }
-        context.fireUserInboundEventTriggered(event)
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: Error) {
-        if error is NIOSSLError || error is BoringSSLError { server.noteHandshakeFailure() }
-        context.close(promise: nil)
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var incoming = unwrapInboundIn(data)
-        buffer.writeBuffer(&incoming)
-        process(context: context)
-    }
-
-    func channelReadComplete(context: ChannelHandlerContext) {
-        flush(context: context)
-        context.fireChannelReadComplete()
-    }
-
-    private func process(context: ChannelHandlerContext) {
-        loop: while buffer.readableBytes > 0 {
-            switch phase {
-            case .closed, .storing:
-                break loop
-            case .data(var dataFramer):
-                phase = .storing  // so that the framer's buffer is uniquely referenced while it grows
-                guard let outcome = dataFramer.feed(&buffer) else {
-                    phase = .data(dataFramer)
-                    break loop
-                }
-                finishData(outcome, context: context)
-            case .command:
-                guard let line = framer.next(&buffer) else { break loop }
-                switch line {
-                case .line(let text):
-                    if handleCommand(text, context: context) == false { break loop }
-                case .bareLF:
-                    reply("500 5.5.2 Command lines must end in CRLF")
-                case .tooLong:
-                    reply("500 5.5.2 Line too long")
-                }
-            }
-        }
-        buffer.discardReadBytes()
-    }
-
-    /// Returns false when processing must stop (TLS switch, close).
-    private func handleCommand(_ text: String, context: ChannelHandlerContext) -> Bool {
-        let command: SMTPCommand
-        do { command = try CommandParser.parse(Substring(text)) } catch {
-            reply(error.reply.wireLine)
-            return true
-        }
-        let faults = server.faults
-        switch command {
-        case .ehlo:
-            var lines = ["\(server.configuration.hostname)", "PIPELINING", "8BITMIME", "SIZE \(server.configuration.maxMessageSize)", "ENHANCEDSTATUSCODES"]
-            if !tlsActive && !faults.hideStartTLS { lines.append("STARTTLS") }
-            for (index, line) in lines.enumerated() { reply("250\(index == lines.count - 1 ? " " : "-")\(line)") }
-        case .helo:
-            reply("250 \(server.configuration.hostname)")
-        case .startTLS:
-            guard !tlsActive, server.configuration.tls == .startTLS else {
-                reply("503 5.5.1 TLS already active")
-                return true
-            }
-            reply("220 2.0.0 Ready to start TLS")
-            flush(context: context)
-            // Anything pipelined after STARTTLS in plaintext is dropped (RFC 3207 5).
-            buffer.clear()
-            do {
-                try context.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tlsContext), position: .first)
-            } catch {
-                context.close(promise: nil)
-            }
-            sender = nil
-            recipients = []
-            return false
-        case .mail(let path, _):
-            guard tlsActive else { reply("530 5.7.0 Must issue a STARTTLS command first"); return true }
-            guard sender == nil else { reply("503 5.5.1 Nested MAIL command"); return true }
-            if let failure = faults.mailReply { reply(failure); return true }
-            sender = path.mailbox.map { $0.description } ?? ""
-            recipients = []
-            reply("250 2.1.0 Ok")
-        case .rcpt(let mailbox, _):
-            guard sender != nil else { reply("503 5.5.1 Need MAIL command"); return true }
-            let address = mailbox.description
-            if let failure = faults.rcptReplies[address.lowercased()] ?? faults.rcptReply {
-                reply(failure)
-                return true
-            }
-            recipients.append(address)
-            reply("250 2.1.5 Ok")
-        case .data:
-            guard sender != nil, !recipients.isEmpty else { reply("554 5.5.1 No valid recipients"); return true }
-            reply("354 End data with <CR><LF>.<CR><LF>")
-            phase = .data(DataFramer(maxMessageSize: server.configuration.maxMessageSize, allocator: context.channel.allocator))
-        case .rset:
-            sender = nil
-            recipients = []
-            reply("250 2.0.0 Ok")
-        case .noop:
-            reply("250 2.0.0 Ok")
-        case .quit:
-            reply("221 2.0.0 Bye")
-            flush(context: context)
-            context.close(promise: nil)
-            phase = .closed
-            return false
-        default:
-            reply("502 5.5.1 Command not implemented")
-        }
-        return true
-    }
-
-    private func finishData(_ outcome: DataFramer.Outcome, context: ChannelHandlerContext) {
-        let faults = server.faults
-        let from = sender ?? ""
-        let to = recipients
-        sender = nil
-        recipients = []
-        switch outcome {
-        case .rejected(let why):
-            phase = .command
-            reply(why.reply.wireLine)
-        case .message(let data):
-            if faults.dropAfterData {
-                phase = .closed
-                context.close(promise: nil)
-                return
-            }
-            if let failure = faults.dataReply {
-                phase = .command
-                reply(failure)
-                return
-            }
-            phase = .storing
-            let message = SinkMessage(sender: from, recipients: to, data: data, clientCertificateSubject: clientSubject, receivedAt: Date())
-            let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-            server.store(message, on: context.eventLoop).whenComplete { result in
-                let (handler, context) = loopBound.value
-                switch result {
-                case .success: handler.reply("250 2.0.0 Ok: queued")
-                case .failure(let error):
-                    handler.server.logger.error("sink could not store a message", metadata: ["error": "\(error)"])
-                    handler.reply("451 4.3.0 Could not store message")
-                }
-                handler.phase = .command
-                handler.process(context: context)
-                handler.flush(context: context)
-            }
-        }
-    }
-
-    private func reply(_ line: String) {
-        out.writeString(line)
-        out.writeStaticString("\r\n")
-    }
-
-    private func flush(context: ChannelHandlerContext) {
-        guard out.readableBytes > 0 else { return }
-        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
-        out = context.channel.allocator.buffer(capacity: 256)
-    }
-}
-
-extension SMTPReply {
-    /// The reply as one wire line without CRLF (single-line replies only).
-    var wireLine: String {
-        var text = wireString
-        while text.hasSuffix("\r\n") { text.removeLast(2) }
-        return text
+        let session = SessionConfiguration(hostname: configuration.hostname, listenerName: "sink", kind: kind,
+                                           maxMessageSize: configuration.maxMessageSize, maxRecipients: 10_000,
+                                           authAvailable: false, maxErrors: 1_000_000, requiresAuthentication: false)
+        let facts = ConnectionFacts(listenerName: "sink", kind: kind, clientAddress: channel.remoteAddress?.ipAddress ?? "unknown",
+                                    clientPort: channel.remoteAddress?.port ?? 0, sessionID: "\(sessionID)")
+        return SMTPSession(configuration: session, facts: facts, rules: SinkRules(faults: faultsBox))
     }
 }

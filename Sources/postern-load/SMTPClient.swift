@@ -1,6 +1,7 @@
 import NIOCore
 import NIOPosix
 import NIOSSL
+import PosternSMTP
 
 /// A minimal SMTP client session over one NIO channel, for load generation: reads whole replies,
 /// writes commands, upgrades to TLS in place after STARTTLS. Not a general client.
@@ -9,45 +10,23 @@ struct SMTPLoadError: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-struct LoadReply {
-    var code: Int
-    var text: String
-}
-
-/// Reads SMTP replies (multi-line aware) from an async channel's inbound stream.
+/// Reads SMTP replies from an async channel's inbound stream with `SMTPReplyParser`.
 struct ReplyReader {
     var iterator: NIOAsyncChannelInboundStream<ByteBuffer>.AsyncIterator
     var buffer = ByteBuffer()
+    var parser = SMTPReplyParser()
 
     init(_ iterator: NIOAsyncChannelInboundStream<ByteBuffer>.AsyncIterator) { self.iterator = iterator }
 
-    mutating func reply() async throws -> LoadReply {
-        var lines: [String] = []
+    mutating func reply() async throws -> SMTPReply {
         while true {
-            if let line = takeLine() {
-                lines.append(line)
-                let bytes = Array(line.utf8)
-                if bytes.count < 4 || bytes[3] != UInt8(ascii: "-") {
-                    guard bytes.count >= 3, let code = Int(String(decoding: bytes[0..<3], as: UTF8.self)) else {
-                        throw SMTPLoadError("malformed reply line: \(line)")
-                    }
-                    return LoadReply(code: code, text: lines.joined(separator: "\n"))
-                }
-                continue
+            if let reply = try parser.next(&buffer) {
+                if buffer.readerIndex > 65536 { buffer.discardReadBytes() }
+                return reply
             }
             guard var more = try await iterator.next() else { throw SMTPLoadError("connection closed by server") }
             buffer.writeBuffer(&more)
         }
-    }
-
-    private mutating func takeLine() -> String? {
-        let view = buffer.readableBytesView
-        guard let lf = view.firstIndex(of: UInt8(ascii: "\n")) else { return nil }
-        let length = lf - view.startIndex + 1
-        var line = buffer.readString(length: length)!  // `!`: those bytes are in the buffer, up to the LF
-        while line.last == "\n" || line.last == "\r" { line.removeLast() }
-        if buffer.readerIndex > 65536 { buffer.discardReadBytes() }
-        return line
     }
 }
 
@@ -87,14 +66,14 @@ func runConnection(_ s: SessionSettings, count: Int, group: EventLoopGroup, resu
         }
     try await channel.executeThenClose { inbound, outbound in
         var reader = ReplyReader(inbound.makeAsyncIterator())
-        func command(_ line: String, expect: Int) async throws -> LoadReply {
+        func command(_ line: String, expect: Int) async throws -> SMTPReply {
             try await outbound.write(ByteBuffer(string: line + "\r\n"))
             let reply = try await reader.reply()
-            guard reply.code == expect else { throw SMTPLoadError("\(line.split(separator: " ").first ?? "") -> \(reply.text)") }
+            guard reply.code == expect else { throw SMTPLoadError("\(line.split(separator: " ").first ?? "") -> \(reply)") }
             return reply
         }
         let greeting = try await reader.reply()
-        guard greeting.code == 220 else { throw SMTPLoadError("greeting: \(greeting.text)") }
+        guard greeting.code == 220 else { throw SMTPLoadError("greeting: \(greeting)") }
         _ = try await command("EHLO load.localhost", expect: 250)
         if s.mode == .submission {
             _ = try await command("STARTTLS", expect: 220)
@@ -124,7 +103,7 @@ func runConnection(_ s: SessionSettings, count: Int, group: EventLoopGroup, resu
                 result.latencies.append(UInt64(max(0, elapsed.nanoseconds)))
             } else {
                 result.failed[reply.code, default: 0] += 1
-                if result.errors.count < 5 { result.errors.append(reply.text) }
+                if result.errors.count < 5 { result.errors.append(reply.description) }
             }
         }
         try await outbound.write(ByteBuffer(string: "QUIT\r\n"))

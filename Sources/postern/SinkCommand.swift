@@ -4,8 +4,8 @@ import Logging
 import NIOPosix
 import PosternSink
 
-/// `postern sink`: a receiving SMTP server that requires a client certificate; the demo upstream
-/// and the benchmark sink.
+/// `postern sink`: a receiving SMTP server (`SMTPSession`, as on the gateway's listeners) that requires a
+/// client certificate; the demo upstream and the benchmark sink.
 struct SinkCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sink",
@@ -29,6 +29,11 @@ struct SinkCommand: AsyncParsableCommand {
         guard (outbox != nil) != discard else { throw ValidationError("give exactly one of --outbox DIR and --discard") }
         guard SinkConfiguration.TLSMode(rawValue: tls) != nil else { throw ValidationError("--tls must be starttls or implicit") }
         guard hostAndPort != nil else { throw ValidationError("--listen must be ADDR:PORT with a port from 0 to 65535") }
+        for (option, reply) in [("--rcpt-reply", rcptReply), ("--data-reply", dataReply)] {
+            if let reply, !SinkFaults.isValidReply(reply) {
+                throw ValidationError("\(option) must be one SMTP reply line, e.g. \"450 4.7.230 throttled\"")
+            }
+        }
     }
 
     /// `--listen` split; nil unless the port is one a socket can have (NIO would bind 99999 as 34463).

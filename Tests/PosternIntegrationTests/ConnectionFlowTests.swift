@@ -7,49 +7,10 @@ import PosternSession
 import XCTest
 @testable import PosternGateway
 
-/// The backpressure rules on their own, and their wiring in `SMTPServerHandler` on an `EmbeddedChannel`.
+/// The backpressure of `ServerConnectionStateMachine` wired in `SMTPServerHandler`, on an `EmbeddedChannel`
+/// (the rules on their own: `ServerConnectionStateMachineTests`).
 final class ConnectionFlowTests: XCTestCase {
-    // MARK: Rules
-
-    func testReadsWaitForBufferedInputHeldOutputAndPendingWorkButNotForAHandshake() {
-        var flow = ConnectionFlow()
-        XCTAssertTrue(flow.mayRead, "a fresh connection reads")
-        flow.needsInput = false
-        XCTAssertFalse(flow.mayRead, "complete input is buffered: handle it before reading more")
-        flow.needsInput = true
-        flow.writable = false
-        XCTAssertFalse(flow.mayRead, "output is held: read nothing that would add to it")
-        XCTAssertFalse(flow.mayHandleInput)
-        flow.writable = true
-        flow.waiting = true
-        XCTAssertFalse(flow.mayRead, "AUTH or delivery under way")
-        flow.handshaking = true
-        flow.writable = false
-        XCTAssertTrue(flow.mayRead, "a TLS handshake needs its records whatever else holds input")
-        flow.closing = true
-        XCTAssertFalse(flow.mayRead, "a closing connection reads nothing")
-    }
-
-    func testOnlyAClientAtItsOutputBoundThatHasSentMoreIsCutOff() {
-        var flow = ConnectionFlow()
-        flow.needsInput = false
-        XCTAssertEqual(flow.next(bufferedBytes: 100), .continueLater, "writable, input left after the turn")
-        XCTAssertEqual(flow.next(bufferedBytes: 0), .wait)
-        flow.writable = false
-        XCTAssertEqual(flow.next(bufferedBytes: 100), .cutOff, "at the bound and still sending")
-        XCTAssertEqual(flow.next(bufferedBytes: 0), .wait, "at the bound, nothing more sent: wait for it to read")
-        XCTAssertTrue(flow.stalled)
-        flow.waiting = true
-        XCTAssertEqual(flow.next(bufferedBytes: 100), .wait, "AUTH or delivery must still reach the session: decide when it ends")
-        XCTAssertFalse(flow.stalled)
-        flow.waiting = false
-        flow.handshaking = true
-        XCTAssertEqual(flow.next(bufferedBytes: 100), .wait)
-        flow.handshaking = false
-        flow.closing = true
-        XCTAssertEqual(flow.next(bufferedBytes: 100), .wait, "already closing")
-        XCTAssertFalse(flow.stalled)
-    }
+    // MARK: Limits
 
     /// One turn's replies must stay far below the high water mark, or a turn alone could make a client
     /// that reads look like one that does not.
@@ -61,7 +22,7 @@ final class ConnectionFlowTests: XCTestCase {
             if case .reply(let reply) = session.receive(.line(command)) { largest = max(largest, reply.wireString.utf8.count) }
         }
         XCTAssertGreaterThan(largest, 80, "the HELP and EHLO replies are the largest")
-        XCTAssertLessThan(ConnectionFlow.commandsPerTurn * largest * 8, ConnectionFlow.writeBufferWaterMark.high)
+        XCTAssertLessThan(ServerConnectionStateMachine.commandsPerTurn * largest * 8, ServerConnectionStateMachine.writeBufferWaterMark.high)
     }
 
     // MARK: Wiring
@@ -69,14 +30,14 @@ final class ConnectionFlowTests: XCTestCase {
     func testPipelinedCommandsAreAnsweredATurnAtATimeAndNothingIsReadUntilAllAreAnswered() throws {
         let (channel, reads) = try Self.connectedChannel()
         try channel.writeInbound(Self.bytes(String(repeating: "NOOP\r\n", count: 20)))
-        XCTAssertEqual(try Self.replies(channel).count, ConnectionFlow.commandsPerTurn, "one turn at once")
+        XCTAssertEqual(try Self.replies(channel).count, ServerConnectionStateMachine.commandsPerTurn, "one turn at once")
         channel.read()
         XCTAssertEqual(reads.count, 0, "input is buffered: no read")
         channel.embeddedEventLoop.advanceTime(by: TurnQueue.pause)
-        XCTAssertEqual(try Self.replies(channel).count, ConnectionFlow.commandsPerTurn, "the next turn, in the next round")
+        XCTAssertEqual(try Self.replies(channel).count, ServerConnectionStateMachine.commandsPerTurn, "the next turn, in the next round")
         XCTAssertEqual(reads.count, 0)
         channel.embeddedEventLoop.advanceTime(by: TurnQueue.pause)
-        XCTAssertEqual(try Self.replies(channel).count, 20 - 2 * ConnectionFlow.commandsPerTurn)
+        XCTAssertEqual(try Self.replies(channel).count, 20 - 2 * ServerConnectionStateMachine.commandsPerTurn)
         XCTAssertEqual(reads.count, 1, "all answered: the held read goes on")
         XCTAssertTrue(channel.isActive)
     }
@@ -114,7 +75,7 @@ final class ConnectionFlowTests: XCTestCase {
         let (channel, _) = try Self.connectedChannel()
         channel.isWritable = false
         channel.pipeline.fireChannelWritabilityChanged()
-        channel.embeddedEventLoop.advanceTime(by: ConnectionFlow.stallTimeout - .milliseconds(1))
+        channel.embeddedEventLoop.advanceTime(by: ServerConnectionStateMachine.stallTimeout - .milliseconds(1))
         XCTAssertTrue(channel.isActive)
         channel.embeddedEventLoop.advanceTime(by: .milliseconds(1))
         XCTAssertEqual(try Self.replies(channel), ["421 4.7.0 Replies not being read, closing transmission channel"])
@@ -138,7 +99,7 @@ final class ConnectionFlowTests: XCTestCase {
         let (channel, _) = try Self.connectedChannel(extra: [held])
         try channel.writeInbound(Self.bytes("QUIT\r\n"))
         XCTAssertTrue(channel.isActive, "the 221 is not written yet")
-        channel.embeddedEventLoop.advanceTime(by: ConnectionFlow.closeGrace)
+        channel.embeddedEventLoop.advanceTime(by: ServerConnectionStateMachine.closeGrace)
         XCTAssertFalse(channel.isActive)
     }
 

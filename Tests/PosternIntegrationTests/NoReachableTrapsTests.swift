@@ -206,7 +206,7 @@ final class NoReachableTrapsTests: XCTestCase {
 
         let list = try Shell.run([Repo.posternBinary.path, "queue", "list", "--spool", root.path])
         XCTAssertEqual(list.status, 0, list.output)
-        XCTAssertTrue(list.output.contains("\(id)  queued") && list.output.contains("alice@example.edu -> bob@example.org"), list.output)
+        XCTAssertTrue(list.output.contains("\(id)  queued") && list.output.contains("  alice@example.edu\n    -> bob@example.org"), list.output)
         XCTAssertTrue(list.output.contains("1 message(s) queued"), list.output)
         let show = try Shell.run([Repo.posternBinary.path, "queue", "show", id, "--spool", root.path])
         XCTAssertEqual(show.status, 0, show.output)

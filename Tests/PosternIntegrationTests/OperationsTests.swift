@@ -1,4 +1,6 @@
 import Foundation
+import NIOCore
+import PosternSMTP
 import PosternGateway
 import PosternTestSupport
 import XCTest
@@ -265,7 +267,8 @@ func canConnect(port: Int) -> Bool {
 /// A blocking TCP client for line-oriented tests, from 127.0.0.1 or another loopback `source` address.
 final class ClientSocket: @unchecked Sendable {
     private let fd: Int32
-    private var buffer: [UInt8] = []
+    private var buffer = ByteBuffer()
+    private var parser = SMTPReplyParser()
 
     init(port: Int, source: String? = nil, timeoutSeconds: Int = 10) throws {
         fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
@@ -310,26 +313,21 @@ final class ClientSocket: @unchecked Sendable {
         }
     }
 
-    /// The last line of the next (possibly multi-line) SMTP reply.
-    func reply() throws -> String {
+    /// The next SMTP reply, read with the replies parser the relay uses.
+    func smtpReply() throws -> SMTPReply {
         while true {
-            let line = try readLine()
-            if line.count < 4 || Array(line.utf8)[3] != UInt8(ascii: "-") { return line }
-        }
-    }
-
-    private func readLine() throws -> String {
-        while true {
-            if let end = buffer.firstIndex(of: 0x0A) {
-                let line = String(decoding: buffer[..<end], as: UTF8.self).trimmingCharacters(in: .newlines)
-                buffer.removeSubrange(...end)
-                return line
-            }
+            if let reply = try parser.next(&buffer) { return reply }
             var chunk = [UInt8](repeating: 0, count: 4096)
             let count = recv(fd, &chunk, chunk.count, 0)
             guard count > 0 else { throw HarnessError("connection closed while reading a reply") }
-            buffer += chunk[..<count]
+            buffer.writeBytes(chunk[..<count])
         }
+    }
+
+    /// The last line of the next (possibly multi-line) SMTP reply, as it was written.
+    func reply() throws -> String {
+        let reply = try smtpReply()
+        return "\(reply.code) " + (reply.enhancedStatus.map { "\($0) " } ?? "") + (reply.lines.last ?? "")
     }
 
     func close() { Glibc.close(fd) }

@@ -1,4 +1,5 @@
 import Foundation
+import PosternSMTP
 import Logging
 import NIOCore
 import NIOPosix
@@ -258,7 +259,7 @@ struct PlannedTransaction: Sendable {
             .init(kind: kind, queueID: id, acceptedRecipients: accepted, body: body)
         }
         let commands = ["MAIL FROM:<\(sender)>"] + recipients.map { "RCPT TO:<\($0)>" } + [abandon ? "RSET" : "DATA"]
-        var replies: [ClientSocket.Reply] = []
+        var replies: [SMTPReply] = []
         if pipelined {
             try client.send(commands.map { $0 + "\r\n" }.joined())
             for _ in commands { replies.append(try client.smtpReply()) }
@@ -269,7 +270,7 @@ struct PlannedTransaction: Sendable {
                 if reply.code == 421 { break }
             }
         }
-        if let closing = replies.first(where: { $0.code == 421 }) { return outcome("421-\(closing.text.prefix(20))") }
+        if let closing = replies.first(where: { $0.code == 421 }) { return outcome("421-\(closing.description.dropFirst(4).prefix(20))") }
         let accepted = zip(recipients, replies.dropFirst().prefix(recipients.count)).filter { $0.1.code == 250 }.map(\.0)
         guard replies.first?.code == 250 else { return outcome("\(replies.first?.code ?? 0)-mail") }
         if abandon { return outcome("rset") }
@@ -284,28 +285,15 @@ struct PlannedTransaction: Sendable {
         wire += Array(".\r\n".utf8)
         try client.send(wire)
         let final = try client.smtpReply()
-        guard final.code == 250, let id = final.text.split(separator: " ").last.map(String.init), final.text.contains("queued as") else {
+        guard final.code == 250, let text = final.lines.last, let id = text.split(separator: " ").last.map(String.init), text.contains("queued as") else {
             return outcome("\(final.code)-end")
         }
         return outcome("queued", id, accepted)
     }
 }
 
-/// SMTP replies from `ClientSocket`, with their codes.
 extension ClientSocket {
-    struct Reply: CustomStringConvertible {
-        var code: Int
-        var text: String
-        var description: String { "\(code) \(text)" }
-    }
-
-    func smtpReply() throws -> Reply {
-        let line = try reply()
-        guard let code = Int(line.prefix(3)) else { throw HarnessError("bad reply line \(line)") }
-        return Reply(code: code, text: String(line.dropFirst(4)))
-    }
-
-    func command(_ line: String) throws -> Reply {
+    func command(_ line: String) throws -> SMTPReply {
         try send(line + "\r\n")
         return try smtpReply()
     }

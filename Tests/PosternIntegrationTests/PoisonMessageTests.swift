@@ -58,7 +58,7 @@ final class PoisonMessageTests: XCTestCase {
     }
 
     func queue(_ arguments: [String]) throws -> Shell.Result {
-        try Shell.run([Repo.posternBinary.path, "queue"] + arguments + ["--spool", spool])
+        try Shell.run([Repo.posternBinary.path, "queue"] + arguments + ["--config", work.appendingPathComponent("postern.yaml").path])
     }
 
     func copies(to recipient: String) -> Int { sink.messages.filter { $0.recipients.contains(recipient) }.count }
@@ -111,7 +111,7 @@ final class PoisonMessageTests: XCTestCase {
 
         let list = try queue(["list"])
         XCTAssertEqual(list.status, 0, list.output)
-        XCTAssertTrue(list.output.contains("\(id)  HELD"), list.output)
+        XCTAssertTrue(list.output.contains("\(id)  held  "), list.output)
         XCTAssertTrue(list.output.contains("held after 2 interrupted deliveries"), list.output)
         XCTAssertTrue(list.output.contains("0 message(s) queued, 1 held"), list.output)
         let show = try queue(["show", id])
@@ -156,7 +156,7 @@ final class PoisonMessageTests: XCTestCase {
         XCTAssertEqual(try queue(["hold", ids[0]]).status, 0)
         XCTAssertNotEqual(try queue(["hold", ids[0]]).status, 0, "already held")
         var list = try queue(["list"]).output
-        XCTAssertTrue(list.contains("\(ids[0])  HELD") && list.contains("held by the postmaster") && list.contains("message(s) queued, 1 held"), list)
+        XCTAssertTrue(list.contains("\(ids[0])  held  ") && list.contains("held by the postmaster") && list.contains("message(s) queued, 1 held"), list)
         XCTAssertEqual(try queue(["delete", ids[0]]).status, 0)
         XCTAssertEqual(try queue(["release", ids[1]]).status == 0, false, "a queued message is not held")
         list = try queue(["list"]).output

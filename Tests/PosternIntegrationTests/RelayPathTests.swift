@@ -155,7 +155,7 @@ final class RelayPathTests: XCTestCase {
         let held = ((try? FileManager.default.contentsOfDirectory(atPath: spool.appendingPathComponent("hold").path)) ?? [])
             .filter { $0.hasSuffix(".msg") }.map { String($0.dropLast(4)) }
         for id in held {
-            let release = try Shell.run([Repo.posternBinary.path, "queue", "release", id, "--spool", spool.path])
+            let release = try Shell.run([Repo.posternBinary.path, "queue", "release", id, "--config", config.path])
             XCTAssertEqual(release.status, 0, release.output)
         }
         print("held after the kills, then released: \(held.count)")

@@ -71,7 +71,7 @@ final class SlowReaderTests: XCTestCase {
         XCTAssertTrue(server.log().contains("closing a client that does not read its replies"), server.log())
         // Each connection's unread replies are bounded in the kernel: SO_SNDBUF, which Linux doubles, and one
         // more segment of up to 64 KiB that it queues past the limit (before: megabytes per connection) ...
-        XCTAssertLessThanOrEqual(sendQueue.largest, 2 * ConnectionFlow.socketSendBuffer + 64 * 1024, figures)
+        XCTAssertLessThanOrEqual(sendQueue.largest, 2 * ServerConnectionStateMachine.socketSendBuffer + 64 * 1024, figures)
         // ... and in the process (the write buffer's high water mark and a turn's replies per connection).
         XCTAssertLessThan(rssPeak - rssBefore, 16 * 1024, figures)
         XCTAssertTrue(server.isRunning, server.log())

@@ -69,7 +69,7 @@ final class ThrottleAndFlushTests: XCTestCase {
         first.signal(SIGTERM)
         _ = try first.waitForExit(timeout: 20)
         // Due now, all of them, at the next start (the queue tool works on a stopped gateway's spool).
-        XCTAssertEqual(try Shell.run([Repo.posternBinary.path, "queue", "retry", "--spool", spool]).status, 0)
+        XCTAssertEqual(try Shell.run([Repo.posternBinary.path, "queue", "flush", "--config", work.appendingPathComponent("postern.yaml").path]).status, 0)
 
         // 2. The next start meets a throttling upstream with all of them due and four connections allowed.
         sink.setFaults(SinkFaults(rcptReply: "450 4.7.230 Too many connections, throttled"))
@@ -92,7 +92,7 @@ final class ThrottleAndFlushTests: XCTestCase {
         // 3. The upstream recovers; the postmaster flushes rather than wait out the minute.
         sink.setFaults(SinkFaults())
         let flushed = Date()
-        let retry = try Shell.run([Repo.posternBinary.path, "queue", "retry", "--spool", spool])
+        let retry = try Shell.run([Repo.posternBinary.path, "queue", "retry", "--config", work.appendingPathComponent("postern.yaml").path])
         XCTAssertEqual(retry.status, 0, retry.output)
         XCTAssertTrue(retry.output.contains("upstream pauses lifted"), retry.output)
         try waitFor("everything delivered after the flush", timeout: 15) {
