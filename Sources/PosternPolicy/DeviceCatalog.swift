@@ -36,12 +36,18 @@ struct DeviceCatalog: Sendable {
     private(set) var byAddress: ChunkedArray<AddressEntry>
 
     /// A catalog of `entries` and the problems between them (duplicate ids, overlapping addresses); use it only when
-    /// there are none.
-    static func build(_ entries: [DeviceEntry]) -> (catalog: DeviceCatalog, issues: [PolicyIssue]) {
+    /// there are none. Each problem is reported on the later of the two files (by path, then line), or on the one in
+    /// `blaming` (an edit being validated: the file it would write).
+    static func build(_ entries: [DeviceEntry], blaming: Set<String> = []) -> (catalog: DeviceCatalog, issues: [PolicyIssue]) {
         var issues: [PolicyIssue] = []
-        let sorted = entries.sorted { ($0.device.id, $0.file, $0.idLine) < ($1.device.id, $1.file, $1.idLine) }
+        // The order in which of two clashing entries the second is the one reported.
+        func order(_ e: DeviceEntry, line: Int) -> (Int, String, Int) { (blaming.contains(e.file) ? 1 : 0, e.file, line) }
+        let reportOrder = entries.sorted {
+            let (a, b) = (order($0, line: $0.idLine), order($1, line: $1.idLine))
+            return ($0.device.id, a.0, a.1, a.2) < ($1.device.id, b.0, b.1, b.2)
+        }
         var first: DeviceEntry?
-        for entry in sorted {
+        for entry in reportOrder {
             if let f = first, f.device.id == entry.device.id {
                 issues.append(PolicyIssue(file: entry.file, line: entry.idLine,
                                           message: "device '\(entry.device.id)' is already registered in \(place(f, line: f.idLine))",
@@ -61,7 +67,7 @@ struct DeviceCatalog: Sendable {
         for item in ranges {
             if let w = widest, item.range.first <= w.range.last {
                 if w.entry !== item.entry {
-                    let (earlier, later) = (w.entry.file, w.entry.addressesLine) <= (item.entry.file, item.entry.addressesLine) ? (w, item) : (item, w)
+                    let (earlier, later) = order(w.entry, line: w.entry.addressesLine) <= order(item.entry, line: item.entry.addressesLine) ? (w, item) : (item, w)
                     issues.append(PolicyIssue(
                         file: later.entry.file, line: later.entry.addressesLine,
                         message: "address \(later.range.text) of device '\(later.entry.device.id)' overlaps \(earlier.range.text) of device '\(earlier.entry.device.id)' (\(place(earlier.entry, line: earlier.entry.addressesLine)))",
@@ -72,6 +78,7 @@ struct DeviceCatalog: Sendable {
                 widest = item
             }
         }
+        let sorted = blaming.isEmpty ? reportOrder : entries.sorted { ($0.device.id, $0.file, $0.idLine) < ($1.device.id, $1.file, $1.idLine) }
         return (DeviceCatalog(byID: ChunkedArray(sorted), byAddress: ChunkedArray(ranges)), issues)
     }
 

@@ -49,8 +49,9 @@ extension DeviceFiles {
     }
 
     /// The device tables: `base` (the last good load's) patched with the files changed since, or, without a base or
-    /// when a changed device may clash with another, built from every device with each clash in `issues`.
-    func catalog(patching base: DeviceCatalog?, counts: inout PolicyLoadCounts, issues: inout [PolicyIssue]) -> DeviceCatalog {
+    /// when a changed device may clash with another, built from every device with each clash in `issues` (reported on
+    /// the file in `blaming`, of the two, when one is).
+    func catalog(patching base: DeviceCatalog?, blaming: Set<String> = [], counts: inout PolicyLoadCounts, issues: inout [PolicyIssue]) -> DeviceCatalog {
         if let base {
             let keys = pending.sorted()
             var adding: [DeviceEntry] = []
@@ -68,7 +69,7 @@ extension DeviceFiles {
                 if let entry = Self.entry(record) { entries.append(entry) }
             }
         }
-        let (catalog, clashes) = DeviceCatalog.build(entries)
+        let (catalog, clashes) = DeviceCatalog.build(entries, blaming: blaming)
         issues += clashes
         return catalog
     }

@@ -170,9 +170,11 @@ public enum DevicesMigration {
         let (catalog, clashes) = DeviceCatalog.build(entries)
         issues += clashes
         guard issues.isEmpty else {
-            issues.append(PolicyIssue(file: display, line: 0, message: "devices.yaml does not load, so nothing was migrated",
-                                      fix: "correct it first: migrate writes only a devices.yaml that loads with the policy"))
-            return .failure(PolicyErrors(sorting: issues))
+            // The problems by place, then what they mean for the migration.
+            var errors = PolicyErrors(sorting: issues)
+            errors.issues.append(PolicyIssue(file: display, line: 0, message: "devices.yaml does not load, so nothing was migrated",
+                                             fix: "correct it first: migrate writes only a devices.yaml that loads with the policy"))
+            return .failure(errors)
         }
         return .success((plan, DeviceList(entries: catalog.byID)))
     }

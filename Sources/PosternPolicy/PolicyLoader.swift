@@ -74,7 +74,9 @@ public enum PolicyLoader {
         state.devices.checkRules(internalDomains: policy?.internalDomains ?? [], departments: departments)
         issues += state.devices.issues(departments: departments, display: display(directory, devicesName))
 
-        let catalog = state.devices.catalog(patching: state.catalog, counts: &state.counts, issues: &issues)
+        // A clash with a file an edit gives is reported on that file: the one the edit would write.
+        let edited = Set(changes.deviceFiles.keys.map { display(directory, devicesName) + "/" + $0.department + "/" + $0.name })
+        let catalog = state.devices.catalog(patching: state.catalog, blaming: edited, counts: &state.counts, issues: &issues)
         guard issues.isEmpty, let policy, let timeZone = policy.timeZone, let departments else {
             return .failure(PolicyErrors(sorting: issues))
         }

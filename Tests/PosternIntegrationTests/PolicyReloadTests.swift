@@ -28,28 +28,42 @@ final class PolicyReloadTests: XCTestCase {
         let port = harness.port("device")
         XCTAssertTrue(try send(port, from: "127.0.0.3").contains("554 5.7.1 127.0.0.3 is not a registered device"))
 
-        // A broken edit: an overlapping address and an unknown key. Refused; the old policy stays.
+        // A broken edit: one file with an unknown key, another with an address of demo-scanner's. Refused; the old policy
+        // stays, and the device in the file that is fine on its own is not registered either.
         let it = policies.appendingPathComponent("devices.d/it")
         try """
             id: broken-entry
             department: it
             owner: it-helpdesk@example.edu
             location: nowhere
-            addresses: [127.0.0.1]
+            addresses: [127.0.0.5]
             senders: [scanner@example.edu]
             registered: 2026-01-01
             sunset: 2027-01-01
             colour: blue
 
             """.write(to: it.appendingPathComponent("broken-entry.yaml"), atomically: true, encoding: .utf8)
-        let errors = harness.policies.reload(reason: "test")
-        XCTAssertNotNil(errors)
-        XCTAssertTrue(errors!.description.contains("devices.d/it/broken-entry.yaml:9: unknown key 'colour'"), errors!.description)
-        XCTAssertTrue(errors!.description.contains("devices.d/it/broken-entry.yaml:5: address 127.0.0.1 of device 'broken-entry' overlaps"), errors!.description)
+        try """
+            id: overlapping
+            department: it
+            owner: it-helpdesk@example.edu
+            addresses: [127.0.0.1, 127.0.0.3]
+            senders: [scanner@example.edu]
+            registered: 2026-01-01
+            sunset: 2027-01-01
+
+            """.write(to: it.appendingPathComponent("overlapping.yaml"), atomically: true, encoding: .utf8)
+        let errors = try XCTUnwrap(harness.policies.reload(reason: "test"))
+        XCTAssertTrue(errors.description.contains("devices.d/it/broken-entry.yaml:9: unknown key 'colour'"), errors.description)
+        XCTAssertTrue(errors.description.contains("devices.d/it/overlapping.yaml:4: address 127.0.0.1 of device 'overlapping' overlaps 127.0.0.1 of device 'demo-scanner'"),
+                      errors.description)
         XCTAssertTrue(try send(port, from: "127.0.0.1").contains("250 2.1.5"), "the old policy is still in force")
+        XCTAssertTrue(try send(port, from: "127.0.0.3").contains("554 5.7.1 127.0.0.3 is not a registered device"))
+        XCTAssertTrue(try send(port, from: "127.0.0.5").contains("554 5.7.1 127.0.0.5 is not a registered device"))
 
         // A valid edit registers 127.0.0.3; a change of the files is picked up without a restart.
         try FileManager.default.removeItem(at: it.appendingPathComponent("broken-entry.yaml"))
+        try FileManager.default.removeItem(at: it.appendingPathComponent("overlapping.yaml"))
         try """
             id: lab-printer
             department: it

@@ -101,10 +101,10 @@ import Testing
         let (_, first) = Self.reload(fixture, nil)
         let attributes = try FileManager.default.attributesOfItem(atPath: fixture.url(path).path)
         // Same length, same inode, and the modification time put back: only the text differs.
-        try fixture.write(try fixture.read(path).replacingOccurrences(of: "10.9.0.1]", with: "10.9.0.9]"), to: path)
+        try fixture.write(try fixture.read(path).replacingOccurrences(of: "10.9.0.1]", with: "10.9.5.1]"), to: path)
         try FileManager.default.setAttributes([.modificationDate: attributes[.modificationDate] as Any], ofItemAtPath: fixture.url(path).path)
         let (result, _) = Self.reload(fixture, first)
-        #expect(try result.get().device(id: "dev-0")?.addresses.map(\.text) == ["10.9.0.9"])
+        #expect(try result.get().device(id: "dev-0")?.addresses.map(\.text) == ["10.9.5.1"])
     }
 
     @Test func addedRemovedRenamedAndMovedFilesAreSeen() throws {
@@ -133,9 +133,9 @@ import Testing
         let fixture = try PolicyFixture(devices: Self.base)
         defer { fixture.remove() }
         let (_, snapshot) = Self.reload(fixture, nil)
-        // One new device shares an address with dev-5, another the id of dev-7 (in another department).
+        // One new device shares an address with dev-5, another the id of dev-7 (chem's) in another department.
         try fixture.write(Self.device("clash", department: "phys", addresses: "10.9.0.6"), to: "devices.d/phys/clash.yaml")
-        try fixture.write(Self.device("dev-7", department: "chem", addresses: "10.9.3.1"), to: "devices.d/chem/dev-7.yaml")
+        try fixture.write(Self.device("dev-7", department: "it", addresses: "10.9.3.1"), to: "devices.d/it/dev-7.yaml")
         let (result, broken) = Self.reload(fixture, snapshot)
         let issues = try #require(result.failure).issues
         #expect(issues.count == 2, "\(issues)")
@@ -144,7 +144,7 @@ import Testing
         #expect(broken.counts.catalogPatched == false)
         // Put right, the next load patches the last good tables with everything changed since.
         try FileManager.default.removeItem(at: fixture.url("devices.d/phys/clash.yaml"))
-        try FileManager.default.removeItem(at: fixture.url("devices.d/chem/dev-7.yaml"))
+        try FileManager.default.removeItem(at: fixture.url("devices.d/it/dev-7.yaml"))
         try fixture.write(Self.device("fixed", department: "phys", addresses: "10.9.4.1"), to: "devices.d/phys/fixed.yaml")
         let (fixed, next) = Self.reload(fixture, broken)
         #expect(try fixed.get().device(forAddress: "10.9.4.1")?.id == "fixed")
