@@ -6,7 +6,7 @@ import PosternPolicy
 struct DevicesCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "devices",
-        abstract: "List, check and register devices allowed on the plaintext device endpoint.",
+        abstract: "List and register the devices allowed on the plaintext device endpoint; migrate a devices.yaml to devices.d.",
         subcommands: [List.self, Expiring.self, Add.self, Migrate.self])
 
     struct Common: ParsableArguments {
