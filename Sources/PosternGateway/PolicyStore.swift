@@ -31,19 +31,22 @@ public final class PolicyStore: Sendable {
 
     public var policy: PolicySet { current.withLockedValue { $0 } }
 
-    /// Loads and validates the files; swaps only when valid. Returns the errors otherwise.
+    /// Loads and validates the files, looking at every device file's fingerprint (one listing per directory, one
+    /// `stat` per file; SIGHUP); swaps only when valid. Returns the errors otherwise.
     @discardableResult
     public func reload(reason: String) -> PolicyErrors? {
-        let load = reader.load()
+        let load = reader.load(everything: true)
         return apply(load.policy, reason: reason, counts: load.counts)
     }
 
-    /// Reloads when any policy file changed since the last load: a scan of devices.d (one listing per
-    /// directory, one `stat` per device file) that reads only what changed.
-    public func reloadIfChanged() {
+    /// Reloads when any policy file changed since the last load: policy.yaml and departments.yaml are read, and of
+    /// devices.d the entries the watch saw change are looked at (everything, where there is no watch); only files
+    /// whose fingerprint changed are read. Returns the errors of a refused reload.
+    @discardableResult
+    public func reloadIfChanged() -> PolicyErrors? {
         let load = reader.load()
-        guard load.changed else { return }
-        apply(load.policy, reason: "files changed", counts: load.counts)
+        guard load.changed else { return nil }
+        return apply(load.policy, reason: "files changed", counts: load.counts)
     }
 
     @discardableResult

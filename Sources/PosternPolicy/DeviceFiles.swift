@@ -44,8 +44,10 @@ struct RuleContext: Sendable, Equatable {
 /// One department's directory.
 struct DepartmentFiles: Sendable {
     var files: [String: DeviceFileRecord] = [:]
-    /// Entries that are not device files, or could not be read.
-    var otherIssues: [PolicyIssue] = []
+    /// The directory itself could not be opened or listed.
+    var directoryIssue: PolicyIssue?
+    /// Entries that are not device files, or could not be looked at, by name.
+    var entryIssues: [String: PolicyIssue] = [:]
     /// Files with issues of their own or rule issues.
     var troubled: Set<String> = []
     /// Files read by the latest scan (their rule issues are worked out again).
@@ -63,10 +65,31 @@ struct DeviceFiles: Sendable {
     var pending: Set<DeviceFileKey> = []
 
     /// Brings the records up to date with the directory at `path` (shown as `display`), with `overrides` (file
-    /// text by key; nil for a file to leave out) in place of what is on disk. Returns whether anything differed
-    /// from the last scan.
-    mutating func scan(_ path: String, display: String, overrides: [DeviceFileKey: String?], counts: inout PolicyLoadCounts) -> Bool {
+    /// text by key; nil for a file to leave out) in place of what is on disk. With `only`, looks at just those
+    /// entries of those department directories (what changed, as `DeviceFilesWatch` saw it) and keeps every other
+    /// record as it is; otherwise lists every directory and looks at every entry. Returns whether anything
+    /// differed from the last scan.
+    mutating func scan(_ path: String, display: String, overrides: [DeviceFileKey: String?], only: [String: Set<String>]? = nil,
+                       counts: inout PolicyLoadCounts) -> Bool {
         let scanStart = PolicyClock.now()
+        // Looking at named entries needs devices.d and their departments as the last scan saw them.
+        if let only, topIssues.isEmpty, only.keys.allSatisfy({ departments[$0] != nil }),
+           case .success(let fd) = PolicyFileReading.openDirectory(path) {
+            defer { close(fd) }
+            var changed = false
+            for department in Set(only.keys).union(overrides.keys.map(\.department)).sorted() {
+                var files = departments.removeValue(forKey: department) ?? DepartmentFiles()
+                var own: [String: String?] = [:]
+                for (key, text) in overrides where key.department == department { own[key.name] = text }
+                // A department only an edit names (its first device) is not looked for on disk.
+                changed = Self.scan(&files, department: department, in: only[department] == nil ? -1 : fd,
+                                    display: display + "/" + department, names: only[department] ?? [], scanStart: scanStart,
+                                    overrides: own, pending: &pending, counts: &counts) || changed
+                departments[department] = files
+            }
+            return changed
+        }
+        counts.everyDeviceFile = true
         let topBefore = topIssues
         topIssues = []
         var changed = false
@@ -111,7 +134,7 @@ struct DeviceFiles: Sendable {
             var own: [String: String?] = [:]
             for (key, text) in overrides where key.department == department { own[key.name] = text }
             let onDisk = listed.contains(department) && fd >= 0
-            changed = Self.scan(&files, department: department, in: onDisk ? fd : -1, display: display + "/" + department,
+            changed = Self.scan(&files, department: department, in: onDisk ? fd : -1, display: display + "/" + department, names: nil,
                                 scanStart: scanStart, overrides: own, pending: &pending, counts: &counts) || changed
             departments[department] = files
         }
@@ -124,123 +147,100 @@ struct DeviceFiles: Sendable {
         return PolicyFileReading.isDirectory(info)
     }
 
-    /// Scans one department's directory (in `parent`, or none when `parent` is -1); returns whether anything differed.
-    private static func scan(_ files: inout DepartmentFiles, department: String, in parent: Int32, display: String, scanStart: Int64,
-                             overrides: [String: String?], pending: inout Set<DeviceFileKey>, counts: inout PolicyLoadCounts) -> Bool {
-        let otherBefore = files.otherIssues
-        files.otherIssues = []
+    /// Scans one department's directory (in `parent`, or none when `parent` is -1): every entry, or with `names` only
+    /// those (the others keep their records). Returns whether anything differed.
+    private static func scan(_ files: inout DepartmentFiles, department: String, in parent: Int32, display: String, names: Set<String>?,
+                             scanStart: Int64, overrides: [String: String?], pending: inout Set<DeviceFileKey>,
+                             counts: inout PolicyLoadCounts) -> Bool {
+        let issuesBefore = (files.directoryIssue, files.entryIssues)
         files.fresh = []
         var changed = false
-        func store(_ record: DeviceFileRecord, _ name: String) {
-            files.files[name] = record
-            files.fresh.append(name)
-            pending.insert(DeviceFileKey(department: department, name: name))
-            changed = true
-        }
-        func drop(_ name: String) {
-            guard files.files.removeValue(forKey: name) != nil else { return }
-            files.troubled.remove(name)
-            pending.insert(DeviceFileKey(department: department, name: name))
-            changed = true
-        }
-        func issue(_ name: String?, _ message: String, fix: String) {
-            files.otherIssues.append(PolicyIssue(file: name.map { display + "/" + $0 } ?? display, line: 0, message: message, fix: fix))
-        }
+        let look = DepartmentLook(department: department, display: display, scanStart: scanStart)
         // Files an edit gives are not looked at on disk.
         var overridden: [String: DeviceFileRecord] = [:]
         for name in overrides.keys { overridden[name] = files.files.removeValue(forKey: name) }
 
-        var entries: [PolicyFileReading.Entry] = []
         var fd: Int32 = -1
+        var entries: [PolicyFileReading.Entry] = []
+        var listedAll = false
         if parent >= 0 {
             switch PolicyFileReading.openDirectory(department, in: parent) {
             case .failure(let problem):
-                issue(nil, "cannot read the directory: \(problem.message)", fix: "check its permissions")
+                files.directoryIssue = look.issue(nil, "cannot read the directory: \(problem.message)", fix: "check its permissions")
             case .success(let opened):
                 fd = opened
-                counts.directoriesListed += 1
-                switch PolicyFileReading.list(opened) {
-                case .failure(let problem): issue(nil, "cannot list the directory: \(problem.message)", fix: "check its permissions")
-                case .success(let listed): entries = listed
+                files.directoryIssue = nil
+                if let names {
+                    entries = names.sorted().map { PolicyFileReading.Entry(name: $0, type: UInt8(DT_UNKNOWN)) }
+                } else {
+                    counts.directoriesListed += 1
+                    switch PolicyFileReading.list(opened) {
+                    case .failure(let problem):
+                        files.directoryIssue = look.issue(nil, "cannot list the directory: \(problem.message)", fix: "check its permissions")
+                    case .success(let listed):
+                        entries = listed
+                        listedAll = true
+                    }
                 }
             }
+        } else if names == nil {
+            files.directoryIssue = nil
         }
         defer { if fd >= 0 { close(fd) } }
+        if names == nil { files.entryIssues = [:] }
         var present = 0  // records that stand for a file on disk now
-        var unusable: [String] = []
         for entry in entries where overrides[entry.name] == nil {
-            let name = entry.name
-            guard name.hasSuffix(suffix), name.utf8.count > suffix.utf8.count else {
-                issue(name, "not a device file: a department's directory holds files named <device-id>.yaml",
-                      fix: entry.type == DT_DIR ? "move this directory out of devices.d" : "rename it to <device-id>.yaml, or move it out of devices.d")
-                continue
-            }
-            counts.filesStatted += 1
-            let info: stat
-            switch PolicyFileReading.status(name, in: fd) {
-            case .failure(.missing): continue  // removed since the listing
-            case .failure(let problem):
-                issue(name, problem.message, fix: "check its permissions")
-                unusable.append(name)
-                continue
-            case .success(let i): info = i
-            }
-            guard PolicyFileReading.isRegularFile(info) else {
-                issue(name, FileReadProblem.notRegular.message, fix: "a device file is a regular file; put the file itself in its place")
-                unusable.append(name)
-                continue
-            }
-            if let record = files.files[name], record.recentText == nil, record.fingerprint == FileFingerprint(info) {
+            files.entryIssues[entry.name] = nil
+            switch look.examine(entry, in: fd, record: files.files[entry.name], counts: &counts) {
+            case .unchanged:
                 present += 1
-                continue
-            }
-            counts.filesRead += 1
-            switch PolicyFileReading.readText(name, in: fd, limit: PolicyFileReading.deviceFileLimit) {
-            case .failure(.missing):
-                continue
-            case .failure(let problem):
-                // Read again at every scan (a permission put right does not change the fingerprint), and a change
-                // only when the problem is another.
+            case .updated(let record):
                 present += 1
-                let reading = DeviceReading(file: display + "/" + name, issues: [
-                    PolicyIssue(file: display + "/" + name, line: 0, message: problem.message, fix: "make it a readable UTF-8 text file of a few lines"),
-                ])
-                if files.files[name]?.reading.issues != reading.issues {
-                    store(DeviceFileRecord(fingerprint: .inMemory, recentText: nil, reading: reading), name)
-                }
-            case .success(let (text, fingerprint)):
+                files.files[entry.name] = record  // the same text: nothing to check again
+            case .read(let record):
                 present += 1
-                let recent = PolicyClock.isRecent(fingerprint, scanStart: scanStart) ? text : nil
-                if var record = files.files[name], record.recentText == text {
-                    // Read again only for its recent timestamp, and the same text: nothing to check again.
-                    record.fingerprint = fingerprint
-                    record.recentText = recent
-                    files.files[name] = record
-                    continue
-                }
-                counts.filesParsed += 1
-                store(DeviceFileRecord(fingerprint: fingerprint, recentText: recent,
-                                       reading: read(text, key: DeviceFileKey(department: department, name: name), file: display + "/" + name)), name)
+                files.files[entry.name] = record
+                files.fresh.append(entry.name)
+                pending.insert(DeviceFileKey(department: department, name: entry.name))
+                changed = true
+            case .notAFile(let issue):
+                files.entryIssues[entry.name] = issue
+                if drop(entry.name, from: &files, department: department, pending: &pending) { changed = true }
+            case .gone:
+                if drop(entry.name, from: &files, department: department, pending: &pending) { changed = true }
             }
         }
-        for name in unusable { drop(name) }
-        // A name is listed once: with fewer files found than recorded, some recorded ones are gone.
-        if files.files.count > present {
-            let names = Set(entries.map(\.name))
-            for name in files.files.keys.filter({ !names.contains($0) }) { drop(name) }
+        // A name is listed once: with fewer files found than recorded, some recorded ones are gone. Without a listing
+        // (the directory cannot be read, or is not on disk) every recorded file is gone.
+        if names == nil, files.files.count > present {
+            let listedNames = listedAll ? Set(entries.map(\.name)) : []
+            for name in files.files.keys.filter({ !listedNames.contains($0) }) {
+                if drop(name, from: &files, department: department, pending: &pending) { changed = true }
+            }
         }
         for (name, text) in overrides {
             if let text {
                 counts.filesParsed += 1
-                store(DeviceFileRecord(fingerprint: .inMemory, recentText: nil,
-                                       reading: read(text, key: DeviceFileKey(department: department, name: name), file: display + "/" + name)), name)
+                files.files[name] = DeviceFileRecord(fingerprint: .inMemory, recentText: nil,
+                                                     reading: read(text, key: DeviceFileKey(department: department, name: name), file: display + "/" + name))
+                files.fresh.append(name)
+                pending.insert(DeviceFileKey(department: department, name: name))
+                changed = true
             } else if overridden[name] != nil {
                 files.troubled.remove(name)
                 pending.insert(DeviceFileKey(department: department, name: name))
                 changed = true
             }
         }
-        return changed || files.otherIssues != otherBefore
+        return changed || issuesBefore.0 != files.directoryIssue || issuesBefore.1 != files.entryIssues
+    }
+
+    /// Forgets a file's record; returns whether there was one.
+    private static func drop(_ name: String, from files: inout DepartmentFiles, department: String, pending: inout Set<DeviceFileKey>) -> Bool {
+        guard files.files.removeValue(forKey: name) != nil else { return false }
+        files.troubled.remove(name)
+        pending.insert(DeviceFileKey(department: department, name: name))
+        return true
     }
 
     /// A device file's entry with the checks of its place: its id is its file name, its department its directory.
@@ -259,5 +259,81 @@ struct DeviceFiles: Sendable {
             reading.device = nil
         }
         return reading
+    }
+}
+
+/// Looking at the entries of one department's directory, one at a time.
+struct DepartmentLook {
+    let department: String
+    let display: String
+    let scanStart: Int64
+
+    enum Outcome {
+        /// The record stands: same fingerprint.
+        case unchanged
+        /// Read again (a recent file) and the same text: the record with its new fingerprint, nothing to check.
+        case updated(DeviceFileRecord)
+        /// Read and checked anew.
+        case read(DeviceFileRecord)
+        /// Not a device file, or not one that can be looked at; its record (if any) goes.
+        case notAFile(PolicyIssue)
+        /// Not there (any more).
+        case gone
+    }
+
+    func issue(_ name: String?, _ message: String, fix: String) -> PolicyIssue {
+        PolicyIssue(file: name.map { display + "/" + $0 } ?? display, line: 0, message: message, fix: fix)
+    }
+
+    /// One entry of the directory open as `fd`, against its record from the last scan.
+    func examine(_ entry: PolicyFileReading.Entry, in fd: Int32, record: DeviceFileRecord?, counts: inout PolicyLoadCounts) -> Outcome {
+        let name = entry.name
+        guard name.hasSuffix(DeviceFiles.suffix), name.utf8.count > DeviceFiles.suffix.utf8.count else {
+            var isDirectory = entry.type == DT_DIR
+            if entry.type == DT_UNKNOWN {
+                switch PolicyFileReading.status(name, in: fd) {
+                case .failure(.missing): return .gone
+                case .failure: break
+                case .success(let info): isDirectory = PolicyFileReading.isDirectory(info)
+                }
+            }
+            return .notAFile(issue(name, "not a device file: a department's directory holds files named <device-id>.yaml",
+                                   fix: isDirectory ? "move this directory out of devices.d" : "rename it to <device-id>.yaml, or move it out of devices.d"))
+        }
+        counts.filesStatted += 1
+        let info: stat
+        switch PolicyFileReading.status(name, in: fd) {
+        case .failure(.missing): return .gone  // removed since the listing (or the event)
+        case .failure(let problem): return .notAFile(issue(name, problem.message, fix: "check its permissions"))
+        case .success(let i): info = i
+        }
+        guard PolicyFileReading.isRegularFile(info) else {
+            return .notAFile(issue(name, FileReadProblem.notRegular.message, fix: "a device file is a regular file; put the file itself in its place"))
+        }
+        if let record, record.recentText == nil, record.fingerprint == FileFingerprint(info) { return .unchanged }
+        counts.filesRead += 1
+        let file = display + "/" + name
+        switch PolicyFileReading.readText(name, in: fd, limit: PolicyFileReading.deviceFileLimit) {
+        case .failure(.missing):
+            return .gone
+        case .failure(let problem):
+            // Read again at every scan (a permission put right does not change the fingerprint), and a change
+            // only when the problem is another.
+            let reading = DeviceReading(file: file, issues: [
+                PolicyIssue(file: file, line: 0, message: problem.message, fix: "make it a readable UTF-8 text file of a few lines"),
+            ])
+            guard record?.reading.issues != reading.issues else { return .unchanged }
+            return .read(DeviceFileRecord(fingerprint: .inMemory, recentText: nil, reading: reading))
+        case .success(let (text, fingerprint)):
+            let recent = PolicyClock.isRecent(fingerprint, scanStart: scanStart) ? text : nil
+            if var record, record.recentText == text {
+                record.fingerprint = fingerprint
+                record.recentText = recent
+                return .updated(record)
+            }
+            counts.filesParsed += 1
+            return .read(DeviceFileRecord(fingerprint: fingerprint, recentText: recent,
+                                          reading: DeviceFiles.read(text, key: DeviceFileKey(department: department, name: name), file: file)))
+        }
     }
 }

@@ -34,7 +34,8 @@ extension DeviceFiles {
         var issues = topIssues
         let known = departments?.isKnown == true ? departments?.departments : nil
         for (name, files) in self.departments {
-            issues += files.otherIssues
+            if let issue = files.directoryIssue { issues.append(issue) }
+            issues += files.entryIssues.values
             if let known, known[name] == nil, !files.files.isEmpty {
                 let names = known.keys.sorted().joined(separator: ", ")
                 issues.append(PolicyIssue(file: display + "/" + name, line: 0, message: "directory '\(name)' is not a department in departments.yaml",

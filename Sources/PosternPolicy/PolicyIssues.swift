@@ -23,9 +23,10 @@ public struct PolicyErrors: Error, Sendable, CustomStringConvertible {
 
     public init(issues: [PolicyIssue]) { self.issues = issues }
 
-    /// The same issues in the order a load reports them: by file, then line.
+    /// The same issues in the order a load reports them: by file, then line (then message and fix, so that the
+    /// order does not depend on the order they were found in).
     init(sorting issues: [PolicyIssue]) {
-        self.issues = issues.sorted { ($0.file, $0.line) < ($1.file, $1.line) }
+        self.issues = issues.sorted { ($0.file, $0.line, $0.message, $0.fix) < ($1.file, $1.line, $1.message, $1.fix) }
     }
 
     public var description: String { issues.map(\.description).joined(separator: "\n") }

@@ -36,11 +36,14 @@ public enum PolicyLoader {
     }
 
     /// Loads the policy with `changes` in place of what is on disk; updates `snapshot` (which must be this
-    /// directory's, or nil) to what this load read.
-    static func load(directory: URL, snapshot: inout PolicySnapshot?, changes: PolicyChanges = PolicyChanges()) -> Result<PolicySet, PolicyErrors> {
+    /// directory's, or nil) to what this load read. With `only` (and a snapshot), looks at just those entries of
+    /// devices.d (entry names by department directory) and takes every other device file as the snapshot has it.
+    static func load(directory: URL, snapshot: inout PolicySnapshot?, changes: PolicyChanges = PolicyChanges(),
+                     only: [String: Set<String>]? = nil) -> Result<PolicySet, PolicyErrors> {
         let root = display(directory)
         // Moved out of the optional, so that the records are not shared (and copied) while they change.
-        var state = snapshot?.directory == root ? snapshot ?? PolicySnapshot(directory: root) : PolicySnapshot(directory: root)
+        let reusing = snapshot?.directory == root
+        var state = reusing ? snapshot ?? PolicySnapshot(directory: root) : PolicySnapshot(directory: root)
         snapshot = nil
         defer { snapshot = state }
         state.counts = PolicyLoadCounts()
@@ -55,8 +58,10 @@ public enum PolicyLoader {
         changed = changed || legacy != state.legacyFilePresent
         state.legacyFilePresent = legacy
         let devicesName = changes.devicesDirectory ?? devicesDirectory
+        // Only entries of the directory the snapshot scanned can be looked at alone.
+        let scope = reusing && changes.devicesDirectory == nil ? only : nil
         changed = state.devices.scan(directory.appendingPathComponent(devicesName).path, display: display(directory, devicesName),
-                                     overrides: changes.deviceFiles, counts: &state.counts) || changed
+                                     overrides: changes.deviceFiles, only: scope, counts: &state.counts) || changed
         state.changed = changed
 
         let policy = state.policyFile.content
@@ -108,6 +113,8 @@ public struct PolicyLoadCounts: Sendable, Hashable {
     /// Device files checked (read and found different, or new).
     public var filesParsed = 0
     public var catalogPatched = false
+    /// Every entry of devices.d looked at (listed and `stat`ed), not just those a watch named.
+    public var everyDeviceFile = false
 
     public init() {}
 }
@@ -166,18 +173,32 @@ struct TopFile<Content: CheckedFileContent>: Sendable {
 }
 
 /// Loads one policy directory again and again, each time reading only what changed since the last load.
+///
+/// Which device files may have changed, it learns from a `DeviceFilesWatch` where the platform has one: a load then
+/// looks at the entries the kernel named, not at every file. A load asked to look at everything (a SIGHUP), the
+/// first load, and any load after the watch lost track, scan all of devices.d.
 public final class PolicyReader: @unchecked Sendable {
     public let directory: URL
-    /// Serialises loads; guards `snapshot`.
+    /// Serialises loads; guards `snapshot` and `watch`.
     private let lock = NSLock()
     private var snapshot: PolicySnapshot?
+    private var watch: DeviceFilesWatch?
 
     public init(directory: URL) { self.directory = directory }
 
-    /// The policy as the files are now; `changed` is false when no file differs from the last load's.
-    public func load() -> (policy: Result<PolicySet, PolicyErrors>, changed: Bool, counts: PolicyLoadCounts) {
+    /// The policy as the files are now; `changed` is false when no file differs from the last load's. With
+    /// `everything`, every device file's fingerprint is looked at, whatever the watch says.
+    public func load(everything: Bool = false) -> (policy: Result<PolicySet, PolicyErrors>, changed: Bool, counts: PolicyLoadCounts) {
         lock.withLock {
-            let policy = PolicyLoader.load(directory: directory, snapshot: &snapshot)
+            var only: [String: Set<String>]?
+            if !everything, snapshot != nil, let watch, case .entries(let names) = watch.changes() {
+                only = names
+            } else {
+                // Watching starts before the scan, so that a change while it runs is an event for the next load.
+                watch = nil
+                watch = DeviceFilesWatch.start(directory: directory.path, devicesName: PolicyLoader.devicesDirectory)
+            }
+            let policy = PolicyLoader.load(directory: directory, snapshot: &snapshot, only: only)
             return (policy, snapshot?.changed ?? true, snapshot?.counts ?? PolicyLoadCounts())
         }
     }
@@ -185,11 +206,12 @@ public final class PolicyReader: @unchecked Sendable {
     /// What the latest load did.
     public var lastCounts: PolicyLoadCounts { lock.withLock { snapshot?.counts ?? PolicyLoadCounts() } }
 
-    /// The policy with `changes` in place of the files on disk, without keeping what this load read.
+    /// The policy with `changes` in place of the files on disk, without keeping what this load read. Other device
+    /// files are taken as the latest load saw them (an edit loads first, under the lock of devices.d).
     func load(changes: PolicyChanges) -> Result<PolicySet, PolicyErrors> {
         lock.withLock {
             var copy = snapshot
-            return PolicyLoader.load(directory: directory, snapshot: &copy, changes: changes)
+            return PolicyLoader.load(directory: directory, snapshot: &copy, changes: changes, only: [:])
         }
     }
 }

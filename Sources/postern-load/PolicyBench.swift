@@ -11,11 +11,12 @@ import Glibc
 struct PolicyBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "policy",
-        abstract: "Times the device policy decision with N registered devices (one file each in devices.d), the first load, and reloads: after one device file changed, with nothing changed, and after an edit of policy.yaml.",
+        abstract: "Times the device policy decision with N registered devices (one file each in devices.d), the cold load, and reloads: after one device file changed, with nothing changed, after an edit of policy.yaml, and on SIGHUP.",
         discussion: """
             The device files are generated under --work-directory (one directory per department of the given \
-            departments.yaml) and deleted at the end. Reloads are PolicyStore.reload, as on SIGHUP or a change the \
-            watcher notices: one listing per directory and one stat per device file, then only the changed files read.
+            departments.yaml) and deleted at the end. Reloads after a change are PolicyStore.reloadIfChanged, what the \
+            policy watcher does: the entries the watch of devices.d saw change are looked at (inotify), and only \
+            changed files read. A SIGHUP reload (PolicyStore.reload) lists every directory and stats every file.
             """)
 
     @Option(help: "Directory with the policy.yaml and departments.yaml to use.") var policies = "policies"
@@ -114,66 +115,89 @@ struct PolicyBench: AsyncParsableCommand {
             throw ValidationError("some decisions refused (connect \(conn.accepted), rcpt \(rcpt.accepted) of \(iterations))")
         }
 
-        // Reloads as the gateway makes them, each after the files were changed (outside the timing).
+        // Reloads as the gateway makes them, each after the files were changed (outside the timing): through the
+        // watch (what the policy watcher does when a file changes) and looking at every file (SIGHUP).
         var counts: [PolicyLoadCounts] = []
-        func timeReloads(_ count: Int, change: ((Int) throws -> Void)?) throws -> [Double] {
+        func timeReloads(_ count: Int, everything: Bool, change: ((Int) throws -> Void)?, check: ((Int) -> Bool)? = nil) throws -> [Double] {
             var times: [Double] = []
             for k in 0..<count {
                 try change?(k)
                 let start = clock.now
-                if let errors = store.reload(reason: "benchmark") { throw ValidationError("reload refused: \(errors)") }
+                let errors = everything ? store.reload(reason: "benchmark") : store.reloadIfChanged()
                 times.append(ms(clock.now - start))
+                if let errors { throw ValidationError("reload refused: \(errors)") }
                 counts.append(store.reader.lastCounts)
+                if let check, !check(k) { throw ValidationError("reload \(k) did not show the change") }
             }
             return times.sorted()
         }
-        // What a department's change does, in turn: a device registered (a new file), one edited in place (another
-        // sender), one revoked (its file removed).
+        // What a department's change does, in turn: a device registered (a new file renamed into place, as the
+        // editor writes), one edited in place (another sender), one revoked (its file removed).
         var removed: Set<Int> = []
-        _ = try timeReloads(1, change: nil)  // the files read again after the first load's scan, if any
-        counts = []
-        let oneMs = try timeReloads(reloads) { k in
+        var edited: [Int: Int] = [:]  // reload k -> device i
+        func oneChange(_ k: Int, base: Int) throws {
             switch k % 3 {
             case 0:
-                let i = devices + k
+                let i = devices + base + k
                 var file = Self.deviceFile(i)
-                file.text = file.text.replacingOccurrences(of: "addresses: [\(Self.address(i))]", with: "addresses: [10.254.\((k >> 8) & 255).\(k & 255)]")
+                file.text = file.text.replacingOccurrences(of: "addresses: [\(Self.address(i))]", with: "addresses: [10.254.\(((base + k) >> 8) & 255).\((base + k) & 255)]")
                 try write(file)
+                edited[base + k] = i
             case 1:
-                var i = (k * 7919) % devices
+                var i = ((base + k) * 7919) % devices
                 while removed.contains(i) { i = (i + 1) % devices }
-                try write(Self.deviceFile(i, sender: "scan\(k)@\(Self.departments[i % Self.departments.count].1)"), replacing: false)
+                try write(Self.deviceFile(i, sender: "scan\(base + k)@\(Self.departments[i % Self.departments.count].1)"), replacing: false)
+                edited[base + k] = i
             default:
-                var i = (k * 104_729) % devices
+                var i = ((base + k) * 104_729) % devices
                 while removed.contains(i) { i = (i + 1) % devices }
                 removed.insert(i)
                 let file = Self.deviceFile(i)
                 try fm.removeItem(at: devicesDir.appendingPathComponent(file.department).appendingPathComponent(file.name))
+                edited[base + k] = i
             }
         }
-        let oneCounts = counts
-        // Nothing changed: what every poll of the watcher costs, and a SIGHUP for a new certificate.
-        _ = try timeReloads(2, change: nil)  // the files just written are read again once (recent timestamps)
+        func changeSeen(_ k: Int, base: Int) -> Bool {
+            guard let i = edited[base + k] else { return false }
+            let device = store.policy.device(id: "dev-\(i)")
+            switch k % 3 {
+            case 0: return device != nil
+            case 1: return device?.senders.first?.description.hasPrefix("scan\(base + k)@") == true
+            default: return device == nil
+            }
+        }
+        _ = try timeReloads(1, everything: true, change: nil)  // the files read again after the first load's scan, if any
         counts = []
-        let unchangedMs = try timeReloads(reloads, change: nil)
+        let oneMs = try timeReloads(reloads, everything: false, change: { try oneChange($0, base: 0) }, check: { changeSeen($0, base: 0) })
+        let oneCounts = counts
+        // Nothing changed: what every poll of the watcher costs.
+        counts = []
+        let unchangedMs = try timeReloads(reloads, everything: false, change: nil)
         let unchangedCounts = counts
         // policy.yaml edited without changing what the device rules depend on.
         let policyText = try String(contentsOf: dir.appendingPathComponent(PolicyLoader.policyFile), encoding: .utf8)
-        let policyMs = try timeReloads(reloads) { k in
+        let policyMs = try timeReloads(reloads, everything: false) { k in
             try (policyText + "\n# edit \(k)\n").write(to: dir.appendingPathComponent(PolicyLoader.policyFile), atomically: true, encoding: .utf8)
         }
+        // SIGHUP after one device file changed: every file listed and `stat`ed, the changed one read.
+        counts = []
+        let fullMs = try timeReloads(reloads, everything: true, change: { try oneChange($0, base: reloads) }, check: { changeSeen($0, base: reloads) })
+        let fullCounts = counts
         // The floor of any reload that looks at every file: one listing per directory and one stat per file.
         let floorStart = clock.now
         let statted = try Self.listAndStat(devicesDir.path)
         let floorMs = ms(clock.now - floorStart)
-        guard statted == devices + (reloads + 2) / 3 - reloads / 3 else { throw ValidationError("found \(statted) device files") }
+        let expected = devices + 2 * ((reloads + 2) / 3) - 2 * (reloads / 3)
+        guard statted == expected else { throw ValidationError("found \(statted) device files, expected \(expected)") }
 
         func p50(_ ms: [Double]) -> Double { ms[ms.count / 2] }  // `validate` makes reloads >= 1
         func mean(_ values: [Int]) -> Double { values.isEmpty ? 0 : Double(values.reduce(0, +)) / Double(values.count) }
-        print(String(format: "RESULT label=policy devices=%d departments=%d iterations=%d decide_connect_ns=%.0f decide_rcpt_ns=%.0f generate_ms=%.0f cold_load_ms=%.1f reload_one_p50_ms=%.1f reload_one_max_ms=%.1f reloads=%d one_stats=%.0f one_parsed=%.1f one_patched=%d reload_unchanged_p50_ms=%.1f reload_unchanged_max_ms=%.1f unchanged_parsed=%.1f reload_policy_p50_ms=%.1f scan_floor_ms=%.1f",
+        print(String(format: "RESULT label=policy devices=%d departments=%d iterations=%d decide_connect_ns=%.0f decide_rcpt_ns=%.0f generate_ms=%.0f cold_load_ms=%.1f reload_one_p50_ms=%.1f reload_one_max_ms=%.1f reloads=%d one_stats=%.1f one_parsed=%.1f one_patched=%d one_full_scans=%d reload_unchanged_p50_ms=%.1f reload_unchanged_max_ms=%.1f unchanged_stats=%.1f reload_policy_p50_ms=%.1f reload_sighup_one_p50_ms=%.1f reload_sighup_one_max_ms=%.1f sighup_stats=%.0f sighup_parsed=%.1f sighup_patched=%d scan_floor_ms=%.1f",
                      devices, Self.departments.count, iterations, conn.ns, rcpt.ns, generateMs, coldMs, p50(oneMs), oneMs.last ?? 0, reloads,
                      mean(oneCounts.map(\.filesStatted)), mean(oneCounts.map(\.filesParsed)), oneCounts.filter(\.catalogPatched).count,
-                     p50(unchangedMs), unchangedMs.last ?? 0, mean(unchangedCounts.map(\.filesParsed)), p50(policyMs), floorMs))
+                     oneCounts.filter(\.everyDeviceFile).count, p50(unchangedMs), unchangedMs.last ?? 0, mean(unchangedCounts.map(\.filesStatted)),
+                     p50(policyMs), p50(fullMs), fullMs.last ?? 0, mean(fullCounts.map(\.filesStatted)), mean(fullCounts.map(\.filesParsed)),
+                     fullCounts.filter(\.catalogPatched).count, floorMs))
     }
 
     /// readdir of each department directory and fstatat of each file in it, as directly as C would: what any scan of
