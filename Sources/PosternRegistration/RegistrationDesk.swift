@@ -54,11 +54,13 @@ public struct DeviceRow: Sendable, Hashable {
     public var isDueSoon: Bool
 }
 
-/// The registration workflow without HTTP: requests, approval through `DevicesFileEditor`, rejection, revocation,
-/// sunset extension; every change goes to the audit log with who did it.
+/// The registration workflow without HTTP: requests, approval through `DeviceFilesEditor` (one device file each),
+/// rejection, revocation, sunset extension; every change goes to the audit log with who did it.
 public final class RegistrationDesk: Sendable {
     public let configuration: RegistrationConfiguration
     public let policyDirectory: URL
+    /// Each page view loads the policy again, reading only the device files that changed.
+    public let policyReader: PolicyReader
     public let requests: RequestStore
     let audit: AuditLog
     let now: @Sendable () -> Date
@@ -67,13 +69,14 @@ public final class RegistrationDesk: Sendable {
                 now: @escaping @Sendable () -> Date = { Date() }) throws {
         self.configuration = configuration
         self.policyDirectory = policyDirectory
+        self.policyReader = PolicyReader(directory: policyDirectory)
         self.requests = try RequestStore(directory: URL(fileURLWithPath: configuration.stateDirectory))
         self.audit = audit
         self.now = now
     }
 
     public func policy() throws -> PolicySet {
-        switch PolicyLoader.load(directory: policyDirectory) {
+        switch policyReader.load().policy {
         case .success(let p): return p
         case .failure(let e): throw RegistrationFailure("the policy files do not load: \(e.issues.first?.description ?? "")")
         }
@@ -130,7 +133,7 @@ public final class RegistrationDesk: Sendable {
         } else if let message = addressProblem(form.address, policy: policy) {
             errors["address"] = message
         }
-        // The same rules the policy loader applies to devices.yaml (and so `devices add` and `postern check`).
+        // The same rules the policy loader applies to each device file (and so `devices add` and `postern check`).
         if form.sender.isEmpty {
             errors["sender"] = "Give the address the device sends as."
         } else if form.sender.contains("@"), !form.sender.hasPrefix("@"), let pattern = SenderPattern(form.sender) {
@@ -176,7 +179,7 @@ public final class RegistrationDesk: Sendable {
         return request
     }
 
-    /// Writes the requested device to devices.yaml through `DevicesFileEditor.append` (validated, locked, atomic).
+    /// Writes the requested device's file through `DeviceFilesEditor.add` (validated, locked, atomic).
     public func approve(requestID: String, by user: WebUser) throws -> RegisteredDevice {
         guard user.isAdmin else { throw RegistrationFailure("Only gateway admins approve requests.") }
         let device = try requests.modify { all -> RegisteredDevice in
@@ -190,7 +193,7 @@ public final class RegistrationDesk: Sendable {
             let registration = DeviceRegistration(id: r.deviceID, department: r.department, owner: r.contact, location: r.location,
                                                   addresses: [r.address], senders: [r.sender], sunset: CalendarDate(r.sunset),
                                                   note: "model: \(r.model); web request \(r.id) by \(r.requestedBy), approved by \(user.login)")
-            switch DevicesFileEditor.append(registration, directory: policyDirectory, now: now()) {
+            switch DeviceFilesEditor.add(registration, directory: policyDirectory, now: now(), reader: policyReader) {
             case .failure(let errors):
                 throw RegistrationFailure("\(r.deviceID) was not registered: " + errors.issues.map(\.message).joined(separator: "; "))
             case .success(let device):
@@ -230,7 +233,7 @@ public final class RegistrationDesk: Sendable {
 
     public func revoke(deviceID: String, by user: WebUser) throws -> RegisteredDevice {
         guard user.isAdmin else { throw RegistrationFailure("Only gateway admins revoke devices.") }
-        switch DevicesFileEditor.remove(id: deviceID, directory: policyDirectory) {
+        switch DeviceFilesEditor.remove(id: deviceID, directory: policyDirectory, reader: policyReader) {
         case .failure(let errors): throw RegistrationFailure("\(deviceID) was not revoked: " + errors.issues.map(\.message).joined(separator: "; "))
         case .success(let device):
             record("device_revoked", user, ["device": "\(device.id)", "department": "\(device.department)",
@@ -246,7 +249,7 @@ public final class RegistrationDesk: Sendable {
         guard let device = policy.device(id: deviceID) else { throw RegistrationFailure("\(deviceID) is not registered.") }
         if let message = sunsetProblem(text, department: device.department, policy: policy) { throw RegistrationFailure("\(deviceID): \(message)") }
         guard let date = CalendarDate(text) else { throw RegistrationFailure("\(deviceID): Give a date as YYYY-MM-DD.") }  // sunsetProblem checked it
-        switch DevicesFileEditor.setSunset(id: deviceID, date: date, directory: policyDirectory) {
+        switch DeviceFilesEditor.setSunset(id: deviceID, date: date, directory: policyDirectory, reader: policyReader) {
         case .failure(let errors): throw RegistrationFailure("\(deviceID): " + errors.issues.map(\.message).joined(separator: "; "))
         case .success(let updated):
             record("sunset_changed", user, ["device": "\(deviceID)", "department": "\(device.department)",

@@ -21,7 +21,7 @@ final class BrowserTests: XCTestCase {
         let fixture = try await RegistrationFixture()
         let script = Repo.root.appendingPathComponent("Tests/Browser/registration_flow.py").path
         let result = try await runProgram(["/usr/bin/python3", script, fixture.base, artifacts.path])
-        let devices = try fixture.devicesText()
+        let devices = try fixture.deviceFiles().values.joined(separator: "\n")
         let requests = try fixture.desk.requests.all()
         let mails = fixture.mails()
         await fixture.stop()

@@ -123,8 +123,12 @@ final class FieldRulesTests: XCTestCase {
         XCTAssertEqual(it.status, 0, "a department without domains of its own may use any internal sender: \(it.output)")
         let good = try await add(id: "chem-x5", sender: "x5@chem.example.edu")
         XCTAssertEqual(good.status, 0, good.output)
-        let devices = try String(contentsOf: directory.appendingPathComponent("devices.yaml"), encoding: .utf8)
-        XCTAssertFalse(devices.contains("chem-x1") || devices.contains("chem-x3") || devices.contains("chem-t0"))
+        let files = try Repo.deviceFiles(in: directory)
+        XCTAssertNotNil(files["it/it-x4.yaml"])
+        XCTAssertNotNil(files["chem/chem-x5.yaml"])
+        XCTAssertEqual(files.count, 14, "only the two valid devices were added: \(files.keys.sorted())")
+        XCTAssertTrue(try FileManager.default.contentsOfDirectory(atPath: directory.appendingPathComponent("devices.d/chem").path)
+            .allSatisfy { !$0.contains(".tmp-") }, "no temporary file is left behind")
     }
 
     func testPostternCheckReportsEntriesThatBreakTheRulesWithFileAndLine() async throws {
@@ -145,47 +149,56 @@ final class FieldRulesTests: XCTestCase {
         let clean = try await runProgram([Repo.posternBinary.path, "check", "--config", config.path])
         XCTAssertEqual(clean.status, 0, "the shipped policy follows its own rules: \(clean.output)")
 
-        let devices = policies.appendingPathComponent("devices.yaml")
-        var text = try String(contentsOf: devices, encoding: .utf8)
-        let firstNewLine = text.components(separatedBy: "\n").count
-        text += """
+        let chem = policies.appendingPathComponent("devices.d/chem")
+        try """
+            id: chem-spoofer
+            department: chem
+            owner: contractor@gmail.com
+            location: Lab 2
+            addresses: [10.66.0.1]
+            senders: [payroll@gmail.com, dean@med.example.edu]
+            registered: 2026-01-01
+            sunset: 2027-01-01
 
-              - id: chem-spoofer
-                department: chem
-                owner: contractor@gmail.com
-                location: Lab 2
-                addresses: [10.66.0.1]
-                senders: [payroll@gmail.com, dean@med.example.edu]
-                registered: 2026-01-01
-                sunset: 2027-01-01
+            """.write(to: chem.appendingPathComponent("chem-spoofer.yaml"), atomically: true, encoding: .utf8)
+        try """
+            id: chem-trojan
+            department: chem
+            owner: j.doe@chem.example.edu
+            location: "Lab\\u2028B"
+            addresses: [10.66.0.2]
+            senders: [trojan@chem.example.edu]
+            registered: 2026-01-01
+            sunset: 2027-01-01
 
-              - id: chem-trojan
-                department: chem
-                owner: j.doe@chem.example.edu
-                location: "Lab\\u2028B"
-                addresses: [10.66.0.2]
-                senders: [trojan@chem.example.edu]
-                registered: 2026-01-01
-                sunset: 2027-01-01
-
-            """
-        try text.write(to: devices, atomically: true, encoding: .utf8)
+            """.write(to: chem.appendingPathComponent("chem-trojan.yaml"), atomically: true, encoding: .utf8)
         let departments = policies.appendingPathComponent("departments.yaml")
         let departmentsText = try String(contentsOf: departments, encoding: .utf8)
             .replacingOccurrences(of: "domains: [phys.example.edu]", with: "domains: [phys.example.edu, gmail.com]")
         try departmentsText.write(to: departments, atomically: true, encoding: .utf8)
         let broken = try await runProgram([Repo.posternBinary.path, "check", "--config", config.path])
         XCTAssertEqual(broken.status, 1, broken.output)
-        let entry = "devices.yaml:\(firstNewLine + 1): "
+        let spoofer = "devices.d/chem/chem-spoofer.yaml"
         for expected in [
-            entry + "device 'chem-spoofer': sender payroll@gmail.com is outside department chem's domains (chem.example.edu)",
-            entry + "device 'chem-spoofer': sender dean@med.example.edu is outside department chem's domains",
-            entry + "owner of device 'chem-spoofer': contractor@gmail.com is not an internal address",
-            "devices.yaml:\(firstNewLine + 13): location of device 'chem-trojan': line or paragraph separator U+2028 is not allowed",
+            spoofer + ":6: device 'chem-spoofer': sender payroll@gmail.com is outside department chem's domains (chem.example.edu)",
+            spoofer + ":6: device 'chem-spoofer': sender dean@med.example.edu is outside department chem's domains",
+            spoofer + ":3: owner of device 'chem-spoofer': contractor@gmail.com is not an internal address",
+            "devices.d/chem/chem-trojan.yaml:4: location of device 'chem-trojan': line or paragraph separator U+2028 is not allowed",
             "departments.yaml:",
             "department 'phys': domain gmail.com is not inside the internal domains",
         ] {
             XCTAssertTrue(broken.output.contains(expected), "missing \(expected.debugDescription) in:\n\(broken.output)")
         }
+
+        // A devices.yaml left beside devices.d is not ignored: check says to migrate it.
+        try FileManager.default.removeItem(at: chem.appendingPathComponent("chem-spoofer.yaml"))
+        try FileManager.default.removeItem(at: chem.appendingPathComponent("chem-trojan.yaml"))
+        try String(contentsOf: departments, encoding: .utf8).replacingOccurrences(of: ", gmail.com", with: "")
+            .write(to: departments, atomically: true, encoding: .utf8)
+        try "devices: []\n".write(to: policies.appendingPathComponent("devices.yaml"), atomically: true, encoding: .utf8)
+        let leftover = try await runProgram([Repo.posternBinary.path, "check", "--config", config.path])
+        XCTAssertEqual(leftover.status, 1, leftover.output)
+        XCTAssertTrue(leftover.output.contains("devices.yaml:0: devices.yaml is no longer read")
+                      && leftover.output.contains("run `postern devices migrate --policies "), leftover.output)
     }
 }

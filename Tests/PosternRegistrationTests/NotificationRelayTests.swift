@@ -16,10 +16,9 @@ final class NotificationRelayTests: XCTestCase {
         try Repo.copyPolicies(to: policies)
         // demo-scanner (owner it-helpdesk@example.edu) ends ten days from now: a reminder is due when the gateway starts.
         let soon = try PolicyLoader.load(directory: policies).get().today(Date()).adding(days: 10)
-        let devicesFile = policies.appendingPathComponent("devices.yaml")
+        let devicesFile = policies.appendingPathComponent("devices.d/it/demo-scanner.yaml")
         var devices = try String(contentsOf: devicesFile, encoding: .utf8)
-        let scanner = try XCTUnwrap(devices.range(of: "  - id: demo-scanner"))
-        let sunset = try XCTUnwrap(devices.range(of: "sunset: 2027-08-31", range: scanner.upperBound..<devices.endIndex))
+        let sunset = try XCTUnwrap(devices.range(of: "sunset: 2027-08-31"))
         devices.replaceSubrange(sunset, with: "sunset: \(soon)")
         try devices.write(to: devicesFile, atomically: true, encoding: .utf8)
 

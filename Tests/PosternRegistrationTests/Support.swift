@@ -25,11 +25,23 @@ enum Repo {
         return url
     }
 
-    /// A copy of the shipped policy files to edit.
+    /// A copy of the shipped policy files (policy.yaml, departments.yaml, devices.d) to edit.
     static func copyPolicies(to directory: URL) throws {
-        for name in PolicyLoader.fileNames {
+        for name in [PolicyLoader.policyFile, PolicyLoader.departmentsFile, PolicyLoader.devicesDirectory] {
             try FileManager.default.copyItem(at: policies.appendingPathComponent(name), to: directory.appendingPathComponent(name))
         }
+    }
+
+    /// The device files under `directory`/devices.d, by path in it (`it/demo-scanner.yaml`), hidden files left out.
+    static func deviceFiles(in directory: URL) throws -> [String: String] {
+        let root = directory.appendingPathComponent(PolicyLoader.devicesDirectory)
+        var files: [String: String] = [:]
+        for department in try FileManager.default.contentsOfDirectory(atPath: root.path) where !department.hasPrefix(".") {
+            for name in try FileManager.default.contentsOfDirectory(atPath: root.appendingPathComponent(department).path) where !name.hasPrefix(".") {
+                files["\(department)/\(name)"] = try String(contentsOf: root.appendingPathComponent(department).appendingPathComponent(name), encoding: .utf8)
+            }
+        }
+        return files
     }
 }
 
@@ -231,9 +243,8 @@ final class RegistrationFixture: @unchecked Sendable {
         return names.compactMap { try? String(contentsOf: outbox.directory.appendingPathComponent($0), encoding: .utf8) }
     }
 
-    func devicesText() throws -> String {
-        try String(contentsOf: policyDirectory.appendingPathComponent("devices.yaml"), encoding: .utf8)
-    }
+    /// The device files of the fixture's policy, by path in devices.d.
+    func deviceFiles() throws -> [String: String] { try Repo.deviceFiles(in: policyDirectory) }
 
     /// A complete, valid form for IT Services.
     static func form(device: String = "it-scanner-9", address: String = "127.0.0.9", sunset: String = "2027-06-30") -> [(String, String)] {
