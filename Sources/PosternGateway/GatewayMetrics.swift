@@ -51,7 +51,7 @@ public final class GatewayMetrics: Sendable {
 
     /// One SMTP AUTH attempt's outcome.
     public func auth(result: AuthOutcome) {
-        auth(result: result.metricLabel)
+        auth(result: result.auditName)
     }
 
     /// One SMTP AUTH attempt's outcome by name (`success`, `invalid_credentials`, ...).
@@ -164,17 +164,4 @@ public final class GatewayMetrics: Sendable {
     static var queueHeldName: MetricNameDescriptor { name("queue_held", "Messages held out of delivery (postern queue list shows them).") }
     static var heldName: MetricNameDescriptor { name("messages_held", unit: "total", "Messages taken out of delivery, by reason (interrupted: the gateway died delivering it twice).") }
     static var sunsetName: MetricNameDescriptor { name("sunset_days_remaining", "Days until the department's next device sunset.") }
-}
-
-extension AuthOutcome {
-    /// The same names the audit log uses.
-    var metricLabel: String {
-        switch self {
-        case .success: return "success"
-        case .invalidCredentials: return "invalid_credentials"
-        case .refused: return "not_authorized"
-        case .temporaryFailure: return "directory_unavailable"
-        case .throttled: return "throttled"
-        }
-    }
 }

@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOSSL
 import NIOTLS
+import PosternCore
 import PosternSMTP
 import PosternSession
 
@@ -181,10 +182,10 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let tlsEvent = event as? TLSUserEvent, case .handshakeCompleted = tlsEvent {
             let version = (try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self))?.tlsVersion
-            session.tlsEstablished(TLSInfo(version: version?.displayName ?? "TLS"))
+            session.tlsEstablished(TLSInfo(version: version.map { ServerTLS.name(of: $0) } ?? "TLS"))
             if let tls = session.facts.tls { environment.audit.tls(session.facts, tls) }  // set by tlsEstablished just above
             environment.metrics.tlsHandshake(listener: session.facts.listenerName, success: true)
-            logger.debug("tls established", metadata: ["version": "\(version?.displayName ?? "?")"])
+            logger.debug("tls established", metadata: ["version": "\(version.map { ServerTLS.name(of: $0) } ?? "?")"])
             if machine.waitEnded() { process(context: context) }
         } else if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read {
             if machine.idleTimedOut(sessionInData: session.isInData) { apply(session.close(with: .idleTimeout), context: context) }

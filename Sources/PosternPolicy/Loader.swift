@@ -1,4 +1,5 @@
 import Foundation
+import PosternCore
 import PosternSMTP
 
 /// One problem in a policy file, with the place and the fix.
@@ -933,18 +934,8 @@ final class PolicyBuilder {
         return nil
     }
 
-    static func parseSize(_ text: String) -> Int? {
-        var t = text.uppercased()
-        if t.hasSuffix("IB") { t.removeLast(2) } else if t.hasSuffix("B"), t.dropLast().last?.isNumber == false { t.removeLast() }
-        let factors: [Character: Int] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30]
-        if let last = t.last, let f = factors[last] {
-            guard let v = Int(t.dropLast()) else { return nil }
-            // `99999999999G` fits an Int, its bytes do not: no size, rather than a trap.
-            let bytes = v.multipliedReportingOverflow(by: f)
-            return bytes.overflow ? nil : bytes.partialValue
-        }
-        return Int(t)
-    }
+    /// The sizes postern.yaml takes too (`ByteSize`).
+    static func parseSize(_ text: String) -> Int? { ByteSize.parse(text) }
 
     static func isIdentifier(_ s: String) -> Bool {
         !s.isEmpty && s.utf8.allSatisfy { b in
@@ -958,30 +949,6 @@ final class PolicyBuilder {
         return true
     }
 
-    static func closest(_ word: String, in candidates: [String]) -> String? {
-        func distance(_ a: [Character], _ b: [Character]) -> Int {
-            guard !a.isEmpty else { return b.count }
-            guard !b.isEmpty else { return a.count }
-            var row = Array(0...b.count)
-            for i in 1...a.count {
-                var previous = row[0]
-                row[0] = i
-                for j in 1...b.count {
-                    let current = row[j]
-                    row[j] = min(row[j] + 1, row[j - 1] + 1, previous + (a[i - 1] == b[j - 1] ? 0 : 1))
-                    previous = current
-                }
-            }
-            return row[b.count]
-        }
-        let w = Array(word.lowercased())
-        var best: (word: String, distance: Int)?
-        for candidate in candidates.sorted() {
-            let d = distance(w, Array(candidate))
-            if d < best?.distance ?? .max { best = (candidate, d) }
-        }
-        guard let best, best.distance <= max(2, word.count / 3) else { return nil }
-        return best.word
-    }
+    static func closest(_ word: String, in candidates: [String]) -> String? { Suggestions.closest(word, in: candidates) }
 
 }

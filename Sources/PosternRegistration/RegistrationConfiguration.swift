@@ -1,5 +1,6 @@
 import Foundation
-import PosternGateway
+import PosternCore
+import PosternDirectory
 import PosternPolicy
 import Yams
 
@@ -28,8 +29,6 @@ public struct RegistrationConfiguration: Sendable {
     public var sessionLifetime: Duration = .seconds(3600)
     /// Where bare group names are: the directory's `group-base`; nil: only full DNs match.
     public var groupBase: String?
-    /// What `postern check` points out without refusing the file.
-    public var warnings: [ConfigIssue] = []
 
     public init(host: String, port: Int, tls: TLSFiles, adminGroups: [String], departmentGroups: [String: [String]],
                 campusRanges: [AddressRange], stateDirectory: String) {
@@ -42,53 +41,32 @@ public struct RegistrationConfiguration: Sendable {
         self.stateDirectory = stateDirectory
     }
 
-    /// The section from the same file the gateway reads; nil when the file has no `registration:` section.
-    public static func load(path: String, gateway: GatewayConfiguration) throws(ConfigErrors) -> RegistrationConfiguration? {
-        let text: String
-        do {
-            text = try String(contentsOfFile: path, encoding: .utf8)
-        } catch {
-            throw ConfigErrors(issues: [ConfigIssue(file: path, line: 0, message: "cannot read: \(error.localizedDescription)")])
+    /// What the section takes from the rest of postern.yaml.
+    public struct Inherited: Sendable {
+        /// The gateway's `tls`, the default for the page's.
+        public var tls: TLSFiles?
+        /// The page logs in against the directory; without one it cannot run.
+        public var hasDirectory: Bool
+        /// `directory.group-base`, where bare group names are.
+        public var groupBase: String?
+
+        public init(tls: TLSFiles?, hasDirectory: Bool, groupBase: String?) {
+            self.tls = tls
+            self.hasDirectory = hasDirectory
+            self.groupBase = groupBase
         }
-        return try parse(text, file: path, gateway: gateway)
     }
 
-    public static func parse(_ text: String, file: String, gateway: GatewayConfiguration) throws(ConfigErrors) -> RegistrationConfiguration? {
-        let root: Node?
-        do {
-            root = try Yams.compose(yaml: text)
-        } catch {
-            throw ConfigErrors(issues: [ConfigIssue(file: file, line: 1, message: "not valid YAML: \(error)")])
-        }
-        guard let node = root?.mapping?["registration"] else { return nil }
-        var reader = ConfigReader(file: file)
-        let base = URL(fileURLWithPath: file).deletingLastPathComponent()
-        func resolve(_ path: String) -> String {
-            path.hasPrefix("/") ? path : base.appendingPathComponent(path).standardizedFileURL.path
-        }
+    /// Reads the `registration:` section of postern.yaml (the gateway's reader calls this, so its issues come
+    /// with the rest of the file's); nil with the issues recorded when it is not usable.
+    public static func read(_ node: Node, reader: inout ConfigReader, inherited: Inherited) -> RegistrationConfiguration? {
         let map = reader.mapping(node, known: ["listen", "tls", "admin-groups", "department-groups", "campus-ranges", "state", "session-minutes"],
                                  context: "registration")
-        var host = "127.0.0.1", port = 8443
-        if let listen = reader.string(map["listen"], "registration.listen") {
-            if let (h, p) = GatewayConfiguration.parseHostPort(listen) {
-                (host, port) = (h, p)
-            } else {
-                reader.issue(map["listen"], "registration listen address '\(listen)' is not HOST:PORT", fix: "e.g. 127.0.0.1:8443")
-            }
+        let (host, port) = reader.listenAddress(map["listen"], "registration.listen", example: "127.0.0.1:8443") ?? ("127.0.0.1", 8443)
+        let tls = map["tls"].map { reader.tlsFiles($0, "registration.tls") } ?? inherited.tls
+        if tls == nil, map["tls"] == nil {
+            reader.issue(node, "the registration page is served over HTTPS only and no tls is configured", fix: "add tls: certificate/key")
         }
-        var tls = gateway.tls
-        if let tlsNode = map["tls"] {
-            let t = reader.mapping(tlsNode, known: ["certificate", "key"], context: "registration.tls")
-            if let cert = reader.string(t["certificate"], "registration.tls.certificate"), let key = reader.string(t["key"], "registration.tls.key") {
-                tls = TLSFiles(certificateChain: resolve(cert), privateKey: resolve(key))
-                for (n, path) in [(t["certificate"], resolve(cert)), (t["key"], resolve(key))] where !FileManager.default.isReadableFile(atPath: path) {
-                    reader.issue(n, "cannot read \(path)", fix: "run certs/make-dev-certs.sh for development certificates")
-                }
-            } else {
-                reader.issue(tlsNode, "registration.tls needs certificate and key")
-            }
-        }
-        if tls == nil { reader.issue(node, "the registration page is served over HTTPS only and no tls is configured", fix: "add tls: certificate/key") }
         let admins = reader.strings(map["admin-groups"], "registration.admin-groups")
         if admins.isEmpty { reader.issue(map["admin-groups"] ?? node, "registration.admin-groups is empty", fix: "name the LDAP group(s) of gateway admins") }
         var departments: [String: [String]] = [:]
@@ -98,7 +76,9 @@ public struct RegistrationConfiguration: Sendable {
                 let groups = value.sequence != nil ? reader.strings(value, "department-groups.\(id)") : [reader.string(value, "department-groups.\(id)")].compactMap { $0 }
                 departments[id] = groups
             }
-            if d.mapping == nil { reader.issue(d, "registration.department-groups must map department ids to group names") }
+            if d.mapping == nil {
+                reader.issue(d, "registration.department-groups must map department ids to group names", fix: "e.g. department-groups: { it: [dept-it] }")
+            }
         }
         var ranges: [AddressRange] = []
         for entry in reader.sequence(map["campus-ranges"], "registration.campus-ranges") {
@@ -109,25 +89,22 @@ public struct RegistrationConfiguration: Sendable {
             }
         }
         if ranges.isEmpty { reader.issue(map["campus-ranges"] ?? node, "registration.campus-ranges is empty", fix: "list the campus networks devices may sit in") }
-        guard let state = reader.string(map["state"], "registration.state") else {
-            reader.issue(node, "registration.state is missing", fix: "a directory for pending requests, e.g. /var/lib/postern/registration")
-            throw ConfigErrors(issues: reader.issues)
-        }
+        let state = reader.string(map["state"], "registration.state")
+        if state == nil { reader.issue(node, "registration.state is missing", fix: "a directory for pending requests, e.g. /var/lib/postern/registration") }
         let minutes = reader.int(map["session-minutes"], "registration.session-minutes", range: 1...24 * 60) ?? 60
-        if gateway.directory == nil { reader.issue(node, "the registration page logs in against the directory, and no directory is configured") }
-        let groupBase = gateway.directory?.groupBase
-        GatewayConfiguration.warnBareGroupNames(admins, base: groupBase, node: map["admin-groups"], what: "registration.admin-groups", reader: &reader)
-        for id in departments.keys.sorted() {
-            GatewayConfiguration.warnBareGroupNames(departments[id] ?? [], base: groupBase, node: map["department-groups"],
-                                                    what: "registration.department-groups.\(id)", reader: &reader)
+        if !inherited.hasDirectory {
+            reader.issue(node, "the registration page logs in against the directory, and no directory is configured", fix: "add a directory: section")
         }
-        // No tls is one of the issues.
-        guard reader.issues.isEmpty, let tls else { throw ConfigErrors(issues: reader.issues) }
+        reader.warnBareGroupNames(admins, base: inherited.groupBase, node: map["admin-groups"], what: "registration.admin-groups")
+        for id in departments.keys.sorted() {
+            reader.warnBareGroupNames(departments[id] ?? [], base: inherited.groupBase, node: map["department-groups"],
+                                      what: "registration.department-groups.\(id)")
+        }
+        guard let tls, let state else { return nil }
         var configuration = RegistrationConfiguration(host: host, port: port, tls: tls, adminGroups: admins, departmentGroups: departments,
-                                                      campusRanges: ranges, stateDirectory: resolve(state))
+                                                      campusRanges: ranges, stateDirectory: reader.resolve(state))
         configuration.sessionLifetime = .seconds(minutes * 60)
-        configuration.groupBase = groupBase
-        configuration.warnings = reader.warnings
+        configuration.groupBase = inherited.groupBase
         return configuration
     }
 }

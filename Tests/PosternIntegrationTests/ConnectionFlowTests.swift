@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOEmbedded
+import PosternCore
 import PosternSMTP
 import PosternSession
 import XCTest

@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOEmbedded
 import NIOSSL
+import PosternCore
 import PosternSMTP
 import PosternSession
 import XCTest

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOPosix
+import PosternCore
 import PosternDirectory
 import PosternGateway
 import PosternPolicy
@@ -133,6 +134,8 @@ final class RegistrationFixture: @unchecked Sendable {
     let slapd: TestSlapd
     let directory: URL
     let threadPool: NIOThreadPool
+    /// The page's event loops (in `postern serve`, the gateway's).
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     let ldap: Directory
     /// The page's password checks and their throttle.
     let login: DirectoryLogin
@@ -182,10 +185,13 @@ final class RegistrationFixture: @unchecked Sendable {
         client.lockoutAfter *= 3
         login = DirectoryLogin(directory: ldap, throttle: AuthThrottle(perAccount: throttle, perClient: client), logger: logger)
         let audit = try AuditLog.make(output: directory.appendingPathComponent("audit.jsonl").path)
+        let policies = try PolicyStore(directory: directory.appendingPathComponent("policies"), logger: logger)
         desk = try RegistrationDesk(
             configuration: Self.registrationConfiguration(certificates: slapd.certificateDirectory, state: directory.appendingPathComponent("state").path),
-            policyDirectory: directory.appendingPathComponent("policies"), audit: audit, now: now)
-        let server = try await RegistrationServer(desk: desk, login: login, revealNotAuthorized: revealNotAuthorized, metrics: metrics, logger: logger)
+            policies: policies, audit: audit, now: now)
+        let metrics = self.metrics
+        let server = try await RegistrationServer(desk: desk, login: login, revealNotAuthorized: revealNotAuthorized,
+                                                  countLogin: { metrics.registrationLogin(result: $0) }, eventLoopGroup: group, logger: logger)
         self.server = server
         task = Task { try await server.run() }
         port = await server.port()
@@ -196,6 +202,7 @@ final class RegistrationFixture: @unchecked Sendable {
         _ = await task.result
         await ldap.shutdown()
         try? await threadPool.shutdownGracefully()
+        try? await group.shutdownGracefully()
         try? FileManager.default.removeItem(at: directory)
     }
 
