@@ -101,25 +101,19 @@ public final class Directory: Sendable {
         guard login.utf8.count <= 256, password.utf8.count <= 1024 else { return .invalidCredentials }
         let secret = Array(password.utf8)
 
-        let filter = LDAPFilter.fill(configuration.userFilter, with: login)
-        let found: LDAPSearchResult
-        do {
-            let base = configuration.searchBase
-            let attributes = userAttributes
-            found = try await withConnection(from: searchPool) {
-                try $0.search(base: base, filter: filter, attributes: attributes, sizeLimit: 2)
-            }
-        } catch {
-            return .unavailable(unavailableReason("user search failed", error))
-        }
-
-        guard found.entries.count == 1, !found.truncated, let entry = found.entries.first, !entry.dn.isEmpty else {
-            logger.debug("no single directory entry for login", metadata: ["login": "\(login.debugDescription)", "matches": "\(found.entries.count)"])
+        let entry: LDAPEntry
+        switch await findEntry(login: login) {
+        case .unavailable(let reason):
+            return .unavailable(reason)
+        case .none:
+            logger.debug("no single directory entry for login", metadata: ["login": "\(login.debugDescription)"])
             // Spend a bind anyway, so that unknown logins cannot be told from wrong passwords.
             if case .unavailable(let reason) = await credentialBind(dn: absentUserDN, password: secret) {
                 return .unavailable(reason)
             }
             return .invalidCredentials
+        case .one(let found):
+            entry = found
         }
 
         guard await beforeBind(entry.dn) else { return .refusedBeforeBind }
@@ -133,7 +127,56 @@ public final class Directory: Sendable {
         case .success, .notAuthorized:
             break
         }
+        switch await identity(of: entry, login: login) {
+        case .success(let identity): return .verified(identity)
+        case .failure(let failure): return .unavailable(failure.reason)
+        }
+    }
 
+    /// Who `login` is, without a password: the entry's addresses and groups, and whether the required groups
+    /// admit it. For `postern explain`, which answers what the gateway would do after a right password; it
+    /// binds nothing, so it tells nothing about passwords and counts against no throttle.
+    public func lookup(login: String) async -> DirectoryLookup {
+        guard !login.isEmpty, login.utf8.count <= 256 else { return .notFound }
+        switch await findEntry(login: login) {
+        case .unavailable(let reason): return .unavailable(reason)
+        case .none: return .notFound
+        case .one(let entry):
+            switch await identity(of: entry, login: login) {
+            case .success(let identity): return .found(identity, meetsRequiredGroups: meetsRequiredGroups(identity))
+            case .failure(let failure): return .unavailable(failure.reason)
+            }
+        }
+    }
+
+    private enum FoundEntry {
+        case one(LDAPEntry)
+        /// None, several, or a truncated answer: no single entry.
+        case none
+        case unavailable(String)
+    }
+
+    private struct Unavailable: Error { var reason: String }
+
+    /// The login's entry, searched as the service account with the login escaped per RFC 4515.
+    private func findEntry(login: String) async -> FoundEntry {
+        let filter = LDAPFilter.fill(configuration.userFilter, with: login)
+        let found: LDAPSearchResult
+        do {
+            let base = configuration.searchBase
+            let attributes = userAttributes
+            found = try await withConnection(from: searchPool) {
+                try $0.search(base: base, filter: filter, attributes: attributes, sizeLimit: 2)
+            }
+        } catch {
+            return .unavailable(unavailableReason("user search failed", error))
+        }
+        guard found.entries.count == 1, !found.truncated, let entry = found.entries.first, !entry.dn.isEmpty else { return .none }
+        return .one(entry)
+    }
+
+    /// The entry's addresses (duplicates removed, in attribute order) and groups.
+    private func identity(of entry: LDAPEntry, login: String) async -> Result<DirectoryIdentity, Unavailable> {
         var addresses: [String] = []
         var seen = Set<String>()
         for attribute in configuration.addressAttributes {
@@ -155,11 +198,11 @@ public final class Directory: Sendable {
                     try $0.search(base: base, filter: groupFilter, attributes: ["1.1"], sizeLimit: 0).entries.map(\.dn)
                 }
             } catch {
-                return .unavailable(unavailableReason("group search failed", error))
+                return .failure(Unavailable(reason: unavailableReason("group search failed", error)))
             }
         }
         // The login as the directory matched it, so that policy (service accounts, the audit) sees one spelling.
-        return .verified(DirectoryIdentity(login: LoginName.normalized(login), dn: entry.dn, addresses: addresses, groups: groups))
+        return .success(DirectoryIdentity(login: LoginName.normalized(login), dn: entry.dn, addresses: addresses, groups: groups))
     }
 
     /// Closes the connections; later calls to `authenticate` return `.unavailable`.

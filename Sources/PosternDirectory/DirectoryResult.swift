@@ -41,3 +41,13 @@ public enum PasswordCheck: Sendable, Hashable {
     /// The directory could not give an answer.
     case unavailable(String)
 }
+
+/// What `Directory.lookup` found for a login, without a password.
+public enum DirectoryLookup: Sendable, Hashable {
+    /// One entry; `meetsRequiredGroups` is the gateway's group requirement applied to it.
+    case found(DirectoryIdentity, meetsRequiredGroups: Bool)
+    /// No entry, or several: SMTP AUTH would answer as for a wrong password.
+    case notFound
+    /// The directory could not give an answer.
+    case unavailable(String)
+}

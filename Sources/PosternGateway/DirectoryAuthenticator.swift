@@ -23,7 +23,12 @@ public final class DirectoryAuthenticator: SubmissionAuthenticator {
     }
 
     public func authenticate(_ credentials: Credentials, client: String) async -> AuthOutcome {
-        switch await login.authenticateSubmitter(login: credentials.login, password: credentials.password, client: client) {
+        outcome(for: await login.authenticateSubmitter(login: credentials.login, password: credentials.password, client: client))
+    }
+
+    /// The session's answer to a login result: the one mapping SMTP AUTH and `postern explain` use.
+    public func outcome(for result: LoginResult) -> AuthOutcome {
+        switch result {
         case .success(let identity):
             return .success(AuthenticatedUser(login: identity.login, distinguishedName: identity.dn,
                                               addresses: identity.addresses, groups: identity.groups))

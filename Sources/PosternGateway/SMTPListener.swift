@@ -69,11 +69,8 @@ final class SMTPListener: @unchecked Sendable {  // ServerQuiescingHelper is thr
     private static func bind(_ configuration: ListenerConfiguration, port: Int, shared: Shared, accept: any EventLoop,
                              sessions: any EventLoop) async throws -> Socket {
         let quiescing = ServerQuiescingHelper(group: sessions)
-        let sessionConfiguration = SessionConfiguration(
-            hostname: shared.hostname, listenerName: configuration.name, kind: configuration.kind,
-            maxMessageSize: configuration.maxMessageSize ?? shared.limits.maxMessageSize,
-            maxRecipients: shared.limits.maxRecipients, normalizeBareLF: configuration.normalizeBareLF,
-            authAvailable: shared.environment.authenticator != nil)
+        let sessionConfiguration = configuration.sessionConfiguration(hostname: shared.hostname, limits: shared.limits,
+                                                                       authAvailable: shared.environment.authenticator != nil)
         let idle = TimeAmount.seconds(Int64(shared.limits.idleTimeoutSeconds))
         let channel = try await ServerBootstrap(group: accept, childGroup: sessions)
             .serverChannelOption(.backlog, value: 1024)
@@ -190,4 +187,22 @@ enum SessionID {
     static func make() -> String {
         String((UInt64.random(in: 0...UInt64.max) & 0xFFFF_FFFF_FFFF), radix: 16, uppercase: false)
     }
+}
+
+extension ListenerConfiguration {
+    /// A listener of `kind` with the defaults a configuration file gets (for `postern explain` without one).
+    public init(name: String, kind: ListenerKind) {
+        self.init(name: name, kind: kind, host: "", port: 0, normalizeBareLF: false, maxMessageSize: nil)
+    }
+
+    /// The configuration of this listener's sessions (the gateway's, and `postern explain`'s).
+    public func sessionConfiguration(hostname: String, limits: Limits, authAvailable: Bool) -> SessionConfiguration {
+        SessionConfiguration(hostname: hostname, listenerName: name, kind: kind, maxMessageSize: maxMessageSize ?? limits.maxMessageSize,
+                             maxRecipients: limits.maxRecipients, normalizeBareLF: normalizeBareLF, authAvailable: authAvailable)
+    }
+}
+
+extension Limits {
+    /// The defaults of a configuration file without a `limits:` section.
+    public static let defaults = Limits()
 }

@@ -148,7 +148,7 @@ final class SMTPClientHandler: ChannelInboundHandler, RemovableChannelHandler {
         } else if error is NIOSSLError || error is BoringSSLError {
             fail(.tlsFailed("\(error)"), context: context)
         } else {
-            fail(.connectFailed("\(error)"), context: context)
+            fail(.connectFailed("the upstream " + ConnectFailure.reason(error)), context: context)
         }
     }
 
@@ -231,7 +231,7 @@ public final class UpstreamConnection: Sendable {
                 .connect(host: upstream.host, port: upstream.port)
                 .get()
         } catch {
-            throw .connectFailed("\(upstream.host):\(upstream.port): \(error)")
+            throw .connectFailed(ConnectFailure.describe(error, host: upstream.host, port: upstream.port))
         }
         let handler: NIOLoopBound<SMTPClientHandler>
         do {

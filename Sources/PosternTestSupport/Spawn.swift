@@ -6,8 +6,11 @@ import Glibc
 /// Starts a child with posix_spawn: stdin from /dev/null, stdout and stderr to `output`, and a clean
 /// signal mask with default dispositions. (Foundation's Process passes on the test thread's blocked
 /// signals and ignored SIGPIPE, so a child such as slapd or the gateway would never see SIGTERM.)
-/// `environment` is added to (or replaces entries of) this process's environment.
-public func spawnProcess(_ arguments: [String], output: String, environment: [String: String] = [:]) throws -> pid_t {
+/// `environment` is added to (or replaces entries of) this process's environment. With `ownProcessGroup` the
+/// child leads a process group of its own (its pid), as a job started from a shell does: `kill(-pid, SIGINT)`
+/// is then what Ctrl-C in its terminal would do.
+public func spawnProcess(_ arguments: [String], output: String, environment: [String: String] = [:],
+                         ownProcessGroup: Bool = false) throws -> pid_t {
     var actions = posix_spawn_file_actions_t()
     posix_spawn_file_actions_init(&actions)
     defer { posix_spawn_file_actions_destroy(&actions) }
@@ -24,7 +27,12 @@ public func spawnProcess(_ arguments: [String], output: String, environment: [St
     for signal in [SIGPIPE, SIGTERM, SIGINT, SIGHUP, SIGCHLD] { sigaddset(&defaults, signal) }
     posix_spawnattr_setsigmask(&attributes, &noSignals)
     posix_spawnattr_setsigdefault(&attributes, &defaults)
-    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+    var flags = POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF
+    if ownProcessGroup {
+        posix_spawnattr_setpgroup(&attributes, 0)
+        flags |= POSIX_SPAWN_SETPGROUP
+    }
+    posix_spawnattr_setflags(&attributes, Int16(flags))
     let argv = arguments.map { strdup($0) } + [nil]
     defer { for pointer in argv { free(pointer) } }
     var pid = pid_t()

@@ -1,24 +1,38 @@
 import ArgumentParser
 import Foundation
 import PosternPolicy
+import PosternGateway
 import PosternSMTP
+import PosternSession
 
-/// `postern explain`: how policy decides one transaction, stage by stage, and which rule decided.
-struct ExplainCommand: ParsableCommand {
+/// `postern explain`: one transaction played through the gateway's own session and rules (`TransactionProbe`),
+/// with the configuration's listener settings and the directory's answer for the login: the reply the gateway
+/// would give at each stage, and the rule that decided.
+struct ExplainCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "explain",
-        abstract: "Show the decision, the reply and the deciding rule for one transaction.",
+        abstract: "Show the gateway's reply at each SMTP stage of one transaction, and the rule that decided.",
         discussion: """
-            Example: postern explain --listener device --client 10.1.2.3 --from scan@chem.example.edu --rcpt x@gmail.com --at 2026-12-01
-            Stages are judged as the gateway judges them: the connection, MAIL FROM, then each RCPT TO, and with \
-            --message the header From policy at the end of DATA (the message's From: and Sender: addresses).
-            Exit status is 0 when the explanation was printed (whatever the decision), 1 when the policy does not load.
+            Example: postern explain --config /etc/postern/postern.yaml --listener device --client 10.1.2.3 \
+              --from scan@chem.example.edu --rcpt x@gmail.com --at 2026-12-01
+            The transaction runs through the gateway's own SMTP session and policy rules, as a connection to the \
+            named listener would: EHLO, STARTTLS where the listener has it, AUTH with --login, MAIL FROM, each RCPT TO, \
+            and with --message the end of DATA (header From policy, size). Nothing is queued or sent.
+            With --config (default $POSTERN_CONFIG or /etc/postern/postern.yaml) the listener's and the gateway's \
+            settings apply, and --login is looked up in the configured directory (addresses, groups, required \
+            groups; no password, no bind as the user). With --policies only the policy files are read: limits take \
+            their defaults and --address/--group stand for the directory.
+            Exit status: 0 when the explanation was printed (whatever the decision), 1 when the configuration or \
+            the policy does not load.
             """)
 
-    @Option(help: "Directory holding policy.yaml, departments.yaml and devices.yaml.")
-    var policies: String = "policies"
+    @Option(help: "The gateway configuration file (YAML). Default: $POSTERN_CONFIG or /etc/postern/postern.yaml, unless --policies is given.")
+    var config: String?
 
-    @Option(help: "Listener kind: submission, submissions or device.")
+    @Option(help: "A policy directory to judge by without a configuration file (defaults for everything else, no directory).")
+    var policies: String?
+
+    @Option(help: "Listener: a listener name from the configuration, or a kind (submission, submissions, device).")
     var listener: String
 
     @Option(help: "Client IP address (IPv4 or IPv6).")
@@ -30,37 +44,44 @@ struct ExplainCommand: ParsableCommand {
     @Option(name: .customLong("rcpt"), help: "Envelope recipient (RCPT TO); repeat for more.")
     var recipients: [String] = []
 
-    @Option(help: "Authenticated login (submission endpoints).")
+    @Option(help: "Login for SMTP AUTH: looked up in the configuration's directory.")
     var login: String?
 
-    @Option(name: .customLong("address"), help: "An address of the authenticated user; repeat for more.")
+    @Option(name: .customLong("address"), help: "Without a directory: an address of the login; repeat for more.")
     var addresses: [String] = []
 
-    @Option(name: .customLong("group"), help: "A group of the authenticated user; repeat for more.")
+    @Option(name: .customLong("group"), help: "Without a directory: a group (DN) of the login; repeat for more.")
     var groups: [String] = []
 
-    @Flag(name: .customLong("no-tls"), help: "Judge a submission connection that has not started TLS.")
+    @Flag(name: .customLong("no-tls"), help: "A submission connection that does not start TLS.")
     var noTLS = false
 
     @Option(help: "Judge at this day (YYYY-MM-DD, noon in the policy's time zone) or instant (ISO 8601). Default: now.")
     var at: String?
 
-    @Option(help: "A message file (header and body; LF line ends are read as CRLF): judge its From: and Sender: too.")
+    @Option(help: "A message file (header and body; LF line ends are sent as CRLF): judged at the end of DATA.")
     var message: String?
 
-    func run() throws {
-        guard let endpoint = PolicyEndpoint(rawValue: listener) else {
-            throw ValidationError("unknown listener '\(listener)'; use submission, submissions or device")
+    func validate() throws {
+        guard ClientAddress(client).ip != nil else {
+            throw ValidationError("--client '\(client)' is not an IP address (write one like 10.1.2.3 or 2001:db8::1)")
         }
-        let policy = try loadPolicy(policies)
-        let now = try instant(at, policy: policy)
-        let identity = login.map { SubmitterIdentity(login: $0, addresses: addresses, groups: groups) }
-        let tls = endpoint != .device && !noTLS
+        if config != nil && policies != nil { throw ValidationError("give --config or --policies, not both") }
+    }
 
-        print("listener:  \(endpoint.rawValue), client \(client), \(tls ? "TLS" : "no TLS")"
-              + (identity.map { ", login \($0.login) (\($0.addresses.joined(separator: ", ")))" } ?? ""))
+    func run() async throws {
+        let setting = try ExplainSetting.load(config: config, policies: policies, listener: listener)
+        let store = setting.store
+        let policy = store.policy
+        let now = try instant(at, policy: policy)
+        let kind = setting.listener.kind
+        let tls = kind != .device && !noTLS
+        let messageBytes = try message.map(Self.read)
+
+        print("listener:  \(setting.listener.name) (\(kind.rawValue)), client \(client), \(tls ? "TLS" : "no TLS")")
+        print("settings:  \(setting.source)")
         print("at:        \(describe(now, policy.timeZone))")
-        if endpoint == .device {
+        if kind == .device {
             if let device = policy.device(forAddress: client) {
                 let sunset = policy.effectiveSunset(for: device)
                 print("device:    \(device.id) (department \(device.department), owner \(device.owner)"
@@ -70,72 +91,59 @@ struct ExplainCommand: ParsableCommand {
                 print("device:    none registered for \(client)")
             }
         }
+
+        var authenticate: (String) async -> AuthOutcome = { _ in .invalidCredentials }
+        var directoryNote: String?
+        if let login {
+            let answer = try await setting.lookUp(login: login, addresses: addresses, groups: groups)
+            authenticate = { _ in answer.outcome }
+            directoryNote = answer.note
+            print("login:     \(login): \(answer.note)")
+        }
         print("")
 
-        var input = DecisionInput(endpoint: endpoint, clientAddress: client, tls: tls, identity: identity, now: now)
-        let connection = policy.decide(input)
-        report("connection", connection)
-        guard connection.isAccepted else { return conclude("refused at the connection", connection) }
-        guard let from else { return print("decision:  connection accepted (no --from given)") }
-
-        let mailLabel = "MAIL FROM:\(bracketed(from))"
-        let sender: ReversePath
-        do {
-            sender = try AddressParser.parseReversePath(Substring(bracketed(from)))
-        } catch {
-            let d = Decision(reply: error.reply, rule: "address syntax (RFC 5321)")
-            report(mailLabel, d)
-            return conclude("refused at MAIL FROM", d)
+        let decisions = DecisionCapture()
+        var facts = ConnectionFacts(listenerName: setting.listener.name, kind: kind, clientAddress: client, sessionID: "explain")
+        facts.clientPort = 0
+        let probe = TransactionProbe(
+            configuration: setting.listener.sessionConfiguration(hostname: setting.hostname, limits: setting.limits,
+                                                                 authAvailable: setting.authAvailable),
+            facts: facts, rules: store.rules(now: { now }, audit: decisions.auditLog()), tls: tls, login: login,
+            authenticate: authenticate, sender: from, recipients: recipients, message: messageBytes, decisions: decisions)
+        let (steps, outcome) = await probe.run()
+        for step in steps {
+            print(step.command)
+            print("  -> \(step.reply)")
+            if let rule = step.rule { print("     rule: \(rule)") }
         }
-        input.sender = sender
-        let mail = policy.decide(input)
-        report(mailLabel, mail)
-        guard mail.isAccepted else { return conclude("refused at MAIL FROM", mail) }
-        guard !recipients.isEmpty else { return print("decision:  sender accepted (no --rcpt given)") }
-
-        var accepted = 0
-        var lastRefusal: Decision?
-        for rcpt in recipients {
-            let label = "RCPT TO:\(bracketed(rcpt))"
-            let d: Decision
-            do {
-                input.recipient = try AddressParser.parsePath(Substring(bracketed(rcpt)))
-                d = policy.decide(input)
-            } catch {
-                d = Decision(reply: error.reply, rule: "address syntax (RFC 5321)")
+        switch outcome {
+        case .refused(let step):
+            print("decision:  refuse (at \(Self.stage(step.command)))")
+            print("reply:     \(step.reply)")
+            if let rule = step.rule { print("rule:      \(rule)") }
+        case .accepted(let queued):
+            let refused = steps.filter { $0.command.hasPrefix("RCPT") && !$0.reply.isPositive }.count
+            let scope = refused == 0 ? "" : " for \(recipients.count - refused) of \(recipients.count) recipients; the others are refused as shown"
+            if queued {
+                print("decision:  accept\(scope)")
+            } else {
+                print("decision:  accept\(scope) up to DATA; the end of DATA (header From, size) is judged with --message")
             }
-            report(label, d)
-            if d.isAccepted { accepted += 1 } else { lastRefusal = d }
+        case .incomplete(let why):
+            print("decision:  accepted so far (\(why))")
         }
-        if accepted > 0, let message {
-            input.recipient = nil
-            let header = policy.decideHeaderFrom(input, originators: OriginatorParser.parse(try Self.read(message)))
-            report("end of DATA (header-from: \(policy.headerFromMode(endpoint).rawValue))", header.decision)
-            if let added = header.addedField { print("     adds: \(added.trimmingCharacters(in: .whitespacesAndNewlines))") }
-            guard header.decision.isAccepted else { return conclude("refused at the end of DATA", header.decision) }
-        }
-        if accepted == recipients.count {
-            print("decision:  accept (all \(accepted) recipient\(accepted == 1 ? "" : "s"))")
-        } else if accepted == 0, let lastRefusal {
-            conclude("refused at RCPT TO", lastRefusal)
-        } else {
-            print("decision:  accept for \(accepted) of \(recipients.count) recipients; the others are refused as shown")
+        if let directoryNote, directoryNote.hasPrefix("not consulted") || directoryNote.hasPrefix("unavailable") {
+            print("note:      the directory was not asked; the login's addresses and groups are the --address and --group given")
         }
     }
 
-    private func report(_ stage: String, _ d: Decision) {
-        print("\(stage)")
-        print("  -> \(d.reply.map(\.description) ?? "accept")")
-        print("     rule: \(d.rule)")
+    /// "MAIL FROM:<a@b>" -> "MAIL FROM"; "AUTH PLAIN (login x)" -> "AUTH".
+    static func stage(_ command: String) -> String {
+        if command.hasPrefix("MAIL FROM") { return "MAIL FROM" }
+        if command.hasPrefix("RCPT TO") { return "RCPT TO" }
+        if command.hasPrefix("(message") { return "the end of DATA" }
+        return String(command.prefix { $0 != " " })
     }
-
-    private func conclude(_ what: String, _ d: Decision) {
-        print("decision:  refuse (\(what))")
-        print("reply:     \(d.reply.map(\.description) ?? "")")
-        print("rule:      \(d.rule)")
-    }
-
-    private func bracketed(_ s: String) -> String { s.hasPrefix("<") ? s : "<\(s)>" }
 
     /// The file as a client would send it: bare LF line ends become CRLF (swaks and smtplib do the same).
     static func read(_ path: String) throws -> [UInt8] {

@@ -175,6 +175,38 @@ final class DirectoryTests: XCTestCase {
         XCTAssertEqual(bobGuess, .invalidCredentials)
     }
 
+    // MARK: - Lookup without a password (`postern explain`)
+
+    func testLookupReadsTheEntryAndTheGroupRequirementWithoutBindingAsTheUser() async throws {
+        let directory = try makeDirectory(configuration(requiredGroups: ["mail-submitters"]))
+        let aliceBinds = slapd.bindCount(dn: Self.alice)
+        let alice = await directory.lookup(login: "Alice")
+        let bob = await directory.lookup(login: "bob")
+        let nobody = await directory.lookup(login: "nobody-here")
+        let twin = await directory.lookup(login: "twin")
+        let injected = await directory.lookup(login: "*)(uid=alice")
+        XCTAssertEqual(directory.credentialBindCount, 0, "a lookup binds nothing")
+        await directory.shutdown()
+        XCTAssertEqual(slapd.bindCount(dn: Self.alice), aliceBinds)
+        guard case .found(let identity, let admitted) = alice else { return XCTFail("alice: \(alice)") }
+        XCTAssertEqual(identity.login, "alice")
+        XCTAssertEqual(identity.addresses, ["alice@example.edu", "a.smith@example.edu"])
+        XCTAssertTrue(admitted)
+        guard case .found(let bobIdentity, let bobAdmitted) = bob else { return XCTFail("bob: \(bob)") }
+        XCTAssertEqual(bobIdentity.addresses, ["bob@example.edu"])
+        XCTAssertFalse(bobAdmitted, "bob is in none of the required groups")
+        XCTAssertEqual(nobody, .notFound)
+        XCTAssertEqual(twin, .notFound, "two entries are no single entry")
+        XCTAssertEqual(injected, .notFound)
+    }
+
+    func testLookupAgainstAnUnreachableDirectoryIsUnavailable() async throws {
+        let directory = try makeDirectory(configuration(uris: ["ldap://127.0.0.1:\(freeLoopbackPort())"], connectTimeout: .seconds(2)))
+        let result = await directory.lookup(login: "alice")
+        await directory.shutdown()
+        guard case .unavailable = result else { return XCTFail("expected unavailable, got \(result)") }
+    }
+
     func testGroupsFoundBySearchWhenThereIsNoMemberOf() async throws {
         let lookup = GroupLookup.search(base: TestSlapd.groupsBase, filter: "(&(objectClass=groupOfNames)(member=%s))")
         let directory = try makeDirectory(configuration(groupLookup: lookup, requiredGroups: [Self.submitters]))

@@ -48,7 +48,7 @@ final class QueueToolTests: XCTestCase {
             if i == 1 {
                 var state = SpoolEntryState.initial(for: envelope)
                 state.attempts = 3
-                state.recipients[0].lastReply = "connect failed: 127.0.0.1:9: connection refused"
+                state.recipients[0].lastReply = "connect failed: 127.0.0.1:9 refused the connection (nothing listens on that port)"
                 state.recipients[0].attempts = 3
                 try spool.directory.writeState(id: id, state)
             }
@@ -73,7 +73,7 @@ final class QueueToolTests: XCTestCase {
         XCTAssertEqual(list.status, 0, list.output)
         XCTAssertTrue(list.output.contains("ID                    STATUS  SIZE   AGE     ATTEMPTS  NEXT TRY              SENDER"), list.output)
         XCTAssertTrue(list.output.contains("\(ids[1])  queued  19K    2h0m    3         "), list.output)
-        XCTAssertTrue(list.output.contains("    (connect failed: 127.0.0.1:9: connection refused)\n    -> carol@example.edu\n    -> dave@example.edu"), list.output)
+        XCTAssertTrue(list.output.contains("    (connect failed: 127.0.0.1:9 refused the connection (nothing listens on that port))\n    -> carol@example.edu\n    -> dave@example.edu"), list.output)
         XCTAssertTrue(list.output.contains("-- 2 message(s) queued, 0 held, 39K bytes in all"), list.output)
         // The spool directly, and the configuration from the environment, read the same.
         XCTAssertEqual(try queue(["list", "--spool", spoolPath.path]).output, list.output)
@@ -85,7 +85,7 @@ final class QueueToolTests: XCTestCase {
         let second = try XCTUnwrap(listed.first { $0["id"] as? String == ids[1] })
         XCTAssertEqual(second["status"] as? String, "queued")
         XCTAssertEqual(second["attempts"] as? Int, 3)
-        XCTAssertEqual(second["last_reason"] as? String, "connect failed: 127.0.0.1:9: connection refused")
+        XCTAssertEqual(second["last_reason"] as? String, "connect failed: 127.0.0.1:9 refused the connection (nothing listens on that port)")
         XCTAssertEqual((second["recipients"] as? [[String: Any]])?.map { $0["address"] as? String }, ["carol@example.edu", "dave@example.edu"])
         XCTAssertEqual(second["message_id"] as? String, "<m1@test>")
         XCTAssertNotNil(second["age_seconds"] as? Int)
