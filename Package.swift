@@ -122,11 +122,27 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
-        // Wiring: config, listeners, TLS, delivery, lifecycle.
+        // The SMTP listener and its connection handler: sockets, TLS, PROXY, backpressure, a thin handler over
+        // `SMTPSession` and `ServerConnectionStateMachine`; the one event-loop group's accept and session loops.
+        .target(
+            name: "PosternListener",
+            dependencies: [
+                "PosternCore", "PosternSMTP", "PosternSession", "PosternPolicy",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+                .product(name: "NIOExtras", package: "swift-nio-extras"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // Wiring and lifecycle: postern.yaml, which listeners, delivery target, relay, admin endpoint and services
+        // `postern serve` runs (`GatewayServices`), their metrics, reload and shutdown.
         .target(
             name: "PosternGateway",
             dependencies: [
-                "PosternCore", "PosternSMTP", "PosternSession", "PosternPolicy", "PosternDirectory",
+                "PosternCore", "PosternSMTP", "PosternSession", "PosternPolicy", "PosternDirectory", "PosternListener",
                 "PosternSpool", "PosternRelay", "PosternRegistration",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -162,8 +178,8 @@ let package = Package(
         .executableTarget(
             name: "postern",
             dependencies: [
-                "PosternCore", "PosternGateway", "PosternSink", "PosternPolicy", "PosternSMTP", "PosternSpool", "PosternRelay", "PosternRegistration",
-                "PosternSession", "PosternDirectory",
+                "PosternCore", "PosternGateway", "PosternListener", "PosternSink", "PosternPolicy", "PosternSMTP", "PosternSpool", "PosternRelay",
+                "PosternRegistration", "PosternSession", "PosternDirectory",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -210,7 +226,8 @@ let package = Package(
         .testTarget(
             name: "PosternIntegrationTests",
             dependencies: [
-                "PosternCore", "PosternGateway", "PosternPolicy", "PosternSession", "PosternSink", "PosternSpool", "PosternRelay", "PosternTestSupport",
+                "PosternCore", "PosternGateway", "PosternListener", "PosternPolicy", "PosternSession", "PosternSink", "PosternSpool", "PosternRelay",
+                "PosternTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -5,6 +5,7 @@ import NIOCore
 import NIOPosix
 import PosternCore
 import PosternDirectory
+import PosternListener
 import PosternRelay
 import PosternSMTP
 import PosternSpool
@@ -15,16 +16,17 @@ import ServiceLifecycle
 /// delivery target. Run it as a `Service`; graceful shutdown stops accepting and lets messages in
 /// flight finish.
 ///
-/// It owns the process's threads: one event-loop group for every socket (`GatewayLoops`: SMTP listeners and
+/// It owns the process's threads: one event-loop group for every socket (`ListenerLoops`: SMTP listeners and
 /// sessions, the relay, the admin endpoint, the registration page), and the thread pools for blocking work (this
 /// one for libldap and the outbox, the spool's for its writes). `shutdown` stops them all, last; what else runs
 /// on the loops (the registration page) must have stopped by then.
 public final class Gateway: Service, Sendable {
     public let configuration: GatewayConfiguration
-    private let loops: GatewayLoops
+    private let loops: ListenerLoops
     private let threadPool: NIOThreadPool
     private let logger: Logger
     private let shared: SMTPListener.Shared
+    private let environment: ConnectionEnvironment
     private let listeners: NIOLockedValueBoxListeners
     private let authenticator: DirectoryAuthenticator?
     /// The durable queue and its relay, when delivery goes upstream.
@@ -49,7 +51,7 @@ public final class Gateway: Service, Sendable {
         self.drainTimeout = drainTimeout
         self.metrics = metrics
         let tls = TLSContextBox(try configuration.tls.map(ServerTLS.makeContext))
-        let loops = GatewayLoops()
+        let loops = ListenerLoops()
         // Blocking work (file writes, libldap) runs here; each LDAP pool slot may hold a thread for a whole call.
         let threadPool = NIOThreadPool(numberOfThreads: max(8, 2 * (configuration.directory?.maxConnections ?? 0) + 4))
         threadPool.start()
@@ -57,7 +59,7 @@ public final class Gateway: Service, Sendable {
         self.threadPool = threadPool
         let parts: Parts
         do {
-            parts = try Self.makeParts(configuration: configuration, group: loops.group, threadPool: threadPool, logger: logger, audit: audit,
+            parts = try Self.makeParts(configuration: configuration, group: loops.sessionGroup, threadPool: threadPool, logger: logger, audit: audit,
                                        metrics: metrics, now: now)
         } catch {
             // Nothing else holds the threads yet.
@@ -85,6 +87,7 @@ public final class Gateway: Service, Sendable {
             spoolProblem: { HealthProbe.directoryWritable(storePath) })
         let environment = ConnectionEnvironment(target: parts.target, authenticator: authenticator, tls: tls, logger: logger, audit: audit, now: now,
                                                 metrics: metrics)
+        self.environment = environment
         shared = SMTPListener.Shared(hostname: configuration.hostname, limits: configuration.limits,
                                      limiter: ConnectionLimiter(maxPerClient: configuration.limits.maxConnectionsPerClient,
                                                                 maxTotal: configuration.limits.maxConnections),
@@ -146,7 +149,7 @@ public final class Gateway: Service, Sendable {
         if let adminConfiguration = configuration.admin {
             let context = AdminServer.Context(metrics: metrics, probes: adminProbes, gatewayProblem: { [self] in listenerProblem() },
                                               logger: logger)
-            let server = try await AdminServer.start(adminConfiguration, context: context, group: loops.group)
+            let server = try await AdminServer.start(adminConfiguration, context: context, group: loops.services)
             admin.withLockedValue { $0 = server }
         }
         // The relay starts once every port is bound: a start that fails delivers nothing, and the relay's
@@ -168,9 +171,9 @@ public final class Gateway: Service, Sendable {
     /// The admin endpoint's port, when one is configured and bound.
     public var adminPort: Int? { admin.withLockedValue { $0 }?.port }
 
-    /// The loops other servers of the process run on (the registration page): the gateway's, so that there is one
-    /// event-loop group.
-    public var eventLoopGroup: any EventLoopGroup { loops.group }
+    /// Where other servers of the process run (the registration page): a loop of the gateway's group, so that there
+    /// is one event-loop group.
+    public var eventLoopGroup: any EventLoopGroup { loops.services }
 
     /// Why the SMTP side is unhealthy: shutting down, or configured listeners that are not bound.
     func listenerProblem() -> String? {
@@ -185,7 +188,7 @@ public final class Gateway: Service, Sendable {
     }
 
     /// Where accepted mail goes (the spool, or the outbox without a relay).
-    public var deliveryTarget: any DeliveryTarget { shared.environment.target }
+    public var deliveryTarget: any DeliveryTarget { environment.target }
 
     /// A file beside the delivered mail where the gateway keeps small state of its own.
     public func stateFile(_ name: String) -> URL {
@@ -196,7 +199,7 @@ public final class Gateway: Service, Sendable {
     }
 
     /// The TLS context for new handshakes (swapped on reload).
-    public var tlsContext: TLSContextBox { shared.environment.tls }
+    public var tlsContext: TLSContextBox { environment.tls }
 
     /// Reads the certificate and key again; new handshakes use them, established sessions keep theirs.
     public func reloadTLS() {
@@ -217,7 +220,7 @@ public final class Gateway: Service, Sendable {
 
     /// Stops accepting, lets sessions in DATA finish (bounded by `drainTimeout`), then closes everything.
     public func shutdown() async {
-        logger.info("shutting down", metadata: ["connections": "\(shared.limiter.total)"])
+        logger.info("shutting down", metadata: ["connections": "\(shared.connections)"])
         stopping.withLockedValue { $0 = true }
         let all = listeners.all
         await withTaskGroup(of: Void.self) { group in

@@ -1,38 +1,12 @@
 import Foundation
 import PosternCore
 import PosternDirectory
+import PosternListener
 import PosternPolicy
 import PosternRegistration
 import PosternRelay
 import PosternSession
 import Yams
-
-/// One endpoint to listen on.
-public struct ListenerConfiguration: Sendable, Hashable {
-    public var name: String
-    public var kind: ListenerKind
-    public var host: String
-    public var port: Int
-    /// Device listeners only: store bare LF as CRLF for old devices instead of refusing.
-    public var normalizeBareLF: Bool
-    /// Replaces `limits.max-message-size` for this listener (bigger or smaller); policy.yaml may only lower it.
-    public var maxMessageSize: Int?
-    /// Load balancers whose connections start with a PROXY protocol header (v1 or v2).
-    public var proxyProtocolFrom: [AddressRange] = []
-}
-
-public struct Limits: Sendable, Hashable {
-    /// The largest message a listener takes, unless it sets its own (`ListenerConfiguration.maxMessageSize`).
-    public var maxMessageSize = 25 * 1024 * 1024
-    public var maxRecipients = 100
-    public var idleTimeoutSeconds = 300
-    public var maxConnectionsPerClient = 50
-    public var maxConnections = 20_000
-    /// Messages one authenticated login may send per hour, on every endpoint together; nil for no limit.
-    public var messagesPerUserPerHour: Int?
-    /// Wait this long before the 220 and refuse clients that talk first (postscreen's "pregreet"); 0 is off.
-    public var greetingDelayMilliseconds = 0
-}
 
 /// Where accepted mail goes.
 public enum DeliveryConfiguration: Sendable {

@@ -1,5 +1,6 @@
 import Foundation
 import NIOConcurrencyHelpers
+import PosternListener
 import PosternPolicy
 import PosternSession
 import Prometheus
@@ -7,7 +8,7 @@ import Prometheus
 /// The gateway's Prometheus metrics: one registry, one typed method per thing operators watch.
 /// Label values are bounded (listener names, reply codes, rule categories, departments) so the
 /// number of series stays small whatever clients send.
-public final class GatewayMetrics: Sendable {
+public final class GatewayMetrics: ConnectionMetrics, Sendable {
     public let registry: PrometheusCollectorRegistry
     /// For libraries that report through swift-metrics' API into the same registry.
     public let factory: PrometheusMetricsFactory

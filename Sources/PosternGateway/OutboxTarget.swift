@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import PosternCore
+import PosternListener
 import PosternSMTP
 import PosternSession
 

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import PosternCore
+import PosternListener
 import PosternRelay
 import PosternSMTP
 import PosternSession

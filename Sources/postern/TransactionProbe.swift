@@ -4,6 +4,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import PosternCore
 import PosternGateway
+import PosternListener
 import PosternSMTP
 import PosternSession
 

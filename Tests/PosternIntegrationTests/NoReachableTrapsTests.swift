@@ -8,7 +8,8 @@ import PosternSMTP
 import PosternSession
 import PosternSpool
 import XCTest
-@testable import PosternGateway
+import PosternGateway
+@testable import PosternListener
 
 /// Input, configuration and queue files that used to reach a trap (issue #13), fed to the real channel
 /// handler, the real configuration reader and the real `postern` binary.

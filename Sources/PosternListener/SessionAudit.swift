@@ -32,7 +32,7 @@ extension AuditLog {
 
 extension AuthOutcome {
     /// The outcome's name in the audit log and in the `postern_auth_attempts_total` metric.
-    var auditName: String {
+    public var auditName: String {
         switch self {
         case .success: return "success"
         case .invalidCredentials: return "invalid_credentials"

@@ -12,13 +12,13 @@ import PosternSession
 /// One bound endpoint. Accepts connections, applies connection limits, and puts an `SMTPServerHandler`
 /// (behind TLS on `submissions`) on each.
 ///
-/// Connections are accepted on a loop that serves none of them (`GatewayLoops.accept`), so accepting and greeting
+/// Connections are accepted on a loop that serves none of them (`ListenerLoops.accept`), so accepting and greeting
 /// a client never waits for a loop busy with sessions. NIO's `ServerBootstrap` serves a server socket's
 /// connections on one group or one loop, and the session loops are part of the gateway's one group; so there is a
 /// listening socket per session loop, all bound to the endpoint with `SO_REUSEPORT` (the kernel spreads new
 /// connections over them by their addresses and ports) and all accepted on the accept loop.
-final class SMTPListener: @unchecked Sendable {  // ServerQuiescingHelper is thread-safe but not marked Sendable
-    let configuration: ListenerConfiguration
+public final class SMTPListener: @unchecked Sendable {  // ServerQuiescingHelper is thread-safe but not marked Sendable
+    public let configuration: ListenerConfiguration
     private let sockets: [Socket]
 
     /// One listening socket and the helper that drains its connections.
@@ -28,24 +28,37 @@ final class SMTPListener: @unchecked Sendable {  // ServerQuiescingHelper is thr
         var quiescing: NIOLockedValueBox<ServerQuiescingHelper?>
     }
 
-    var localAddress: SocketAddress? { sockets.first?.channel.localAddress }
-    var isActive: Bool { sockets.allSatisfy(\.channel.isActive) }
+    public var localAddress: SocketAddress? { sockets.first?.channel.localAddress }
+    public var isActive: Bool { sockets.allSatisfy(\.channel.isActive) }
 
     private init(configuration: ListenerConfiguration, sockets: [Socket]) {
         self.configuration = configuration
         self.sockets = sockets
     }
 
-    struct Shared: Sendable {
+    /// What every listener of a gateway shares.
+    public struct Shared: Sendable {
         var hostname: String
         var limits: Limits
         var limiter: ConnectionLimiter
         var environment: ConnectionEnvironment
         var rules: @Sendable () -> any SessionRules
+
+        public init(hostname: String, limits: Limits, limiter: ConnectionLimiter, environment: ConnectionEnvironment,
+                    rules: @escaping @Sendable () -> any SessionRules) {
+            self.hostname = hostname
+            self.limits = limits
+            self.limiter = limiter
+            self.environment = environment
+            self.rules = rules
+        }
+
+        /// Connections open now, on every listener.
+        public var connections: Int { limiter.total }
     }
 
     /// Listens on `loops.accept` and serves each connection on one of `loops.sessions`.
-    static func bind(_ configuration: ListenerConfiguration, shared: Shared, loops: GatewayLoops) async throws -> SMTPListener {
+    public static func bind(_ configuration: ListenerConfiguration, shared: Shared, loops: ListenerLoops) async throws -> SMTPListener {
         if configuration.port != 0 { try ensureNotListening(host: configuration.host, port: configuration.port) }
         var sockets: [Socket] = []
         var port = configuration.port
@@ -125,7 +138,7 @@ final class SMTPListener: @unchecked Sendable {  // ServerQuiescingHelper is thr
     }
 
     /// Stops accepting and asks every session to finish; completes when all connections are closed.
-    func quiesce() async {
+    public func quiesce() async {
         await withTaskGroup(of: Void.self) { group in
             for socket in sockets {
                 guard let helper = socket.quiescing.withLockedValue({ $0 }) else { continue }
@@ -136,7 +149,7 @@ final class SMTPListener: @unchecked Sendable {  // ServerQuiescingHelper is thr
         }
     }
 
-    func close() async {
+    public func close() async {
         for socket in sockets {
             socket.channel.close(promise: nil)
             try? await socket.channel.closeFuture.get()
@@ -187,22 +200,4 @@ enum SessionID {
     static func make() -> String {
         String((UInt64.random(in: 0...UInt64.max) & 0xFFFF_FFFF_FFFF), radix: 16, uppercase: false)
     }
-}
-
-extension ListenerConfiguration {
-    /// A listener of `kind` with the defaults a configuration file gets (for `postern explain` without one).
-    public init(name: String, kind: ListenerKind) {
-        self.init(name: name, kind: kind, host: "", port: 0, normalizeBareLF: false, maxMessageSize: nil)
-    }
-
-    /// The configuration of this listener's sessions (the gateway's, and `postern explain`'s).
-    public func sessionConfiguration(hostname: String, limits: Limits, authAvailable: Bool) -> SessionConfiguration {
-        SessionConfiguration(hostname: hostname, listenerName: name, kind: kind, maxMessageSize: maxMessageSize ?? limits.maxMessageSize,
-                             maxRecipients: limits.maxRecipients, normalizeBareLF: normalizeBareLF, authAvailable: authAvailable)
-    }
-}
-
-extension Limits {
-    /// The defaults of a configuration file without a `limits:` section.
-    public static let defaults = Limits()
 }

@@ -26,7 +26,7 @@ extension DeliveryTarget {
 
 extension SMTPReply {
     /// A message not stored because the disk (or the quota) is full.
-    static let insufficientStorage = SMTPReply(452, "4.3.1", "Insufficient system storage, try again later")
+    public static let insufficientStorage = SMTPReply(452, "4.3.1", "Insufficient system storage, try again later")
     /// A message not stored for any other local reason.
-    static let localProblem = SMTPReply(451, "4.3.0", "Temporary local problem, try again later")
+    public static let localProblem = SMTPReply(451, "4.3.0", "Temporary local problem, try again later")
 }
