@@ -61,7 +61,7 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
             ]
         ),
-        // LDAP authentication off the event loops.
+        // LDAP authentication off the event loops; group names in configuration (`GroupReference`).
         .target(
             name: "PosternDirectory",
             dependencies: [
@@ -157,7 +157,8 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
-        // The department device-registration web application (HTTPS, LDAP login, admin approval).
+        // The department device-registration web application (HTTPS, LDAP login, admin approval), on the policy
+        // store, directory login and event loops `postern serve` hands it; it does not depend on the gateway.
         .target(
             name: "PosternRegistration",
             dependencies: [

@@ -18,6 +18,10 @@ public enum DeliveryConfiguration: Sendable {
 
 /// The gateway's configuration file (`postern.yaml`): listeners, TLS, limits, delivery, and where
 /// the policy files are. Paths are relative to the file's directory.
+///
+/// Read in one pass through PosternCore's `ConfigReader`, so every problem comes back at once with its line and
+/// fix, and sizes take the forms the policy files take (`ByteSize`); the `registration:` section is read by
+/// `RegistrationConfiguration.read` with the same reader.
 public struct GatewayConfiguration: Sendable {
     public var file: String
     public var hostname: String
