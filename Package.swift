@@ -27,6 +27,18 @@ let package = Package(
             pkgConfig: "ldap",
             providers: [.apt(["libldap2-dev"])]
         ),
+        // One of each piece the other modules share: the config reader and its issues (file:line, fix), sizes, the
+        // durable file write, queue ids, the audit log and server TLS. Depends on no other Postern module.
+        .target(
+            name: "PosternCore",
+            dependencies: [
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
         // RFC 5321 wire format: commands, replies, addresses, line and DATA framing. No I/O.
         .target(
             name: "PosternSMTP",
@@ -37,27 +49,35 @@ let package = Package(
             name: "PosternSession",
             dependencies: ["PosternSMTP"]
         ),
-        // Policy model, loading, validation and decisions. Pure but for loading files.
+        // Policy model, loading, validation and decisions, pure but for loading files; the policy in force
+        // (`PolicyStore`, reloaded and swapped whole), the session's rules on it and the message rate limits.
         .target(
             name: "PosternPolicy",
-            dependencies: ["PosternSMTP", .product(name: "Yams", package: "Yams")]
+            dependencies: [
+                "PosternCore", "PosternSMTP", "PosternSession", "PosternDirectory",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
+            ]
         ),
-        // LDAP authentication off the event loops.
+        // LDAP authentication off the event loops; group names in configuration (`GroupReference`).
         .target(
             name: "PosternDirectory",
             dependencies: [
-                "CLDAP",
+                "CLDAP", "PosternCore",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
             ]
         ),
         // Durable queue, recovery, retry schedule.
         .target(
             name: "PosternSpool",
             dependencies: [
-                "PosternSMTP",
+                "PosternCore", "PosternSMTP",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -69,7 +89,7 @@ let package = Package(
         .target(
             name: "PosternRelay",
             dependencies: [
-                "PosternSMTP",
+                "PosternCore", "PosternSMTP",
                 "PosternSpool",
                 .product(name: "HeapModule", package: "swift-collections"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -102,12 +122,29 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
-        // Wiring: config, listeners, TLS, delivery, lifecycle.
+        // The SMTP listener and its connection handler: sockets, TLS, PROXY, backpressure, a thin handler over
+        // `SMTPSession` and `ServerConnectionStateMachine`; the one event-loop group's accept and session loops.
+        .target(
+            name: "PosternListener",
+            dependencies: [
+                "PosternCore", "PosternSMTP", "PosternSession", "PosternPolicy",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+                .product(name: "NIOExtras", package: "swift-nio-extras"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // Wiring and lifecycle: postern.yaml, which listeners, delivery target, relay, admin endpoint and services
+        // `postern serve` runs (`GatewayServices`), their metrics, reload and shutdown.
         .target(
             name: "PosternGateway",
             dependencies: [
-                "PosternSMTP", "PosternSession", "PosternPolicy", "PosternDirectory",
-                "PosternSpool", "PosternRelay",
+                "PosternCore", "PosternSMTP", "PosternSession", "PosternPolicy", "PosternDirectory", "PosternListener",
+                "PosternSpool", "PosternRelay", "PosternRegistration",
+                .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -118,14 +155,14 @@ let package = Package(
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),
-        // The department device-registration web application (HTTPS, LDAP login, admin approval).
+        // The department device-registration web application (HTTPS, LDAP login, admin approval), on the policy
+        // store, directory login and event loops `postern serve` hands it; it does not depend on the gateway.
         .target(
             name: "PosternRegistration",
             dependencies: [
-                "PosternPolicy", "PosternDirectory", "PosternGateway",
+                "PosternCore", "PosternPolicy", "PosternDirectory", "PosternListener", "PosternSession", "PosternSMTP",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "Mustache", package: "swift-mustache"),
@@ -142,7 +179,8 @@ let package = Package(
         .executableTarget(
             name: "postern",
             dependencies: [
-                "PosternGateway", "PosternSink", "PosternPolicy", "PosternSMTP", "PosternSpool", "PosternRelay", "PosternRegistration", "PosternSession", "PosternDirectory",
+                "PosternCore", "PosternGateway", "PosternListener", "PosternSink", "PosternPolicy", "PosternSMTP", "PosternSpool", "PosternRelay",
+                "PosternRegistration", "PosternSession", "PosternDirectory",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -159,7 +197,7 @@ let package = Package(
         .executableTarget(
             name: "postern-load",
             dependencies: [
-                "PosternGateway", "PosternPolicy", "PosternSMTP",
+                "PosternPolicy", "PosternSMTP",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -167,20 +205,30 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        .testTarget(
+            name: "PosternCoreTests",
+            dependencies: [
+                "PosternCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
         .testTarget(name: "PosternSMTPTests", dependencies: ["PosternSMTP"]),
         .testTarget(name: "PosternSessionTests", dependencies: ["PosternSession", "PosternSMTP"]),
         .testTarget(name: "PosternPolicyTests", dependencies: ["PosternPolicy", "PosternSMTP", "PosternTestSupport"]),
         .testTarget(name: "PosternDirectoryTests", dependencies: ["PosternDirectory", "PosternTestSupport"]),
-        .testTarget(name: "PosternSpoolTests", dependencies: ["PosternSpool", "PosternTestSupport"]),
-        .testTarget(name: "PosternRelayTests", dependencies: ["PosternRelay", "PosternSpool", "PosternSink", "PosternTestSupport"]),
+        .testTarget(name: "PosternSpoolTests", dependencies: ["PosternCore", "PosternSpool", "PosternTestSupport"]),
+        .testTarget(name: "PosternRelayTests", dependencies: ["PosternCore", "PosternRelay", "PosternSpool", "PosternSink", "PosternTestSupport"]),
         .testTarget(
             name: "PosternRegistrationTests",
-            dependencies: ["PosternRegistration", "PosternGateway", "PosternPolicy", "PosternDirectory", "PosternTestSupport"]
+            dependencies: ["PosternCore", "PosternRegistration", "PosternGateway", "PosternPolicy", "PosternDirectory", "PosternTestSupport"]
         ),
         .testTarget(
             name: "PosternIntegrationTests",
             dependencies: [
-                "PosternGateway", "PosternPolicy", "PosternSession", "PosternSink", "PosternSpool", "PosternRelay", "PosternTestSupport",
+                "PosternCore", "PosternGateway", "PosternListener", "PosternPolicy", "PosternSession", "PosternSink", "PosternSpool", "PosternRelay",
+                "PosternTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -1,4 +1,6 @@
 import Foundation
+import PosternCore
+import Yams
 
 /// A login as the directory compares it.
 public enum LoginName {
@@ -84,4 +86,14 @@ public struct GroupReference: Sendable, Hashable, CustomStringConvertible {
     }
 
     public var description: String { name }
+}
+
+extension ConfigReader {
+    /// A bare group name without `directory.group-base` matches no group: warn, since its members would be refused.
+    public mutating func warnBareGroupNames(_ names: [String], base: String?, node: Node?, what: String) {
+        for name in names where GroupReference(name, base: base).matchesNothing {
+            warn(node, "\(what): bare group name '\(name)' matches no group, because directory.group-base is not set",
+                 fix: "set directory.group-base (e.g. ou=groups,dc=example,dc=edu) or write the group's full DN")
+        }
+    }
 }

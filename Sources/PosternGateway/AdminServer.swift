@@ -1,13 +1,13 @@
 import Foundation
+import Hummingbird
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
-import NIOHTTP1
 import NIOPosix
+import ServiceLifecycle
 
 /// Where the admin HTTP endpoint listens (`admin: { listen: "127.0.0.1:9025" }`).
 public struct AdminConfiguration: Sendable, Hashable {
-    public static let defaultListen = "127.0.0.1:9025"
     public var host: String
     public var port: Int
 
@@ -47,14 +47,22 @@ public enum HealthProbe {
     }
 }
 
-/// `GET /metrics` (Prometheus text) and `GET /health` (200 `ok`, or 503 with the reasons) over HTTP/1.1.
+/// `GET /metrics` (Prometheus text) and `GET /health` (200 `ok`, or 503 with the reasons), `HEAD` for both.
+///
+/// Served with Hummingbird, as the registration page is: one HTTP stack in the process, with its request limits,
+/// keep-alive and HEAD handling, on the gateway's event loops. A scrape's work is a few gauges and the
+/// exposition text; nothing here needs a hand-written HTTP handler.
 final class AdminServer: Sendable {
-    private let channel: any Channel
+    /// The application in a group of its own, so that `close` can shut it down gracefully (cancelling it would
+    /// cut off a scrape in progress).
+    private let services: ServiceGroup
+    private let server: Task<Void, any Error>
+    let port: Int
 
-    var localAddress: SocketAddress? { channel.localAddress }
-
-    private init(channel: any Channel) {
-        self.channel = channel
+    private init(services: ServiceGroup, server: Task<Void, any Error>, port: Int) {
+        self.services = services
+        self.server = server
+        self.port = port
     }
 
     struct Context: Sendable {
@@ -65,110 +73,58 @@ final class AdminServer: Sendable {
         var logger: Logger
     }
 
-    static func bind(_ configuration: AdminConfiguration, context: Context, group: any EventLoopGroup) async throws -> AdminServer {
-        let channel = try await ServerBootstrap(group: group)
-            .serverChannelOption(.backlog, value: 64)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelInitializer { channel in
-                channel.pipeline.configureHTTPServerPipeline().flatMapThrowing {
-                    try channel.pipeline.syncOperations.addHandler(AdminHTTPHandler(context: context))
-                }
+    /// Binds the endpoint and serves it until `close`; throws when it cannot bind.
+    static func start(_ configuration: AdminConfiguration, context: Context, group: any EventLoopGroup) async throws -> AdminServer {
+        let router = Router()
+        router.get("metrics") { _, _ in
+            await context.probes.refreshGauges(context.metrics)
+            return response(.ok, ByteBuffer(bytes: context.metrics.exposition()), contentType: "text/plain; version=0.0.4; charset=utf-8")
+        }
+        router.get("health") { _, _ in
+            var problems: [String] = []
+            if let problem = context.gatewayProblem() { problems.append(problem) }
+            if let problem = await context.probes.spoolProblem() { problems.append("spool: \(problem)") }
+            return problems.isEmpty ? response(.ok, ByteBuffer(string: "ok\n"))
+                : response(.serviceUnavailable, ByteBuffer(string: problems.joined(separator: "\n") + "\n"))
+        }
+        let bound = group.next().makePromise(of: Int.self)
+        let answered = NIOLockedValueBox(false)
+        @Sendable func settle(_ result: Result<Int, any Error>) {
+            guard answered.withLockedValue({ done in defer { done = true }; return !done }) else { return }
+            bound.completeWith(result)
+        }
+        let application = Application(
+            router: router,
+            configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: nil),
+            onServerRunning: { channel in
+                settle(.success(channel.localAddress?.port ?? 0))
+                context.logger.info("admin endpoint listening", metadata: ["address": "\(channel.localAddress.map { "\($0)" } ?? "?")"])
+            },
+            eventLoopGroupProvider: .shared(group), logger: context.logger)
+        let services = ServiceGroup(configuration: .init(services: [application], logger: context.logger))
+        let server = Task {
+            do {
+                try await services.run()
+                settle(.failure(CancellationError()))
+            } catch {
+                settle(.failure(error))
+                throw error
             }
-            .bind(host: configuration.host, port: configuration.port)
-            .get()
-        context.logger.info("admin endpoint listening", metadata: ["address": "\(channel.localAddress.map { "\($0)" } ?? "?")"])
-        return AdminServer(channel: channel)
+        }
+        do {
+            return AdminServer(services: services, server: server, port: try await bound.futureResult.get())
+        } catch {
+            server.cancel()
+            throw error
+        }
+    }
+
+    private static func response(_ status: HTTPResponse.Status, _ body: ByteBuffer, contentType: String = "text/plain; charset=utf-8") -> Response {
+        Response(status: status, headers: [.contentType: contentType, .cacheControl: "no-store"], body: .init(byteBuffer: body))
     }
 
     func close() async {
-        channel.close(promise: nil)
-        try? await channel.closeFuture.get()
-    }
-}
-
-/// Answers one request at a time (the HTTP pipeline's pipelining assistance holds the next one back).
-final class AdminHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = HTTPServerRequestPart
-    typealias OutboundOut = HTTPServerResponsePart
-
-    private let admin: AdminServer.Context
-    private var head: HTTPRequestHead?
-
-    init(context: AdminServer.Context) {
-        self.admin = context
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
-        case .head(let head):
-            self.head = head
-        case .body:
-            break
-        case .end:
-            guard let head else { return }
-            self.head = nil
-            respond(to: head, context: context)
-        }
-    }
-
-    private struct Response: Sendable {
-        var status: HTTPResponseStatus
-        var contentType = "text/plain; charset=utf-8"
-        var body: [UInt8]
-    }
-
-    private func respond(to head: HTTPRequestHead, context: ChannelHandlerContext) {
-        let path = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
-        guard head.method == .GET || head.method == .HEAD else {
-            send(Response(status: .methodNotAllowed, body: Array("only GET\n".utf8)), for: head, context: context)
-            return
-        }
-        let admin = self.admin
-        let work: @Sendable () async -> Response
-        switch path {
-        case "/metrics":
-            work = {
-                await admin.probes.refreshGauges(admin.metrics)
-                return Response(status: .ok, contentType: "text/plain; version=0.0.4; charset=utf-8", body: admin.metrics.exposition())
-            }
-        case "/health":
-            work = {
-                var problems: [String] = []
-                if let problem = admin.gatewayProblem() { problems.append(problem) }
-                if let problem = await admin.probes.spoolProblem() { problems.append("spool: \(problem)") }
-                return problems.isEmpty ? Response(status: .ok, body: Array("ok\n".utf8))
-                    : Response(status: .serviceUnavailable, body: Array((problems.joined(separator: "\n") + "\n").utf8))
-            }
-        default:
-            send(Response(status: .notFound, body: Array("not found; try /metrics or /health\n".utf8)), for: head, context: context)
-            return
-        }
-        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
-        let boundContext = NIOLoopBound(context, eventLoop: context.eventLoop)
-        context.eventLoop.makeFutureWithTask(work).whenSuccess { response in
-            handler.value.send(response, for: head, context: boundContext.value)
-        }
-    }
-
-    private func send(_ response: Response, for request: HTTPRequestHead, context: ChannelHandlerContext) {
-        guard context.channel.isActive else { return }
-        var headers = HTTPHeaders()
-        headers.add(name: "Content-Type", value: response.contentType)
-        headers.add(name: "Content-Length", value: "\(response.body.count)")
-        headers.add(name: "Cache-Control", value: "no-store")
-        let keepAlive = request.isKeepAlive
-        if !keepAlive { headers.add(name: "Connection", value: "close") }
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: request.version, status: response.status, headers: headers))), promise: nil)
-        if request.method != .HEAD {
-            context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: response.body)))), promise: nil)
-        }
-        let channel = context.channel
-        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
-            if !keepAlive { channel.close(promise: nil) }
-        }
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: Error) {
-        context.close(promise: nil)
+        await services.triggerGracefulShutdown()
+        _ = await server.result
     }
 }

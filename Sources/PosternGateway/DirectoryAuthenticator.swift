@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import PosternDirectory
+import PosternListener
 import PosternSMTP
 import PosternSession
 

@@ -3,7 +3,9 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import PosternCore
 import PosternDirectory
+import PosternListener
 import PosternRelay
 import PosternSMTP
 import PosternSpool
@@ -13,15 +15,18 @@ import ServiceLifecycle
 /// The running gateway: listeners bound from the configuration, wired to policy, the directory and the
 /// delivery target. Run it as a `Service`; graceful shutdown stops accepting and lets messages in
 /// flight finish.
+///
+/// It owns the process's threads: one event-loop group for every socket (`ListenerLoops`: SMTP listeners and
+/// sessions, the relay, the admin endpoint, the registration page), and the thread pools for blocking work (this
+/// one for libldap and the outbox, the spool's for its writes). `shutdown` stops them all, last; what else runs
+/// on the loops (the registration page) must have stopped by then.
 public final class Gateway: Service, Sendable {
     public let configuration: GatewayConfiguration
-    private let group: MultiThreadedEventLoopGroup
-    /// Accepts SMTP connections, which are then served on `group`: a loop busy with its sessions never
-    /// delays accepting and greeting a new client (see `ServerConnectionStateMachine`).
-    private let acceptGroup: MultiThreadedEventLoopGroup
+    private let loops: ListenerLoops
     private let threadPool: NIOThreadPool
     private let logger: Logger
     private let shared: SMTPListener.Shared
+    private let environment: ConnectionEnvironment
     private let listeners: NIOLockedValueBoxListeners
     private let authenticator: DirectoryAuthenticator?
     /// The durable queue and its relay, when delivery goes upstream.
@@ -45,11 +50,61 @@ public final class Gateway: Service, Sendable {
         self.logger = logger
         self.drainTimeout = drainTimeout
         self.metrics = metrics
-        group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
-        acceptGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let tls = TLSContextBox(try configuration.tls.map(ServerTLS.makeContext))
+        let loops = ListenerLoops()
         // Blocking work (file writes, libldap) runs here; each LDAP pool slot may hold a thread for a whole call.
-        threadPool = NIOThreadPool(numberOfThreads: max(8, 2 * (configuration.directory?.maxConnections ?? 0) + 4))
+        let threadPool = NIOThreadPool(numberOfThreads: max(8, 2 * (configuration.directory?.maxConnections ?? 0) + 4))
         threadPool.start()
+        self.loops = loops
+        self.threadPool = threadPool
+        let parts: Parts
+        do {
+            parts = try Self.makeParts(configuration: configuration, group: loops.sessionGroup, threadPool: threadPool, logger: logger, audit: audit,
+                                       metrics: metrics, now: now)
+        } catch {
+            // Nothing else holds the threads yet.
+            try? loops.group.syncShutdownGracefully()
+            try? threadPool.syncShutdownGracefully()
+            throw error
+        }
+        authenticator = parts.authenticator
+        let spool = parts.spool
+        self.spool = spool
+        relay = parts.relay
+        let storePath: String
+        switch configuration.delivery {
+        case .outbox(let path): storePath = path
+        case .relay(let spoolPath, _): storePath = URL(fileURLWithPath: spoolPath).appendingPathComponent("queue").path
+        }
+        adminProbes = AdminProbes(
+            refreshGauges: { metrics in
+                if let spool {
+                    metrics.setQueue(depth: spool.depth, oldestAgeSeconds: spool.oldestAge(now: now()))
+                    metrics.setHeld(count: spool.heldCount)
+                }
+                await refreshPolicyGauges(metrics)
+            },
+            spoolProblem: { HealthProbe.directoryWritable(storePath) })
+        let environment = ConnectionEnvironment(target: parts.target, authenticator: authenticator, tls: tls, logger: logger, audit: audit, now: now,
+                                                metrics: metrics)
+        self.environment = environment
+        shared = SMTPListener.Shared(hostname: configuration.hostname, limits: configuration.limits,
+                                     limiter: ConnectionLimiter(maxPerClient: configuration.limits.maxConnectionsPerClient,
+                                                                maxTotal: configuration.limits.maxConnections),
+                                     environment: environment, rules: rules)
+        listeners = NIOLockedValueBoxListeners()
+    }
+
+    /// The directory login, the spool and relay (or none, with an outbox) and where accepted mail goes.
+    private struct Parts {
+        var authenticator: DirectoryAuthenticator?
+        var spool: Spool?
+        var relay: Relay?
+        var target: any DeliveryTarget
+    }
+
+    private static func makeParts(configuration: GatewayConfiguration, group: any EventLoopGroup, threadPool: NIOThreadPool, logger: Logger,
+                                  audit: AuditLog, metrics: GatewayMetrics, now: @escaping @Sendable () -> Date) throws -> Parts {
         var authenticator: DirectoryAuthenticator?
         if let directoryConfiguration = configuration.directory {
             let directory = try Directory(configuration: directoryConfiguration, threadPool: threadPool, logger: logger)
@@ -63,14 +118,10 @@ public final class Gateway: Service, Sendable {
                                        maxWait: maxWait, logger: logger, now: now)
             authenticator = DirectoryAuthenticator(login: login, revealNotAuthorized: configuration.revealNotAuthorized, logger: logger)
         }
-        self.authenticator = authenticator
-        let tls = TLSContextBox(try configuration.tls.map(ServerTLS.makeContext))
-        let target: any DeliveryTarget
         switch configuration.delivery {
         case .outbox(let path):
-            target = try OutboxTarget(directory: URL(fileURLWithPath: path), threadPool: threadPool, logger: logger)
-            spool = nil
-            relay = nil
+            let target = try OutboxTarget(directory: URL(fileURLWithPath: path), threadPool: threadPool, logger: logger)
+            return Parts(authenticator: authenticator, spool: nil, relay: nil, target: target)
         case .relay(let spoolPath, let relayConfiguration):
             let spool = try Spool(directory: URL(fileURLWithPath: spoolPath), logger: logger)
             let relay = Relay(configuration: relayConfiguration, spool: spool, eventLoopGroup: group, logger: logger, clock: now) { outcome in
@@ -85,44 +136,20 @@ public final class Gateway: Service, Sendable {
                 audit.held(queueID: held.id, sender: held.sender, recipients: held.recipients, reason: held.reason)
                 metrics.messageHeld(reason: "interrupted")
             }
-            target = SpoolTarget(spool: spool, relay: relay, now: now)
-            self.spool = spool
-            self.relay = relay
+            return Parts(authenticator: authenticator, spool: spool, relay: relay, target: SpoolTarget(spool: spool, relay: relay, now: now))
         }
-        let storePath: String
-        switch configuration.delivery {
-        case .outbox(let path): storePath = path
-        case .relay(let spoolPath, _): storePath = URL(fileURLWithPath: spoolPath).appendingPathComponent("queue").path
-        }
-        let spool = self.spool
-        adminProbes = AdminProbes(
-            refreshGauges: { metrics in
-                if let spool {
-                    metrics.setQueue(depth: spool.depth, oldestAgeSeconds: spool.oldestAge(now: now()))
-                    metrics.setHeld(count: spool.heldCount)
-                }
-                await refreshPolicyGauges(metrics)
-            },
-            spoolProblem: { HealthProbe.directoryWritable(storePath) })
-        let environment = ConnectionEnvironment(target: target, authenticator: authenticator, tls: tls, logger: logger, audit: audit, now: now,
-                                                metrics: metrics)
-        shared = SMTPListener.Shared(hostname: configuration.hostname, limits: configuration.limits,
-                                     limiter: ConnectionLimiter(maxPerClient: configuration.limits.maxConnectionsPerClient,
-                                                                maxTotal: configuration.limits.maxConnections),
-                                     environment: environment, rules: rules)
-        listeners = NIOLockedValueBoxListeners()
     }
 
     /// Binds every listener. Afterwards `boundPort(listener:)` tells where each is.
     public func start() async throws {
         for listenerConfiguration in configuration.listeners {
-            let listener = try await SMTPListener.bind(listenerConfiguration, shared: shared, group: group, acceptGroup: acceptGroup)
+            let listener = try await SMTPListener.bind(listenerConfiguration, shared: shared, loops: loops)
             listeners.append(listener)
         }
         if let adminConfiguration = configuration.admin {
             let context = AdminServer.Context(metrics: metrics, probes: adminProbes, gatewayProblem: { [self] in listenerProblem() },
                                               logger: logger)
-            let server = try await AdminServer.bind(adminConfiguration, context: context, group: group)
+            let server = try await AdminServer.start(adminConfiguration, context: context, group: loops.services)
             admin.withLockedValue { $0 = server }
         }
         // The relay starts once every port is bound: a start that fails delivers nothing, and the relay's
@@ -142,7 +169,11 @@ public final class Gateway: Service, Sendable {
     public var directoryLogin: DirectoryLogin? { authenticator?.login }
 
     /// The admin endpoint's port, when one is configured and bound.
-    public var adminPort: Int? { admin.withLockedValue { $0 }?.localAddress?.port }
+    public var adminPort: Int? { admin.withLockedValue { $0 }?.port }
+
+    /// Where other servers of the process run (the registration page): a loop of the gateway's group, so that there
+    /// is one event-loop group.
+    public var eventLoopGroup: any EventLoopGroup { loops.services }
 
     /// Why the SMTP side is unhealthy: shutting down, or configured listeners that are not bound.
     func listenerProblem() -> String? {
@@ -157,7 +188,7 @@ public final class Gateway: Service, Sendable {
     }
 
     /// Where accepted mail goes (the spool, or the outbox without a relay).
-    public var deliveryTarget: any DeliveryTarget { shared.environment.target }
+    public var deliveryTarget: any DeliveryTarget { environment.target }
 
     /// A file beside the delivered mail where the gateway keeps small state of its own.
     public func stateFile(_ name: String) -> URL {
@@ -168,7 +199,7 @@ public final class Gateway: Service, Sendable {
     }
 
     /// The TLS context for new handshakes (swapped on reload).
-    public var tlsContext: TLSContextBox { shared.environment.tls }
+    public var tlsContext: TLSContextBox { environment.tls }
 
     /// Reads the certificate and key again; new handshakes use them, established sessions keep theirs.
     public func reloadTLS() {
@@ -189,7 +220,7 @@ public final class Gateway: Service, Sendable {
 
     /// Stops accepting, lets sessions in DATA finish (bounded by `drainTimeout`), then closes everything.
     public func shutdown() async {
-        logger.info("shutting down", metadata: ["connections": "\(shared.limiter.total)"])
+        logger.info("shutting down", metadata: ["connections": "\(shared.connections)"])
         stopping.withLockedValue { $0 = true }
         let all = listeners.all
         await withTaskGroup(of: Void.self) { group in
@@ -211,8 +242,7 @@ public final class Gateway: Service, Sendable {
         await spool?.shutdown()
         await admin.withLockedValue { $0 }?.close()
         await authenticator?.shutdown()
-        try? await acceptGroup.shutdownGracefully()
-        try? await group.shutdownGracefully()
+        try? await loops.group.shutdownGracefully()
         try? await threadPool.shutdownGracefully()
         logger.info("stopped")
     }

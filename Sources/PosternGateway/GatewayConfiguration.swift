@@ -1,44 +1,12 @@
 import Foundation
+import PosternCore
 import PosternDirectory
+import PosternListener
 import PosternPolicy
+import PosternRegistration
 import PosternRelay
 import PosternSession
 import Yams
-
-/// One endpoint to listen on.
-public struct ListenerConfiguration: Sendable, Hashable {
-    public var name: String
-    public var kind: ListenerKind
-    public var host: String
-    public var port: Int
-    /// Device listeners only: store bare LF as CRLF for old devices instead of refusing.
-    public var normalizeBareLF: Bool
-    public var maxMessageSize: Int?
-    /// Load balancers whose connections start with a PROXY protocol header (v1 or v2).
-    public var proxyProtocolFrom: [AddressRange] = []
-}
-
-public struct TLSFiles: Sendable, Hashable {
-    public var certificateChain: String
-    public var privateKey: String
-
-    public init(certificateChain: String, privateKey: String) {
-        self.certificateChain = certificateChain
-        self.privateKey = privateKey
-    }
-}
-
-public struct Limits: Sendable, Hashable {
-    public var maxMessageSize = 25 * 1024 * 1024
-    public var maxRecipients = 100
-    public var idleTimeoutSeconds = 300
-    public var maxConnectionsPerClient = 50
-    public var maxConnections = 20_000
-    /// Messages one authenticated login may send per hour, on every endpoint together; nil for no limit.
-    public var messagesPerUserPerHour: Int?
-    /// Wait this long before the 220 and refuse clients that talk first (postscreen's "pregreet"); 0 is off.
-    public var greetingDelayMilliseconds = 0
-}
 
 /// Where accepted mail goes.
 public enum DeliveryConfiguration: Sendable {
@@ -50,6 +18,10 @@ public enum DeliveryConfiguration: Sendable {
 
 /// The gateway's configuration file (`postern.yaml`): listeners, TLS, limits, delivery, and where
 /// the policy files are. Paths are relative to the file's directory.
+///
+/// Read in one pass through PosternCore's `ConfigReader`, so every problem comes back at once with its line and
+/// fix, and sizes take the forms the policy files take (`ByteSize`); the `registration:` section is read by
+/// `RegistrationConfiguration.read` with the same reader.
 public struct GatewayConfiguration: Sendable {
     public var file: String
     public var hostname: String
@@ -71,59 +43,41 @@ public struct GatewayConfiguration: Sendable {
     public var warnings: [ConfigIssue] = []
     /// The admin HTTP endpoint (`/metrics`, `/health`); none without an `admin` section.
     public var admin: AdminConfiguration?
+    /// The device-registration web page; none without a `registration` section.
+    public var registration: RegistrationConfiguration?
 
     public static func load(path: String) throws(ConfigErrors) -> GatewayConfiguration {
-        let text: String
-        do {
-            text = try String(contentsOfFile: path, encoding: .utf8)
-        } catch {
-            throw ConfigErrors(issues: [ConfigIssue(file: path, line: 0, message: "cannot read: \(error.localizedDescription)")])
-        }
-        return try parse(text, file: path)
+        var reader = ConfigReader(file: path)
+        let root = reader.document(atPath: path)
+        return try parse(root, reader: &reader)
     }
 
     public static func parse(_ text: String, file: String) throws(ConfigErrors) -> GatewayConfiguration {
-        let root: Node?
-        do {
-            root = try Yams.compose(yaml: text)
-        } catch let error as YamlError {
-            throw ConfigErrors(issues: [ConfigIssue(file: file, line: yamlErrorLine(error), message: "not valid YAML: \(error)")])
-        } catch {
-            throw ConfigErrors(issues: [ConfigIssue(file: file, line: 1, message: "not valid YAML: \(error)")])
-        }
         var reader = ConfigReader(file: file)
-        let base = URL(fileURLWithPath: file).deletingLastPathComponent()
-        func resolve(_ path: String) -> String {
-            path.hasPrefix("/") ? path : base.appendingPathComponent(path).standardizedFileURL.path
-        }
+        let root = reader.document(text)
+        return try parse(root, reader: &reader)
+    }
+
+    static func parse(_ root: Node?, reader: inout ConfigReader) throws(ConfigErrors) -> GatewayConfiguration {
+        if !reader.issues.isEmpty { throw ConfigErrors(issues: reader.issues) }  // not read, or not YAML
+        let file = reader.file
+        let paths = reader
+        func resolve(_ path: String) -> String { paths.resolve(path) }
         let top = reader.mapping(root, known: ["hostname", "policies", "tls", "limits", "listeners", "delivery", "audit", "directory", "admin", "registration"], context: "top level")
 
         let hostname = reader.string(top["hostname"], "hostname") ?? ProcessInfo.processInfo.hostName
         if !hostname.isEmpty, !hostname.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) {
-            reader.issue(top["hostname"], "hostname must be a plain host name")
+            reader.issue(top["hostname"], "hostname must be a plain host name", fix: "e.g. mail-gw.example.edu, without spaces")
         }
         let policyDirectory = resolve(reader.string(top["policies"], "policies") ?? ".")
 
-        var tls: TLSFiles?
-        if let tlsNode = top["tls"] {
-            let map = reader.mapping(tlsNode, known: ["certificate", "key"], context: "tls")
-            let cert = reader.string(map["certificate"], "tls.certificate")
-            let key = reader.string(map["key"], "tls.key")
-            if cert == nil { reader.issue(tlsNode, "tls.certificate is missing", fix: "path to the PEM certificate chain") }
-            if key == nil { reader.issue(tlsNode, "tls.key is missing", fix: "path to the PEM private key") }
-            if let cert, let key {
-                tls = TLSFiles(certificateChain: resolve(cert), privateKey: resolve(key))
-                for (node, path) in [(map["certificate"], resolve(cert)), (map["key"], resolve(key))] where !FileManager.default.isReadableFile(atPath: path) {
-                    reader.issue(node, "cannot read \(path)", fix: "run certs/make-dev-certs.sh for development certificates")
-                }
-            }
-        }
+        let tls = top["tls"].flatMap { reader.tlsFiles($0, "tls") }
 
         var limits = Limits()
         if let node = top["limits"] {
             let map = reader.mapping(node, known: ["max-message-size", "max-recipients", "idle-timeout-seconds", "max-connections-per-client", "max-connections",
                                                      "messages-per-user-per-hour", "greeting-delay-ms"], context: "limits")
-            limits.maxMessageSize = reader.int(map["max-message-size"], "limits.max-message-size", range: 1024...(1 << 30)) ?? limits.maxMessageSize
+            limits.maxMessageSize = reader.size(map["max-message-size"], "limits.max-message-size", range: Self.messageSizes) ?? limits.maxMessageSize
             limits.maxRecipients = reader.int(map["max-recipients"], "limits.max-recipients", range: 1...10_000) ?? limits.maxRecipients
             limits.idleTimeoutSeconds = reader.int(map["idle-timeout-seconds"], "limits.idle-timeout-seconds", range: 1...3600) ?? limits.idleTimeoutSeconds
             limits.maxConnectionsPerClient = reader.int(map["max-connections-per-client"], "limits.max-connections-per-client", range: 1...100_000) ?? limits.maxConnectionsPerClient
@@ -148,21 +102,20 @@ public struct GatewayConfiguration: Sendable {
                 continue
             }
             let name = reader.string(map["name"], "listener name") ?? kindText
-            if !seenNames.insert(name).inserted { reader.issue(map["name"] ?? node, "listener name '\(name)' used twice") }
-            guard let listen = reader.string(map["listen"], "listener listen") else {
+            if !seenNames.insert(name).inserted { reader.issue(map["name"] ?? node, "listener name '\(name)' used twice", fix: "give each listener its own name") }
+            guard map["listen"] != nil else {
                 reader.issue(node, "listener '\(name)' has no listen address", fix: "listen: 127.0.0.1:2525 or [::1]:2525")
                 continue
             }
-            guard let (host, port) = parseHostPort(listen) else {
-                reader.issue(map["listen"], "listen address '\(listen)' is not HOST:PORT", fix: "e.g. 0.0.0.0:587 or [::]:587")
-                continue
+            guard let (host, port) = reader.listenAddress(map["listen"], "listen address", example: "0.0.0.0:587 or [::]:587") else { continue }
+            if !seenEndpoints.insert("\(host):\(port)").inserted, port != 0 {
+                reader.issue(map["listen"], "\(host):\(port) is used by two listeners", fix: "give each listener its own address or port")
             }
-            if !seenEndpoints.insert("\(host):\(port)").inserted, port != 0 { reader.issue(map["listen"], "\(listen) is used by two listeners") }
             let normalize = reader.bool(map["normalize-bare-lf"], "normalize-bare-lf") ?? false
             if normalize && kind != .device {
                 reader.issue(map["normalize-bare-lf"], "normalize-bare-lf is only allowed on device listeners", fix: "remove it; TLS endpoints always refuse bare LF")
             }
-            let size = reader.int(map["max-message-size"], "max-message-size", range: 1024...(1 << 30))
+            let size = reader.size(map["max-message-size"], "listener max-message-size", range: Self.messageSizes)
             if kind.requiresTLS && tls == nil {
                 reader.issue(node, "listener '\(name)' (\(kind.rawValue)) needs TLS but no tls section is configured", fix: "add tls: certificate/key")
             }
@@ -223,20 +176,27 @@ public struct GatewayConfiguration: Sendable {
         var admin: AdminConfiguration?
         if let node = top["admin"] {
             let map = reader.mapping(node, known: ["listen"], context: "admin")
-            let listen = reader.string(map["listen"], "admin.listen") ?? AdminConfiguration.defaultListen
-            if let (host, port) = parseHostPort(listen) {
+            if map["listen"] == nil {
+                admin = AdminConfiguration()
+            } else if let (host, port) = reader.listenAddress(map["listen"], "admin.listen", example: "127.0.0.1:9025") {
                 admin = AdminConfiguration(host: host, port: port)
-            } else {
-                reader.issue(map["listen"] ?? node, "admin listen address '\(listen)' is not HOST:PORT", fix: "e.g. 127.0.0.1:9025")
             }
+        }
+
+        let registration = top["registration"].flatMap { node in
+            RegistrationConfiguration.read(node, reader: &reader, inherited: .init(tls: tls, hasDirectory: directory != nil || top["directory"] != nil,
+                                                                                 groupBase: directory?.groupBase, hostname: hostname))
         }
 
         if !reader.issues.isEmpty { throw ConfigErrors(issues: reader.issues) }
         return GatewayConfiguration(file: file, hostname: hostname, policyDirectory: policyDirectory, tls: tls, limits: limits,
                                     listeners: listeners, delivery: delivery, auditOutput: auditOutput, directory: directory,
                                     authThrottle: authThrottle, revealNotAuthorized: revealNotAuthorized, warnings: reader.warnings,
-                                    admin: admin)
+                                    admin: admin, registration: registration)
     }
+
+    /// What `max-message-size` may be, in `limits` and on a listener.
+    static let messageSizes = 1024...(1 << 30)
 
     static func parseDirectory(_ node: Node, reader: inout ConfigReader, resolve: (String) -> String) -> DirectoryConfiguration? {
         let map = reader.mapping(node, known: ["uris", "ca-file", "bind-dn", "bind-password-file", "bind-password-env", "search-base",
@@ -276,25 +236,17 @@ public struct GatewayConfiguration: Sendable {
         }
         configuration.requiredGroups = reader.strings(map["required-groups"], "required-groups")
         configuration.groupBase = reader.string(map["group-base"], "group-base")
-        warnBareGroupNames(configuration.requiredGroups, base: configuration.groupBase, node: map["required-groups"],
-                           what: "directory.required-groups", reader: &reader)
+        reader.warnBareGroupNames(configuration.requiredGroups, base: configuration.groupBase, node: map["required-groups"],
+                                  what: "directory.required-groups")
         if let t = reader.int(map["connect-timeout-seconds"], "connect-timeout-seconds", range: 1...60) { configuration.connectTimeout = .seconds(t) }
         if let t = reader.int(map["operation-timeout-seconds"], "operation-timeout-seconds", range: 1...120) { configuration.operationTimeout = .seconds(t) }
         if let n = reader.int(map["max-connections"], "max-connections", range: 1...64) { configuration.maxConnections = n }
         do {
             try configuration.validate()
         } catch {
-            reader.issue(node, "directory: \(error)")
+            reader.issue(node, "directory: \(error)", fix: "see the directory section in the README")
         }
         return configuration
-    }
-
-    /// A bare group name without `directory.group-base` matches no group: say so, since members would be refused.
-    public static func warnBareGroupNames(_ names: [String], base: String?, node: Node?, what: String, reader: inout ConfigReader) {
-        for name in names where GroupReference(name, base: base).matchesNothing {
-            reader.warn(node, "\(what): bare group name '\(name)' matches no group, because directory.group-base is not set",
-                        fix: "set directory.group-base (e.g. ou=groups,dc=example,dc=edu) or write the group's full DN")
-        }
     }
 
     static func parseRelay(_ node: Node, hostname: String, reader: inout ConfigReader, resolve: (String) -> String) -> RelayConfiguration? {
@@ -314,7 +266,7 @@ public struct GatewayConfiguration: Sendable {
             }
             let tlsText = reader.string(u["tls"], "upstream tls") ?? "starttls"
             guard let mode = UpstreamConfiguration.TLSMode(rawValue: tlsText) else {
-                reader.issue(u["tls"], "upstream tls must be starttls or implicit; there is no plaintext relay")
+                reader.issue(u["tls"], "upstream tls must be starttls or implicit; there is no plaintext relay", fix: "tls: starttls or tls: implicit")
                 continue
             }
             for (field, path) in [("ca-file", ca), ("certificate", certificate), ("key", key)] where !FileManager.default.isReadableFile(atPath: resolve(path)) {
@@ -333,15 +285,19 @@ public struct GatewayConfiguration: Sendable {
         }
         let names = Set(upstreams.map(\.name))
         let defaultUpstream = reader.string(map["default"], "relay.default") ?? upstreams[0].name
-        if !names.contains(defaultUpstream) { reader.issue(map["default"], "relay.default '\(defaultUpstream)' is not an upstream") }
+        if !names.contains(defaultUpstream) {
+            reader.issue(map["default"], "relay.default '\(defaultUpstream)' is not an upstream", fix: "one of \(names.sorted().joined(separator: ", "))")
+        }
         var routes: [RelayConfiguration.Route] = []
         for entry in reader.sequence(map["routes"], "relay.routes") {
             let r = reader.mapping(entry, known: ["domain", "upstream"], context: "route")
             guard let domain = reader.string(r["domain"], "route domain"), let upstream = reader.string(r["upstream"], "route upstream") else {
-                reader.issue(entry, "a route needs domain and upstream")
+                reader.issue(entry, "a route needs domain and upstream", fix: "e.g. { domain: \"*.example.edu\", upstream: hub }")
                 continue
             }
-            if !names.contains(upstream) { reader.issue(r["upstream"], "route upstream '\(upstream)' is not an upstream") }
+            if !names.contains(upstream) {
+                reader.issue(r["upstream"], "route upstream '\(upstream)' is not an upstream", fix: "one of \(names.sorted().joined(separator: ", "))")
+            }
             routes.append(RelayConfiguration.Route(domainPattern: domain.lowercased(), upstream: upstream))
         }
         var relay = RelayConfiguration(hostname: reader.string(map["hostname"], "relay.hostname") ?? hostname, upstreams: upstreams,
@@ -354,30 +310,5 @@ public struct GatewayConfiguration: Sendable {
             if let n = reader.int(retry["scan-seconds"], "scan-seconds", range: 1...3600) { relay.scanInterval = .seconds(n) }
         }
         return relay
-    }
-
-    /// `127.0.0.1:25`, `[::1]:25`, `localhost:25`.
-    public static func parseHostPort(_ text: String) -> (String, Int)? {
-        let host: Substring, portText: Substring
-        if text.hasPrefix("[") {
-            guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else { return nil }
-            host = text[text.index(after: text.startIndex)..<close]
-            portText = text[text.index(close, offsetBy: 2)...]
-        } else {
-            guard let colon = text.lastIndex(of: ":") else { return nil }
-            host = text[..<colon]
-            portText = text[text.index(after: colon)...]
-        }
-        guard !host.isEmpty, let port = Int(portText), (0...65535).contains(port) else { return nil }
-        return (String(host), port)
-    }
-
-    private static func yamlErrorLine(_ error: YamlError) -> Int {
-        switch error {
-        case .scanner(_, _, let mark, _), .parser(_, _, let mark, _), .composer(_, _, let mark, _):
-            return mark.line
-        default:
-            return 1
-        }
     }
 }

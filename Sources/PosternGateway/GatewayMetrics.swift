@@ -1,5 +1,6 @@
 import Foundation
 import NIOConcurrencyHelpers
+import PosternListener
 import PosternPolicy
 import PosternSession
 import Prometheus
@@ -7,7 +8,7 @@ import Prometheus
 /// The gateway's Prometheus metrics: one registry, one typed method per thing operators watch.
 /// Label values are bounded (listener names, reply codes, rule categories, departments) so the
 /// number of series stays small whatever clients send.
-public final class GatewayMetrics: Sendable {
+public final class GatewayMetrics: ConnectionMetrics, Sendable {
     public let registry: PrometheusCollectorRegistry
     /// For libraries that report through swift-metrics' API into the same registry.
     public let factory: PrometheusMetricsFactory
@@ -51,7 +52,7 @@ public final class GatewayMetrics: Sendable {
 
     /// One SMTP AUTH attempt's outcome.
     public func auth(result: AuthOutcome) {
-        auth(result: result.metricLabel)
+        auth(result: result.auditName)
     }
 
     /// One SMTP AUTH attempt's outcome by name (`success`, `invalid_credentials`, ...).
@@ -164,17 +165,4 @@ public final class GatewayMetrics: Sendable {
     static var queueHeldName: MetricNameDescriptor { name("queue_held", "Messages held out of delivery (postern queue list shows them).") }
     static var heldName: MetricNameDescriptor { name("messages_held", unit: "total", "Messages taken out of delivery, by reason (interrupted: the gateway died delivering it twice).") }
     static var sunsetName: MetricNameDescriptor { name("sunset_days_remaining", "Days until the department's next device sunset.") }
-}
-
-extension AuthOutcome {
-    /// The same names the audit log uses.
-    var metricLabel: String {
-        switch self {
-        case .success: return "success"
-        case .invalidCredentials: return "invalid_credentials"
-        case .refused: return "not_authorized"
-        case .temporaryFailure: return "directory_unavailable"
-        case .throttled: return "throttled"
-        }
-    }
 }

@@ -2,6 +2,8 @@ import Foundation
 import Logging
 import NIOCore
 import NIOPosix
+import PosternCore
+import PosternListener
 import PosternSMTP
 import PosternSession
 
@@ -21,81 +23,20 @@ public final class OutboxTarget: DeliveryTarget {
         try FileManager.default.createDirectory(at: temporary, withIntermediateDirectories: true)
     }
 
-    public func makeQueueID() -> String { QueueID.make() }
-
     public func accept(queueID: String, envelope: Envelope, message: ByteBuffer) async -> DeliveryOutcome {
-        let final = directory.appendingPathComponent("\(queueID).eml")
-        let temp = temporary.appendingPathComponent("\(queueID).eml.tmp")
-        let directoryPath = directory.path
+        let final = directory.appendingPathComponent("\(queueID).eml").path
+        let temp = temporary.appendingPathComponent("\(queueID).eml.tmp").path
         do {
             try await threadPool.runIfActive {
-                try DurableFile.write(message, to: temp.path, renameTo: final.path, syncDirectory: directoryPath)
+                try DurableFile.write(to: final, temporary: temp, permissions: 0o640) { output throws(DurableWriteError) in try output.write(message) }
             }
             return .queued(id: queueID)
-        } catch let error as DurableFile.Failure {
+        } catch let error as DurableWriteError {
             logger.error("outbox write failed", metadata: ["queue_id": "\(queueID)", "error": "\(error)"])
-            return .temporaryFailure(error.reply)
+            return .temporaryFailure(error.isOutOfSpace ? .insufficientStorage : .localProblem)
         } catch {
             logger.error("outbox write failed", metadata: ["queue_id": "\(queueID)", "error": "\(error)"])
-            return .temporaryFailure(SMTPReply(451, "4.3.0", "Temporary local problem, try again later"))
+            return .temporaryFailure(.localProblem)
         }
-    }
-}
-
-/// Queue ids: sortable by time, unique, safe in file names (`0MFX3Q8K2A-7F3C9D`).
-public enum QueueID {
-    public static func make(now: Date = Date()) -> String {
-        let micros = UInt64(now.timeIntervalSince1970 * 1_000_000)
-        let random = UInt32.random(in: 0...UInt32.max)
-        return String(micros, radix: 36, uppercase: true) + "-" + String(random, radix: 16, uppercase: true)
-    }
-}
-
-/// Write-then-rename with fsyncs, so a crash leaves either nothing or the whole file.
-public enum DurableFile {
-    public struct Failure: Error, CustomStringConvertible {
-        public var errno: Int32
-        public var operation: String
-        public var description: String { "\(operation): \(String(cString: strerror(errno)))" }
-        /// Disk full is "insufficient storage"; everything else a local error. Both temporary for the client.
-        public var reply: SMTPReply {
-            errno == ENOSPC || errno == EDQUOT
-                ? SMTPReply(452, "4.3.1", "Insufficient system storage, try again later")
-                : SMTPReply(451, "4.3.0", "Temporary local problem, try again later")
-        }
-    }
-
-    public static func write(_ buffer: ByteBuffer, to temp: String, renameTo final: String, syncDirectory: String) throws {
-        let fd = open(temp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o640)
-        guard fd >= 0 else { throw Failure(errno: errno, operation: "open \(temp)") }
-        var ok = false
-        defer {
-            if !ok { unlink(temp) }
-        }
-        do {
-            defer { close(fd) }
-            try buffer.withUnsafeReadableBytes { bytes in
-                var offset = 0
-                while offset < bytes.count {
-                    let n = Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset)  // `!`: not empty (offset < count)
-                    if n < 0 {
-                        if errno == EINTR { continue }
-                        throw Failure(errno: errno, operation: "write \(temp)")
-                    }
-                    offset += n
-                }
-            }
-            guard fsync(fd) == 0 else { throw Failure(errno: errno, operation: "fsync \(temp)") }
-        }
-        guard rename(temp, final) == 0 else { throw Failure(errno: errno, operation: "rename \(temp)") }
-        ok = true
-        try syncDirectoryEntry(syncDirectory)
-    }
-
-    public static func syncDirectoryEntry(_ path: String) throws {
-        let dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard dfd >= 0 else { throw Failure(errno: errno, operation: "open \(path)") }
-        defer { close(dfd) }
-        guard fsync(dfd) == 0 else { throw Failure(errno: errno, operation: "fsync \(path)") }
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import PosternPolicy
 import ServiceLifecycle
 import UnixSignals
 

@@ -1,6 +1,8 @@
 import Foundation
 import Logging
 import NIOCore
+import PosternCore
+import PosternListener
 import PosternRelay
 import PosternSMTP
 import PosternSession
@@ -18,8 +20,6 @@ public final class SpoolTarget: DeliveryTarget {
         self.relay = relay
         self.now = now
     }
-
-    public func makeQueueID() -> String { Spool.makeQueueID() }
 
     public func accept(queueID: String, envelope: Envelope, message: ByteBuffer) async -> DeliveryOutcome {
         let spoolEnvelope = makeEnvelope(envelope, message: message)
@@ -54,8 +54,8 @@ public final class SpoolTarget: DeliveryTarget {
 
     private static func outcome(of error: SpoolError) -> DeliveryOutcome {
         switch error {
-        case .full: return .temporaryFailure(SMTPReply(452, "4.3.1", "Insufficient system storage, try again later"))
-        case .unwritable: return .temporaryFailure(SMTPReply(451, "4.3.0", "Temporary local problem, try again later"))
+        case .full: return .temporaryFailure(.insufficientStorage)
+        case .unwritable: return .temporaryFailure(.localProblem)
         }
     }
 }

@@ -1,6 +1,8 @@
 import Foundation
 import Logging
 import NIOCore
+import PosternCore
+import PosternListener
 import PosternPolicy
 import PosternSMTP
 import PosternSession
@@ -63,7 +65,12 @@ public final class SunsetReminders: Service, Sendable {
             }
         }
         if !newlySent.isEmpty, let data = try? JSONEncoder().encode(sent.sorted()) {
-            try? data.write(to: stateFile, options: .atomic)
+            do {
+                try DurableFile.write(to: stateFile.path) { output throws(DurableWriteError) in try output.write(data) }
+            } catch {
+                // Sent but not remembered: a restart before the next successful write sends these again.
+                logger.error("sunset reminder state not written", metadata: ["file": "\(stateFile.path)", "error": "\(error)"])
+            }
         }
         return newlySent
     }

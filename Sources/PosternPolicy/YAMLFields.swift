@@ -1,3 +1,4 @@
+import PosternCore
 import PosternSMTP
 import Yams
 
@@ -217,18 +218,8 @@ struct SchemaReader {
         return nil
     }
 
-    static func parseSize(_ text: String) -> Int? {
-        var t = text.uppercased()
-        if t.hasSuffix("IB") { t.removeLast(2) } else if t.hasSuffix("B"), t.dropLast().last?.isNumber == false { t.removeLast() }
-        let factors: [Character: Int] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30]
-        if let last = t.last, let f = factors[last] {
-            guard let v = Int(t.dropLast()) else { return nil }
-            // `99999999999G` fits an Int, its bytes do not: no size, rather than a trap.
-            let bytes = v.multipliedReportingOverflow(by: f)
-            return bytes.overflow ? nil : bytes.partialValue
-        }
-        return Int(t)
-    }
+    /// The sizes postern.yaml takes too (`ByteSize`).
+    static func parseSize(_ text: String) -> Int? { ByteSize.parse(text) }
 
     /// A department or device id: lower-case letters, digits, '-', '_' and '.', starting with a letter or digit
     /// (it names a directory or a file in devices.d, where a leading '.' would hide it), at most 100 characters.

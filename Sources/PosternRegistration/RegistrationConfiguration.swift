@@ -1,5 +1,6 @@
 import Foundation
-import PosternGateway
+import PosternCore
+import PosternDirectory
 import PosternPolicy
 import PosternSMTP
 import Yams
@@ -34,8 +35,6 @@ public struct RegistrationConfiguration: Sendable {
     public var sessionLifetime: Duration = .seconds(3600)
     /// Where bare group names are: the directory's `group-base`; nil: only full DNs match.
     public var groupBase: String?
-    /// What `postern check` points out without refusing the file.
-    public var warnings: [ConfigIssue] = []
     /// Shown in every page's title and header and in the notification mails.
     public var universityName = "Example University"
     /// The "Help" link in the header: an http(s) URL, or a path on the page (`/help`, its own help).
@@ -61,54 +60,36 @@ public struct RegistrationConfiguration: Sendable {
         self.stateDirectory = stateDirectory
     }
 
-    /// The section from the same file the gateway reads; nil when the file has no `registration:` section.
-    public static func load(path: String, gateway: GatewayConfiguration) throws(ConfigErrors) -> RegistrationConfiguration? {
-        let text: String
-        do {
-            text = try String(contentsOfFile: path, encoding: .utf8)
-        } catch {
-            throw ConfigErrors(issues: [ConfigIssue(file: path, line: 0, message: "cannot read: \(error.localizedDescription)")])
+    /// What the section takes from the rest of postern.yaml.
+    public struct Inherited: Sendable {
+        /// The gateway's `tls`, the default for the page's.
+        public var tls: TLSFiles?
+        /// The page logs in against the directory; without one it cannot run.
+        public var hasDirectory: Bool
+        /// `directory.group-base`, where bare group names are.
+        public var groupBase: String?
+        /// The gateway's `hostname`: the default contact's domain and the page's public address.
+        public var hostname: String
+
+        public init(tls: TLSFiles?, hasDirectory: Bool, groupBase: String?, hostname: String) {
+            self.tls = tls
+            self.hasDirectory = hasDirectory
+            self.groupBase = groupBase
+            self.hostname = hostname
         }
-        return try parse(text, file: path, gateway: gateway)
     }
 
-    public static func parse(_ text: String, file: String, gateway: GatewayConfiguration) throws(ConfigErrors) -> RegistrationConfiguration? {
-        let root: Node?
-        do {
-            root = try Yams.compose(yaml: text)
-        } catch {
-            throw ConfigErrors(issues: [ConfigIssue(file: file, line: 1, message: "not valid YAML: \(error)")])
-        }
-        guard let node = root?.mapping?["registration"] else { return nil }
-        var reader = ConfigReader(file: file)
-        let base = URL(fileURLWithPath: file).deletingLastPathComponent()
-        func resolve(_ path: String) -> String {
-            path.hasPrefix("/") ? path : base.appendingPathComponent(path).standardizedFileURL.path
-        }
+    /// Reads the `registration:` section of postern.yaml (the gateway's reader calls this, so its issues come
+    /// with the rest of the file's); nil with the issues recorded when it is not usable.
+    public static func read(_ node: Node, reader: inout ConfigReader, inherited: Inherited) -> RegistrationConfiguration? {
         let map = reader.mapping(node, known: ["listen", "tls", "admin-groups", "department-groups", "campus-ranges", "state", "session-minutes",
                                                "university-name", "help-url", "contact", "notify-admins", "public-url"],
                                  context: "registration")
-        var host = "127.0.0.1", port = 8443
-        if let listen = reader.string(map["listen"], "registration.listen") {
-            if let (h, p) = GatewayConfiguration.parseHostPort(listen) {
-                (host, port) = (h, p)
-            } else {
-                reader.issue(map["listen"], "registration listen address '\(listen)' is not HOST:PORT", fix: "e.g. 127.0.0.1:8443")
-            }
+        let (host, port) = reader.listenAddress(map["listen"], "registration.listen", example: "127.0.0.1:8443") ?? ("127.0.0.1", 8443)
+        let tls = map["tls"].map { reader.tlsFiles($0, "registration.tls") } ?? inherited.tls
+        if tls == nil, map["tls"] == nil {
+            reader.issue(node, "the registration page is served over HTTPS only and no tls is configured", fix: "add tls: certificate/key")
         }
-        var tls = gateway.tls
-        if let tlsNode = map["tls"] {
-            let t = reader.mapping(tlsNode, known: ["certificate", "key"], context: "registration.tls")
-            if let cert = reader.string(t["certificate"], "registration.tls.certificate"), let key = reader.string(t["key"], "registration.tls.key") {
-                tls = TLSFiles(certificateChain: resolve(cert), privateKey: resolve(key))
-                for (n, path) in [(t["certificate"], resolve(cert)), (t["key"], resolve(key))] where !FileManager.default.isReadableFile(atPath: path) {
-                    reader.issue(n, "cannot read \(path)", fix: "run certs/make-dev-certs.sh for development certificates")
-                }
-            } else {
-                reader.issue(tlsNode, "registration.tls needs certificate and key")
-            }
-        }
-        if tls == nil { reader.issue(node, "the registration page is served over HTTPS only and no tls is configured", fix: "add tls: certificate/key") }
         let admins = reader.strings(map["admin-groups"], "registration.admin-groups")
         if admins.isEmpty { reader.issue(map["admin-groups"] ?? node, "registration.admin-groups is empty", fix: "name the LDAP group(s) of gateway admins") }
         var departments: [String: [String]] = [:]
@@ -118,7 +99,9 @@ public struct RegistrationConfiguration: Sendable {
                 let groups = value.sequence != nil ? reader.strings(value, "department-groups.\(id)") : [reader.string(value, "department-groups.\(id)")].compactMap { $0 }
                 departments[id] = groups
             }
-            if d.mapping == nil { reader.issue(d, "registration.department-groups must map department ids to group names") }
+            if d.mapping == nil {
+                reader.issue(d, "registration.department-groups must map department ids to group names", fix: "e.g. department-groups: { it: [dept-it] }")
+            }
         }
         var ranges: [AddressRange] = []
         for entry in reader.sequence(map["campus-ranges"], "registration.campus-ranges") {
@@ -129,31 +112,28 @@ public struct RegistrationConfiguration: Sendable {
             }
         }
         if ranges.isEmpty { reader.issue(map["campus-ranges"] ?? node, "registration.campus-ranges is empty", fix: "list the campus networks devices may sit in") }
-        guard let state = reader.string(map["state"], "registration.state") else {
-            reader.issue(node, "registration.state is missing", fix: "a directory for pending requests, e.g. /var/lib/postern/registration")
-            throw ConfigErrors(issues: reader.issues)
-        }
+        let state = reader.string(map["state"], "registration.state")
+        if state == nil { reader.issue(node, "registration.state is missing", fix: "a directory for pending requests, e.g. /var/lib/postern/registration") }
         let minutes = reader.int(map["session-minutes"], "registration.session-minutes", range: 1...24 * 60) ?? 60
-        let (university, helpURL, contact, notifyAdmins, publicURL) = readPresentation(map, hostname: gateway.hostname, reader: &reader)
-        if gateway.directory == nil { reader.issue(node, "the registration page logs in against the directory, and no directory is configured") }
-        let groupBase = gateway.directory?.groupBase
-        GatewayConfiguration.warnBareGroupNames(admins, base: groupBase, node: map["admin-groups"], what: "registration.admin-groups", reader: &reader)
-        for id in departments.keys.sorted() {
-            GatewayConfiguration.warnBareGroupNames(departments[id] ?? [], base: groupBase, node: map["department-groups"],
-                                                    what: "registration.department-groups.\(id)", reader: &reader)
+        let (university, helpURL, contact, notifyAdmins, publicURL) = readPresentation(map, hostname: inherited.hostname, reader: &reader)
+        if !inherited.hasDirectory {
+            reader.issue(node, "the registration page logs in against the directory, and no directory is configured", fix: "add a directory: section")
         }
-        // No tls is one of the issues.
-        guard reader.issues.isEmpty, let tls else { throw ConfigErrors(issues: reader.issues) }
+        reader.warnBareGroupNames(admins, base: inherited.groupBase, node: map["admin-groups"], what: "registration.admin-groups")
+        for id in departments.keys.sorted() {
+            reader.warnBareGroupNames(departments[id] ?? [], base: inherited.groupBase, node: map["department-groups"],
+                                      what: "registration.department-groups.\(id)")
+        }
+        guard let tls, let state else { return nil }
         var configuration = RegistrationConfiguration(host: host, port: port, tls: tls, adminGroups: admins, departmentGroups: departments,
-                                                      campusRanges: ranges, stateDirectory: resolve(state))
+                                                      campusRanges: ranges, stateDirectory: reader.resolve(state))
         configuration.sessionLifetime = .seconds(minutes * 60)
-        configuration.groupBase = groupBase
-        configuration.warnings = reader.warnings
+        configuration.groupBase = inherited.groupBase
         configuration.universityName = university
         configuration.helpURL = helpURL
         configuration.contact = contact
         configuration.notifyAdmins = notifyAdmins
-        configuration.publicURL = publicURL ?? "https://\(gateway.hostname.isEmpty ? host : gateway.hostname):\(port)/"
+        configuration.publicURL = publicURL ?? "https://\(inherited.hostname.isEmpty ? host : inherited.hostname):\(port)/"
         return configuration
     }
 
@@ -165,7 +145,7 @@ public struct RegistrationConfiguration: Sendable {
             if text.trimmingCharacters(in: .whitespaces).isEmpty || text.count > 100 {
                 reader.issue(map["university-name"], "registration.university-name must be 1 to 100 characters", fix: "e.g. University of Example")
             } else if let problem = DeviceFieldRules.freeTextProblem(text) {
-                reader.issue(map["university-name"], "registration.university-name: \(problem)")
+                reader.issue(map["university-name"], "registration.university-name: \(problem)", fix: "plain text, e.g. University of Example")
             } else {
                 university = text
             }

@@ -1,6 +1,6 @@
 import Foundation
 import Logging
-import PosternGateway
+import PosternCore
 import PosternPolicy
 import PosternSMTP
 
@@ -56,30 +56,33 @@ public struct DeviceRow: Sendable, Hashable {
 
 /// The registration workflow without HTTP: requests, approval through `DeviceFilesEditor` (one device file each),
 /// rejection, revocation, sunset extension; every change goes to the audit log with who did it.
+///
+/// Pages read the gateway's own `PolicyStore` (the policy in force, not the files parsed again per view); a change
+/// the desk writes reloads the store at once, so the gateway and the next page both see it.
 public final class RegistrationDesk: Sendable {
     public let configuration: RegistrationConfiguration
-    public let policyDirectory: URL
-    /// Each page view loads the policy again, reading only the device files that changed.
-    public let policyReader: PolicyReader
+    public let policies: PolicyStore
+    public var policyDirectory: URL { policies.directory }
     public let requests: RequestStore
     let audit: AuditLog
     let now: @Sendable () -> Date
 
-    public init(configuration: RegistrationConfiguration, policyDirectory: URL, audit: AuditLog,
+    public init(configuration: RegistrationConfiguration, policies: PolicyStore, audit: AuditLog,
                 now: @escaping @Sendable () -> Date = { Date() }) throws {
         self.configuration = configuration
-        self.policyDirectory = policyDirectory
-        self.policyReader = PolicyReader(directory: policyDirectory)
+        self.policies = policies
         self.requests = try RequestStore(directory: URL(fileURLWithPath: configuration.stateDirectory))
         self.audit = audit
         self.now = now
     }
 
     public func policy() throws -> PolicySet {
-        switch policyReader.load().policy {
-        case .success(let p): return p
-        case .failure(let e): throw RegistrationFailure("the policy files do not load: \(e.issues.first?.description ?? "")")
-        }
+        policies.policy
+    }
+
+    /// After a change to the device files: the store reads them now rather than at its next poll.
+    func policyChanged(_ what: String) {
+        policies.reload(reason: "registration page: \(what)")
     }
 
     /// The latest sunset the rules allow for a department's devices: the earlier of the global and the department date.
@@ -193,7 +196,7 @@ public final class RegistrationDesk: Sendable {
             let registration = DeviceRegistration(id: r.deviceID, department: r.department, owner: r.contact, location: r.location,
                                                   addresses: [r.address], senders: [r.sender], sunset: CalendarDate(r.sunset),
                                                   note: "model: \(r.model); web request \(r.id) by \(r.requestedBy), approved by \(user.login)")
-            switch DeviceFilesEditor.add(registration, directory: policyDirectory, now: now(), reader: policyReader) {
+            switch DeviceFilesEditor.add(registration, directory: policyDirectory, now: now(), reader: policies.reader) {
             case .failure(let errors):
                 throw RegistrationFailure("\(r.deviceID) was not registered: " + errors.issues.map(\.message).joined(separator: "; "))
             case .success(let device):
@@ -203,6 +206,7 @@ public final class RegistrationDesk: Sendable {
                 return device
             }
         }
+        policyChanged("\(device.id) approved")
         record("registration_approved", user, ["request": "\(requestID)", "device": "\(device.id)", "department": "\(device.department)",
                                                "address": "\(device.addresses.map(\.description).joined(separator: ","))",
                                                "sunset": "\(device.sunset)"])
@@ -233,9 +237,10 @@ public final class RegistrationDesk: Sendable {
 
     public func revoke(deviceID: String, by user: WebUser) throws -> RegisteredDevice {
         guard user.isAdmin else { throw RegistrationFailure("Only gateway admins revoke devices.") }
-        switch DeviceFilesEditor.remove(id: deviceID, directory: policyDirectory, reader: policyReader) {
+        switch DeviceFilesEditor.remove(id: deviceID, directory: policyDirectory, reader: policies.reader) {
         case .failure(let errors): throw RegistrationFailure("\(deviceID) was not revoked: " + errors.issues.map(\.message).joined(separator: "; "))
         case .success(let device):
+            policyChanged("\(device.id) revoked")
             record("device_revoked", user, ["device": "\(device.id)", "department": "\(device.department)",
                                              "address": "\(device.addresses.map(\.description).joined(separator: ","))"])
             return device
@@ -249,9 +254,10 @@ public final class RegistrationDesk: Sendable {
         guard let device = policy.device(id: deviceID) else { throw RegistrationFailure("\(deviceID) is not registered.") }
         if let message = sunsetProblem(text, department: device.department, policy: policy) { throw RegistrationFailure("\(deviceID): \(message)") }
         guard let date = CalendarDate(text) else { throw RegistrationFailure("\(deviceID): Give a date as YYYY-MM-DD.") }  // sunsetProblem checked it
-        switch DeviceFilesEditor.setSunset(id: deviceID, date: date, directory: policyDirectory, reader: policyReader) {
+        switch DeviceFilesEditor.setSunset(id: deviceID, date: date, directory: policyDirectory, reader: policies.reader) {
         case .failure(let errors): throw RegistrationFailure("\(deviceID): " + errors.issues.map(\.message).joined(separator: "; "))
         case .success(let updated):
+            policyChanged("\(deviceID) sunset changed")
             record("sunset_changed", user, ["device": "\(deviceID)", "department": "\(device.department)",
                                             "from": "\(device.sunset)", "to": "\(date)"])
             return updated
@@ -316,7 +322,7 @@ public final class RegistrationDesk: Sendable {
         var fields = fields
         fields["actor"] = "\(user.login)"
         fields["role"] = "\(user.isAdmin ? "admin" : "department")"
-        audit.logger.info("\(event)", metadata: fields)
+        audit.event(event, fields)
     }
 
     static func newID() -> String {

@@ -1,7 +1,8 @@
 import Foundation
 import Logging
 import NIOCore
-import PosternGateway
+import PosternCore
+import PosternListener
 import PosternSMTP
 import PosternSession
 

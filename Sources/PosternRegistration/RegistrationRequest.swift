@@ -1,4 +1,5 @@
 import Foundation
+import PosternCore
 import PosternDirectory
 #if canImport(Glibc)
 import Glibc
@@ -72,7 +73,8 @@ public struct RoleMap: Sendable {
     }
 }
 
-/// Pending and decided requests in one JSON file, read and rewritten whole under an advisory lock, replaced atomically.
+/// Pending and decided requests in one JSON file, read and rewritten whole under an advisory lock, replaced durably
+/// (`DurableFile`: a crash leaves the old list or the new one).
 public struct RequestStore: Sendable {
     public let directory: URL
     var file: URL { directory.appendingPathComponent("requests.json") }
@@ -108,8 +110,8 @@ public struct RequestStore: Sendable {
         let encoder = JSONEncoder()
         encoder.dateEncodingStrategy = .iso8601
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        // Foundation's atomic write: a temporary file renamed over the old one.
-        try encoder.encode(requests).write(to: file, options: .atomic)
+        let data = try encoder.encode(requests)
+        try DurableFile.write(to: file.path) { output throws(DurableWriteError) in try output.write(data) }
     }
 
     private func locked<T>(_ body: () throws -> T) throws -> T {

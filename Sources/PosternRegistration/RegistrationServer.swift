@@ -7,22 +7,10 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import NIOSSL
+import PosternCore
 import PosternDirectory
-import PosternGateway
 import PosternPolicy
 import ServiceLifecycle
-
-/// The registration page's request context: Hummingbird's basic one and the client's address, which the
-/// login throttle and the audit log key on.
-public struct RegistrationRequestContext: RequestContext, RemoteAddressRequestContext {
-    public var coreContext: CoreRequestContextStorage
-    public let remoteAddress: SocketAddress?
-
-    public init(source: ApplicationRequestContextSource) {
-        coreContext = .init(source: source)
-        remoteAddress = source.channel.remoteAddress
-    }
-}
 
 /// The HTTPS registration web application: a ServiceLifecycle `Service` run beside the gateway.
 public final class RegistrationServer: Service, Sendable {
@@ -34,7 +22,10 @@ public final class RegistrationServer: Service, Sendable {
     let login: DirectoryLogin
     /// Answer a right password of an account without a role with 403 instead of the wrong-password page.
     let revealNotAuthorized: Bool
-    let metrics: GatewayMetrics?
+    /// Counts a log-in attempt by result (`success`, `invalid_credentials`, ...): the gateway's metrics.
+    let countLogin: @Sendable (String) -> Void
+    /// The gateway's event loops (one group in the process).
+    let eventLoopGroup: any EventLoopGroup
     /// Mail to the admins on a request and to the contact on a decision; nil: none is sent.
     let notifier: RegistrationNotifier?
     let roles: RoleMap
@@ -45,13 +36,15 @@ public final class RegistrationServer: Service, Sendable {
     private let boundPort = NIOLockedValueBox<Int?>(nil)
     private let started = NIOLockedValueBox<[CheckedContinuation<Int, Never>]>([])
 
-    public init(desk: RegistrationDesk, login: DirectoryLogin, revealNotAuthorized: Bool = false, metrics: GatewayMetrics? = nil,
-                notifier: RegistrationNotifier? = nil, logger: Logger) async throws {
+    public init(desk: RegistrationDesk, login: DirectoryLogin, revealNotAuthorized: Bool = false,
+                countLogin: @escaping @Sendable (String) -> Void = { _ in }, notifier: RegistrationNotifier? = nil,
+                eventLoopGroup: any EventLoopGroup, logger: Logger) async throws {
         self.desk = desk
         self.notifier = notifier
         self.login = login
         self.revealNotAuthorized = revealNotAuthorized
-        self.metrics = metrics
+        self.countLogin = countLogin
+        self.eventLoopGroup = eventLoopGroup
         self.roles = RoleMap(adminGroups: desk.configuration.adminGroups, departmentGroups: desk.configuration.departmentGroups,
                              groupBase: desk.configuration.groupBase)
         self.sessions = SessionStore(lifetime: TimeInterval(desk.configuration.sessionLifetime.components.seconds))
@@ -60,13 +53,7 @@ public final class RegistrationServer: Service, Sendable {
             throw RegistrationFailure("the registration templates are missing from the bundle")
         }
         self.templates = try await MustacheLibrary(directory: directory)
-        let tls = desk.configuration.tls
-        let chain = try NIOSSLCertificate.fromPEMFile(tls.certificateChain).map { NIOSSLCertificateSource.certificate($0) }
-        let key = try NIOSSLPrivateKey(file: tls.privateKey, format: .pem)
-        var configuration = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key))
-        configuration.minimumTLSVersion = .tlsv12
-        configuration.cipherSuites = ServerTLS.intermediateCipherSuites
-        self.tlsConfiguration = configuration
+        self.tlsConfiguration = try ServerTLS.configuration(desk.configuration.tls)
     }
 
     /// The port the server listens on, once it does (useful with port 0).
@@ -97,6 +84,7 @@ public final class RegistrationServer: Service, Sendable {
                 for c in started.withLockedValue({ w in defer { w = [] }; return w }) { c.resume(returning: port) }
                 logger.notice("registration page listening", metadata: ["address": "https://\(configuration.host):\(port)/"])
             },
+            eventLoopGroupProvider: .shared(eventLoopGroup),
             logger: logger)
         try await app.run()
     }
@@ -172,7 +160,7 @@ public final class RegistrationServer: Service, Sendable {
         let result = await login.authenticate(login: name, password: fields["password"] ?? "", client: client) { identity in
             roles.user(login: identity.login, dn: identity.dn, groups: identity.groups) != nil
         }
-        metrics?.registrationLogin(result: result.label)
+        countLogin(result.label)
         switch result {
         case .success(let identity):
             guard let user = roles.user(login: identity.login, dn: identity.dn, groups: identity.groups) else {
@@ -180,7 +168,7 @@ public final class RegistrationServer: Service, Sendable {
                 return loginFailed(name, client: client, result: result, dn: identity.dn)
             }
             let (token, _) = sessions.create(user)
-            desk.audit.logger.info("registration_login", metadata: ["actor": "\(user.login)", "role": "\(user.isAdmin ? "admin" : "department")",
+            desk.audit.event("registration_login", ["actor": "\(user.login)", "role": "\(user.isAdmin ? "admin" : "department")",
                                                                     "dn": "\(identity.dn)", "client": "\(client)"])
             var response = redirect("/devices")
             response.setCookie(Cookie(name: Self.sessionCookie, value: token, path: "/", secure: true, httpOnly: true, sameSite: .strict))
@@ -197,7 +185,7 @@ public final class RegistrationServer: Service, Sendable {
     func loginFailed(_ name: String, client: String, result: LoginResult, dn: String?) -> Response {
         var fields: Logger.Metadata = ["login": "\(name)", "client": "\(client)", "result": "\(result.label)"]
         if let dn { fields["dn"] = "\(dn)" }
-        desk.audit.logger.info("registration_login_failed", metadata: fields)
+        desk.audit.event("registration_login_failed", fields)
         switch result {
         case .notAuthorized where revealNotAuthorized:
             return loginPage(login: name, problem: "Your account is not a department contact or gateway admin.", status: .forbidden)

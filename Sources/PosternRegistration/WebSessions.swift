@@ -1,5 +1,19 @@
 import Foundation
+import Hummingbird
 import NIOConcurrencyHelpers
+import NIOCore
+
+/// The registration page's request context: Hummingbird's basic one and the client's address, which the
+/// login throttle and the audit log key on.
+public struct RegistrationRequestContext: RequestContext, RemoteAddressRequestContext {
+    public var coreContext: CoreRequestContextStorage
+    public let remoteAddress: SocketAddress?
+
+    public init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        remoteAddress = source.channel.remoteAddress
+    }
+}
 
 /// One logged-in browser.
 struct WebSession: Sendable {

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import PosternCore
 import PosternSMTP
 import PosternSpool
 
@@ -316,7 +317,7 @@ public final class Relay: Sendable {
             logger.notice("no DSN for a null sender", metadata: ["queue_id": "\(entry.id)"])
             return
         }
-        let dsnID = Spool.makeQueueID()
+        let dsnID = QueueID.make()
         let report = DeliveryStatusNotification(reportingMTA: configuration.hostname, originalSender: entry.envelope.sender,
                                                 originalQueueID: entry.id, arrivalDate: entry.envelope.receivedAt, recipients: failed)
         let body = report.render(originalMessage: message, messageID: dsnID, now: now)

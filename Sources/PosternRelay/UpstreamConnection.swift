@@ -216,7 +216,8 @@ public final class UpstreamConnection: Sendable {
                         group: EventLoopGroup) async throws(UpstreamConnectionError) -> UpstreamConnection {
         let channel: Channel
         do {
-            channel = try await ClientBootstrap(group: group)
+            // The loop chosen here, so `group` may be any group of NIO loops (the gateway gives its session loops).
+            channel = try await ClientBootstrap(group: group.next())
                 .connectTimeout(.nanoseconds(Int64(upstream.connectTimeout.seconds * 1e9)))
                 .channelOption(.socketOption(.tcp_nodelay), value: 1)
                 .channelInitializer { channel in

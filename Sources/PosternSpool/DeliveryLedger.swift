@@ -1,5 +1,6 @@
 import Foundation
 import NIOConcurrencyHelpers
+import PosternCore
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -75,7 +76,7 @@ final class DeliveryLedger: Sendable {
         var seen = Set<String>()
         for line in bytes.split(separator: UInt8(ascii: "\n")) {
             let text = String(decoding: line, as: UTF8.self).trimmingCharacters(in: .whitespaces)
-            guard SpoolDirectory.isValidID(text), seen.insert(text).inserted else { continue }
+            guard QueueID.isValid(text), seen.insert(text).inserted else { continue }
             ids.append(text)
         }
         return ids
@@ -105,7 +106,7 @@ final class DeliveryLedger: Sendable {
     /// A failed write loses a mark, which only matters if the process then dies in that delivery.
     private static func write(_ fd: Int32, _ slot: Int, _ id: String) {
         guard fd >= 0 else { return }
-        // An id is at most 64 bytes (`isValidID`); the slot is padded with spaces and ends in a newline.
+        // An id is at most 64 bytes (`QueueID.isValid`); the slot is padded with spaces and ends in a newline.
         var bytes = Array(id.utf8.prefix(slotSize - 1))
         bytes.append(contentsOf: repeatElement(UInt8(ascii: " "), count: slotSize - 1 - bytes.count))
         bytes.append(UInt8(ascii: "\n"))

@@ -3,6 +3,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import PosternCore
 
 /// The durable queue between the receiving side and the relay.
 ///
@@ -31,8 +32,6 @@ public final class Spool: Sendable {
     public init(directory: URL, logger: Logger, ioThreads: Int = 16) throws {
         self.directory = SpoolDirectory(root: directory)
         self.logger = logger
-        self.pool = NIOThreadPool(numberOfThreads: ioThreads)
-        self.pool.start()
         self.syncer = DirectorySyncer(directory: self.directory)
         try self.directory.createDirectories()
         ledger = try DeliveryLedger(path: self.directory.root.appendingPathComponent(DeliveryLedger.fileName).path)
@@ -41,9 +40,12 @@ public final class Spool: Sendable {
         index.withLockedValue { index in
             for entry in recovered { index[entry.id] = entry.envelope.receivedAt }
         }
-        var names = self.directory.freeNames().filter(SpoolDirectory.isValidID)
+        var names = self.directory.freeNames().filter(QueueID.isValid)
         while names.count > Self.freeLimit { unlink("\(self.directory.freePath)/\(names.removeLast())") }
         free.withLockedValue { $0 = names }
+        // Started last: a spool that fails to open leaves no threads behind. `shutdown` stops them.
+        pool = NIOThreadPool(numberOfThreads: ioThreads)
+        pool.start()
     }
 
     public func shutdown() async {
@@ -59,22 +61,6 @@ public final class Spool: Sendable {
 
     /// Entries held out of delivery now.
     public var heldCount: Int { directory.listIDs(in: .hold).count }
-
-    private static let idCounter = NIOLockedValueBox<UInt32>(0)
-
-    /// Unique, sortable by arrival, filename-safe: microseconds since 1970 in base 36, a counter
-    /// and random bits.
-    public static func makeQueueID() -> String {
-        let micros = UInt64(Date().timeIntervalSince1970 * 1_000_000)
-        let counter = idCounter.withLockedValue { value -> UInt32 in value &+= 1; return value }
-        var time = String(micros, radix: 36, uppercase: true)
-        while time.count < 12 { time = "0" + time }
-        var tail = String(counter % 1_679_616, radix: 36, uppercase: true)
-        while tail.count < 4 { tail = "0" + tail }
-        var random = String(UInt32.random(in: 0..<1_679_616), radix: 36, uppercase: true)
-        while random.count < 4 { random = "0" + random }
-        return time + tail + random
-    }
 
     /// Stores the message and its envelope durably. Returns only after the file's fdatasync, rename and
     /// directory fsync.

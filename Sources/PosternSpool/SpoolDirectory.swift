@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import PosternCore
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -64,71 +65,23 @@ public struct SpoolDirectory: Sendable {
         return .unwritable("\(what): \(String(cString: strerror(code)))")
     }
 
-    /// A queue id is safe as a file name and not a path.
-    public static func isValidID(_ id: String) -> Bool {
-        !id.isEmpty && id.count <= 64 && id.utf8.allSatisfy { b in
-            (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || b == UInt8(ascii: "-") || b == UInt8(ascii: "_")
-        }
-    }
-
     // MARK: Writing
 
-    /// Writes a temp file, fdatasyncs it and renames it to `destination`. The caller fsyncs the
-    /// destination directory. With `reuse` (a name in `free/`), that file is overwritten and cut to
-    /// length instead of a new one being created; if it is gone, a new file is created.
-    func writeDurably(_ destination: String, tmpName: String, reuse: String? = nil, _ write: (Int32) throws -> Void) throws(SpoolError) {
-        let tmp = "\(tmpPath)/\(tmpName)"
-        var fd: Int32 = -1
-        if let reuse, rename("\(freePath)/\(reuse)", tmp) == 0 {
-            fd = open(tmp, O_WRONLY | O_CLOEXEC)
-            if fd < 0 { unlink(tmp) }
-        }
-        if fd < 0 { fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600) }
-        guard fd >= 0 else { throw Self.error("open \(tmp)") }
+    /// Writes `destination` through `DurableFile` with its temp file in `tmp/`, without the directory fsync: the
+    /// caller fsyncs the destination directory, once for many files. With `reuse` (a name in `free/`), that file
+    /// is overwritten instead of a new one being created.
+    func writeDurably(_ destination: String, tmpName: String, reuse: String? = nil,
+                      _ body: (DurableFile.Output) throws(DurableWriteError) -> Void) throws(SpoolError) {
         do {
-            try write(fd)
-            if reuse != nil {
-                let length = lseek(fd, 0, SEEK_CUR)
-                if length < 0 || ftruncate(fd, length) != 0 { throw Self.error("truncate \(tmp)") }
-            }
-            // fdatasync: the data and what is needed to read it back (size, blocks); the rename is made
-            // durable by the directory fsync. A reused file of the same length then skips the inode write.
-            if Self.syncData(fd) != 0 { throw Self.error("fdatasync \(tmp)") }
+            try DurableFile.write(to: destination, temporary: "\(tmpPath)/\(tmpName)", reusing: reuse.map { "\(freePath)/\($0)" },
+                                  syncDirectory: false, body)
         } catch {
-            close(fd)
-            unlink(tmp)
-            throw (error as? SpoolError) ?? .unwritable("\(error)")
-        }
-        if close(fd) != 0 {
-            let code = errno
-            unlink(tmp)
-            throw Self.error("close \(tmp)", code)
-        }
-        if rename(tmp, destination) != 0 {
-            let code = errno
-            unlink(tmp)
-            throw Self.error("rename \(tmp)", code)
+            throw Self.error(error)
         }
     }
 
-    static func syncData(_ fd: Int32) -> Int32 {
-        #if os(Linux)
-        return fdatasync(fd)
-        #else
-        return fsync(fd)
-        #endif
-    }
-
-    static func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) throws(SpoolError) {
-        var offset = 0
-        while offset < bytes.count {
-            let n = systemWrite(fd, bytes.baseAddress! + offset, bytes.count - offset)  // `!`: not empty (offset < count)
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw error("write")
-            }
-            offset += n
-        }
+    static func error(_ error: DurableWriteError) -> SpoolError {
+        error.isOutOfSpace ? .full : .unwritable(error.description)
     }
 
     /// Encodes envelope and message into the queue file format:
@@ -143,11 +96,11 @@ public struct SpoolDirectory: Sendable {
     }
 
     public func writeMessage(id: String, envelope: SpoolEnvelope, message: ByteBuffer, reuse: String? = nil) throws(SpoolError) {
-        guard Self.isValidID(id) else { throw .unwritable("invalid queue id \(id)") }
+        guard QueueID.isValid(id) else { throw .unwritable("invalid queue id \(id)") }
         let header = try Self.encodeHeader(envelope: envelope, message: message)
-        try writeDurably(messagePath(id), tmpName: "\(id).msg", reuse: reuse) { fd in
-            try header.withUnsafeBytes { bytes in try Self.writeAll(fd, bytes) }
-            try message.withUnsafeReadableBytes { bytes in try Self.writeAll(fd, bytes) }
+        try writeDurably(messagePath(id), tmpName: "\(id).msg", reuse: reuse) { output throws(DurableWriteError) in
+            try output.write(header)
+            try output.write(message)
         }
     }
 
@@ -155,8 +108,8 @@ public struct SpoolDirectory: Sendable {
     public func writeState(id: String, _ state: SpoolEntryState, in area: Area = .queue) throws(SpoolError) {
         let data: Data
         do { data = try JSONEncoder.spool.encode(state) } catch { throw .unwritable("encoding state: \(error)") }
-        try writeDurably(statePath(id, in: area), tmpName: "\(id).state.\(UInt32.random(in: 0...UInt32.max))") { fd in
-            try data.withUnsafeBytes { bytes in try Self.writeAll(fd, bytes) }
+        try writeDurably(statePath(id, in: area), tmpName: "\(id).state.\(UInt32.random(in: 0...UInt32.max))") { output throws(DurableWriteError) in
+            try output.write(data)
         }
     }
 
@@ -192,10 +145,7 @@ public struct SpoolDirectory: Sendable {
     }
 
     public func syncDirectory(_ path: String) throws(SpoolError) {
-        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard fd >= 0 else { throw Self.error("open \(path)") }
-        defer { close(fd) }
-        if fsync(fd) != 0 { throw Self.error("fsync \(path)") }
+        do { try DurableFile.syncDirectory(path) } catch { throw Self.error(error) }
     }
 
     // MARK: Holding
@@ -456,10 +406,3 @@ extension JSONDecoder {
         return decoder
     }
 }
-
-
-#if canImport(Glibc)
-private let systemWrite = Glibc.write
-#else
-private let systemWrite = Darwin.write
-#endif

@@ -1,7 +1,6 @@
 import ArgumentParser
 import Foundation
 import Logging
-import PosternGateway
 import PosternPolicy
 import PosternSMTP
 #if canImport(Glibc)

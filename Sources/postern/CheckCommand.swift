@@ -1,8 +1,8 @@
 import ArgumentParser
 import Foundation
+import PosternCore
 import PosternGateway
 import PosternPolicy
-import PosternRegistration
 
 struct CheckCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -13,7 +13,8 @@ struct CheckCommand: ParsableCommand {
             the registration page and `postern devices add`: senders in the department's domains (the internal \
             domains when it lists none), an internal owner, plain-text location and note. Warnings (FILE:LINE: \
             warning: ...) do not change the exit status: for example a bare group name without directory.group-base, \
-            which matches no group.
+            which matches no group, or a policy.yaml listeners max-message-size above what postern.yaml's listeners take \
+            (the smaller limit applies).
             """)
 
     @Option(name: .long, help: "The gateway configuration file (YAML).")
@@ -28,21 +29,12 @@ struct CheckCommand: ParsableCommand {
             throw ExitCode(1)
         }
         print("\(config): ok (\(configuration.listeners.count) listeners)")
-        // The registration page's section, when there is one.
-        let registration: RegistrationConfiguration?
-        do {
-            registration = try RegistrationConfiguration.load(path: config, gateway: configuration)
-        } catch {
-            for issue in error.issues { print(issue) }
-            throw ExitCode(1)
-        }
-        for warning in configuration.warnings + (registration?.warnings ?? []) {
-            print("\(warning.file):\(warning.line): warning: \(warning.message)" + (warning.fix.map { " (fix: \($0))" } ?? ""))
-        }
+        for warning in configuration.warnings { print(warning.warningDescription) }
         switch PolicyLoader.load(directory: URL(fileURLWithPath: configuration.policyDirectory)) {
         case .success(let policy):
             print("\(configuration.policyDirectory): ok (\(policy.devices.count) devices, \(policy.departments.count) departments)")
-            let unknown = (registration?.departmentGroups.keys.sorted() ?? []).filter { policy.departments[$0] == nil }
+            for warning in configuration.policyWarnings(policy) { print(warning.warningDescription) }
+            let unknown = (configuration.registration?.departmentGroups.keys.sorted() ?? []).filter { policy.departments[$0] == nil }
             if !unknown.isEmpty {
                 print("\(config): registration.department-groups names unknown department(s) \(unknown.joined(separator: ", ")) (fix: use ids from departments.yaml)")
                 throw ExitCode(1)

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import PosternPolicy
 import PosternGateway
+import PosternListener
 import PosternSMTP
 import PosternSession
 

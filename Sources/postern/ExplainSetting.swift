@@ -4,6 +4,7 @@ import Logging
 import NIOPosix
 import PosternDirectory
 import PosternGateway
+import PosternListener
 import PosternPolicy
 import PosternSession
 

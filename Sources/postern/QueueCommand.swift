@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import NIOCore
+import PosternCore
 import PosternGateway
 import PosternSpool
 #if canImport(Glibc)
@@ -114,7 +115,7 @@ struct QueueCommand: AsyncParsableCommand {
 
     /// Where a queued or held message is.
     static func locate(_ directory: SpoolDirectory, id: String) throws -> SpoolDirectory.Area {
-        guard SpoolDirectory.isValidID(id) else { throw QueueFailure.notDone("\(id) is not a queue id") }
+        guard QueueID.isValid(id) else { throw QueueFailure.notDone("\(id) is not a queue id") }
         guard let area = SpoolDirectory.Area.allCases.first(where: { directory.contains(id: id, in: $0) }) else {
             throw QueueFailure.notDone("no queued or held message \(id)")
         }

@@ -2,7 +2,9 @@ import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import PosternCore
 import PosternGateway
+import PosternListener
 import PosternSMTP
 import PosternSession
 

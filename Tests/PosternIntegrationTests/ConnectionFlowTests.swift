@@ -2,10 +2,12 @@ import Foundation
 import Logging
 import NIOCore
 import NIOEmbedded
+import PosternCore
 import PosternSMTP
 import PosternSession
 import XCTest
-@testable import PosternGateway
+import PosternGateway
+@testable import PosternListener
 
 /// The backpressure of `ServerConnectionStateMachine` wired in `SMTPServerHandler`, on an `EmbeddedChannel`
 /// (the rules on their own: `ServerConnectionStateMachineTests`).

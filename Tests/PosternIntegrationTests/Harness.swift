@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOPosix
+import PosternCore
 import PosternGateway
 import PosternPolicy
 import PosternSink
@@ -121,7 +122,7 @@ final class GatewayHarness: @unchecked Sendable {
         let store = try PolicyStore(directory: URL(fileURLWithPath: configuration.policyDirectory), logger: logger,
                                     userMessagesPerHour: configuration.limits.messagesPerUserPerHour)
         let metrics = GatewayMetrics()
-        let audit = try AuditLog.make(output: directory.appendingPathComponent("audit.jsonl").path, metrics: metrics)
+        let audit = try AuditLog.make(output: directory.appendingPathComponent("audit.jsonl").path, countDecision: metrics.decision)
         let gateway = try Gateway(configuration: configuration, rules: { store.rules(now: now, audit: audit) },
                                   logger: logger, audit: audit, drainTimeout: .seconds(5), now: now,
                                   metrics: metrics, refreshPolicyGauges: { $0.refreshSunsets(policy: store.policy, now: now()) })

@@ -168,7 +168,7 @@ final class HeaderFromTests: XCTestCase {
     func testWarnModeAcceptsAndAuditsAndOffDoesNotLook() async throws {
         let policies = try copyOfShippedPolicies()
         var text = try String(contentsOf: policies.appendingPathComponent("policy.yaml"), encoding: .utf8)
-        text = text.replacingOccurrences(of: "    max-message-size: 50M\n    header-from: enforce\n  submissions:", with: "    max-message-size: 50M\n    header-from: warn\n  submissions:")
+        text = text.replacingOccurrences(of: "    max-message-size: 25M\n    header-from: enforce\n  submissions:", with: "    max-message-size: 25M\n    header-from: warn\n  submissions:")
         text = text.replacingOccurrences(of: "    max-message-size: 20M\n    header-from: enforce", with: "    max-message-size: 20M\n    header-from: off")
         try text.write(to: policies.appendingPathComponent("policy.yaml"), atomically: true, encoding: .utf8)
         try await startGateway(policies: policies)

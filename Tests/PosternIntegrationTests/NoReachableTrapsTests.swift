@@ -3,11 +3,13 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import PosternCore
 import PosternSMTP
 import PosternSession
 import PosternSpool
 import XCTest
-@testable import PosternGateway
+import PosternGateway
+@testable import PosternListener
 
 /// Input, configuration and queue files that used to reach a trap (issue #13), fed to the real channel
 /// handler, the real configuration reader and the real `postern` binary.
@@ -143,6 +145,7 @@ final class NoReachableTrapsTests: XCTestCase {
               - name: dev
                 kind: device
                 listen: 127.0.0.1:0
+                max-message-size: 99999999999999999999G
             delivery:
               spool: spool
               relay:
@@ -165,11 +168,12 @@ final class NoReachableTrapsTests: XCTestCase {
             for expected in [
                 "/etc/postern/postern.yaml:3: limits.idle-timeout-seconds must be between 1 and 3600, not 9223372036854775807 (fix: write a whole number from 1 to 3600)",
                 "/etc/postern/postern.yaml:4: limits.greeting-delay-ms must be between 0 and 30000, not 99999999999999999999 (fix: write a whole number from 0 to 30000)",
-                "/etc/postern/postern.yaml:5: limits.max-message-size must be between 1024 and 1073741824, not -1 (fix: write a whole number from 1024 to 1073741824)",
-                "/etc/postern/postern.yaml:16: initial-seconds must be between 1 and 86400, not 9223372036854775807 (fix: write a whole number from 1 to 86400)",
-                "/etc/postern/postern.yaml:17: expire-hours must be between 1 and 720, not 99999999999999999999 (fix: write a whole number from 1 to 720)",
-                "/etc/postern/postern.yaml:18: scan-seconds must be between 1 and 3600, not 0 (fix: write a whole number from 1 to 3600)",
-                "/etc/postern/postern.yaml:25: lockout-after must be between 1 and 1000, not 9223372036854775807 (fix: write a whole number from 1 to 1000)",
+                "/etc/postern/postern.yaml:5: limits.max-message-size must be a size, not '-1' (fix: write bytes, or a whole number with K, M or G, e.g. 25M, from 1K to 1G)",
+                "/etc/postern/postern.yaml:10: listener max-message-size must be a size, not '99999999999999999999G' (fix: write bytes, or a whole number with K, M or G, e.g. 25M, from 1K to 1G)",
+                "/etc/postern/postern.yaml:17: initial-seconds must be between 1 and 86400, not 9223372036854775807 (fix: write a whole number from 1 to 86400)",
+                "/etc/postern/postern.yaml:18: expire-hours must be between 1 and 720, not 99999999999999999999 (fix: write a whole number from 1 to 720)",
+                "/etc/postern/postern.yaml:19: scan-seconds must be between 1 and 3600, not 0 (fix: write a whole number from 1 to 3600)",
+                "/etc/postern/postern.yaml:26: lockout-after must be between 1 and 1000, not 9223372036854775807 (fix: write a whole number from 1 to 1000)",
             ] {
                 XCTAssertTrue(issues.contains(expected), "missing \(expected) in:\n\(issues.joined(separator: "\n"))")
             }
@@ -194,7 +198,7 @@ final class NoReachableTrapsTests: XCTestCase {
         let root = FileManager.default.temporaryDirectory.appendingPathComponent("postern-hostile-spool-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: root) }
         let spool = try Spool(directory: root, logger: Logger(label: "test"))
-        let id = Spool.makeQueueID()
+        let id = QueueID.make()
         let envelope = SpoolEnvelope(sender: "alice@example.edu", recipients: ["bob@example.org"], receivedAt: Date(timeIntervalSince1970: -1e300),
                                      clientAddress: "192.0.2.1", listener: "submission")
         try await spool.enqueue(id: id, envelope: envelope, message: ByteBuffer(string: "Subject: old\r\n\r\nbody\r\n"))

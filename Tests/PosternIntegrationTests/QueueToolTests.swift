@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOCore
+import PosternCore
 import PosternSpool
 import XCTest
 
@@ -40,7 +41,7 @@ final class QueueToolTests: XCTestCase {
         let spool = try Spool(directory: spoolPath, logger: Logger(label: "test"))
         var ids: [String] = []
         for (i, recipients) in [["bob@example.edu"], ["carol@example.edu", "dave@example.edu"]].enumerated() {
-            let id = Spool.makeQueueID()
+            let id = QueueID.make()
             let envelope = SpoolEnvelope(sender: "scanner@example.edu", recipients: recipients, receivedAt: Date().addingTimeInterval(-7200),
                                          clientAddress: "127.0.0.1", listener: "device", messageID: "<m\(i)@test>")
             try await spool.enqueue(id: id, envelope: envelope, message: ByteBuffer(string: "Subject: s\(i)\r\n\r\n" + String(repeating: "x", count: 20_000) + "\r\n"))

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import PosternCore
 import PosternGateway
 import PosternPolicy
 import PosternSMTP

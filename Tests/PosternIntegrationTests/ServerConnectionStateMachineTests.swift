@@ -1,6 +1,6 @@
 import NIOCore
 import XCTest
-@testable import PosternGateway
+@testable import PosternListener
 
 /// `ServerConnectionStateMachine` without a channel: events in, actions out.
 final class ServerConnectionStateMachineTests: XCTestCase {

@@ -3,10 +3,12 @@ import Logging
 import NIOCore
 import NIOEmbedded
 import NIOSSL
+import PosternCore
 import PosternSMTP
 import PosternSession
 import XCTest
-@testable import PosternGateway
+import PosternGateway
+@testable import PosternListener
 
 /// `SMTPServerHandler` doing what its state machine says, on an `EmbeddedChannel`: shutdown while busy,
 /// pipelining through a delivery, STARTTLS, and the PROXY header before the session (backpressure:

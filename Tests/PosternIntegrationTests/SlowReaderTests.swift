@@ -1,5 +1,6 @@
 import Foundation
-@testable import PosternGateway
+import PosternGateway
+@testable import PosternListener
 import PosternTestSupport
 import XCTest
 

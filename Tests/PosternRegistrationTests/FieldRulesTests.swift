@@ -1,4 +1,6 @@
 import Foundation
+import Logging
+import PosternCore
 import PosternGateway
 import PosternPolicy
 import PosternRegistration
@@ -71,7 +73,7 @@ final class FieldRulesTests: XCTestCase {
         try FileManager.default.createDirectory(at: policies, withIntermediateDirectories: true)
         try Repo.copyPolicies(to: policies)
         let desk = try RegistrationDesk(configuration: RegistrationFixture.registrationConfiguration(certificates: "/nonexistent", state: directory.appendingPathComponent("state").path),
-                                        policyDirectory: policies, audit: try AuditLog.make(output: directory.appendingPathComponent("audit.jsonl").path))
+                                        policies: try PolicyStore(directory: policies, logger: Logger(label: "test")), audit: try AuditLog.make(output: directory.appendingPathComponent("audit.jsonl").path))
         let contact = WebUser(login: "carol", dn: "uid=carol", isAdmin: false, departments: ["chem"])
         func form(_ sender: String, device: String, address: String) -> RegistrationForm {
             var f = RegistrationForm(fields: Dictionary(uniqueKeysWithValues: RegistrationFixture.form(device: device, address: address)))

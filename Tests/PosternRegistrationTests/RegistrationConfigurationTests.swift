@@ -1,4 +1,5 @@
 import Foundation
+import PosternCore
 import PosternGateway
 import PosternPolicy
 import PosternRegistration
@@ -28,9 +29,8 @@ final class RegistrationConfigurationTests: XCTestCase {
         try TestSlapd.makeDevCertificates(in: certs.path)
         let text = yaml(registration, certs: certs.path)
         let file = "/etc/postern/postern.yaml"
-        let gateway = try GatewayConfiguration.parse(text, file: file)
         do {
-            return .success(try RegistrationConfiguration.parse(text, file: file, gateway: gateway))
+            return .success(try GatewayConfiguration.parse(text, file: file).registration)
         } catch {
             return .failure(error)
         }
@@ -66,7 +66,7 @@ final class RegistrationConfigurationTests: XCTestCase {
               colour: blue
             """) else { return XCTFail("a broken section was accepted") }
         let text = errors.description
-        XCTAssertTrue(text.contains("postern.yaml:12: registration listen address 'nowhere' is not HOST:PORT"), text)
+        XCTAssertTrue(text.contains("postern.yaml:12: registration.listen 'nowhere' is not HOST:PORT"), text)
         XCTAssertTrue(text.contains("postern.yaml:14: '10.0.0.0/33' is not an address or CIDR range"), text)
         XCTAssertTrue(text.contains("postern.yaml:16: registration: unknown key 'colour'"), text)
     }

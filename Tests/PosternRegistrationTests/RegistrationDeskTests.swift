@@ -1,4 +1,6 @@
 import Foundation
+import Logging
+import PosternCore
 import PosternGateway
 import PosternPolicy
 import PosternRegistration
@@ -17,7 +19,7 @@ final class RegistrationDeskTests: XCTestCase {
         try FileManager.default.createDirectory(at: policies, withIntermediateDirectories: true)
         try Repo.copyPolicies(to: policies)
         let configuration = RegistrationFixture.registrationConfiguration(certificates: "/nonexistent", state: directory.appendingPathComponent("state").path)
-        desk = try RegistrationDesk(configuration: configuration, policyDirectory: policies,
+        desk = try RegistrationDesk(configuration: configuration, policies: try PolicyStore(directory: policies, logger: Logger(label: "test")),
                                     audit: try AuditLog.make(output: directory.appendingPathComponent("audit.jsonl").path))
     }
 

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOPosix
+import PosternCore
 import PosternDirectory
 import PosternGateway
 import PosternPolicy
@@ -154,6 +155,8 @@ final class RegistrationFixture: @unchecked Sendable {
     let slapd: TestSlapd
     let directory: URL
     let threadPool: NIOThreadPool
+    /// The page's event loops (in `postern serve`, the gateway's).
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     let ldap: Directory
     /// The page's password checks and their throttle.
     let login: DirectoryLogin
@@ -210,13 +213,16 @@ final class RegistrationFixture: @unchecked Sendable {
         client.lockoutAfter *= 3
         login = DirectoryLogin(directory: ldap, throttle: AuthThrottle(perAccount: throttle, perClient: client), logger: logger)
         let audit = try AuditLog.make(output: directory.appendingPathComponent("audit.jsonl").path)
+        let policies = try PolicyStore(directory: directory.appendingPathComponent("policies"), logger: logger)
         desk = try RegistrationDesk(
             configuration: Self.registrationConfiguration(certificates: slapd.certificateDirectory, state: directory.appendingPathComponent("state").path),
-            policyDirectory: directory.appendingPathComponent("policies"), audit: audit, now: now)
+            policies: policies, audit: audit, now: now)
         outbox = try OutboxTarget(directory: directory.appendingPathComponent("outbox"), threadPool: threadPool, logger: logger)
         let notifier = RegistrationNotifier(target: outbox, hostname: "gw.test", configuration: desk.configuration, audit: audit, logger: logger, now: now)
-        let server = try await RegistrationServer(desk: desk, login: login, revealNotAuthorized: revealNotAuthorized, metrics: metrics,
-                                                  notifier: notifier, logger: logger)
+        let metrics = self.metrics
+        let server = try await RegistrationServer(desk: desk, login: login, revealNotAuthorized: revealNotAuthorized,
+                                                  countLogin: { metrics.registrationLogin(result: $0) }, notifier: notifier,
+                                                  eventLoopGroup: group, logger: logger)
         self.server = server
         task = Task { try await server.run() }
         port = await server.port()
@@ -227,6 +233,7 @@ final class RegistrationFixture: @unchecked Sendable {
         _ = await task.result
         await ldap.shutdown()
         try? await threadPool.shutdownGracefully()
+        try? await group.shutdownGracefully()
         try? FileManager.default.removeItem(at: directory)
     }
 

@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import PosternCore
 import PosternSink
 import PosternSpool
 import XCTest
@@ -40,7 +41,7 @@ extension RelayTests {
         let spool = try Spool(directory: spoolDirectory, logger: logger)
         let envelope = SpoolEnvelope(sender: "alice@example.edu", recipients: ["slow@example.org"], receivedAt: Date(timeIntervalSince1970: -1e300),
                                      clientAddress: "192.0.2.1", listener: "submission")
-        try await spool.enqueue(id: Spool.makeQueueID(), envelope: envelope, message: ByteBuffer(string: "Subject: old\r\n\r\nbody\r\n"))
+        try await spool.enqueue(id: QueueID.make(), envelope: envelope, message: ByteBuffer(string: "Subject: old\r\n\r\nbody\r\n"))
         let log = OutcomeLog()
         try await withRelay(relayConfiguration(upstream(port: port)), spool: spool, log: log) { relay in
             relay.wake()

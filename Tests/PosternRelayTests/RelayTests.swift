@@ -3,6 +3,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import PosternCore
 import PosternSink
 import PosternSpool
 import PosternTestSupport
@@ -60,7 +61,7 @@ final class RelayTests: XCTestCase {
 
     func enqueue(_ spool: Spool, sender: String = "alice@example.edu", recipients: [String] = ["bob@example.org"],
                  body: String = "From: alice@example.edu\r\nSubject: payslip\r\n\r\nSECRET BODY\r\n.leading dot\r\n") async throws -> String {
-        let id = Spool.makeQueueID()
+        let id = QueueID.make()
         try await spool.enqueue(id: id, envelope: SpoolEnvelope(sender: sender, recipients: recipients, receivedAt: Date(),
                                                                 clientAddress: "192.0.2.1", listener: "submission"),
                                 message: ByteBuffer(string: body))

@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import XCTest
+import PosternCore
 @testable import PosternSpool
 
 /// Queue, state and ledger files with numbers that used to reach a trap (issue #13): read as corrupt
@@ -9,7 +10,7 @@ extension SpoolTests {
     /// Header lengths near Int.max: their sum (`Header.fileSize`) used to overflow.
     func testHeaderClaimingLengthsNearIntMaxIsMovedAsideNotTrapped() async throws {
         let spool = try Spool(directory: root, logger: logger)
-        let good = Spool.makeQueueID()
+        let good = QueueID.make()
         try await spool.enqueue(id: good, envelope: envelope(), message: message())
         await spool.shutdown()
         let dir = SpoolDirectory(root: root)
@@ -18,7 +19,7 @@ extension SpoolTests {
                        "POSTERN-SPOOL 1 2 9223372036854775807 0\n{}"]
         var hostile: [String] = []
         for text in headers {
-            let id = Spool.makeQueueID()
+            let id = QueueID.make()
             hostile.append(id)
             try Data(text.utf8).write(to: URL(fileURLWithPath: dir.messagePath(id)))
         }
@@ -34,7 +35,7 @@ extension SpoolTests {
         XCTAssertEqual(recovered.depth, 1)
 
         // A scan reads headers and envelopes only: the same for a file that appears while running.
-        let late = Spool.makeQueueID()
+        let late = QueueID.make()
         try Data(headers[0].utf8).write(to: URL(fileURLWithPath: dir.messagePath(late)))
         let entries = await recovered.scan()
         XCTAssertEqual(entries.map(\.id), [good])
@@ -46,7 +47,7 @@ extension SpoolTests {
     /// delivering: counting one more used to overflow at start. Now it is held like any other.
     func testInterruptionCountAtIntMaxHoldsTheEntryNotTrapped() async throws {
         let spool = try Spool(directory: root, logger: logger)
-        let id = Spool.makeQueueID()
+        let id = QueueID.make()
         try await spool.enqueue(id: id, envelope: envelope(), message: message())
         var state = SpoolEntryState.initial(for: envelope())
         state.attempts = Int.max

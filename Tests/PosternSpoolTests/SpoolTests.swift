@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import XCTest
+import PosternCore
 @testable import PosternSpool
 
 final class SpoolTests: XCTestCase {
@@ -29,7 +30,7 @@ final class SpoolTests: XCTestCase {
 
     func testEnqueuedMessageIsReadBackWithEnvelopeAndInitialState() async throws {
         let spool = try Spool(directory: root, logger: logger)
-        let id = Spool.makeQueueID()
+        let id = QueueID.make()
         try await spool.enqueue(id: id, envelope: envelope(), message: message())
         XCTAssertEqual(spool.depth, 1)
         XCTAssertEqual(files("queue"), ["\(id).msg"])
@@ -41,25 +42,13 @@ final class SpoolTests: XCTestCase {
         await spool.shutdown()
     }
 
-    func testQueueIDsAreUniqueSortableAndFilenameSafe() {
-        var ids: [String] = []
-        for _ in 0..<2000 { ids.append(Spool.makeQueueID()) }
-        XCTAssertEqual(Set(ids).count, ids.count)
-        XCTAssertTrue(ids.allSatisfy(SpoolDirectory.isValidID))
-        XCTAssertEqual(ids.first!.prefix(8), ids.last!.prefix(8))
-        XCTAssertLessThan(Spool.makeQueueID().prefix(12), "ZZZZZZZZZZZZ")
-        let earlier = Spool.makeQueueID()
-        usleep(2000)
-        XCTAssertLessThan(earlier, Spool.makeQueueID())
-    }
-
     func testConcurrentEnqueuesAllBecomeDurable() async throws {
         let spool = try Spool(directory: root, logger: logger)
         let count = 300
         let envelope = envelope()
         try await withThrowingTaskGroup(of: Void.self) { group in
             for i in 0..<count {
-                group.addTask { try await spool.enqueue(id: Spool.makeQueueID(), envelope: envelope, message: ByteBuffer(string: "Subject: \(i)\r\n\r\nx\r\n")) }
+                group.addTask { try await spool.enqueue(id: QueueID.make(), envelope: envelope, message: ByteBuffer(string: "Subject: \(i)\r\n\r\nx\r\n")) }
             }
             try await group.waitForAll()
         }
@@ -75,7 +64,7 @@ final class SpoolTests: XCTestCase {
 
     func testStateIsReplacedAtomicallyAndRemovalDeletesBothFiles() async throws {
         let spool = try Spool(directory: root, logger: logger)
-        let id = Spool.makeQueueID()
+        let id = QueueID.make()
         try await spool.enqueue(id: id, envelope: envelope(), message: message())
         var state = SpoolEntryState.initial(for: envelope())
         state.attempts = 2
@@ -95,7 +84,7 @@ final class SpoolTests: XCTestCase {
     // orphaned state file. Recovery removes both and keeps every whole message.
     func testRecoveryRemovesHalfWrittenFilesAndKeepsWholeMessages() async throws {
         let spool = try Spool(directory: root, logger: logger)
-        let id = Spool.makeQueueID()
+        let id = QueueID.make()
         try await spool.enqueue(id: id, envelope: envelope(), message: message())
         await spool.shutdown()
         let dir = SpoolDirectory(root: root)
@@ -114,7 +103,7 @@ final class SpoolTests: XCTestCase {
 
     func testTruncatedAndCorruptQueueFilesAreMovedAsideNotDeleted() async throws {
         let spool = try Spool(directory: root, logger: logger)
-        let good = Spool.makeQueueID(), truncated = Spool.makeQueueID(), flipped = Spool.makeQueueID(), garbage = Spool.makeQueueID()
+        let good = QueueID.make(), truncated = QueueID.make(), flipped = QueueID.make(), garbage = QueueID.make()
         for id in [good, truncated, flipped, garbage] {
             try await spool.enqueue(id: id, envelope: envelope(), message: message("Subject: \(id)\r\n\r\nsome body text\r\n"))
         }
@@ -141,7 +130,7 @@ final class SpoolTests: XCTestCase {
 
     func testCorruptStateFileIsMovedAsideAndAllRecipientsAreRetried() async throws {
         let spool = try Spool(directory: root, logger: logger)
-        let id = Spool.makeQueueID()
+        let id = QueueID.make()
         try await spool.enqueue(id: id, envelope: envelope(), message: message())
         try Data("{\"attempts\":".utf8).write(to: URL(fileURLWithPath: SpoolDirectory(root: root).queuePath + "/\(id).state"))
         await spool.shutdown()
@@ -160,7 +149,7 @@ final class SpoolTests: XCTestCase {
         try FileManager.default.removeItem(atPath: dir.tmpPath)
         try Data().write(to: URL(fileURLWithPath: dir.tmpPath))
         do {
-            try await spool.enqueue(id: Spool.makeQueueID(), envelope: envelope(), message: message())
+            try await spool.enqueue(id: QueueID.make(), envelope: envelope(), message: message())
             XCTFail("enqueue into an unwritable spool succeeded")
         } catch {
             guard case .unwritable = error else { return XCTFail("expected .unwritable, got \(error)") }
@@ -168,14 +157,14 @@ final class SpoolTests: XCTestCase {
         XCTAssertEqual(spool.depth, 0)
         try FileManager.default.removeItem(atPath: dir.tmpPath)
         try dir.createDirectories()
-        try await spool.enqueue(id: Spool.makeQueueID(), envelope: envelope(), message: message())
+        try await spool.enqueue(id: QueueID.make(), envelope: envelope(), message: message())
         XCTAssertEqual(spool.depth, 1)
         await spool.shutdown()
     }
 
     func testEntryLockExcludesASecondHolderUntilReleased() async throws {
         let spool = try Spool(directory: root, logger: logger)
-        let id = Spool.makeQueueID()
+        let id = QueueID.make()
         try await spool.enqueue(id: id, envelope: envelope(), message: message())
         let first = try XCTUnwrap(spool.lock(id: id))
         XCTAssertNil(spool.lock(id: id))
@@ -221,7 +210,7 @@ final class SpoolFileReuseTests: XCTestCase {
     /// inode, and a shorter message after a longer one reads back exactly (cut to length, checksum good).
     func testRemovedFileIsReusedAndCutToLength() async throws {
         let spool = try Spool(directory: root, logger: logger)
-        let first = Spool.makeQueueID()
+        let first = QueueID.make()
         let long = ByteBuffer(string: "Subject: long\r\n\r\n" + String(repeating: "x", count: 50_000) + "\r\n")
         try await spool.enqueue(id: first, envelope: envelope(1), message: long)
         let firstInode = inode(spool.directory.messagePath(first))
@@ -231,7 +220,7 @@ final class SpoolFileReuseTests: XCTestCase {
         XCTAssertEqual(spool.directory.freeNames(), [first])
         XCTAssertEqual(spool.depth, 0)
 
-        let second = Spool.makeQueueID()
+        let second = QueueID.make()
         let short = ByteBuffer(string: "Subject: short\r\n\r\nhi\r\n")
         try await spool.enqueue(id: second, envelope: envelope(2), message: short)
         XCTAssertEqual(inode(spool.directory.messagePath(second)), firstInode)
@@ -250,11 +239,11 @@ final class SpoolFileReuseTests: XCTestCase {
     func testScanReadsLongEnvelopesAndSetsTruncatedFilesAside() async throws {
         let spool = try Spool(directory: root, logger: logger)
         let recipients = (0..<300).map { "recipient-number-\($0)@department.example.edu" }
-        let id = Spool.makeQueueID()
+        let id = QueueID.make()
         let long = SpoolEnvelope(sender: "a@example.edu", recipients: recipients, receivedAt: Date(timeIntervalSince1970: 1_700_000_000),
                                  clientAddress: "192.0.2.7", listener: "submission", login: "a", messageID: nil, bodyType: nil)
         try await spool.enqueue(id: id, envelope: long, message: ByteBuffer(string: "Subject: many\r\n\r\nbody\r\n"))
-        let broken = Spool.makeQueueID()
+        let broken = QueueID.make()
         try await spool.enqueue(id: broken, envelope: envelope(1), message: ByteBuffer(string: "Subject: cut\r\n\r\n" + String(repeating: "y", count: 5000)))
         XCTAssertEqual(truncate(spool.directory.messagePath(broken), 300), 0)
         let entries = await spool.scan()
@@ -271,7 +260,7 @@ final class SpoolFileReuseTests: XCTestCase {
         var spool = try Spool(directory: root, logger: logger)
         var ids: [String] = []
         for n in 0..<3 {
-            let id = Spool.makeQueueID()
+            let id = QueueID.make()
             try await spool.enqueue(id: id, envelope: envelope(n), message: ByteBuffer(string: "Subject: \(n)\r\n\r\nbody\r\n"))
             ids.append(id)
         }
@@ -282,7 +271,7 @@ final class SpoolFileReuseTests: XCTestCase {
         spool = try Spool(directory: root, logger: logger)
         unlink("\(spool.directory.freePath)/\(ids[2])")  // gone: enqueue creates a new file instead
         for n in 0..<4 {
-            let id = Spool.makeQueueID()
+            let id = QueueID.make()
             let body = ByteBuffer(string: "Subject: again \(n)\r\n\r\nbody\r\n")
             try await spool.enqueue(id: id, envelope: envelope(n), message: body)
             let read = await spool.read(id: id)

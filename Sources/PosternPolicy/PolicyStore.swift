@@ -2,8 +2,8 @@ import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import PosternCore
 import PosternDirectory
-import PosternPolicy
 import PosternSMTP
 import PosternSession
 
@@ -176,8 +176,15 @@ public struct PolicyRules: SessionRules {
     }
 }
 
+extension AuditLog {
+    func decision(_ facts: ConnectionFacts, stage: String, sender: ReversePath, recipient: Mailbox?, reply: SMTPReply?, rule: String, device: String?) {
+        decision(session: facts.sessionID, stage: stage, sender: sender.mailbox.map { "\($0)" } ?? "", recipient: recipient.map { "\($0)" },
+                 code: reply?.code, enhancedStatus: reply?.enhancedStatus, rule: rule, device: device, login: facts.user?.login)
+    }
+}
+
 extension PolicyEndpoint {
-    init(_ kind: ListenerKind) {
+    public init(_ kind: ListenerKind) {
         switch kind {
         case .submission: self = .submission
         case .submissions: self = .submissions

@@ -1,7 +1,7 @@
 import Foundation
 import Logging
 import XCTest
-@testable import PosternGateway
+@testable import PosternCore
 
 /// The audit log's hand-written JSON: valid for any string, keys sorted, parsed back unchanged.
 final class AuditJSONTests: XCTestCase {

@@ -1,87 +1,93 @@
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
-import PosternSMTP
-import PosternSession
 
-/// The audit trail: who sent what to whom, one JSON line per event, tied together by a session id.
-/// Never message content: no subject, no headers but Message-ID, no body, no passwords.
+/// The audit trail: who sent what to whom, one JSON line per event, tied together by a session id. Never
+/// message content: no subject, no headers but Message-ID, no body, no passwords.
+///
+/// Every event's name and fields are written here, so the format a data-protection officer reads is in one
+/// place; callers pass plain values (addresses without angle brackets, `nil` for what does not apply).
 public struct AuditLog: Sendable {
     public let logger: Logger
-    /// Policy decisions are counted here as they are logged (PolicyRules reports them only to the audit log).
-    public var metrics: GatewayMetrics?
+    /// Called for every policy decision as it is logged (the gateway counts them into its metrics): the reply
+    /// code, nil for an accept, and the rule.
+    public var countDecision: (@Sendable (_ code: Int?, _ rule: String) -> Void)?
 
-    public init(logger: Logger, metrics: GatewayMetrics? = nil) {
+    public init(logger: Logger, countDecision: (@Sendable (_ code: Int?, _ rule: String) -> Void)? = nil) {
         self.logger = logger
-        self.metrics = metrics
+        self.countDecision = countDecision
     }
 
-    /// An audit log that writes JSON lines to standard output or to a file (appended).
-    public static func make(output: String?, metrics: GatewayMetrics? = nil) throws -> AuditLog {
+    /// An audit log that writes JSON lines to standard output, standard error (`stderr`) or a file (appended).
+    public static func make(output: String?, countDecision: (@Sendable (_ code: Int?, _ rule: String) -> Void)? = nil) throws -> AuditLog {
         let sink = try JSONLineSink(path: output)
         var logger = Logger(label: "postern.audit") { label in JSONLineLogHandler(label: label, sink: sink) }
         logger.logLevel = .info
-        return AuditLog(logger: logger, metrics: metrics)
+        return AuditLog(logger: logger, countDecision: countDecision)
     }
 
     /// Discards everything (for tools that run a gateway without an audit trail).
     public static let disabled = AuditLog(logger: Logger(label: "postern.audit") { _ in SwiftLogNoOpLogHandler() })
 
-    func event(_ name: String, _ fields: Logger.Metadata) {
+    /// One event with its fields, for callers with events of their own (the registration page's).
+    public func event(_ name: String, _ fields: Logger.Metadata) {
         logger.info("\(name)", metadata: fields)
     }
 
-    func connection(_ facts: ConnectionFacts, peer: String?) {
-        var fields: Logger.Metadata = ["session": "\(facts.sessionID)", "listener": "\(facts.listenerName)",
-                                       "kind": "\(facts.kind.rawValue)", "client": "\(facts.clientAddress)",
-                                       "client_port": "\(facts.clientPort)"]
-        if let peer, peer != facts.clientAddress { fields["proxy_peer"] = "\(peer)" }
+    // MARK: A client's session
+
+    /// A client connected; `proxyPeer` is the load balancer when the client address came from a PROXY header.
+    public func connection(session: String, listener: String, kind: String, client: String, clientPort: Int, proxyPeer: String?) {
+        var fields: Logger.Metadata = ["session": "\(session)", "listener": "\(listener)", "kind": "\(kind)", "client": "\(client)",
+                                       "client_port": "\(clientPort)"]
+        if let proxyPeer, proxyPeer != client { fields["proxy_peer"] = "\(proxyPeer)" }
         event("connection", fields)
     }
 
-    func tls(_ facts: ConnectionFacts, _ info: TLSInfo) {
-        var fields: Logger.Metadata = ["session": "\(facts.sessionID)", "version": "\(info.version)"]
-        if let cipher = info.cipher { fields["cipher"] = "\(cipher)" }
-        if let subject = info.peerCertificateSubject { fields["client_cert_subject"] = "\(subject)" }
+    public func tls(session: String, version: String, cipher: String?, clientCertificateSubject: String?) {
+        var fields: Logger.Metadata = ["session": "\(session)", "version": "\(version)"]
+        if let cipher { fields["cipher"] = "\(cipher)" }
+        if let clientCertificateSubject { fields["client_cert_subject"] = "\(clientCertificateSubject)" }
         event("tls", fields)
     }
 
-    func auth(_ facts: ConnectionFacts, login: String, mechanism: String, outcome: AuthOutcome) {
-        let result: String
-        switch outcome {
-        case .success: result = "success"
-        case .invalidCredentials: result = "invalid_credentials"
-        case .refused: result = "not_authorized"
-        case .temporaryFailure: result = "directory_unavailable"
-        case .throttled: result = "throttled"
-        }
-        var fields: Logger.Metadata = ["session": "\(facts.sessionID)", "login": "\(login)", "mechanism": "\(mechanism)", "result": "\(result)"]
-        if case .success(let user) = outcome { fields["dn"] = "\(user.distinguishedName)" }
+    /// An AUTH attempt: `result` is `success`, `invalid_credentials`, `not_authorized`, `directory_unavailable` or
+    /// `throttled`; `dn` the entry, on success.
+    public func auth(session: String, login: String, mechanism: String, result: String, dn: String?) {
+        var fields: Logger.Metadata = ["session": "\(session)", "login": "\(login)", "mechanism": "\(mechanism)", "result": "\(result)"]
+        if let dn { fields["dn"] = "\(dn)" }
         event("auth", fields)
     }
 
-    func decision(_ facts: ConnectionFacts, stage: String, sender: ReversePath, recipient: Mailbox?, reply: SMTPReply?, rule: String, device: String?) {
-        var fields: Logger.Metadata = ["session": "\(facts.sessionID)", "stage": "\(stage)", "sender": "\(sender)",
-                                       "result": "\(reply.map { "\($0.code) \($0.enhancedStatus ?? "")" } ?? "accept")", "rule": "\(rule)"]
+    /// A policy decision at `stage` (`mail`, `rcpt`, `data`): accepted when `code` is nil.
+    public func decision(session: String, stage: String, sender: String, recipient: String?, code: Int?, enhancedStatus: String?,
+                         rule: String, device: String?, login: String?) {
+        var fields: Logger.Metadata = ["session": "\(session)", "stage": "\(stage)", "sender": "<\(sender)>",
+                                       "result": "\(code.map { "\($0) \(enhancedStatus ?? "")" } ?? "accept")", "rule": "\(rule)"]
         if let recipient { fields["recipient"] = "<\(recipient)>" }
         if let device { fields["device"] = "\(device)" }
-        if let login = facts.user?.login { fields["login"] = "\(login)" }
+        if let login { fields["login"] = "\(login)" }
         event("decision", fields)
-        metrics?.decision(code: reply?.code, rule: rule)
+        countDecision?(code, rule)
     }
 
-    func accepted(_ envelope: Envelope, queueID: String, messageID: String?, size: Int) {
-        var fields: Logger.Metadata = ["session": "\(envelope.facts.sessionID)", "queue_id": "\(queueID)",
-                                       "sender": "\(envelope.sender)", "recipients": .array(envelope.recipients.map { "<\($0)>" }),
-                                       "size": "\(size)", "listener": "\(envelope.facts.listenerName)", "client": "\(envelope.facts.clientAddress)"]
+    /// A message stored and answered 250.
+    public func accepted(session: String, queueID: String, sender: String, recipients: [String], size: Int, listener: String,
+                         client: String, messageID: String?, login: String?) {
+        var fields: Logger.Metadata = ["session": "\(session)", "queue_id": "\(queueID)", "sender": "<\(sender)>",
+                                       "recipients": .array(recipients.map { "<\($0)>" }), "size": "\(size)", "listener": "\(listener)",
+                                       "client": "\(client)"]
         if let messageID { fields["message_id"] = "\(messageID)" }
-        if let login = envelope.facts.user?.login { fields["login"] = "\(login)" }
+        if let login { fields["login"] = "\(login)" }
         event("accepted", fields)
     }
 
-    func refusedMessage(_ facts: ConnectionFacts, reply: SMTPReply) {
-        event("message_refused", ["session": "\(facts.sessionID)", "result": "\(reply.code) \(reply.enhancedStatus ?? "")"])
+    /// A whole message refused at the end of DATA, or not stored.
+    public func messageRefused(session: String, code: Int, enhancedStatus: String?) {
+        event("message_refused", ["session": "\(session)", "result": "\(code) \(enhancedStatus ?? "")"])
     }
+
+    // MARK: The queue
 
     /// A queued message taken out of delivery (a poison message: the gateway died delivering it).
     public func held(queueID: String, sender: String, recipients: [String], reason: String) {

@@ -11,40 +11,84 @@ import PosternSession
 
 /// One bound endpoint. Accepts connections, applies connection limits, and puts an `SMTPServerHandler`
 /// (behind TLS on `submissions`) on each.
-final class SMTPListener: @unchecked Sendable {  // ServerQuiescingHelper is thread-safe but not marked Sendable
-    let configuration: ListenerConfiguration
-    private let serverChannel: any Channel
-    /// Released after shutdown: its deinit touches an event loop, so it must go before the loops do.
-    private let quiescing: NIOLockedValueBox<ServerQuiescingHelper?>
+///
+/// Connections are accepted on a loop that serves none of them (`ListenerLoops.accept`), so accepting and greeting
+/// a client never waits for a loop busy with sessions. NIO's `ServerBootstrap` serves a server socket's
+/// connections on one group or one loop, and the session loops are part of the gateway's one group; so there is a
+/// listening socket per session loop, all bound to the endpoint with `SO_REUSEPORT` (the kernel spreads new
+/// connections over them by their addresses and ports) and all accepted on the accept loop.
+public final class SMTPListener: @unchecked Sendable {  // ServerQuiescingHelper is thread-safe but not marked Sendable
+    public let configuration: ListenerConfiguration
+    private let sockets: [Socket]
 
-    var localAddress: SocketAddress? { serverChannel.localAddress }
-    var isActive: Bool { serverChannel.isActive }
-
-    private init(configuration: ListenerConfiguration, serverChannel: any Channel, quiescing: ServerQuiescingHelper) {
-        self.configuration = configuration
-        self.serverChannel = serverChannel
-        self.quiescing = NIOLockedValueBox(quiescing)
+    /// One listening socket and the helper that drains its connections.
+    private struct Socket {
+        var channel: any Channel
+        /// Released after shutdown: its deinit touches an event loop, so it must go before the loops do.
+        var quiescing: NIOLockedValueBox<ServerQuiescingHelper?>
     }
 
-    struct Shared: Sendable {
+    public var localAddress: SocketAddress? { sockets.first?.channel.localAddress }
+    public var isActive: Bool { sockets.allSatisfy(\.channel.isActive) }
+
+    private init(configuration: ListenerConfiguration, sockets: [Socket]) {
+        self.configuration = configuration
+        self.sockets = sockets
+    }
+
+    /// What every listener of a gateway shares.
+    public struct Shared: Sendable {
         var hostname: String
         var limits: Limits
         var limiter: ConnectionLimiter
         var environment: ConnectionEnvironment
         var rules: @Sendable () -> any SessionRules
+
+        public init(hostname: String, limits: Limits, limiter: ConnectionLimiter, environment: ConnectionEnvironment,
+                    rules: @escaping @Sendable () -> any SessionRules) {
+            self.hostname = hostname
+            self.limits = limits
+            self.limiter = limiter
+            self.environment = environment
+            self.rules = rules
+        }
+
+        /// Connections open now, on every listener.
+        public var connections: Int { limiter.total }
     }
 
-    /// Listens on a loop of `acceptGroup` and serves each connection on a loop of `group`.
-    static func bind(_ configuration: ListenerConfiguration, shared: Shared, group: any EventLoopGroup,
-                     acceptGroup: any EventLoopGroup) async throws -> SMTPListener {
-        let quiescing = ServerQuiescingHelper(group: group)
+    /// Listens on `loops.accept` and serves each connection on one of `loops.sessions`.
+    public static func bind(_ configuration: ListenerConfiguration, shared: Shared, loops: ListenerLoops) async throws -> SMTPListener {
+        if configuration.port != 0 { try ensureNotListening(host: configuration.host, port: configuration.port) }
+        var sockets: [Socket] = []
+        var port = configuration.port
+        do {
+            for loop in loops.sessions {
+                let socket = try await bind(configuration, port: port, shared: shared, accept: loops.accept, sessions: loop)
+                port = socket.channel.localAddress?.port ?? port  // port 0: the others join the port the first one got
+                sockets.append(socket)
+            }
+        } catch {
+            for socket in sockets { try? await socket.channel.close() }
+            throw error
+        }
+        shared.environment.logger.info("listening", metadata: [
+            "listener": "\(configuration.name)", "kind": "\(configuration.kind.rawValue)",
+            "address": "\(sockets.first?.channel.localAddress.map { "\($0)" } ?? "?")",
+        ])
+        return SMTPListener(configuration: configuration, sockets: sockets)
+    }
+
+    private static func bind(_ configuration: ListenerConfiguration, port: Int, shared: Shared, accept: any EventLoop,
+                             sessions: any EventLoop) async throws -> Socket {
+        let quiescing = ServerQuiescingHelper(group: sessions)
         let sessionConfiguration = configuration.sessionConfiguration(hostname: shared.hostname, limits: shared.limits,
                                                                        authAvailable: shared.environment.authenticator != nil)
         let idle = TimeAmount.seconds(Int64(shared.limits.idleTimeoutSeconds))
-        let logger = shared.environment.logger
-        let channel = try await ServerBootstrap(group: acceptGroup, childGroup: group)
+        let channel = try await ServerBootstrap(group: accept, childGroup: sessions)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelOption(.socketOption(NIOBSDSocket.Option(rawValue: SO_REUSEPORT)), value: 1)
             .serverChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(quiescing.makeServerChannelHandler(channel: channel))
@@ -73,25 +117,44 @@ final class SMTPListener: @unchecked Sendable {  // ServerQuiescingHelper is thr
                     }
                 }
             }
-            .bind(host: configuration.host, port: configuration.port)
+            .bind(host: configuration.host, port: port)
             .get()
-        logger.info("listening", metadata: ["listener": "\(configuration.name)", "kind": "\(configuration.kind.rawValue)",
-                                            "address": "\(channel.localAddress.map { "\($0)" } ?? "?")"])
-        return SMTPListener(configuration: configuration, serverChannel: channel, quiescing: quiescing)
+        return Socket(channel: channel, quiescing: NIOLockedValueBox(quiescing))
+    }
+
+    /// Fails when something listens on the endpoint already. `SO_REUSEPORT` would let these sockets join the
+    /// listening sockets of another process of the same user (a second `postern serve` started by mistake) and
+    /// share its connections; a plain bind (with `SO_REUSEADDR`, as the listeners have, so connections of a
+    /// previous run in TIME-WAIT do not count) fails instead.
+    static func ensureNotListening(host: String, port: Int) throws {
+        let address = try SocketAddress.makeAddressResolvingHost(host, port: port)
+        let fd = Glibc.socket(address.protocolFamily, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw IOError(errnoCode: errno, reason: "socket") }
+        defer { Glibc.close(fd) }
+        var on: Int32 = 1
+        _ = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, socklen_t(MemoryLayout<Int32>.size))
+        let bound = address.withSockAddr { pointer, size in Glibc.bind(fd, pointer, socklen_t(size)) }
+        guard bound == 0 else { throw IOError(errnoCode: errno, reason: "bind(descriptor:ptr:bytes:) \(host):\(port)") }
     }
 
     /// Stops accepting and asks every session to finish; completes when all connections are closed.
-    func quiesce() async {
-        guard let helper = quiescing.withLockedValue({ $0 }) else { return }
-        let promise = serverChannel.eventLoop.makePromise(of: Void.self)
-        helper.initiateShutdown(promise: promise)
-        try? await promise.futureResult.get()
+    public func quiesce() async {
+        await withTaskGroup(of: Void.self) { group in
+            for socket in sockets {
+                guard let helper = socket.quiescing.withLockedValue({ $0 }) else { continue }
+                let promise = socket.channel.eventLoop.makePromise(of: Void.self)
+                helper.initiateShutdown(promise: promise)
+                group.addTask { try? await promise.futureResult.get() }
+            }
+        }
     }
 
-    func close() async {
-        serverChannel.close(promise: nil)
-        try? await serverChannel.closeFuture.get()
-        quiescing.withLockedValue { $0 = nil }
+    public func close() async {
+        for socket in sockets {
+            socket.channel.close(promise: nil)
+            try? await socket.channel.closeFuture.get()
+            socket.quiescing.withLockedValue { $0 = nil }
+        }
     }
 }
 
@@ -137,22 +200,4 @@ enum SessionID {
     static func make() -> String {
         String((UInt64.random(in: 0...UInt64.max) & 0xFFFF_FFFF_FFFF), radix: 16, uppercase: false)
     }
-}
-
-extension ListenerConfiguration {
-    /// A listener of `kind` with the defaults a configuration file gets (for `postern explain` without one).
-    public init(name: String, kind: ListenerKind) {
-        self.init(name: name, kind: kind, host: "", port: 0, normalizeBareLF: false, maxMessageSize: nil)
-    }
-
-    /// The configuration of this listener's sessions (the gateway's, and `postern explain`'s).
-    public func sessionConfiguration(hostname: String, limits: Limits, authAvailable: Bool) -> SessionConfiguration {
-        SessionConfiguration(hostname: hostname, listenerName: name, kind: kind, maxMessageSize: maxMessageSize ?? limits.maxMessageSize,
-                             maxRecipients: limits.maxRecipients, normalizeBareLF: normalizeBareLF, authAvailable: authAvailable)
-    }
-}
-
-extension Limits {
-    /// The defaults of a configuration file without a `limits:` section.
-    public static let defaults = Limits()
 }

@@ -1,4 +1,6 @@
 import NIOCore
+import PosternCore
+import PosternSMTP
 import PosternSession
 
 /// Where the receiving side hands an accepted message. The outbox directory and the durable
@@ -15,7 +17,16 @@ public protocol DeliveryTarget: Sendable {
 }
 
 extension DeliveryTarget {
+    public func makeQueueID() -> String { QueueID.make() }
+
     public func accept(queueID: String, envelope: Envelope, message: ByteBuffer, on eventLoop: EventLoop) -> EventLoopFuture<DeliveryOutcome> {
         eventLoop.makeFutureWithTask { await self.accept(queueID: queueID, envelope: envelope, message: message) }
     }
+}
+
+extension SMTPReply {
+    /// A message not stored because the disk (or the quota) is full.
+    public static let insufficientStorage = SMTPReply(452, "4.3.1", "Insufficient system storage, try again later")
+    /// A message not stored for any other local reason.
+    public static let localProblem = SMTPReply(451, "4.3.0", "Temporary local problem, try again later")
 }

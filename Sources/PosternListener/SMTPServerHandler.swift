@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOSSL
 import NIOTLS
+import PosternCore
 import PosternSMTP
 import PosternSession
 
@@ -12,16 +13,41 @@ public protocol SubmissionAuthenticator: Sendable {
 }
 
 /// What every connection's handler shares: where mail goes, how AUTH is checked, which TLS context to use.
-struct ConnectionEnvironment: Sendable {
-    var target: any DeliveryTarget
-    var authenticator: (any SubmissionAuthenticator)?
-    var tls: TLSContextBox
-    var logger: Logger
-    var audit: AuditLog
-    var now: @Sendable () -> Date
-    var metrics: GatewayMetrics
+public struct ConnectionEnvironment: Sendable {
+    public var target: any DeliveryTarget
+    public var authenticator: (any SubmissionAuthenticator)?
+    public var tls: TLSContextBox
+    public var logger: Logger
+    public var audit: AuditLog
+    public var now: @Sendable () -> Date
+    public var metrics: any ConnectionMetrics
     /// Where connections with input left after their turn wait for the next one (see `TurnQueue`).
     var turns = TurnQueues()
+
+    public init(target: any DeliveryTarget, authenticator: (any SubmissionAuthenticator)?, tls: TLSContextBox, logger: Logger, audit: AuditLog,
+                now: @escaping @Sendable () -> Date, metrics: any ConnectionMetrics) {
+        self.target = target
+        self.authenticator = authenticator
+        self.tls = tls
+        self.logger = logger
+        self.audit = audit
+        self.now = now
+        self.metrics = metrics
+    }
+}
+
+/// What the connection handler counts (the gateway's Prometheus metrics).
+public protocol ConnectionMetrics: Sendable {
+    /// A client connection was accepted and greeted.
+    func connectionOpened(listener: String)
+    /// A client that sent commands without reading its replies was closed at its output bound.
+    func slowReaderClosed(listener: String)
+    /// A TLS handshake finished (STARTTLS or implicit TLS), or failed.
+    func tlsHandshake(listener: String, success: Bool)
+    /// One SMTP AUTH attempt's outcome.
+    func auth(result: AuthOutcome)
+    /// A message was stored (queued or written to the outbox) and answered 250.
+    func messageAccepted(listener: String)
 }
 
 /// The thin I/O layer around `SMTPSession` and `ServerConnectionStateMachine`: frames bytes into lines or
@@ -181,10 +207,10 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let tlsEvent = event as? TLSUserEvent, case .handshakeCompleted = tlsEvent {
             let version = (try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self))?.tlsVersion
-            session.tlsEstablished(TLSInfo(version: version?.displayName ?? "TLS"))
+            session.tlsEstablished(TLSInfo(version: version.map { ServerTLS.name(of: $0) } ?? "TLS"))
             if let tls = session.facts.tls { environment.audit.tls(session.facts, tls) }  // set by tlsEstablished just above
             environment.metrics.tlsHandshake(listener: session.facts.listenerName, success: true)
-            logger.debug("tls established", metadata: ["version": "\(version?.displayName ?? "?")"])
+            logger.debug("tls established", metadata: ["version": "\(version.map { ServerTLS.name(of: $0) } ?? "?")"])
             if machine.waitEnded() { process(context: context) }
         } else if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read {
             if machine.idleTimedOut(sessionInData: session.isInData) { apply(session.close(with: .idleTimeout), context: context) }

@@ -1,11 +1,12 @@
-/// "Did you mean ...?" for a misspelt key: the closest allowed word by edit distance.
-enum Suggestions {
-    /// The candidate nearest to `word` (Levenshtein, without case), when it is near enough to be a typo of it.
-    static func closest(_ word: String, in candidates: [String]) -> String? {
+/// "Did you mean ...?" for a misspelt key or word: the closest allowed word by edit distance.
+public enum Suggestions {
+    /// The candidate nearest to `word` (Levenshtein, without case), when it is near enough to be a typo of it:
+    /// at most two edits, or a third of the word's length for longer words. Ties go to the alphabetically first.
+    public static func closest(_ word: String, in candidates: some Sequence<String>) -> String? {
         let w = Array(word.lowercased())
         var best: (word: String, distance: Int)?
         for candidate in candidates.sorted() {
-            let d = distance(w, Array(candidate))
+            let d = distance(w, Array(candidate.lowercased()))
             if d < best?.distance ?? .max { best = (candidate, d) }
         }
         guard let best, best.distance <= max(2, word.count / 3) else { return nil }

@@ -1,6 +1,5 @@
 import Foundation
 import NIOConcurrencyHelpers
-import PosternPolicy
 
 /// Message rate limits per sender identity (a registered device's id, an authenticated login), shared by
 /// every session of the gateway.
