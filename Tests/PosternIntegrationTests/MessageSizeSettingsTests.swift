@@ -42,7 +42,7 @@ final class MessageSizeSettingsTests: XCTestCase {
     func policyDirectory(deviceLimit: String) throws -> URL {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("postern-sizes-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        for name in ["policy.yaml", "departments.yaml", "devices.yaml"] {
+        for name in ["policy.yaml", "departments.yaml", "devices.d"] {
             try FileManager.default.copyItem(at: Repo.policies.appendingPathComponent(name), to: directory.appendingPathComponent(name))
         }
         let file = directory.appendingPathComponent("policy.yaml")
