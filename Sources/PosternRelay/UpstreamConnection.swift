@@ -25,6 +25,13 @@ public enum UpstreamConnectionError: Error, Sendable, Hashable, CustomStringConv
     case malformedReply(String)
     /// The session's state machine was asked something its state cannot take (a fault of ours, see `UpstreamSession`).
     case protocolState(String)
+    /// AUTH is configured but the upstream's EHLO over TLS does not offer that mechanism.
+    case authNotOffered(mechanism: String, offered: [String])
+    /// The upstream refused AUTH (after one fresh credential, when the first was cached); `detail` is XOAUTH2's error.
+    case authRejected(mechanism: String, user: String, reply: SMTPReply, detail: String?)
+    /// No credential to authenticate with: the token endpoint failed or refused, or the secret cannot be read.
+    /// A local failure: the message stays queued and the upstream is backed off.
+    case credentialsUnavailable(String)
 
     public var description: String {
         switch self {
@@ -39,6 +46,11 @@ public enum UpstreamConnectionError: Error, Sendable, Hashable, CustomStringConv
         case .timeout: return "timeout waiting for upstream"
         case .malformedReply(let why): return "\(why.prefix(100))"
         case .protocolState(let why): return "internal error in the upstream session: \(why)"
+        case .authNotOffered(let mechanism, let offered):
+            return "the upstream does not offer AUTH \(mechanism) over TLS (it offers: \(offered.isEmpty ? "no AUTH" : offered.joined(separator: " ")))"
+        case .authRejected(let mechanism, let user, let reply, let detail):
+            return "AUTH \(mechanism) as \(user) refused: \(ExchangeOnlineReplies.annotated(reply))" + (detail.map { " (the upstream said: \($0))" } ?? "")
+        case .credentialsUnavailable(let why): return "no credentials for AUTH: \(why)"
         }
     }
 
@@ -198,6 +210,8 @@ public final class UpstreamConnection: Sendable {
     public var isActive: Bool { channel.isActive }
     /// What the upstream offered in its EHLO reply over TLS.
     public var extensions: Set<String> { session.withLockedValue { $0.extensions } }
+    /// The EHLO reply's lines over TLS after the first, as the upstream wrote them.
+    public var extensionLines: [String] { session.withLockedValue { $0.extensionLines } }
     public var supportsPipelining: Bool { extensions.contains("PIPELINING") }
 
     static func makeTLSContext(_ upstream: UpstreamConfiguration) throws -> NIOSSLContext {
@@ -269,8 +283,8 @@ public final class UpstreamConnection: Sendable {
                     break setup
                 case .fail(let error):
                     throw error
-                case .sendMessage, .finished:
-                    throw UpstreamConnectionError.protocolState("\(action) during setup")
+                case .sendMessage, .finished, .sendCredentials, .authenticated, .retryWithFreshCredential:
+                    throw UpstreamConnectionError.protocolState("\(action.name) during setup")
                 }
             }
             connection.session.withLockedValue { $0 = session }

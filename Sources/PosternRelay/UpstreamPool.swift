@@ -19,6 +19,8 @@ actor UpstreamPool {
     private let logger: Logger
     private let schedule: RetrySchedule
     private var tlsContext: NIOSSLContext?
+    /// AUTH's credentials (and the access token cache) when the upstream wants AUTH.
+    let authenticator: UpstreamAuthenticator?
     private var idle: [(connection: UpstreamConnection, needsReset: Bool, since: ContinuousClock.Instant)] = []
     private var open = 0
     private var waiters: [CheckedContinuation<Void, Never>] = []
@@ -34,6 +36,7 @@ actor UpstreamPool {
         self.group = group
         self.schedule = schedule
         self.logger = logger
+        authenticator = upstream.auth.map { UpstreamAuthenticator(auth: $0) }
     }
 
     func pausedUntil(now: Date) -> Date? {
@@ -94,6 +97,7 @@ actor UpstreamPool {
                 do {
                     let context = try makeTLSContext()
                     let connection = try await UpstreamConnection.connect(to: upstream, tlsContext: context, hostname: hostname, group: group)
+                    if let authenticator { _ = try await connection.authenticate(with: authenticator) }
                     return (connection, false)
                 } catch {
                     open -= 1
