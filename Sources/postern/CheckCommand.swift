@@ -13,7 +13,10 @@ struct CheckCommand: ParsableCommand {
             the registration page and `postern devices add`: senders in the department's domains (the internal \
             domains when it lists none), an internal owner, plain-text location and note. Warnings (FILE:LINE: \
             warning: ...) do not change the exit status: for example a bare group name without directory.group-base, \
-            which matches no group.
+            which matches no group. Certificates (server, relay client, each upstream's CA file): an error once \
+            expired, a warning under 30 days, a warning when a chain does not lead to a known root. With \
+            accepted-domains on an upstream (Microsoft 365): the relay client certificate's names and the senders' \
+            domains against them (docs/production.md, Microsoft 365).
             """)
 
     @Option(name: .long, help: "The gateway configuration file (YAML).")
@@ -42,6 +45,10 @@ struct CheckCommand: ParsableCommand {
         switch PolicyLoader.load(directory: URL(fileURLWithPath: configuration.policyDirectory)) {
         case .success(let policy):
             print("\(configuration.policyDirectory): ok (\(policy.devices.count) devices, \(policy.departments.count) departments)")
+            // Certificates' chains and expiry, and Microsoft 365's requirements for upstreams with accepted-domains (issue #17).
+            let findings = Microsoft365Readiness.findings(configuration: configuration, policy: policy)
+            for finding in findings { print(finding) }
+            if findings.contains(where: { $0.severity == .error }) { throw ExitCode(1) }
             let unknown = (registration?.departmentGroups.keys.sorted() ?? []).filter { policy.departments[$0] == nil }
             if !unknown.isEmpty {
                 print("\(config): registration.department-groups names unknown department(s) \(unknown.joined(separator: ", ")) (fix: use ids from departments.yaml)")

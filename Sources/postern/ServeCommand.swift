@@ -50,7 +50,9 @@ struct ServeCommand: AsyncParsableCommand {
         let reloader = ReloadService(policies: policies, gateway: gateway, logger: logger)
         let reminders = SunsetReminders(policies: policies, target: gateway.deliveryTarget, stateFile: gateway.stateFile("sunset-reminders.json"),
                                         hostname: configuration.hostname, logger: logger)
-        var services: [any Service] = [gateway, reloader, reminders]
+        let certificates = CertificateExpiryWatch(configuration: configuration, metrics: metrics, audit: audit,
+                                                  stateFile: gateway.stateFile("certificate-warnings.json"), logger: logger)
+        var services: [any Service] = [gateway, reloader, reminders, certificates]
         // The device-registration web page, when postern.yaml has a `registration:` section.
         do {
             if let registration = try await RegistrationServer.make(configurationFile: config, gateway: gateway, audit: audit, logger: logger) {
