@@ -8,10 +8,18 @@ import X509
 /// The certificates the gateway depends on, each file under one label: `server` (the listeners' chain),
 /// `relay-client:<upstream>` (the chain presented to that upstream) and `ca:<upstream>` (the roots that upstream's
 /// certificate is checked against). A file's expiry is its earliest certificate's: a chain stops working when any
-/// link expires.
+/// link expires. A CA file of more than `bundleSize` certificates is a bundle (the system's, for Microsoft 365):
+/// which of its roots matters is the upstream's to say, and such bundles keep expired roots, so it is not watched.
 public struct WatchedCertificateFile: Sendable, Hashable {
     public var label: String
     public var file: String
+    /// More certificates than this in a `ca:` file make it a bundle (see the type's comment).
+    public static let bundleSize = 5
+
+    /// A `ca:` file that is a bundle: its certificates are not watched one by one.
+    public func isBundle(_ certificates: [Certificate]) -> Bool {
+        label.hasPrefix("ca:") && certificates.count > Self.bundleSize
+    }
 
     public init(label: String, file: String) {
         self.label = label
@@ -42,9 +50,10 @@ public struct WatchedCertificateFile: Sendable, Hashable {
 
     /// The certificate that expires first.
     public func earliest() throws -> Certificate {
-        let all = try certificates()
-        // Not empty: `certificates()` throws otherwise.
-        return all.min { $0.notValidAfter < $1.notValidAfter } ?? all[0]
+        guard let first = try certificates().min(by: { $0.notValidAfter < $1.notValidAfter }) else {
+            throw CertificateFileError(description: "\(file) holds no PEM certificate")
+        }
+        return first
     }
 }
 
@@ -117,7 +126,9 @@ public final class CertificateExpiryWatch: Service, Sendable {
         for watched in files {
             let certificate: Certificate
             do {
-                certificate = try watched.earliest()
+                let all = try watched.certificates()
+                guard !watched.isBundle(all), let first = all.min(by: { $0.notValidAfter < $1.notValidAfter }) else { continue }
+                certificate = first
             } catch {
                 logger.warning("cannot read a certificate to watch its expiry", metadata: ["certificate": "\(watched.label)", "error": "\(error)"])
                 continue

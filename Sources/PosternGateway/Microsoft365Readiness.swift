@@ -37,7 +37,8 @@ public struct CheckFinding: Sendable, Hashable, CustomStringConvertible {
 ///   LDAP at AUTH time). A MAIL FROM domain must be an accepted domain itself (Exchange lists subdomains
 ///   separately). It is an error when the certificate does not attribute the mail either, else a warning;
 /// - for every certificate file (server, each relay client, each upstream's CA file): a warning under 30 days to
-///   expiry and an error once expired, for every certificate in the file; and for the server and relay-client
+///   expiry and an error once expired, for every certificate in the file (a CA file of more than five, a bundle such
+///   as the system's, only gets an `info`: bundles keep expired roots); and for the server and relay-client
 ///   chains, that they lead to a root in the system's bundle or a CA file of the configuration (a warning if not:
 ///   the peer may still trust it, but it is worth a look).
 public enum Microsoft365Readiness {
@@ -68,6 +69,11 @@ public enum Microsoft365Readiness {
         } catch {
             return [CheckFinding(severity: .error, file: watched.file, line: 0, message: "\(watched.label): cannot read the certificates: \(error)",
                                  fix: "a PEM file, leaf first")]
+        }
+        if watched.isBundle(certificates) {
+            return [CheckFinding(severity: .info, file: watched.file, line: 0,
+                                 message: "\(watched.label): a bundle of \(certificates.count) CA certificates, not checked one by one "
+                                     + "(bundles keep expired roots); postern probe shows the upstream's certificate and its expiry")]
         }
         var findings: [CheckFinding] = []
         for certificate in certificates {

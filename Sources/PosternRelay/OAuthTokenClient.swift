@@ -178,7 +178,7 @@ struct OAuthTokenClient: Sendable {
         guard response.token_type?.lowercased() == "bearer" else {
             return .failure(.credentialsUnavailable("the token endpoint \(endpointName) gave a token of type \(response.token_type ?? "(none)"), not Bearer"))
         }
-        // Out-of-range lifetimes (from the network: any number) are clamped: a minute to a day.
+        // Out-of-range lifetimes (from the network: any number) are clamped: a second to a day.
         let lifetime = min(max(response.expires_in?.seconds ?? 3600, 1), 86_400)
         return .success((token, lifetime.isFinite ? lifetime : 3600))
     }

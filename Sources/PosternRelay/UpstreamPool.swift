@@ -12,6 +12,10 @@ import NIOSSL
 /// burst of an M365 connector to the one-hour cap). An attempt carries the pool's `epoch` from when
 /// it began; only a failure of an attempt begun in the current epoch raises the level, and
 /// raising it starts a new epoch.
+///
+/// When the upstream has `auth`, each new connection authenticates with the pool's `UpstreamAuthenticator` (one
+/// access token cache for all of them) before it is used; a failure there (refused credentials, a token endpoint
+/// that is down) is a failed connection like any other: the upstream backs off and the mail stays queued.
 actor UpstreamPool {
     let upstream: UpstreamConfiguration
     private let hostname: String

@@ -192,6 +192,27 @@ final class CertificateChecksTests: XCTestCase {
         XCTAssertTrue(foreign.output.contains("error: directory users' domain example.edu is not an accepted domain"), foreign.output)
     }
 
+    /// The system bundle as an upstream's CA file (as for Microsoft 365): it keeps expired roots, so it is neither
+    /// an error for `postern check` nor watched for the metric; the check says so.
+    func testASystemBundleAsCAFileIsNotCheckedRootByRoot() throws {
+        let bundle = "/etc/ssl/certs/ca-certificates.crt"
+        let config = try configuration(server: "fresh", client: "fresh")
+        let text = try String(contentsOf: config, encoding: .utf8).replacingOccurrences(of: "ca-file: \(path("ca.pem"))", with: "ca-file: \(bundle)")
+        try text.write(to: config, atomically: true, encoding: .utf8)
+        let result = try check(config)
+        XCTAssertEqual(result.status, 0, result.output)
+        XCTAssertTrue(result.output.contains("\(bundle): info: ca:hub: a bundle of "), result.output)
+        XCTAssertFalse(result.output.contains("\(bundle): error"), result.output)
+
+        let metrics = GatewayMetrics()
+        let watch = CertificateExpiryWatch(configuration: try GatewayConfiguration.load(path: config.path), metrics: metrics, audit: .disabled,
+                                           stateFile: work.appendingPathComponent("state.json"), logger: Logger(label: "test"))
+        XCTAssertEqual(watch.check(), [])
+        let exposition = String(decoding: metrics.exposition(), as: UTF8.self)
+        XCTAssertTrue(exposition.contains("certificate=\"server\"") && exposition.contains("certificate=\"relay-client:hub\""), exposition)
+        XCTAssertFalse(exposition.contains("certificate=\"ca:hub\""), exposition)
+    }
+
     func testAcceptedDomainsAndAuthAreValidatedWithFileAndLine() throws {
         let file = work.appendingPathComponent("bad.yaml")
         try """
