@@ -7,7 +7,8 @@ import ServiceLifecycle
 import UnixSignals
 
 /// What `postern serve` runs, built from postern.yaml: the policy store, the audit log and metrics, the gateway
-/// (listeners, relay, admin endpoint), the reload watcher, the sunset reminders and the registration page, as one
+/// (listeners, relay, admin endpoint), the reload watcher, the sunset reminders, the certificate expiry watch and
+/// the registration page, as one
 /// `ServiceGroup`.
 ///
 /// Threads: the gateway's event-loop group is the only one in the process; the registration page serves on it, and
@@ -42,8 +43,11 @@ public final class GatewayServices: Sendable {
             }
             let reminders = SunsetReminders(policies: policies, target: gateway.deliveryTarget, stateFile: gateway.stateFile("sunset-reminders.json"),
                                             hostname: configuration.hostname, logger: logger)
+            // Certificate expiry: the metric, and audit warnings 30, 14 and 7 days ahead (once each).
+            let certificates = CertificateExpiryWatch(configuration: configuration, metrics: metrics, audit: audit,
+                                                      stateFile: gateway.stateFile("certificate-warnings.json"), logger: logger)
             // Shut down in reverse: whatever runs on the gateway's loops stops before the gateway stops them.
-            let services: [any Service] = [gateway, ReloadService(policies: policies, gateway: gateway, logger: logger), reminders]
+            let services: [any Service] = [gateway, ReloadService(policies: policies, gateway: gateway, logger: logger), reminders, certificates]
                 + (registration.map { [$0] } ?? [])
             let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: gracefulShutdownSignals, logger: logger))
             return GatewayServices(configuration: configuration, policies: policies, gateway: gateway, registration: registration, group: group)

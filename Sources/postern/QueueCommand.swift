@@ -173,9 +173,9 @@ struct QueueCommand: AsyncParsableCommand {
                 if let id, try QueueCommand.locate(directory, id: id) == .hold {
                     throw QueueFailure.notDone("\(id) is held; `postern queue release \(id)` puts it back in the queue")
                 }
-                // The flush signal first: a running relay lifts its upstream pauses before it can pick up any entry
-                // made due below. (Touched last, an entry the relay took up in between met the old pause and was
-                // put back until its end.)
+                // The pause is lifted first: each change below wakes the relay, whose rescan would otherwise find an
+                // entry due while the upstream is still paused and write the pause's end back into it (a race seen
+                // as a flushed message that waited out the pause all the same).
                 directory.touch(.flush)
                 var count = 0
                 for queued in id.map({ [$0] }) ?? directory.listIDs() {

@@ -96,8 +96,8 @@ final class DevicesMigrateCLITests: XCTestCase {
         defer { try? FileManager.default.removeItem(at: directory) }
 
         let checked = try check(directory)
-        XCTAssertEqual(checked.status, 1, checked.output)
-        XCTAssertTrue(checked.output.contains("\(directory.path)/devices.yaml:0: devices.yaml is no longer read"), checked.output)
+        XCTAssertEqual(checked.status, 2, checked.output)
+        XCTAssertTrue(checked.output.contains("\(directory.path)/devices.yaml:0: error: devices.yaml is no longer read"), checked.output)
         XCTAssertTrue(checked.output.contains("run `postern devices migrate --policies \(directory.path)`"), checked.output)
 
         let refused = try postern(["devices", "migrate", "--policies", directory.path])
@@ -114,7 +114,7 @@ final class DevicesMigrateCLITests: XCTestCase {
         XCTAssertEqual(migrated.status, 0, migrated.output)
         let passed = try check(directory)
         XCTAssertEqual(passed.status, 0, passed.output)
-        XCTAssertTrue(passed.output.contains("\(directory.path): ok ("), passed.output)
+        XCTAssertNotNil(passed.output.range(of: "\(directory.path): [1-9][0-9]* devices, ", options: .regularExpression), passed.output)
     }
 
     func testAnExistingDevicesDIsNeverWrittenOver() throws {

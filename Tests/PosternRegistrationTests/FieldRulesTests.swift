@@ -179,13 +179,13 @@ final class FieldRulesTests: XCTestCase {
             .replacingOccurrences(of: "domains: [phys.example.edu]", with: "domains: [phys.example.edu, gmail.com]")
         try departmentsText.write(to: departments, atomically: true, encoding: .utf8)
         let broken = try await runProgram([Repo.posternBinary.path, "check", "--config", config.path])
-        XCTAssertEqual(broken.status, 1, broken.output)
+        XCTAssertEqual(broken.status, 2, broken.output)
         let spoofer = "devices.d/chem/chem-spoofer.yaml"
         for expected in [
-            spoofer + ":6: device 'chem-spoofer': sender payroll@gmail.com is outside department chem's domains (chem.example.edu)",
-            spoofer + ":6: device 'chem-spoofer': sender dean@med.example.edu is outside department chem's domains",
-            spoofer + ":3: owner of device 'chem-spoofer': contractor@gmail.com is not an internal address",
-            "devices.d/chem/chem-trojan.yaml:4: location of device 'chem-trojan': line or paragraph separator U+2028 is not allowed",
+            spoofer + ":6: error: device 'chem-spoofer': sender payroll@gmail.com is outside department chem's domains (chem.example.edu)",
+            spoofer + ":6: error: device 'chem-spoofer': sender dean@med.example.edu is outside department chem's domains",
+            spoofer + ":3: error: owner of device 'chem-spoofer': contractor@gmail.com is not an internal address",
+            "devices.d/chem/chem-trojan.yaml:4: error: location of device 'chem-trojan': line or paragraph separator U+2028 is not allowed",
             "departments.yaml:",
             "department 'phys': domain gmail.com is not inside the internal domains",
         ] {
@@ -199,8 +199,8 @@ final class FieldRulesTests: XCTestCase {
             .write(to: departments, atomically: true, encoding: .utf8)
         try "devices: []\n".write(to: policies.appendingPathComponent("devices.yaml"), atomically: true, encoding: .utf8)
         let leftover = try await runProgram([Repo.posternBinary.path, "check", "--config", config.path])
-        XCTAssertEqual(leftover.status, 1, leftover.output)
-        XCTAssertTrue(leftover.output.contains("devices.yaml:0: devices.yaml is no longer read")
+        XCTAssertEqual(leftover.status, 2, leftover.output)
+        XCTAssertTrue(leftover.output.contains("devices.yaml:0: error: devices.yaml is no longer read")
                       && leftover.output.contains("run `postern devices migrate --policies "), leftover.output)
     }
 }
