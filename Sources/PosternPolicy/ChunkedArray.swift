@@ -4,9 +4,9 @@
 /// Why not a standard container: a reload after one device file changed makes a new policy from the previous
 /// one while sessions still use the previous one, so the device tables are copied, not changed in place. With
 /// `Array` that copy, the insertion and the release of the old tables are O(n): for 100,000 devices, measured
-/// here with `swiftc -O` on the machine of BENCHMARKS.md, 15–80 ms for the copy with one insertion and one
-/// removal in both tables and 2–55 ms for the release, against a 50 ms budget for the whole reload (which
-/// takes well under 1 ms on these chunks). The standard library has no persistent sorted collection;
+/// with `swiftc -O` on the shared 2-core machine of BENCHMARKS.md (two runs of 8, load average 4.6 and 7.4),
+/// 4–80 ms for the copy with one insertion and one removal in both tables and 2–55 ms for the release,
+/// against a 50 ms budget for the whole reload (which takes under 1 ms on these chunks). The standard library has no persistent sorted collection;
 /// swift-collections' persistent ones (`TreeDictionary`, `TreeSet`) are hashed (no search by address range),
 /// and its B-tree `SortedSet`/`SortedDictionary` (1.6.0) sit behind the `UnstableSortedCollections` trait,
 /// "not ready for use in production". So: one chunk and the list of chunks are copied, not 100,000 devices.
