@@ -239,25 +239,27 @@ public struct PolicySet: Sendable {
     }
 
     private func decideDevice(_ input: DecisionInput) -> Decision {
-        guard let ip = input.client.ip, let device = catalog.entry(for: ip)?.device else {
+        // The device is read where the catalog holds it (`entry.device`), not copied: this runs for every command.
+        guard let ip = input.client.ip, let entry = catalog.entry(for: ip) else {
             return Decision(reply: PolicyReply.notRegistered(input.clientAddress),
                             rule: "devices: no device registered for \(input.clientAddress)")
         }
-        let sunset = effectiveSunset(for: device)
+        let sunset = Self.effectiveSunset(id: entry.device.id, sunset: entry.device.sunset, department: entry.device.department,
+                                          departmentSunset: departments[entry.device.department]?.sunset, global: globalSunset)
         if today(input.now) > sunset.date {
-            return Decision(reply: PolicyReply.expired(device: device.id, on: sunset.date), rule: sunset.description)
+            return Decision(reply: PolicyReply.expired(device: entry.device.id, on: sunset.date), rule: sunset.description)
         }
         guard let sender = input.sender else {
-            return .accept(.deviceRegistered(device: device.id, sunset: sunset))
+            return .accept(.deviceRegistered(device: entry.device.id, sunset: sunset))
         }
         guard case .mailbox(let mailbox) = sender, let domain = Self.plainDomain(mailbox),
-              let matched = device.senders.first(where: { $0.matches(localPart: mailbox.localPart, domain: domain) })
+              let matched = entry.device.senders.first(where: { $0.matches(localPart: mailbox.localPart, domain: domain) })
         else {
-            return Decision(reply: PolicyReply.senderNotAllowed(sender, device: device.id),
-                            rule: "device \(device.id): sender not in allowed senders")
+            return Decision(reply: PolicyReply.senderNotAllowed(sender, device: entry.device.id),
+                            rule: "device \(entry.device.id): sender not in allowed senders")
         }
         guard let recipient = input.recipient else {
-            return .accept(.deviceSender(device: device.id, sender: matched))
+            return .accept(.deviceSender(device: entry.device.id, sender: matched))
         }
         guard let domain = Self.plainDomain(recipient) else {
             return Decision(reply: PolicyReply.externalRecipient(recipient),

@@ -15,10 +15,23 @@ final class DeviceEntry: Sendable {
     }
 }
 
-/// One address range of a device, in the address table.
+/// One address range of a device, in the address table: its bounds, and which of the device's ranges it is (for
+/// its text). Nothing in it but the device needs counting references, so that a search copies little.
 struct AddressEntry: Sendable {
-    var range: AddressRange
+    var first: IPAddress
+    var last: IPAddress
+    var index: Int
     var entry: DeviceEntry
+
+    init(_ range: AddressRange, index: Int, entry: DeviceEntry) {
+        (first, last, self.index, self.entry) = (range.first, range.last, index, entry)
+    }
+
+    /// The range as its device file wrote it.
+    var text: String {
+        let addresses = entry.device.addresses
+        return addresses.indices.contains(index) ? addresses[index].text : "\(first)-\(last)"
+    }
 }
 
 /// The devices of a policy: by id (then department) for `device(id:)` and by address for the decisions.
@@ -59,21 +72,21 @@ struct DeviceCatalog: Sendable {
         var ranges: [AddressEntry] = []
         ranges.reserveCapacity(entries.count)
         for entry in entries {
-            for range in entry.device.addresses { ranges.append(AddressEntry(range: range, entry: entry)) }
+            for (index, range) in entry.device.addresses.enumerated() { ranges.append(AddressEntry(range, index: index, entry: entry)) }
         }
-        ranges.sort { ($0.range.first, $0.entry.file, $0.entry.addressesLine) < ($1.range.first, $1.entry.file, $1.entry.addressesLine) }
+        ranges.sort { ($0.first, $0.entry.file, $0.entry.addressesLine) < ($1.first, $1.entry.file, $1.entry.addressesLine) }
         // Each range that overlaps any before it overlaps the one reaching furthest.
         var widest: AddressEntry?
         for item in ranges {
-            if let w = widest, item.range.first <= w.range.last {
+            if let w = widest, item.first <= w.last {
                 if w.entry !== item.entry {
                     let (earlier, later) = order(w.entry, line: w.entry.addressesLine) <= order(item.entry, line: item.entry.addressesLine) ? (w, item) : (item, w)
                     issues.append(PolicyIssue(
                         file: later.entry.file, line: later.entry.addressesLine,
-                        message: "address \(later.range.text) of device '\(later.entry.device.id)' overlaps \(earlier.range.text) of device '\(earlier.entry.device.id)' (\(place(earlier.entry, line: earlier.entry.addressesLine)))",
+                        message: "address \(later.text) of device '\(later.entry.device.id)' overlaps \(earlier.text) of device '\(earlier.entry.device.id)' (\(place(earlier.entry, line: earlier.entry.addressesLine)))",
                         fix: "give each device its own addresses; narrow or remove one of the two"))
                 }
-                if item.range.last > w.range.last { widest = item }
+                if item.last > w.last { widest = item }
             } else {
                 widest = item
             }
@@ -95,7 +108,7 @@ struct DeviceCatalog: Sendable {
             guard old.device.id == id, old.device.department == department else { continue }
             catalog.byID.remove(at: p)
             for range in old.device.addresses {
-                let q = catalog.byAddress.partitionPoint { $0.range.first < range.first }
+                let q = catalog.byAddress.partitionPoint { $0.first < range.first }
                 guard q < catalog.byAddress.count, catalog.byAddress[q].entry === old else { return nil }
                 catalog.byAddress.remove(at: q)
             }
@@ -106,11 +119,11 @@ struct DeviceCatalog: Sendable {
             if p > 0, catalog.byID[p - 1].device.id == device.id { return nil }
             if p < catalog.byID.count, catalog.byID[p].device.id == device.id { return nil }
             catalog.byID.insert(entry, at: p)
-            for range in device.addresses {
-                let q = catalog.byAddress.partitionPoint { $0.range.first < range.first }
-                if q > 0, catalog.byAddress[q - 1].range.last >= range.first { return nil }
-                if q < catalog.byAddress.count, catalog.byAddress[q].range.first <= range.last { return nil }
-                catalog.byAddress.insert(AddressEntry(range: range, entry: entry), at: q)
+            for (index, range) in device.addresses.enumerated() {
+                let q = catalog.byAddress.partitionPoint { $0.first < range.first }
+                if q > 0, catalog.byAddress[q - 1].last >= range.first { return nil }
+                if q < catalog.byAddress.count, catalog.byAddress[q].first <= range.last { return nil }
+                catalog.byAddress.insert(AddressEntry(range, index: index, entry: entry), at: q)
             }
         }
         return catalog
@@ -124,10 +137,10 @@ struct DeviceCatalog: Sendable {
 
     /// The device whose range holds `address`.
     func entry(for address: IPAddress) -> DeviceEntry? {
-        let p = byAddress.partitionPoint { $0.range.first <= address }
+        let p = byAddress.partitionPoint { $0.first <= address }
         guard p > 0 else { return nil }
         let candidate = byAddress[p - 1]
-        return address <= candidate.range.last ? candidate.entry : nil
+        return address <= candidate.last ? candidate.entry : nil
     }
 }
 

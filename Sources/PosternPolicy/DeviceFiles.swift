@@ -1,3 +1,4 @@
+import Foundation
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -189,9 +190,11 @@ struct DeviceFiles: Sendable {
         defer { if fd >= 0 { close(fd) } }
         if names == nil { files.entryIssues = [:] }
         var present = 0  // records that stand for a file on disk now
-        for entry in entries where overrides[entry.name] == nil {
+        entries.removeAll { overrides[$0.name] != nil }
+        let outcomes = look.examine(entries, in: fd, records: files.files, counts: &counts)
+        for (entry, outcome) in zip(entries, outcomes) {
             files.entryIssues[entry.name] = nil
-            switch look.examine(entry, in: fd, record: files.files[entry.name], counts: &counts) {
+            switch outcome {
             case .unchanged:
                 present += 1
             case .updated(let record):
@@ -262,8 +265,14 @@ struct DeviceFiles: Sendable {
     }
 }
 
-/// Looking at the entries of one department's directory, one at a time.
-struct DepartmentLook {
+/// Looking at the entries of one department's directory.
+struct DepartmentLook: Sendable {
+    /// Memory the workers of one `examine` fill, each its own slots; not shared otherwise.
+    private struct Slots: @unchecked Sendable {
+        let outcomes: UnsafeMutablePointer<Outcome>
+        let counts: UnsafeMutablePointer<PolicyLoadCounts>
+    }
+
     let department: String
     let display: String
     let scanStart: Int64
@@ -283,6 +292,38 @@ struct DepartmentLook {
 
     func issue(_ name: String?, _ message: String, fix: String) -> PolicyIssue {
         PolicyIssue(file: name.map { display + "/" + $0 } ?? display, line: 0, message: message, fix: fix)
+    }
+
+    /// The entries of the directory open as `fd`, each against its record from the last scan: on several threads when
+    /// there are many (a first load reads and parses every file; each file's work is its own).
+    func examine(_ entries: [PolicyFileReading.Entry], in fd: Int32, records: [String: DeviceFileRecord],
+                 counts: inout PolicyLoadCounts) -> [Outcome] {
+        let workers = min(ProcessInfo.processInfo.activeProcessorCount, entries.count / 64)
+        guard workers > 1 else { return entries.map { examine($0, in: fd, record: records[$0.name], counts: &counts) } }
+        let slots = Slots(outcomes: .allocate(capacity: entries.count), counts: .allocate(capacity: workers))
+        defer {
+            slots.outcomes.deinitialize(count: entries.count)
+            slots.outcomes.deallocate()
+            slots.counts.deinitialize(count: workers)
+            slots.counts.deallocate()
+        }
+        // Worker w initializes outcome slots w, w + workers, ... and its own counts slot; `records` is only read.
+        DispatchQueue.concurrentPerform(iterations: workers) { worker in
+            var own = PolicyLoadCounts()
+            var i = worker
+            while i < entries.count {
+                (slots.outcomes + i).initialize(to: examine(entries[i], in: fd, record: records[entries[i].name], counts: &own))
+                i += workers
+            }
+            (slots.counts + worker).initialize(to: own)
+        }
+        for c in UnsafeBufferPointer(start: slots.counts, count: workers) {
+            counts.filesStatted += c.filesStatted
+            counts.filesRead += c.filesRead
+            counts.filesParsed += c.filesParsed
+        }
+        let outcomes = Array(UnsafeBufferPointer(start: slots.outcomes, count: entries.count))
+        return outcomes
     }
 
     /// One entry of the directory open as `fd`, against its record from the last scan.

@@ -2,11 +2,13 @@ import Foundation
 
 /// Reads and validates a policy directory: `policy.yaml`, `departments.yaml` and `devices.d/<department>/<device-id>.yaml`.
 ///
-/// A load given the snapshot of the load before (`PolicyReader` keeps it) lists the directories of devices.d
-/// and `stat`s each device file, then reads and checks only the files whose fingerprint changed. What spans
-/// files is checked on the whole set every time: unknown department directories, duplicate ids and
-/// overlapping addresses (`DeviceCatalog`), and the field rules of each device with its department and
-/// policy.yaml (worked out again for every device of a department whose rules changed).
+/// A load given the snapshot of the load before (`PolicyReader` keeps it) looks at each device file's fingerprint
+/// (inode, size, modification time) and reads and checks only the files whose fingerprint changed. It looks at
+/// every file (one listing per directory, one `stat` per file), or, when `PolicyReader`'s watch of devices.d
+/// (`DeviceFilesWatch`) names what changed, at those entries alone. What spans files is checked on the whole set
+/// every time: unknown department directories, duplicate ids and overlapping addresses (`DeviceCatalog`, which
+/// checks a changed device against its neighbours in the last good tables), and the field rules of each device
+/// with its department and policy.yaml (worked out again for every device of a department whose rules changed).
 public enum PolicyLoader {
     public static let policyFile = "policy.yaml"
     public static let departmentsFile = "departments.yaml"

@@ -80,7 +80,9 @@ struct PolicyBench: AsyncParsableCommand {
         var logger = Logger(label: "bench")
         logger.logLevel = .critical
         let loadStart = clock.now
+        let loadCPUStart = Self.processCPU()
         let store = try PolicyStore(directory: dir, logger: logger)
+        let coldCPUMs = (Self.processCPU() - loadCPUStart) / 1e6
         let coldMs = ms(clock.now - loadStart)
         let policy = store.policy
         guard policy.devices.count == devices else { throw ValidationError("loaded \(policy.devices.count) devices, expected \(devices)") }
@@ -100,13 +102,16 @@ struct PolicyBench: AsyncParsableCommand {
             connInputs.append(DecisionInput(endpoint: .device, client: client, tls: false, now: now))
             rcptInputs.append(DecisionInput(endpoint: .device, client: client, tls: false, sender: sender, recipient: recipient, now: now))
         }
-        func time(_ inputs: [DecisionInput]) -> (ns: Double, accepted: Int) {
+        func time(_ inputs: [DecisionInput]) -> (ns: Double, cpuNs: Double, accepted: Int) {
             var accepted = 0
             for k in 0..<min(iterations, 10_000) where policy.decide(inputs[k % distinct]).isAccepted { accepted += 1 }  // warm-up
             accepted = 0
+            // A synchronous loop: the task stays on one thread throughout.
             let start = clock.now
+            let cpuStart = threadCPU()
             for k in 0..<iterations where policy.decide(inputs[k % distinct]).isAccepted { accepted += 1 }
-            return (ms(clock.now - start) * 1e6 / Double(iterations), accepted)
+            let cpu = threadCPU() - cpuStart
+            return (ms(clock.now - start) * 1e6 / Double(iterations), cpu / Double(iterations), accepted)
         }
         let conn = time(connInputs)
         let rcpt = time(rcptInputs)
@@ -191,12 +196,28 @@ struct PolicyBench: AsyncParsableCommand {
 
         func p50(_ ms: [Double]) -> Double { ms[ms.count / 2] }  // `validate` makes reloads >= 1
         func mean(_ values: [Int]) -> Double { values.isEmpty ? 0 : Double(values.reduce(0, +)) / Double(values.count) }
-        print(String(format: "RESULT label=policy devices=%d departments=%d iterations=%d decide_connect_ns=%.0f decide_rcpt_ns=%.0f generate_ms=%.0f cold_load_ms=%.1f reload_one_p50_ms=%.1f reload_one_max_ms=%.1f reloads=%d one_stats=%.1f one_parsed=%.1f one_patched=%d one_full_scans=%d reload_unchanged_p50_ms=%.1f reload_unchanged_max_ms=%.1f unchanged_stats=%.1f reload_policy_p50_ms=%.1f reload_sighup_one_p50_ms=%.1f reload_sighup_one_max_ms=%.1f sighup_stats=%.0f sighup_parsed=%.1f sighup_patched=%d scan_floor_ms=%.1f",
-                     devices, Self.departments.count, iterations, conn.ns, rcpt.ns, generateMs, coldMs, p50(oneMs), oneMs.last ?? 0, reloads,
+        print(String(format: "RESULT label=policy devices=%d departments=%d iterations=%d decide_connect_ns=%.0f decide_rcpt_ns=%.0f decide_connect_cpu_ns=%.0f decide_rcpt_cpu_ns=%.0f generate_ms=%.0f cold_load_ms=%.1f cold_load_cpu_ms=%.1f reload_one_p50_ms=%.1f reload_one_max_ms=%.1f reloads=%d one_stats=%.1f one_parsed=%.1f one_patched=%d one_full_scans=%d reload_unchanged_p50_ms=%.1f reload_unchanged_max_ms=%.1f unchanged_stats=%.1f reload_policy_p50_ms=%.1f reload_sighup_one_p50_ms=%.1f reload_sighup_one_max_ms=%.1f sighup_stats=%.0f sighup_parsed=%.1f sighup_patched=%d scan_floor_ms=%.1f",
+                     devices, Self.departments.count, iterations, conn.ns, rcpt.ns, conn.cpuNs, rcpt.cpuNs, generateMs, coldMs, coldCPUMs, p50(oneMs), oneMs.last ?? 0, reloads,
                      mean(oneCounts.map(\.filesStatted)), mean(oneCounts.map(\.filesParsed)), oneCounts.filter(\.catalogPatched).count,
                      oneCounts.filter(\.everyDeviceFile).count, p50(unchangedMs), unchangedMs.last ?? 0, mean(unchangedCounts.map(\.filesStatted)),
                      p50(policyMs), p50(fullMs), fullMs.last ?? 0, mean(fullCounts.map(\.filesStatted)), mean(fullCounts.map(\.filesParsed)),
                      fullCounts.filter(\.catalogPatched).count, floorMs))
+    }
+
+    /// This thread's CPU time, in ns: on a machine shared with other work, wall time also counts the time the
+    /// thread waited for a CPU.
+    func threadCPU() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
+        return Double(ts.tv_sec) * 1e9 + Double(ts.tv_nsec)
+    }
+
+    /// The process's CPU time (user and system, every thread), in ns: the cold load reads on several threads.
+    static func processCPU() -> Double {
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        func ns(_ t: timeval) -> Double { Double(t.tv_sec) * 1e9 + Double(t.tv_usec) * 1e3 }
+        return ns(usage.ru_utime) + ns(usage.ru_stime)
     }
 
     /// readdir of each department directory and fstatat of each file in it, as directly as C would: what any scan of

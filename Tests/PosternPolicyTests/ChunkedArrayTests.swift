@@ -40,4 +40,37 @@ import Testing
         one.remove(at: 0)
         #expect(one.isEmpty && Array(one) == [])
     }
+
+    /// Kept sorted through random inserts and removes (chunks that split, shrink and disappear), a search finds what
+    /// a search of the plain array finds, for every value.
+    @Test func partitionPointAfterRandomEditsMatchesAnArray() {
+        var random = SplitMix64(seed: 0x5EA_2C4)
+        var plain = (0..<2000).map { $0 * 4 }
+        var chunked = ChunkedArray(plain)
+        var misses: [String] = []
+        for step in 0..<8000 {
+            if plain.isEmpty || random.next() % 2 == 0 {
+                let value = Int(random.next() % 10_000)
+                let position = plain.firstIndex { $0 >= value } ?? plain.count
+                chunked.insert(value, at: position)
+                plain.insert(value, at: position)
+            } else {
+                // Mostly runs of removals from one place, so that whole chunks empty.
+                let position = Int(random.next() % UInt64(plain.count))
+                for _ in 0..<(step % 7 == 0 ? 300 : 1) where position < plain.count {
+                    chunked.remove(at: position)
+                    plain.remove(at: position)
+                }
+            }
+            if step % 400 == 0 || plain.count < 50 {
+                for x in stride(from: -1, through: 10_001, by: step % 400 == 0 ? 7 : 997) {
+                    let found = chunked.partitionPoint { $0 < x }
+                    let expected = plain.firstIndex { $0 >= x } ?? plain.count
+                    if found != expected { misses.append("step \(step), \(x): \(found), expected \(expected)") }
+                }
+            }
+        }
+        #expect(misses.isEmpty, "\(misses.prefix(5))")
+        #expect(Array(chunked) == plain)
+    }
 }
