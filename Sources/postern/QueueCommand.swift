@@ -173,6 +173,9 @@ struct QueueCommand: AsyncParsableCommand {
                 if let id, try QueueCommand.locate(directory, id: id) == .hold {
                     throw QueueFailure.notDone("\(id) is held; `postern queue release \(id)` puts it back in the queue")
                 }
+                // The pauses first: a running relay that saw a flushed state while its upstream was still paused
+                // would defer the message again to the pause's end, and the flush would be lost for it.
+                directory.touch(.flush)
                 var count = 0
                 for queued in id.map({ [$0] }) ?? directory.listIDs() {
                     do {
