@@ -109,7 +109,11 @@ public struct AuditLog: Sendable {
 }
 
 /// Where JSON lines go: standard output, standard error (`stderr`, for tools whose gateway logs to its
-/// standard output) or an append-only file. Whole lines under one lock.
+/// standard output) or a file. Whole lines under one lock.
+///
+/// A file is opened with `O_APPEND`: every line lands at the end of the file as it is then, so the gateway and a
+/// `postern queue` command writing to the same audit log at once do not overwrite each other's lines, and after
+/// logrotate's `copytruncate` lines go to the start of the emptied file instead of the old offset.
 final class JSONLineSink: Sendable {
     private let handle: NIOLockedValueBox<FileHandle>
 
@@ -117,14 +121,9 @@ final class JSONLineSink: Sendable {
         if path == "stderr" {
             self.handle = NIOLockedValueBox(FileHandle.standardError)
         } else if let path, path != "-", path != "stdout" {
-            if !FileManager.default.fileExists(atPath: path) {
-                guard FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o640]) else {
-                    throw AuditLogError("cannot create audit log \(path)")
-                }
-            }
-            guard let handle = FileHandle(forWritingAtPath: path) else { throw AuditLogError("cannot open audit log \(path)") }
-            handle.seekToEndOfFile()
-            self.handle = NIOLockedValueBox(handle)
+            let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
+            guard fd >= 0 else { throw AuditLogError("cannot open audit log \(path): \(String(cString: strerror(errno)))") }
+            self.handle = NIOLockedValueBox(FileHandle(fileDescriptor: fd, closeOnDealloc: true))
         } else {
             self.handle = NIOLockedValueBox(FileHandle.standardOutput)
         }

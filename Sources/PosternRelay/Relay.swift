@@ -155,10 +155,9 @@ public final class Relay: Sendable {
     private func work(startingWith first: String) async {
         var current: String? = first
         while let id = current {
-            let next = await process(id: id)
+            await process(id: id)
             current = state.withLockedValue { state in
-                state.schedule.finish(id, next: next)
-                return state.stopping ? nil : state.schedule.takeDue(now: clock(), limit: 1).first
+                state.stopping ? nil : state.schedule.takeDue(now: clock(), limit: 1).first
             }
         }
     }
@@ -187,15 +186,27 @@ public final class Relay: Sendable {
         }
     }
 
-    /// One delivery attempt for one queued message, under its lock: `DeliveryPlan` decides, this carries
-    /// it out (pool, spool, DSN, audit). Returns when to try it next, nil when it is finished or gone.
-    func process(id: String) async -> Date? {
+    /// One delivery attempt for one queued message, under its lock, and its next date in the schedule (nil
+    /// when it is finished or gone), which also ends its in-flight mark.
+    func process(id: String) async {
         let preloaded = state.withLockedValue { $0.takePreloaded(id) }
         guard let lock = spool.lock(id: id) else {
             // Busy (the CLI holds it) or gone; the next scan settles which.
-            return spool.directory.contains(id: id) ? clock().addingTimeInterval(1) : nil
+            let next = spool.directory.contains(id: id) ? clock().addingTimeInterval(1) : nil
+            state.withLockedValue { $0.schedule.finish(id, next: next) }
+            return
         }
         defer { lock.release() }
+        let next = await attempt(id: id, preloaded: preloaded)
+        // Rescheduled before the lock goes. A `postern queue` change waits for the lock, then wakes a rescan;
+        // while the id was still in flight the schedule would ignore that rescan, and this attempt's date (a
+        // backoff of a minute, say) would win over a flush made in that moment.
+        state.withLockedValue { $0.schedule.finish(id, next: next) }
+    }
+
+    /// The attempt itself, the entry locked: `DeliveryPlan` decides, this carries it out (pool, spool, DSN,
+    /// audit). Returns when to try it next, nil when it is finished or gone.
+    private func attempt(id: String, preloaded: (envelope: SpoolEnvelope, message: ByteBuffer)?) async -> Date? {
         // From here to the recorded outcome, a death of the process counts against this entry.
         let mark = spool.beginDelivery(id: id)
         defer { spool.endDelivery(mark) }

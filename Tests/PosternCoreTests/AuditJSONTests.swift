@@ -33,4 +33,23 @@ final class AuditJSONTests: XCTestCase {
         let now = JSONLineLogHandler.timestamp()
         XCTAssertNotNil(now.range(of: #"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$"#, options: .regularExpression), now)
     }
+
+    /// The gateway and `postern queue` append to one audit log at once: every line of both stays whole.
+    func testTwoWritersOfOneFileKeepEveryLine() throws {
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("postern-audit-\(UUID().uuidString).jsonl")
+        defer { try? FileManager.default.removeItem(at: file) }
+        try Data("{\"event\":\"before\"}\n".utf8).write(to: file)
+        let gateway = try AuditLog.make(output: file.path)
+        let tool = try AuditLog.make(output: file.path)
+        for i in 0..<200 {
+            gateway.relay(queueID: "Q\(i)", recipient: "r\(i)@example.edu", upstream: "hub", reply: "250 ok", attempt: 1, outcome: "delivered")
+            tool.queueChange(action: "flush", queueID: "Q\(i)", sender: "s@example.edu", recipients: ["r\(i)@example.edu"], actor: "root")
+        }
+        let lines = try String(contentsOf: file, encoding: .utf8).split(separator: "\n")
+        XCTAssertEqual(lines.count, 401)
+        let events = try lines.map { try XCTUnwrap(JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])["event"] as? String }
+        XCTAssertEqual(events.first, "before")
+        XCTAssertEqual(events.filter { $0 == "relay" }.count, 200)
+        XCTAssertEqual(events.filter { $0 == "queue_flush" }.count, 200)
+    }
 }
