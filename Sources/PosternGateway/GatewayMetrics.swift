@@ -117,7 +117,7 @@ public final class GatewayMetrics: ConnectionMetrics, Sendable {
     public func refreshSunsets(policy: PolicySet, now: Date) {
         let today = policy.today(now)
         var next: [String: Int] = [:]
-        for device in policy.devices {
+        for device in policy.devices where device.revocation == nil {
             let days = today.days(until: policy.effectiveSunset(for: device).date)
             guard days >= 0 else { continue }
             next[device.department] = min(days, next[device.department] ?? .max)

@@ -127,6 +127,11 @@ public enum PolicyReply {
     public static func expired(device: String, on date: CalendarDate) -> SMTPReply {
         SMTPReply(554, "5.7.1", "Device \(device) registration expired on \(date); use TLS submission on port 587")
     }
+
+    /// Who revoked it and why is in the rule (the audit log), not in the reply: the reason is free text in any script.
+    public static func revoked(device: String, on date: CalendarDate) -> SMTPReply {
+        SMTPReply(554, "5.7.1", "Device \(device) registration revoked on \(date); use TLS submission on port 587")
+    }
     public static func senderNotAllowed(_ sender: ReversePath, device: String) -> SMTPReply {
         SMTPReply(553, "5.7.1", "Sender \(sender) is not allowed for device \(device)")
     }
@@ -215,8 +220,9 @@ public struct PolicySet: Sendable {
     /// The calendar date `now` falls on in the policy's time zone.
     public func today(_ now: Date) -> CalendarDate { CalendarDate(now, in: timeZone) }
 
-    /// The reminder due now, if the device is within a reminder period and not yet expired.
+    /// The reminder due now, if the device is within a reminder period, not yet expired and not revoked.
     public func reminderDue(for device: RegisteredDevice, now: Date) -> SunsetReminder? {
+        guard device.revocation == nil else { return nil }
         let sunset = effectiveSunset(for: device)
         let left = today(now).days(until: sunset.date)
         // The smallest period that has begun: 30 days before, then 7, then 1 (the last day counts as 0 left).
@@ -243,6 +249,10 @@ public struct PolicySet: Sendable {
         guard let ip = input.client.ip, let entry = catalog.entry(for: ip) else {
             return Decision(reply: PolicyReply.notRegistered(input.clientAddress),
                             rule: "devices: no device registered for \(input.clientAddress)")
+        }
+        if let revocation = entry.device.revocation {
+            return Decision(reply: PolicyReply.revoked(device: entry.device.id, on: revocation.date),
+                            rule: "device \(entry.device.id): revoked on \(revocation.date) by \(revocation.by): \(revocation.reason)")
         }
         let sunset = Self.effectiveSunset(id: entry.device.id, sunset: entry.device.sunset, department: entry.device.department,
                                           departmentSunset: departments[entry.device.department]?.sunset, global: globalSunset)

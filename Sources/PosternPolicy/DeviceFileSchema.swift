@@ -1,3 +1,4 @@
+import Foundation
 import Yams
 
 /// What one device entry gives on its own, before the checks against other devices and files: a device file
@@ -21,7 +22,9 @@ struct DeviceReading: Sendable {
 /// The keys of a device entry: who owns it, where it sits, what it may do and until when.
 enum DeviceSchema {
     static let keys = ["id", "department", "owner", "location", "note", "addresses", "senders", "registered", "sunset",
-                       "max-message-size", "max-rate"]
+                       "max-message-size", "max-rate", "revoked", "revoked-by", "revoke-reason"]
+    /// Written together by a revocation (`DeviceFilesEditor.revoke`).
+    static let revocationKeys = ["revoked", "revoked-by", "revoke-reason"]
     static let requiredKeys = ["id", "department", "owner", "addresses", "senders", "registered", "sunset"]
 
     /// Reads a device file's text (`file` is the name to report).
@@ -114,11 +117,48 @@ enum DeviceSchema {
                 ok = false
             }
         }
+        let revocation = revocation(entry, id: id, registered: registered, reader: &reader, ok: &ok)
         guard ok, reader.issues.count == before, let registered, let sunset, !department.isEmpty else { return found }
         found.device = RegisteredDevice(id: id, department: department, owner: owner, location: location, addresses: ranges,
                                         senders: senders, registered: registered, sunset: sunset, maxMessageSize: maxSize,
-                                        maxRate: rate, line: SchemaReader.line(node))
+                                        maxRate: rate, line: SchemaReader.line(node), revocation: revocation)
         return found
+    }
+
+    /// `revoked`, `revoked-by` and `revoke-reason`: all three or none.
+    private static func revocation(_ entry: SchemaReader.Fields, id: String, registered: CalendarDate?, reader: inout SchemaReader,
+                                   ok: inout Bool) -> Revocation? {
+        let present = revocationKeys.filter { entry[$0] != nil }
+        guard !present.isEmpty else { return nil }
+        guard present.count == revocationKeys.count, let dateNode = entry["revoked"], let byNode = entry["revoked-by"],
+              let reasonNode = entry["revoke-reason"]
+        else {
+            let missing = revocationKeys.filter { entry[$0] == nil }.joined(separator: ", ")
+            reader.issue(present.compactMap { entry[$0] }.first, "device '\(id)' has \(present.joined(separator: ", ")) but not \(missing)",
+                         fix: "a revocation gives revoked (the day), revoked-by and revoke-reason; `postern devices revoke` writes them")
+            ok = false
+            return nil
+        }
+        let date = reader.date(dateNode, what: "revoked")
+        if let date, let registered, date < registered {
+            reader.issue(dateNode, "device '\(id)' is revoked on \(date), before its registration \(registered)", fix: "correct revoked:")
+            ok = false
+        }
+        var texts: [String] = []
+        for (node, what) in [(byNode, "revoked-by"), (reasonNode, "revoke-reason")] {
+            guard let text = reader.string(node, what: what) else { ok = false; continue }
+            if text.trimmingCharacters(in: .whitespaces).isEmpty {
+                reader.issue(node, "\(what) of device '\(id)' is empty", fix: "say who revoked it and why")
+                ok = false
+            } else if let problem = DeviceFieldRules.freeTextProblem(text) {
+                // Shown on the registration page and in `postern devices list`, and written to the audit log.
+                reader.issue(node, "\(what) of device '\(id)': \(problem)", fix: "write it in plain text")
+                ok = false
+            }
+            texts.append(text)
+        }
+        guard let date, texts.count == 2 else { return nil }
+        return Revocation(date: date, by: texts[0], reason: texts[1])
     }
 
     /// The address ranges of `items`; a range that overlaps another of the same device is reported at the later one.

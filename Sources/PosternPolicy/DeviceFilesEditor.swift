@@ -8,12 +8,13 @@ import Musl
 import Darwin
 #endif
 
-/// Registers, revokes and re-dates devices, each by writing or removing one device file.
+/// Registers, revokes and re-dates devices, each by writing one device file.
 ///
 /// Every change holds the lock of devices.d (`flock` on `devices.d/.lock`), starts from a policy that loads, is
 /// validated with the whole policy as it would be afterwards, and then writes the one file atomically (temporary
-/// file, fsync, rename, fsync of the directory) or removes it. Nothing else in devices.d is touched. The text is
-/// made by Yams's emitter from the values, and read back before it is written.
+/// file, fsync, rename, fsync of the directory). Nothing else in devices.d is touched, and nothing is removed: a
+/// revoked device keeps its file, marked with the day, who and why. The text is made by Yams's emitter from the
+/// values, and read back before it is written.
 public enum DeviceFilesEditor {
     /// The lock file every change of devices.d holds; hidden, so scans pass it by.
     public static let lockFile = ".lock"
@@ -35,7 +36,8 @@ public enum DeviceFilesEditor {
                 return .refused("device '\(r.id)' names unknown department '\(r.department)'", "use one of: \(names), or add it to departments.yaml")
             }
             if let existing = current.device(id: r.id) {
-                return .refused("device '\(r.id)' is already registered (department \(existing.department))", "choose another id, or revoke the old device first")
+                let state = existing.revocation.map { "revoked on \($0.date)" } ?? "registered"
+                return .refused("device '\(r.id)' is already \(state) (devices.d/\(existing.department)/\(existing.id).yaml)", "choose another id")
             }
             guard let sunset = r.sunset ?? current.globalSunset else {
                 return .refused("no sunset date given and policy.yaml sets no global sunset", "pass --sunset YYYY-MM-DD")
@@ -53,11 +55,30 @@ public enum DeviceFilesEditor {
         }
     }
 
-    /// Removes the device's file and returns the device as it was.
-    public static func remove(id: String, directory: URL, reader: PolicyReader? = nil) -> Result<RegisteredDevice, PolicyErrors> {
+    /// Marks the device revoked: its file gets `revoked` (today), `revoked-by` and `revoke-reason`, and stays. The
+    /// gateway then refuses the device naming the revocation, and its addresses and id stay taken until the file is
+    /// deleted. Returns the device as revoked.
+    public static func revoke(id: String, by actor: String, reason: String, directory: URL, now: Date, reader: PolicyReader? = nil)
+        -> Result<RegisteredDevice, PolicyErrors>
+    {
         edit(directory: directory, reader: reader, refusal: "no device was revoked") { current in
             guard let device = current.device(id: id) else { return .refused("device '\(id)' is not registered", "check the id (postern devices list)") }
-            return .remove(DeviceFileKey(department: device.department, name: device.id + DeviceFiles.suffix), device)
+            if let revocation = device.revocation {
+                return .refused("device '\(id)' was already revoked on \(revocation.date) by \(revocation.by)", "nothing to do")
+            }
+            let reason = reason.trimmingCharacters(in: .whitespacesAndNewlines)
+            let actor = actor.trimmingCharacters(in: .whitespacesAndNewlines)
+            guard !reason.isEmpty else { return .refused("no reason given for revoking '\(id)'", "say why, e.g. --reason \"replaced by a TLS-capable copier\"") }
+            guard !actor.isEmpty else { return .refused("no one named as revoking '\(id)'", "say who revokes it") }
+            guard reason.count <= 500 else { return .refused("the reason for revoking '\(id)' is longer than 500 characters", "say it shorter") }
+            let today = current.today(now)
+            let key = DeviceFileKey(department: device.department, name: device.id + DeviceFiles.suffix)
+            return rewrite(key, directory: directory, id: id) { fields in
+                fields.removeAll { DeviceSchema.revocationKeys.contains($0.0) }
+                fields += [("revoked", scalar(today.description)), ("revoked-by", scalar(actor)), ("revoke-reason", scalar(reason))]
+            } loaded: { policy in
+                policy.device(id: id).flatMap { $0.revocation == Revocation(date: today, by: actor, reason: reason) ? $0 : nil }
+            }
         }
     }
 
@@ -66,22 +87,36 @@ public enum DeviceFilesEditor {
     public static func setSunset(id: String, date: CalendarDate, directory: URL, reader: PolicyReader? = nil) -> Result<RegisteredDevice, PolicyErrors> {
         edit(directory: directory, reader: reader, refusal: "no sunset was changed") { current in
             guard let device = current.device(id: id) else { return .refused("device '\(id)' is not registered", "check the id (postern devices list)") }
-            let key = DeviceFileKey(department: device.department, name: device.id + DeviceFiles.suffix)
-            let path = directory.appendingPathComponent(PolicyLoader.devicesDirectory).appendingPathComponent(key.department).appendingPathComponent(key.name)
-            guard case .success(let (text, _)) = PolicyFileReading.readText(path.path, limit: PolicyFileReading.deviceFileLimit),
-                  case .mapping(let mapping)? = try? PolicyYAML.compose(text)
-            else { return .refused("cannot read the file of '\(id)' again", "try again, or edit the file by hand") }
-            var fields: [(String, Node)] = []
-            for (key, value) in mapping {
-                guard case .scalar(let name) = key else { continue }
-                switch value {
-                case .scalar(let s): fields.append((name.string, scalar(name.string == "sunset" ? date.description : s.string)))
-                case .sequence(let items): fields.append((name.string, list(items.compactMap { $0.scalar?.string })))
-                default: return .refused("the file of '\(id)' has a value that is not text or a list", "edit the file by hand")
-                }
+            if let revocation = device.revocation {
+                return .refused("device '\(id)' was revoked on \(revocation.date)", "register it anew under another id, or delete its file first")
             }
-            return .write(key, fields) { policy in policy.device(id: id).flatMap { $0.sunset == date ? $0 : nil } }
+            let key = DeviceFileKey(department: device.department, name: device.id + DeviceFiles.suffix)
+            return rewrite(key, directory: directory, id: id) { fields in
+                fields = fields.map { $0.0 == "sunset" ? ("sunset", scalar(date.description)) : $0 }
+            } loaded: { policy in
+                policy.device(id: id).flatMap { $0.sunset == date ? $0 : nil }
+            }
         }
+    }
+
+    /// The device file's keys and values as they are, changed by `change`: what is written back.
+    private static func rewrite(_ key: DeviceFileKey, directory: URL, id: String, _ change: (inout [(String, Node)]) -> Void,
+                                loaded: @escaping (PolicySet) -> RegisteredDevice?) -> Change {
+        let path = directory.appendingPathComponent(PolicyLoader.devicesDirectory).appendingPathComponent(key.department).appendingPathComponent(key.name)
+        guard case .success(let (text, _)) = PolicyFileReading.readText(path.path, limit: PolicyFileReading.deviceFileLimit),
+              case .mapping(let mapping)? = try? PolicyYAML.compose(text)
+        else { return .refused("cannot read the file of '\(id)' again", "try again, or edit the file by hand") }
+        var fields: [(String, Node)] = []
+        for (name, value) in mapping {
+            guard case .scalar(let name) = name else { continue }
+            switch value {
+            case .scalar(let s): fields.append((name.string, scalar(s.string)))
+            case .sequence(let items): fields.append((name.string, list(items.compactMap { $0.scalar?.string })))
+            default: return .refused("the file of '\(id)' has a value that is not text or a list", "edit the file by hand")
+            }
+        }
+        change(&fields)
+        return .write(key, fields, loaded: loaded)
     }
 
     // MARK: The one path every change takes
@@ -89,7 +124,6 @@ public enum DeviceFilesEditor {
     enum Change {
         /// Write `fields` as the file; `loaded` finds the device in the policy afterwards (nil: not the intended effect).
         case write(DeviceFileKey, [(String, Node)], loaded: (PolicySet) -> RegisteredDevice?)
-        case remove(DeviceFileKey, RegisteredDevice)
         case refused(String, String)
     }
 
@@ -119,15 +153,6 @@ public enum DeviceFilesEditor {
         switch change(current) {
         case .refused(let message, let fix):
             return failure(message, fix)
-        case .remove(let key, let device):
-            if case .failure(var errors) = reader.load(changes: PolicyChanges(deviceFiles: [key: String?.none])) {
-                errors.issues.append(PolicyIssue(file: display, line: 0, message: "the change was refused, so \(refusal)", fix: "correct the request"))
-                return .failure(errors)
-            }
-            let file = devices.appendingPathComponent(key.department).appendingPathComponent(key.name)
-            guard unlink(file.path) == 0 else { return failure("cannot remove \(display)/\(key.department)/\(key.name): \(PolicyFileReading.errnoText())", "check the directory's permissions") }
-            syncDirectory(file.deletingLastPathComponent().path)
-            return .success(device)
         case .write(let key, let fields, let loaded):
             let file = "\(display)/\(key.department)/\(key.name)"
             // Yams keeps text in the file as it is (no escapes) where that reads back the same, and escapes it where not.

@@ -164,11 +164,27 @@ public struct RegisteredDevice: Sendable, Hashable {
     public var maxRate: RateLimit?
     /// Line of the entry in its device file, for messages.
     public var line: Int
+    /// Set when the device was revoked: it keeps its file (and its addresses) and is refused naming the revocation.
+    public var revocation: Revocation? = nil
 
     /// The device's file under a policy directory: `devices.d/<department>/<id>.yaml`.
     public func file(in policyDirectory: String) -> String {
         URL(fileURLWithPath: policyDirectory).appendingPathComponent(PolicyLoader.devicesDirectory)
             .appendingPathComponent(department).appendingPathComponent("\(id).yaml").path
+    }
+}
+
+/// When, by whom and why a device was revoked (`revoked`, `revoked-by`, `revoke-reason` in its file).
+public struct Revocation: Sendable, Hashable {
+    public var date: CalendarDate
+    /// Who revoked it: a login of the registration page, or who ran `postern devices revoke`.
+    public var by: String
+    public var reason: String
+
+    public init(date: CalendarDate, by: String, reason: String) {
+        self.date = date
+        self.by = by
+        self.reason = reason
     }
 }
 

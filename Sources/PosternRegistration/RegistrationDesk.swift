@@ -235,14 +235,20 @@ public final class RegistrationDesk: Sendable {
         return request
     }
 
-    public func revoke(deviceID: String, by user: WebUser) throws -> RegisteredDevice {
+    /// Marks the device's file revoked (`DeviceFilesEditor.revoke`): it stays, with the day, the admin and the reason,
+    /// and the gateway refuses the device naming the revocation. A reason is required.
+    public func revoke(deviceID: String, reason: String, by user: WebUser) throws -> RegisteredDevice {
         guard user.isAdmin else { throw RegistrationFailure("Only gateway admins revoke devices.") }
-        switch DeviceFilesEditor.remove(id: deviceID, directory: policyDirectory, reader: policies.reader) {
+        let reason = reason.trimmingCharacters(in: .whitespacesAndNewlines)
+        var errors = FieldErrors()
+        check(text: reason, field: "reason", max: 500, "Give a reason; it stays in the device's file.", into: &errors)
+        guard errors.isEmpty else { throw errors }
+        switch DeviceFilesEditor.revoke(id: deviceID, by: user.login, reason: reason, directory: policyDirectory, now: now(), reader: policies.reader) {
         case .failure(let errors): throw RegistrationFailure("\(deviceID) was not revoked: " + errors.issues.map(\.message).joined(separator: "; "))
         case .success(let device):
             policyChanged("\(device.id) revoked")
             record("device_revoked", user, ["device": "\(device.id)", "department": "\(device.department)",
-                                             "address": "\(device.addresses.map(\.description).joined(separator: ","))"])
+                                             "address": "\(device.addresses.map(\.description).joined(separator: ","))", "reason": "\(reason)"])
             return device
         }
     }
@@ -300,6 +306,9 @@ public final class RegistrationDesk: Sendable {
             return "\(ip) is outside the campus networks (\(configuration.campusRanges.map(\.description).joined(separator: ", ")))."
         }
         if let other = policy.device(forAddress: ip.description) {
+            if let revocation = other.revocation {
+                return "\(ip) belongs to device \(other.id), revoked on \(revocation.date); its file must be deleted before the address is used again."
+            }
             return "\(ip) is already used by device \(other.id)."
         }
         return nil

@@ -92,14 +92,17 @@ extension RegistrationServer {
         let rows = desk.rows(for: s.user, policy: policy)
         let departments = desk.departments(for: s.user, policy: policy).map { d -> [String: Any] in
             let devices = rows.filter { $0.device.department == d.id }.map { row -> [String: Any] in
-                let days = row.isExpired ? "expired \(-row.daysLeft) day\(row.daysLeft == -1 ? "" : "s") ago"
-                    : row.daysLeft == 0 ? "today is the last day" : "\(row.daysLeft) day\(row.daysLeft == 1 ? "" : "s") left"
+                let revocation = row.device.revocation
+                let days = revocation.map { "on \($0.date) by \($0.by): \($0.reason)" }
+                    ?? (row.isExpired ? "expired \(-row.daysLeft) day\(row.daysLeft == -1 ? "" : "s") ago"
+                        : row.daysLeft == 0 ? "today is the last day" : "\(row.daysLeft) day\(row.daysLeft == 1 ? "" : "s") left")
                 return ["id": row.device.id, "location": row.device.location, "owner": row.device.owner,
                         "addresses": row.device.addresses.map(\.description).joined(separator: ", "),
                         "senders": row.device.senders.map(\.description).joined(separator: ", "),
                         "sunset": row.effectiveSunset.date.description, "sunsetSource": Self.source(row.effectiveSunset),
-                        "daysText": days, "statusText": row.isExpired ? "expired" : row.isDueSoon ? "ends soon" : "active",
-                        "rowClass": row.isExpired ? "expired" : row.isDueSoon ? "due-soon" : "ok"]
+                        "daysText": days, "revoked": revocation != nil,
+                        "statusText": revocation != nil ? "revoked" : row.isExpired ? "expired" : row.isDueSoon ? "ends soon" : "active",
+                        "rowClass": revocation != nil || row.isExpired ? "expired" : row.isDueSoon ? "due-soon" : "ok"]
             }
             return ["id": d.id, "name": d.name, "devices": devices,
                     "latest": desk.latestSunset(department: d.id, policy: policy)?.description ?? "no date",
@@ -131,6 +134,9 @@ extension RegistrationServer {
         guard s.user.isAdmin else { throw RegistrationFailure("Only gateway admins \(action == .sunset ? "change sunsets" : "revoke devices").") }
         let policy = try desk.policy()
         guard let device = policy.device(id: deviceID) else { throw RegistrationFailure("\(deviceID) is not registered.") }
+        if let revocation = device.revocation {
+            throw RegistrationFailure("\(device.id) was revoked on \(revocation.date) by \(revocation.by): \(revocation.reason)")
+        }
         let sunset = policy.effectiveSunset(for: device)
         return page("device", title: action == .sunset ? "Last day of \(device.id)" : "Revoke \(device.id)", s, flash: flash, nav: "devices", [
             "device": ["id": device.id, "department": policy.departments[device.department]?.name ?? device.department, "location": device.location,
@@ -140,6 +146,7 @@ extension RegistrationServer {
             "changeSunset": action == .sunset, "revoke": action == .revoke,
             "sunsetMin": policy.today(desk.now()).description,
             "sunsetMax": desk.latestSunset(department: device.department, policy: policy)?.description ?? "",
+            "reason": flash?.reason ?? "", "errors": flash?.errors.messages ?? [:],
         ])
     }
 
@@ -209,7 +216,7 @@ extension RegistrationServer {
             let fields = [d.id, d.department, d.owner, d.location, d.addresses.map(\.description).joined(separator: " "),
                           d.senders.map(\.description).joined(separator: " "), d.registered.description, d.sunset.description,
                           row.effectiveSunset.date.description, Self.source(row.effectiveSunset), "\(row.daysLeft)",
-                          row.isExpired ? "expired" : row.isDueSoon ? "reminder" : "active"]
+                          d.revocation != nil ? "revoked" : row.isExpired ? "expired" : row.isDueSoon ? "reminder" : "active"]
             lines.append(fields.map(Self.csvField).joined(separator: ","))
         }
         return Response(status: .ok,

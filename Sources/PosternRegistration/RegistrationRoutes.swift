@@ -79,9 +79,14 @@ extension RegistrationServer {
         router.get("/devices/:id/revoke") { [self] request, context in withSessionGET(request) { s, flash in
             try devicePage(s, deviceID: context.parameters.get("id") ?? "", action: .revoke, flash: flash)
         } }
-        router.post("/devices/:id/revoke") { [self] request, context in await withSession(request) { s, _ in
-            let d = try desk.revoke(deviceID: context.parameters.get("id") ?? "", by: s.user)
-            return Outcome(location: "/devices", flash: Flash(notice: "Revoked \(d.id); the gateway no longer accepts it."))
+        router.post("/devices/:id/revoke") { [self] request, context in await withSession(request) { s, fields in
+            let id = context.parameters.get("id") ?? ""
+            do {
+                let d = try desk.revoke(deviceID: id, reason: fields["reason"] ?? "", by: s.user)
+                return Outcome(location: "/devices", flash: Flash(notice: "Revoked \(d.id); the gateway no longer accepts it. Its file stays, marked revoked."))
+            } catch let errors as FieldErrors {
+                return Outcome(location: "/devices/\(Self.pathSegment(id))/revoke", flash: Flash(form: nil, errors: errors, reason: fields["reason"]))
+            }
         } }
     }
 

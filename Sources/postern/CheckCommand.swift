@@ -90,7 +90,8 @@ struct CheckCommand: ParsableCommand {
     /// devices that have expired (they refuse every message; their file only misleads).
     static func deviceWarnings(_ policy: PolicySet, policyDirectory: String, today: CalendarDate) -> [String] {
         var warnings: [String] = []
-        for device in policy.devices.sorted(by: { $0.id < $1.id }) {
+        // A revoked device is refused on purpose; its file is its history.
+        for device in policy.devices.sorted(by: { $0.id < $1.id }) where device.revocation == nil {
             let file = "\(device.file(in: policyDirectory)):\(device.line)"
             let effective = policy.effectiveSunset(for: device)
             // Past the global last day: the university-wide date ends it (a department's earlier date is its own

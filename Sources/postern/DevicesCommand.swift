@@ -2,12 +2,12 @@ import ArgumentParser
 import Foundation
 import PosternPolicy
 
-/// `postern devices`: list registered devices, find those near their sunset, register new ones, migrate devices.yaml.
+/// `postern devices`: list registered devices, find those near their sunset, register and revoke, migrate devices.yaml.
 struct DevicesCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "devices",
-        abstract: "List and register the devices allowed on the plaintext device endpoint; migrate a devices.yaml to devices.d.",
-        subcommands: [List.self, Expiring.self, Add.self, Migrate.self])
+        abstract: "List, register and revoke the devices allowed on the plaintext device endpoint; migrate a devices.yaml to devices.d.",
+        subcommands: [List.self, Expiring.self, Add.self, Revoke.self, Migrate.self])
 
     struct Common: ParsableArguments {
         @Option(help: "Directory holding policy.yaml, departments.yaml and devices.d.")
@@ -44,6 +44,7 @@ struct DevicesCommand: ParsableCommand {
             let now = try instant(common.at, policy: policy)
             let today = policy.today(now)
             let due = policy.devices.filter { device in
+                guard device.revocation == nil else { return false }
                 let left = today.days(until: policy.effectiveSunset(for: device).date)
                 return left <= days && (includeExpired || left >= 0)
             }.sorted { policy.effectiveSunset(for: $0).date < policy.effectiveSunset(for: $1).date }
@@ -109,6 +110,42 @@ struct DevicesCommand: ParsableCommand {
         }
     }
 
+    struct Revoke: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Revoke a device: its file stays, marked revoked with today's date, who and why.",
+            discussion: """
+                Writes revoked (today, in the policy's time zone), revoked-by and revoke-reason into \
+                devices.d/<department>/<id>.yaml, atomically under the lock of devices.d. The running gateway picks \
+                the change up and refuses the device with "registration revoked on <date>", the audit log naming who \
+                and why; its addresses and id stay taken until the file is deleted. Exit status: 0 revoked, 1 refused.
+                """)
+
+        @Option(help: "Directory holding policy.yaml, departments.yaml and devices.d.")
+        var policies: String = "policies"
+        @Argument(help: "The device's id.") var id: String
+        @Option(help: "Why, in plain text; kept in the device's file.") var reason: String
+        @Option(help: "Who revokes it (default: $SUDO_USER, else $USER).") var by: String?
+
+        func run() throws {
+            let environment = ProcessInfo.processInfo.environment
+            let actor = by ?? [environment["SUDO_USER"], environment["USER"]].compactMap { $0 }.first { !$0.isEmpty } ?? "unknown"
+            let directory = URL(fileURLWithPath: policies, isDirectory: true)
+            switch DeviceFilesEditor.revoke(id: id, by: actor, reason: reason, directory: directory, now: Date()) {
+            case .success(let device):
+                let file = "\(PolicyLoader.display(directory, PolicyLoader.devicesDirectory))/\(device.department)/\(device.id).yaml"
+                let revocation = device.revocation.map { "on \($0.date) by \($0.by): \($0.reason)" } ?? ""
+                print("revoked device \(device.id) \(revocation); \(file) keeps it, marked revoked")
+            case .failure(let errors):
+                for issue in errors.issues {
+                    let place = issue.line > 0 ? "\(issue.file):\(issue.line)" : issue.file
+                    FileHandle.standardError.write(Data("\(place): error: \(issue.message) (fix: \(issue.fix))\n".utf8))
+                }
+                FileHandle.standardError.write(Data("device \(id) was not revoked\n".utf8))
+                throw ExitCode.failure
+            }
+        }
+    }
+
     struct Migrate: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Turn a devices.yaml into devices.d/<department>/<device-id>.yaml, one file per device.",
@@ -158,6 +195,9 @@ struct DeviceListing: Codable {
     var status: String
     var maxMessageSize: Int?
     var maxRate: String?
+    var revoked: String?
+    var revokedBy: String?
+    var revokeReason: String?
 }
 
 private func printDevices(_ devices: [RegisteredDevice], policy: PolicySet, now: Date, json: Bool) throws {
@@ -166,12 +206,13 @@ private func printDevices(_ devices: [RegisteredDevice], policy: PolicySet, now:
     let rows = devices.map { d -> DeviceListing in
         let sunset = policy.effectiveSunset(for: d)
         let left = today.days(until: sunset.date)
-        let status = left < 0 ? "expired" : left <= reminderWindow ? "expiring" : "active"
+        let status = d.revocation != nil ? "revoked" : left < 0 ? "expired" : left <= reminderWindow ? "expiring" : "active"
         return DeviceListing(id: d.id, department: d.department, owner: d.owner, location: d.location,
                              addresses: d.addresses.map(\.text), senders: d.senders.map(\.description),
                              registered: d.registered.description, sunset: d.sunset.description,
                              effectiveSunset: sunset.date.description, sunsetRule: sunset.description, daysRemaining: left,
-                             status: status, maxMessageSize: d.maxMessageSize, maxRate: d.maxRate?.description)
+                             status: status, maxMessageSize: d.maxMessageSize, maxRate: d.maxRate?.description,
+                             revoked: d.revocation?.date.description, revokedBy: d.revocation?.by, revokeReason: d.revocation?.reason)
     }
     if json {
         let encoder = JSONEncoder()
@@ -182,7 +223,8 @@ private func printDevices(_ devices: [RegisteredDevice], policy: PolicySet, now:
     let header = ["ID", "DEPARTMENT", "ADDRESSES", "SUNSET", "SET BY", "STATUS", "OWNER"]
     let table = rows.map { r -> [String] in
         let by = r.sunsetRule.split(separator: " ").dropFirst().first.map(String.init) ?? ""
-        let status = r.status == "expired" ? "expired \(-r.daysRemaining)d ago"
+        let status = r.status == "revoked" ? "revoked \(r.revoked ?? "") by \(r.revokedBy ?? "")"
+            : r.status == "expired" ? "expired \(-r.daysRemaining)d ago"
             : r.status == "expiring" ? "expires in \(r.daysRemaining)d" : "active"
         return [r.id, r.department, r.addresses.joined(separator: ","), r.effectiveSunset, by, status, r.owner]
     }

@@ -81,7 +81,7 @@ final class PolicyReloadTests: XCTestCase {
     }
 
     /// `postern devices add` writes one file; the running gateway's watcher notices it and the device is accepted.
-    /// Removing the file (what a revocation does) refuses it again.
+    /// `postern devices revoke` marks the file: the device is refused as revoked, with the day.
     func testADeviceAddedWithTheCLIIsAcceptedByTheRunningGateway() async throws {
         let policies = try copyPolicies()
         defer { try? FileManager.default.removeItem(at: policies) }
@@ -96,7 +96,25 @@ final class PolicyReloadTests: XCTestCase {
         // What the watcher does every two seconds.
         harness.policies.reloadIfChanged()
         XCTAssertTrue(try send(port, from: "127.0.0.4").contains("250 2.1.5"))
-        try FileManager.default.removeItem(at: policies.appendingPathComponent("devices.d/it/it-scanner-4.yaml"))
+
+        // Revoked with the CLI: the file stays, marked, and the gateway's refusal names the revocation.
+        let revoked = try Shell.run([Repo.posternBinary.path, "devices", "revoke", "it-scanner-4", "--policies", policies.path,
+                                     "--reason", "moved to scan-to-folder", "--by", "alice"])
+        XCTAssertEqual(revoked.status, 0, revoked.output)
+        let file = policies.appendingPathComponent("devices.d/it/it-scanner-4.yaml")
+        let text = try String(contentsOf: file, encoding: .utf8)
+        XCTAssertTrue(text.contains("\nrevoked-by: alice\nrevoke-reason: moved to scan-to-folder\n"), text)
+        let day = try XCTUnwrap(text.firstMatch(of: /revoked: (\d{4}-\d{2}-\d{2})/)?.1)
+        XCTAssertTrue(revoked.output.contains("revoked device it-scanner-4 on \(day) by alice: moved to scan-to-folder"), revoked.output)
+        harness.policies.reloadIfChanged()
+        let refused = try send(port, from: "127.0.0.4")
+        XCTAssertTrue(refused.contains("554 5.7.1 Device it-scanner-4 registration revoked on \(day); use TLS submission on port 587"), refused)
+        let again = try Shell.run([Repo.posternBinary.path, "devices", "revoke", "it-scanner-4", "--policies", policies.path, "--reason", "again"])
+        XCTAssertEqual(again.status, 1, again.output)
+        XCTAssertTrue(again.output.contains("error: device 'it-scanner-4' was already revoked on \(day) by alice"), again.output)
+
+        // Only deleting the file makes it unknown.
+        try FileManager.default.removeItem(at: file)
         harness.policies.reloadIfChanged()
         XCTAssertTrue(try send(port, from: "127.0.0.4").contains("554 5.7.1 127.0.0.4 is not a registered device"))
         await harness.stop()

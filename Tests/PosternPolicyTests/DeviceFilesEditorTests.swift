@@ -5,8 +5,9 @@ import Testing
 import Glibc
 #endif
 
-/// `postern devices add`, approval, revocation and sunset changes: one file written (or removed) atomically under
-/// the lock of devices.d, after validation with the whole policy; no other file changes.
+/// `postern devices add`, approval, revocation and sunset changes: one file written atomically under the lock of
+/// devices.d, after validation with the whole policy and the rules of the registration page; no other file changes,
+/// and none is removed.
 @Suite struct DeviceFilesEditorTests {
     let today = berlinTime("2026-11-24", 9)
 
@@ -103,25 +104,50 @@ import Glibc
         try expectOthersUnchanged(fixture, before: before, except: nil)
     }
 
-    @Test func removeDeletesOnlyThatFile() throws {
+    @Test func revokeKeepsTheFileMarkedAndTheDeviceIsRefusedNamingIt() throws {
         let fixture = try PolicyFixture()
         defer { fixture.remove() }
         let before = try fixture.deviceTree()
-        let removed = try DeviceFilesEditor.remove(id: "demo-scanner", directory: fixture.directory).get()
-        #expect(removed.id == "demo-scanner")
-        #expect(!FileManager.default.fileExists(atPath: fixture.url("devices.d/it/demo-scanner.yaml").path))
+        let revoked = try DeviceFilesEditor.revoke(id: "demo-scanner", by: "alice", reason: "replaced by a TLS-capable scanner",
+                                                   directory: fixture.directory, now: today).get()
+        #expect(revoked.revocation == Revocation(date: CalendarDate("2026-11-24")!, by: "alice", reason: "replaced by a TLS-capable scanner"))
+        let text = try fixture.read("devices.d/it/demo-scanner.yaml")
+        #expect(text == PolicyFixture.deviceFiles["it/demo-scanner.yaml"]! + "\nrevoked: 2026-11-24\nrevoked-by: alice\nrevoke-reason: replaced by a TLS-capable scanner\n")
         try expectOthersUnchanged(fixture, before: before, except: "it/demo-scanner.yaml")
         let policy = try fixture.load()
-        #expect(policy.devices.map(\.id) == ["chem-scanner-1", "phys-old", "phys-plotter"])
-        #expect(policy.device(forAddress: "127.0.0.1") == nil)
+        #expect(policy.devices.map(\.id) == ["chem-scanner-1", "demo-scanner", "phys-old", "phys-plotter"])
+        let decision = policy.decide(DecisionInput(endpoint: .device, clientAddress: "127.0.0.1", tls: false, sender: reverse("<scanner@example.edu>"),
+                                                   recipient: nil, now: today))
+        #expect(decision.reply?.description == "554 5.7.1 Device demo-scanner registration revoked on 2026-11-24; use TLS submission on port 587")
+        #expect(decision.rule == "device demo-scanner: revoked on 2026-11-24 by alice: replaced by a TLS-capable scanner")
+        #expect(policy.reminderDue(for: revoked, now: berlinTime("2027-08-30")) == nil, "no reminder for a revoked device")
+        // Its id and addresses stay taken until the file is deleted; its sunset is not changed any more.
+        let again = try #require(DeviceFilesEditor.add(registration("demo-scanner", address: "10.9.9.9", department: "it"), directory: fixture.directory, now: today).failure)
+        #expect(again.issues.contains { $0.message.contains("device 'demo-scanner' is already revoked on 2026-11-24") }, "\(again)")
+        let sameAddress = try #require(DeviceFilesEditor.add(registration("it-new", address: "127.0.0.1", department: "it"), directory: fixture.directory, now: today).failure)
+        #expect(sameAddress.issues.contains { $0.message.contains("overlaps 127.0.0.1 of device 'demo-scanner'") }, "\(sameAddress)")
+        let sunset = try #require(DeviceFilesEditor.setSunset(id: "demo-scanner", date: CalendarDate("2027-01-01")!, directory: fixture.directory).failure)
+        #expect(sunset.issues.contains { $0.message == "device 'demo-scanner' was revoked on 2026-11-24" }, "\(sunset)")
+        let twice = try #require(DeviceFilesEditor.revoke(id: "demo-scanner", by: "bob", reason: "again", directory: fixture.directory, now: today).failure)
+        #expect(twice.issues.map(\.description) == [
+            "\(fixture.display("devices.d")):0: device 'demo-scanner' was already revoked on 2026-11-24 by alice (fix: nothing to do)",
+        ])
     }
 
-    @Test func removeUnknownDeviceIsRefusedAndNothingChanges() throws {
+    @Test(arguments: [
+        ("no-such", "alice", "gone", "device 'no-such' is not registered"),
+        ("demo-scanner", "alice", "  ", "no reason given for revoking 'demo-scanner'"),
+        ("demo-scanner", "", "gone", "no one named as revoking 'demo-scanner'"),
+        ("demo-scanner", "alice", "gone\u{2028}really", "revoke-reason of device 'demo-scanner': line or paragraph separator U+2028 is not allowed"),
+        ("demo-scanner", "alice\u{202E}", "gone", "revoked-by of device 'demo-scanner': bidirectional control U+202E is not allowed"),
+        ("demo-scanner", "alice", String(repeating: "x", count: 501), "longer than 500 characters"),
+    ])
+    func revokeRefusesWhatCannotBeKeptAndWritesNothing(_ id: String, _ actor: String, _ reason: String, _ message: String) throws {
         let fixture = try PolicyFixture()
         defer { fixture.remove() }
         let before = try fixture.deviceTree()
-        let errors = try #require(DeviceFilesEditor.remove(id: "no-such", directory: fixture.directory).failure)
-        #expect(errors.description.contains("'no-such' is not registered"))
+        let errors = try #require(DeviceFilesEditor.revoke(id: id, by: actor, reason: reason, directory: fixture.directory, now: today).failure)
+        #expect(errors.issues.contains { $0.message.contains(message) }, "\(errors)")
         try expectOthersUnchanged(fixture, before: before, except: nil)
     }
 
@@ -160,8 +186,8 @@ import Glibc
         #expect(try fixture.load().device(id: "chem-scanner-1") != nil)
         _ = try DeviceFilesEditor.setSunset(id: "chem-scanner-1", date: CalendarDate("2027-02-01")!, directory: fixture.directory).get()
         #expect(try fixture.load().device(id: "chem-scanner-1")?.sunset == CalendarDate("2027-02-01"))
-        _ = try DeviceFilesEditor.remove(id: "chem-scanner-1", directory: fixture.directory).get()
-        #expect(try fixture.load().device(id: "chem-scanner-1") == nil)
+        _ = try DeviceFilesEditor.revoke(id: "chem-scanner-1", by: "alice", reason: "gone", directory: fixture.directory, now: today).get()
+        #expect(try fixture.load().device(id: "chem-scanner-1")?.revocation?.reason == "gone")
     }
 
     @Test func anEditWaitsForTheLockOfDevicesD() throws {
@@ -202,16 +228,22 @@ import Glibc
                     if case .failure(let e) = DeviceFilesEditor.add(r, directory: directory, now: now) { failures.add("\(e)") }
                 }
             }
-            group.addTask { if case .failure(let e) = DeviceFilesEditor.remove(id: "phys-old", directory: directory) { failures.add("\(e)") } }
             group.addTask {
-                if case .failure(let e) = DeviceFilesEditor.setSunset(id: "demo-scanner", date: CalendarDate("2027-02-01")!, directory: directory) { failures.add("\(e)") }
+                if case .failure(let e) = DeviceFilesEditor.revoke(id: "phys-old", by: "alice", reason: "gone", directory: directory, now: now) { failures.add("\(e)") }
+            }
+            group.addTask {
+                if case .failure(let e) = DeviceFilesEditor.setSunset(id: "demo-scanner", date: CalendarDate("2027-02-01")!, directory: directory) {
+                    failures.add("\(e)")
+                }
             }
         }
         #expect(failures.all.isEmpty, "\(failures.all)")
         let policy = try fixture.load()
-        #expect(Set(policy.devices.map(\.id)) == Set(["demo-scanner", "chem-scanner-1", "phys-plotter"] + (0..<12).map { "bulk-\($0)" }))
+        #expect(Set(policy.devices.map(\.id)) == Set(["demo-scanner", "chem-scanner-1", "phys-old", "phys-plotter"] + (0..<12).map { "bulk-\($0)" }))
         #expect(policy.device(id: "demo-scanner")?.sunset == CalendarDate("2027-02-01"))
-        #expect(try fixture.deviceTree().keys.filter { $0.contains(".tmp-") }.isEmpty)
+        #expect(policy.device(id: "phys-old")?.revocation?.by == "alice")
+        #expect(try fixture.deviceTree().keys.filter { $0 != ".lock" && $0.split(separator: "/").last?.hasPrefix(".") == true }.isEmpty,
+                "no temporary file left over")
     }
 
     @Test func anEditStartsOnlyFromAPolicyThatLoads() throws {

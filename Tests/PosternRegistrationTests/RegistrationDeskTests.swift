@@ -82,7 +82,7 @@ final class RegistrationDeskTests: XCTestCase {
     func testContactsCannotApproveRevokeOrExtend() throws {
         guard case .success(let r) = try desk.submit(form("it-x", "10.97.0.1"), by: bob) else { return XCTFail() }
         XCTAssertThrowsError(try desk.approve(requestID: r.id, by: bob))
-        XCTAssertThrowsError(try desk.revoke(deviceID: "demo-scanner", by: bob))
+        XCTAssertThrowsError(try desk.revoke(deviceID: "demo-scanner", reason: "no longer used", by: bob))
         XCTAssertThrowsError(try desk.extend(deviceID: "demo-scanner", to: "2027-01-01", by: bob))
         XCTAssertThrowsError(try desk.reject(requestID: r.id, reason: "", by: bob))
         XCTAssertEqual(try desk.requests.all().first?.status, .pending)

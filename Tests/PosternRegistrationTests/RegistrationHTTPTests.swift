@@ -195,9 +195,20 @@ final class RegistrationHTTPTests: XCTestCase {
             let (_, extended) = try await alice.postAndFollow("/devices/it-scanner-9/extend", [("csrf", adminToken), ("sunset", "2027-08-31")])
             XCTAssertTrue(extended.body.contains("The sunset of it-scanner-9 is now 2027-08-31."), extended.body)
             XCTAssertEqual(try PolicyLoader.load(directory: fixture.policyDirectory).get().device(id: "it-scanner-9")?.sunset, CalendarDate("2027-08-31"))
-            let (_, revoked) = try await alice.postAndFollow("/devices/it-scanner-9/revoke", [("csrf", adminToken)])
+            // Revocation needs a reason; then the file stays, marked, and the list says so without the admin buttons.
+            let (noReasonRedirect, noReason) = try await alice.postAndFollow("/devices/it-scanner-9/revoke", [("csrf", adminToken), ("reason", " ")])
+            XCTAssertEqual(noReasonRedirect.headers("Location"), ["/devices/it-scanner-9/revoke"])
+            XCTAssertTrue(noReason.body.contains(#"id="error-reason">Give a reason; it stays in the device&#39;s file."#), noReason.body)
+            XCTAssertNil(try PolicyLoader.load(directory: fixture.policyDirectory).get().device(id: "it-scanner-9")?.revocation)
+            let (_, revoked) = try await alice.postAndFollow("/devices/it-scanner-9/revoke", [("csrf", adminToken), ("reason", "replaced by a TLS copier")])
             XCTAssertTrue(revoked.body.contains("Revoked it-scanner-9"), revoked.body)
-            XCTAssertNil(try PolicyLoader.load(directory: fixture.policyDirectory).get().device(id: "it-scanner-9"))
+            let kept = try XCTUnwrap(try PolicyLoader.load(directory: fixture.policyDirectory).get().device(id: "it-scanner-9"))
+            XCTAssertEqual(kept.revocation?.by, "alice")
+            XCTAssertEqual(kept.revocation?.reason, "replaced by a TLS copier")
+            XCTAssertTrue(revoked.body.contains("by alice: replaced by a TLS copier"), revoked.body)
+            XCTAssertFalse(revoked.body.contains(#"id="revoke-it-scanner-9""#), "no second revocation offered: \(revoked.body)")
+            let (_, twice) = try await alice.postAndFollow("/devices/it-scanner-9/revoke", [("csrf", adminToken), ("reason", "again")])
+            XCTAssertTrue(twice.body.contains("was already revoked on"), twice.body)
 
             // Reject path: the contact finds the decision and its reason in the history.
             _ = try await bob.post("/register", [("csrf", token)] + RegistrationFixture.form(device: "it-copier-7", address: "10.77.0.7"))
