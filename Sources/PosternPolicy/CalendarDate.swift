@@ -11,8 +11,37 @@ public struct CalendarDate: Sendable, Hashable, Comparable, CustomStringConverti
 
     /// Parses `YYYY-MM-DD` strictly (four-digit year, two-digit month and day, a day that exists).
     public init?(_ text: String) {
-        var text = text
-        let parts = text.withUTF8 { bytes -> (Int, Int, Int)? in
+        guard case .success(let date) = Self.parse(text) else { return nil }
+        self = date
+    }
+
+    /// Why a text is not a calendar date, in the words every place that reads dates uses (policy files, the
+    /// registration page, `postern devices add`).
+    public enum Problem: Error, Sendable, Equatable {
+        /// Not of the form YYYY-MM-DD.
+        case notADate(String)
+        /// Of the form, but no such day: 2027-02-30, 2027-13-01.
+        case noSuchDay(year: Int, month: Int, day: Int)
+
+        public var message: String {
+            switch self {
+            case .notADate(let text):
+                return "'\(text)' is not a date: write YYYY-MM-DD, e.g. 2027-06-30"
+            case .noSuchDay(let year, let month, let day):
+                let text = CalendarDate(unchecked: year, month, day).description
+                guard (1...12).contains(month) else { return "\(text) does not exist: there is no month \(month)" }
+                return "\(text) does not exist: \(CalendarDate.monthNames[month - 1]) \(year) has \(CalendarDate.daysInMonth(year: year, month: month)) days"
+            }
+        }
+    }
+
+    static let monthNames = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+                             "November", "December"]
+
+    /// `YYYY-MM-DD` as a day that exists, or why not.
+    public static func parse(_ text: String) -> Result<CalendarDate, Problem> {
+        var copy = text
+        let parts = copy.withUTF8 { bytes -> (Int, Int, Int)? in
             guard bytes.count == 10, bytes[4] == UInt8(ascii: "-"), bytes[7] == UInt8(ascii: "-") else { return nil }
             func number(_ range: Range<Int>) -> Int? {
                 var value = 0
@@ -25,8 +54,9 @@ public struct CalendarDate: Sendable, Hashable, Comparable, CustomStringConverti
             guard let y = number(0..<4), let m = number(5..<7), let d = number(8..<10) else { return nil }
             return (y, m, d)
         }
-        guard let (y, m, d) = parts else { return nil }
-        self.init(year: y, month: m, day: d)
+        guard let (y, m, d) = parts else { return .failure(.notADate(String(text.prefix(40)))) }
+        guard let date = CalendarDate(year: y, month: m, day: d) else { return .failure(.noSuchDay(year: y, month: m, day: d)) }
+        return .success(date)
     }
 
     public init?(year: Int, month: Int, day: Int) {

@@ -2,15 +2,16 @@ import Foundation
 import PosternSMTP
 
 /// The rules a device registration's fields follow, wherever it comes from: the registration page checks a
-/// request's fields with them, and the policy loader checks every entry of devices.yaml with them, which is
-/// what `postern devices add`, approval on the page and `postern check` go through. One place, so the three
-/// cannot drift apart.
+/// request's fields with them, and the policy loader checks every device file with them, which is what
+/// `postern devices add`, approval on the page and `postern check` go through. A sunset that is written (a
+/// registration, a sunset change) follows `sunsetProblem` on the page and in `DeviceFilesEditor` alike. One place,
+/// so the three cannot drift apart.
 public enum DeviceFieldRules {
     /// nil when `text` may be stored in the policy files and shown on the page and in reminder mails.
     ///
-    /// Refused: C0 and C1 controls (U+0085 and friends are line breaks to libyaml, which would shift the line
-    /// arithmetic of the devices.yaml editor), U+2028/U+2029 (the same, and line breaks in a browser) and the
-    /// bidirectional controls, which make text read differently from what it is (Trojan Source).
+    /// Refused: C0 and C1 controls (U+0085 and friends are line breaks to libyaml, and would end the line of a
+    /// comment or a message), U+2028/U+2029 (the same, and line breaks in a browser) and the bidirectional
+    /// controls, which make text read differently from what it is (Trojan Source).
     /// `allowLineBreaks` lets CR and LF through, for a multi-line field stored as JSON only (the justification).
     public static func freeTextProblem(_ text: String, allowLineBreaks: Bool = false) -> String? {
         for scalar in text.unicodeScalars {
@@ -66,6 +67,30 @@ public enum DeviceFieldRules {
         let domain = mailbox.normalizedDomain
         guard internalDomains.contains(where: { $0.matches(domain) }) else {
             return "\(address) is not an internal address (\(internalDomains.map(\.description).joined(separator: ", ")))"
+        }
+        return nil
+    }
+
+    /// The last day the rules allow a device of `department`: the earlier of its department's sunset and the global
+    /// one, with which of the two it is; nil when neither is set.
+    public static func latestSunset(department: Department?, globalSunset: CalendarDate?) -> (date: CalendarDate, rule: String)? {
+        switch (department?.sunset, globalSunset) {
+        case (let own?, let global?) where own < global: return (own, "department \(department?.id ?? "")'s sunset")
+        case (_, let global?): return (global, "the global sunset")
+        case (let own?, nil): return (own, "department \(department?.id ?? "")'s sunset")
+        case (nil, nil): return nil
+        }
+    }
+
+    /// nil when `sunset` may be written as the last day of a device of `department` today: not before `today`, and
+    /// not after the last day the rules allow (`latestSunset`), which would end the device first anyway. For what is
+    /// written: a registration (the page, its approval, `postern devices add`) and a sunset change. A file that is
+    /// already there and goes past the global sunset is a warning of `postern check`.
+    public static func sunsetProblem(_ sunset: CalendarDate, department: Department?, globalSunset: CalendarDate?,
+                                     today: CalendarDate) -> String? {
+        if sunset < today { return "sunset \(sunset) cannot be in the past (today is \(today))" }
+        if let latest = latestSunset(department: department, globalSunset: globalSunset), sunset > latest.date {
+            return "the rules allow \(latest.date) at the latest for department \(department?.id ?? "?") (\(latest.rule)), not \(sunset)"
         }
         return nil
     }

@@ -1,4 +1,5 @@
 import Foundation
+import PosternCore
 import Yams
 #if canImport(Glibc)
 import Glibc
@@ -11,16 +12,20 @@ import Darwin
 /// Registers, revokes and re-dates devices, each by writing one device file.
 ///
 /// Every change holds the lock of devices.d (`flock` on `devices.d/.lock`), starts from a policy that loads, is
-/// validated with the whole policy as it would be afterwards, and then writes the one file atomically (temporary
-/// file, fsync, rename, fsync of the directory). Nothing else in devices.d is touched, and nothing is removed: a
-/// revoked device keeps its file, marked with the day, who and why. The text is made by Yams's emitter from the
-/// values, and read back before it is written.
+/// validated with the whole policy as it would be afterwards, and then writes the one file durably
+/// (`DurableFile.write`: temporary file, fdatasync, rename, fsync of the directory). Nothing else in devices.d is
+/// touched, and nothing is removed: a revoked device keeps its file, marked with the day, who and why. The text is
+/// made by Yams's emitter from the values, and read back before it is written. What is written follows the rules
+/// of the registration page (`DeviceFieldRules`): a sunset not in the past and not after the last day the rules
+/// allow, senders in the department's domains. A refusal names the file that would have been written, without
+/// lines (the file was not written, so there are no lines to look at), or the other file it clashes with.
 public enum DeviceFilesEditor {
     /// The lock file every change of devices.d holds; hidden, so scans pass it by.
     public static let lockFile = ".lock"
 
     /// Writes a new device file. The registration date is today in the policy's time zone; the sunset defaults to the
-    /// global one. Returns the device as loaded, or why it was refused.
+    /// last day the rules allow (the earlier of the department's and the global sunset). Returns the device as
+    /// loaded, or why it was refused.
     public static func add(_ registration: DeviceRegistration, directory: URL, now: Date, reader: PolicyReader? = nil)
         -> Result<RegisteredDevice, PolicyErrors>
     {
@@ -29,18 +34,25 @@ public enum DeviceFilesEditor {
             // The id and department name a file and a directory: checked before any path is made of them.
             guard SchemaReader.isIdentifier(r.id) else {
                 return .refused("device id '\(r.id)' is not a name of a-z, 0-9, '-', '_' and '.' starting with a letter or digit (at most \(SchemaReader.maxIdentifierLength))",
-                                "use a name like chem-scanner-2 (it is also the device's file name)")
+                                "use a name like chem-scanner-2 (it is also the device's file name)", nil)
             }
-            guard current.departments[r.department] != nil else {
+            guard let department = current.departments[r.department] else {
                 let names = current.departments.keys.sorted().joined(separator: ", ")
-                return .refused("device '\(r.id)' names unknown department '\(r.department)'", "use one of: \(names), or add it to departments.yaml")
+                return .refused("device '\(r.id)' names unknown department '\(r.department)'", "use one of: \(names), or add it to departments.yaml", nil)
             }
+            let key = DeviceFileKey(department: r.department, name: r.id + DeviceFiles.suffix)
             if let existing = current.device(id: r.id) {
                 let state = existing.revocation.map { "revoked on \($0.date)" } ?? "registered"
-                return .refused("device '\(r.id)' is already \(state) (devices.d/\(existing.department)/\(existing.id).yaml)", "choose another id")
+                return .refused("device '\(r.id)' is already \(state) (devices.d/\(existing.department)/\(existing.id).yaml)",
+                                "choose another id", key)
             }
-            guard let sunset = r.sunset ?? current.globalSunset else {
-                return .refused("no sunset date given and policy.yaml sets no global sunset", "pass --sunset YYYY-MM-DD")
+            let latest = DeviceFieldRules.latestSunset(department: department, globalSunset: current.globalSunset)
+            guard let sunset = r.sunset ?? latest?.date else {
+                return .refused("no sunset date given, and neither department \(r.department) nor policy.yaml sets one", "pass --sunset YYYY-MM-DD", key)
+            }
+            if let problem = DeviceFieldRules.sunsetProblem(sunset, department: department, globalSunset: current.globalSunset,
+                                                            today: current.today(now)) {
+                return .refused("device '\(r.id)': \(problem)", "give a sunset within the rules (or none: the last day they allow)", key)
             }
             var fields: [(String, Node)] = [("id", scalar(r.id)), ("department", scalar(r.department)), ("owner", scalar(r.owner))]
             if let location = r.location { fields.append(("location", scalar(location))) }
@@ -51,7 +63,7 @@ public enum DeviceFilesEditor {
             fields.append(("sunset", scalar(sunset.description)))
             if let size = r.maxMessageSize { fields.append(("max-message-size", scalar(size))) }
             if let rate = r.maxRate { fields.append(("max-rate", scalar(rate))) }
-            return .write(DeviceFileKey(department: r.department, name: r.id + DeviceFiles.suffix), fields) { $0.device(id: r.id) }
+            return .write(key, fields) { $0.device(id: r.id) }
         }
     }
 
@@ -62,17 +74,17 @@ public enum DeviceFilesEditor {
         -> Result<RegisteredDevice, PolicyErrors>
     {
         edit(directory: directory, reader: reader, refusal: "no device was revoked") { current in
-            guard let device = current.device(id: id) else { return .refused("device '\(id)' is not registered", "check the id (postern devices list)") }
+            guard let device = current.device(id: id) else { return .refused("device '\(id)' is not registered", "check the id (postern devices list)", nil) }
+            let key = DeviceFileKey(department: device.department, name: device.id + DeviceFiles.suffix)
             if let revocation = device.revocation {
-                return .refused("device '\(id)' was already revoked on \(revocation.date) by \(revocation.by)", "nothing to do")
+                return .refused("device '\(id)' was already revoked on \(revocation.date) by \(revocation.by)", "nothing to do", key)
             }
             let reason = reason.trimmingCharacters(in: .whitespacesAndNewlines)
             let actor = actor.trimmingCharacters(in: .whitespacesAndNewlines)
-            guard !reason.isEmpty else { return .refused("no reason given for revoking '\(id)'", "say why, e.g. --reason \"replaced by a TLS-capable copier\"") }
-            guard !actor.isEmpty else { return .refused("no one named as revoking '\(id)'", "say who revokes it") }
-            guard reason.count <= 500 else { return .refused("the reason for revoking '\(id)' is longer than 500 characters", "say it shorter") }
+            guard !reason.isEmpty else { return .refused("no reason given for revoking '\(id)'", "say why, e.g. --reason \"replaced by a TLS-capable copier\"", key) }
+            guard !actor.isEmpty else { return .refused("no one named as revoking '\(id)'", "say who revokes it", key) }
+            guard reason.count <= 500 else { return .refused("the reason for revoking '\(id)' is longer than 500 characters", "say it shorter", key) }
             let today = current.today(now)
-            let key = DeviceFileKey(department: device.department, name: device.id + DeviceFiles.suffix)
             return rewrite(key, directory: directory, id: id) { fields in
                 fields.removeAll { DeviceSchema.revocationKeys.contains($0.0) }
                 fields += [("revoked", scalar(today.description)), ("revoked-by", scalar(actor)), ("revoke-reason", scalar(reason))]
@@ -82,15 +94,22 @@ public enum DeviceFilesEditor {
         }
     }
 
-    /// Sets the device's own sunset date (its last valid day); department and global dates still apply on top.
-    /// The file is written anew from its values: comments in it are not kept.
-    public static func setSunset(id: String, date: CalendarDate, directory: URL, reader: PolicyReader? = nil) -> Result<RegisteredDevice, PolicyErrors> {
+    /// Sets the device's own sunset date (its last valid day), within the rules as of `now` (`DeviceFieldRules`); the
+    /// department and global dates still apply on top. The file is written anew from its values: comments in it are
+    /// not kept.
+    public static func setSunset(id: String, date: CalendarDate, directory: URL, now: Date, reader: PolicyReader? = nil)
+        -> Result<RegisteredDevice, PolicyErrors>
+    {
         edit(directory: directory, reader: reader, refusal: "no sunset was changed") { current in
-            guard let device = current.device(id: id) else { return .refused("device '\(id)' is not registered", "check the id (postern devices list)") }
-            if let revocation = device.revocation {
-                return .refused("device '\(id)' was revoked on \(revocation.date)", "register it anew under another id, or delete its file first")
-            }
+            guard let device = current.device(id: id) else { return .refused("device '\(id)' is not registered", "check the id (postern devices list)", nil) }
             let key = DeviceFileKey(department: device.department, name: device.id + DeviceFiles.suffix)
+            if let revocation = device.revocation {
+                return .refused("device '\(id)' was revoked on \(revocation.date)", "register it anew under another id, or delete its file first", key)
+            }
+            if let problem = DeviceFieldRules.sunsetProblem(date, department: current.departments[device.department],
+                                                            globalSunset: current.globalSunset, today: current.today(now)) {
+                return .refused("device '\(id)': \(problem)", "give a sunset within the rules", key)
+            }
             return rewrite(key, directory: directory, id: id) { fields in
                 fields = fields.map { $0.0 == "sunset" ? ("sunset", scalar(date.description)) : $0 }
             } loaded: { policy in
@@ -105,14 +124,14 @@ public enum DeviceFilesEditor {
         let path = directory.appendingPathComponent(PolicyLoader.devicesDirectory).appendingPathComponent(key.department).appendingPathComponent(key.name)
         guard case .success(let (text, _)) = PolicyFileReading.readText(path.path, limit: PolicyFileReading.deviceFileLimit),
               case .mapping(let mapping)? = try? PolicyYAML.compose(text)
-        else { return .refused("cannot read the file of '\(id)' again", "try again, or edit the file by hand") }
+        else { return .refused("cannot read the file of '\(id)' again", "try again, or edit the file by hand", key) }
         var fields: [(String, Node)] = []
         for (name, value) in mapping {
             guard case .scalar(let name) = name else { continue }
             switch value {
             case .scalar(let s): fields.append((name.string, scalar(s.string)))
             case .sequence(let items): fields.append((name.string, list(items.compactMap { $0.scalar?.string })))
-            default: return .refused("the file of '\(id)' has a value that is not text or a list", "edit the file by hand")
+            default: return .refused("the file of '\(id)' has a value that is not text or a list", "edit the file by hand", key)
             }
         }
         change(&fields)
@@ -124,7 +143,8 @@ public enum DeviceFilesEditor {
     enum Change {
         /// Write `fields` as the file; `loaded` finds the device in the policy afterwards (nil: not the intended effect).
         case write(DeviceFileKey, [(String, Node)], loaded: (PolicySet) -> RegisteredDevice?)
-        case refused(String, String)
+        /// Refused before anything was written: the message, the fix, and the file that would have been written.
+        case refused(String, String, DeviceFileKey?)
     }
 
     private static func edit(directory: URL, reader: PolicyReader?, refusal: String, _ change: (PolicySet) -> Change)
@@ -151,8 +171,8 @@ public enum DeviceFilesEditor {
         case .success(let policy): current = policy
         }
         switch change(current) {
-        case .refused(let message, let fix):
-            return failure(message, fix)
+        case .refused(let message, let fix, let key):
+            return failure(message, fix, file: key.map { "\(display)/\($0.department)/\($0.name)" } ?? display)
         case .write(let key, let fields, let loaded):
             let file = "\(display)/\(key.department)/\(key.name)"
             // Yams keeps text in the file as it is (no escapes) where that reads back the same, and escapes it where not.
@@ -166,6 +186,8 @@ public enum DeviceFilesEditor {
             let policy: PolicySet
             switch reader.load(changes: PolicyChanges(deviceFiles: [key: text])) {
             case .failure(var errors):
+                // Lines of the file that was not written point nowhere: its problems are the file's.
+                errors.issues = errors.issues.map { $0.file == file ? PolicyIssue(file: file, line: 0, message: $0.message, fix: $0.fix) : $0 }
                 errors.issues.append(PolicyIssue(file: file, line: 0, message: "the change was refused, so \(refusal) (\(file) not written)",
                                                  fix: "correct the request"))
                 return .failure(errors)
@@ -173,7 +195,7 @@ public enum DeviceFilesEditor {
             }
             guard let device = loaded(policy) else { return failure("the change did not have the intended effect", "report this as a bug", file: file) }
             do {
-                try writeAtomically(Data(text.utf8), to: devices.appendingPathComponent(key.department), name: key.name)
+                try write(Data(text.utf8), to: devices.appendingPathComponent(key.department), name: key.name)
             } catch {
                 return failure("cannot write \(file): \(error)", "check the directory's permissions and free space")
             }
@@ -212,49 +234,18 @@ public enum DeviceFilesEditor {
 
     // MARK: Files
 
-    /// temp file, fsync, rename over the target, fsync the directory (created first when missing).
-    static func writeAtomically(_ data: Data, to directory: URL, name: String) throws {
+    /// Writes the file durably (`DurableFile.write`), making its department's directory first when it is missing (a
+    /// department's first device).
+    static func write(_ data: Data, to directory: URL, name: String) throws(DurableWriteError) {
         if mkdir(directory.path, 0o755) == 0 {
-            syncDirectory(directory.deletingLastPathComponent().path)
+            try DurableFile.syncDirectory(directory.deletingLastPathComponent().path)
         } else if errno != EEXIST {
-            throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)
+            throw DurableWriteError(operation: "mkdir", path: directory.path, code: errno)
         }
-        let target = directory.appendingPathComponent(name).path
-        let temp = directory.appendingPathComponent(".\(name).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
-        let fd = open(temp, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
-        var renamed = false
-        defer { if !renamed { unlink(temp) } }
-        do {
-            defer { close(fd) }
-            try writeAll(data, to: fd)
+        // Readable by the gateway's user, whoever writes it (the page inside the gateway, or an admin's `devices add`).
+        try DurableFile.write(to: directory.appendingPathComponent(name).path, permissions: 0o644) { output throws(DurableWriteError) in
+            try output.write(data)
         }
-        guard rename(temp, target) == 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
-        renamed = true
-        syncDirectory(directory.path)
-    }
-
-    /// Writes all of `data` and fsyncs the file.
-    static func writeAll(_ data: Data, to fd: Int32) throws {
-        try data.withUnsafeBytes { (buffer: UnsafeRawBufferPointer) throws in
-            var offset = 0
-            while offset < buffer.count, let base = buffer.baseAddress {
-                let n = write(fd, base + offset, buffer.count - offset)
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)
-                }
-                offset += n
-            }
-        }
-        guard fsync(fd) == 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
-    }
-
-    static func syncDirectory(_ path: String) {
-        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard fd >= 0 else { return }
-        fsync(fd)
-        close(fd)
     }
 
     /// The advisory lock every change of devices.d holds, on a file of its own: a lock on a device file would not

@@ -1,4 +1,5 @@
 import Foundation
+import PosternCore
 import Yams
 #if canImport(Glibc)
 import Glibc
@@ -82,11 +83,14 @@ public enum DevicesMigration {
                     try? FileManager.default.removeItem(at: staging)
                     return failure("the entry of '\(key.id)' cannot be written so that it reads back as it is", "correct it in devices.yaml")
                 }
-                try writeNew(Data(rendered.utf8), to: staging.appendingPathComponent(key.department).appendingPathComponent(key.name))
+                // The directories are fsynced once, below.
+                let data = Data(rendered.utf8)
+                try DurableFile.write(to: staging.appendingPathComponent(key.department).appendingPathComponent(key.name).path, permissions: 0o644,
+                                      syncDirectory: false) { output throws(DurableWriteError) in try output.write(data) }
                 files.append("\(PolicyLoader.devicesDirectory)/\(key.department)/\(key.name)")
             }
-            for department in Set(plan.map(\.key.department)) { DeviceFilesEditor.syncDirectory(staging.appendingPathComponent(department).path) }
-            DeviceFilesEditor.syncDirectory(staging.path)
+            for department in Set(plan.map(\.key.department)) { try DurableFile.syncDirectory(staging.appendingPathComponent(department).path) }
+            try DurableFile.syncDirectory(staging.path)
         } catch {
             try? FileManager.default.removeItem(at: staging)
             return failure("cannot write the device files: \(error)", "check the policy directory's permissions and free space")
@@ -108,12 +112,13 @@ public enum DevicesMigration {
             try? FileManager.default.removeItem(at: staging)
             return failure("cannot rename the new directory to devices.d: \(reason)", "check that devices.d does not exist, then run migrate again")
         }
-        DeviceFilesEditor.syncDirectory(directory.path)
+        // A rename made durable late is still made: the next step does not depend on it.
+        try? DurableFile.syncDirectory(directory.path)
         guard rename(legacy.path, directory.appendingPathComponent(movedAsideName).path) == 0 else {
             return failure("devices.d was written, but devices.yaml could not be moved aside: \(PolicyFileReading.errnoText())",
                            "move or delete devices.yaml by hand; the loader refuses it beside devices.d")
         }
-        DeviceFilesEditor.syncDirectory(directory.path)
+        try? DurableFile.syncDirectory(directory.path)
         let comments = text.split(separator: "\n").filter { $0.drop(while: { $0 == " " }).hasPrefix("#") }.count
         return .success(Report(files: files.sorted(), departments: Set(plan.map(\.key.department)).count,
                                movedAside: PolicyLoader.display(directory, movedAsideName), commentLines: comments))
@@ -193,13 +198,5 @@ public enum DevicesMigration {
             x.line = y.line
             return x == y
         }
-    }
-
-    /// A new file (never an existing one), fsynced.
-    private static func writeNew(_ data: Data, to url: URL) throws {
-        let fd = open(url.path, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
-        defer { close(fd) }
-        try DeviceFilesEditor.writeAll(data, to: fd)
     }
 }

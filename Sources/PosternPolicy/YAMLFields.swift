@@ -183,11 +183,15 @@ struct SchemaReader {
 
     mutating func date(_ node: Node, what: String) -> CalendarDate? {
         guard let text = string(node, what: what) else { return nil }
-        guard let d = CalendarDate(text) else {
+        switch CalendarDate.parse(text) {
+        case .success(let d):
+            return d
+        case .failure(.notADate):
             issue(node, "'\(text)' is not a valid date for \(what)", fix: "write the date as YYYY-MM-DD, e.g. 2026-06-30")
-            return nil
+        case .failure(let problem):
+            issue(node, "'\(text)' is not a valid date for \(what): \(problem.message)", fix: "write a day that exists, as YYYY-MM-DD")
         }
-        return d
+        return nil
     }
 
     mutating func int(_ node: Node, what: String) -> Int? {

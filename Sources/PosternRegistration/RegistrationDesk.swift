@@ -87,7 +87,7 @@ public final class RegistrationDesk: Sendable {
 
     /// The latest sunset the rules allow for a department's devices: the earlier of the global and the department date.
     public func latestSunset(department: String, policy: PolicySet) -> CalendarDate? {
-        [policy.globalSunset, policy.departments[department]?.sunset].compactMap { $0 }.min()
+        DeviceFieldRules.latestSunset(department: policy.departments[department], globalSunset: policy.globalSunset)?.date
     }
 
     /// Departments the user may see, with their names, sorted by id.
@@ -260,7 +260,7 @@ public final class RegistrationDesk: Sendable {
         guard let device = policy.device(id: deviceID) else { throw RegistrationFailure("\(deviceID) is not registered.") }
         if let message = sunsetProblem(text, department: device.department, policy: policy) { throw RegistrationFailure("\(deviceID): \(message)") }
         guard let date = CalendarDate(text) else { throw RegistrationFailure("\(deviceID): Give a date as YYYY-MM-DD.") }  // sunsetProblem checked it
-        switch DeviceFilesEditor.setSunset(id: deviceID, date: date, directory: policyDirectory, reader: policies.reader) {
+        switch DeviceFilesEditor.setSunset(id: deviceID, date: date, directory: policyDirectory, now: now(), reader: policies.reader) {
         case .failure(let errors): throw RegistrationFailure("\(deviceID): " + errors.issues.map(\.message).joined(separator: "; "))
         case .success(let updated):
             policyChanged("\(deviceID) sunset changed")
@@ -314,17 +314,18 @@ public final class RegistrationDesk: Sendable {
         return nil
     }
 
+    /// The same rules and words as `postern devices add` and the policy files (`CalendarDate.parse`,
+    /// `DeviceFieldRules.sunsetProblem`), as a sentence.
     func sunsetProblem(_ text: String, department: String, policy: PolicySet) -> String? {
-        guard let date = CalendarDate(text) else {
-            if text.range(of: #"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"#, options: .regularExpression) != nil { return "\(text) is not a day in the calendar." }
-            return "Give a date as YYYY-MM-DD."
+        guard !text.isEmpty else { return "Give a date as YYYY-MM-DD." }
+        let problem: String?
+        switch CalendarDate.parse(text) {
+        case .failure(let failure): problem = failure.message
+        case .success(let date):
+            problem = DeviceFieldRules.sunsetProblem(date, department: policy.departments[department], globalSunset: policy.globalSunset,
+                                                     today: policy.today(now()))
         }
-        let today = policy.today(now())
-        if date < today { return "The sunset date cannot be in the past." }
-        if let latest = latestSunset(department: department, policy: policy), date > latest {
-            return "The rules allow \(latest) at the latest for this department."
-        }
-        return nil
+        return problem.map { $0.prefix(1).uppercased() + $0.dropFirst() + "." }
     }
 
     func record(_ event: String, _ user: WebUser, _ fields: Logger.Metadata) {

@@ -68,11 +68,13 @@ struct DevicesCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Register a device: validate it with the whole policy, then write devices.d/<department>/<id>.yaml.",
             discussion: """
-                The registration date is today; the sunset defaults to the global sunset in policy.yaml. The entry \
-                follows the same rules as the registration page and `postern check`: senders in the department's \
-                domains (departments.yaml `domains:`, or the internal domains when it lists none), an internal owner, \
-                location in plain text (no control characters, line separators or bidi controls). The one new file is \
-                written atomically under the lock of devices.d; no other file changes.
+                The registration date is today. The entry follows the same rules as the registration page and \
+                `postern check`: a sunset from today to the last day the rules allow (the earlier of the department's \
+                and the global sunset, which is also the default), senders in the department's domains \
+                (departments.yaml `domains:`, or the internal domains when it lists none), an internal owner, location \
+                in plain text (no control characters, line separators or bidi controls). The one new file is written \
+                atomically under the lock of devices.d; no other file changes. A refusal names that file, which was not \
+                written. Exit status: 0 added, 1 refused.
                 """)
 
         @Option(help: "Directory holding policy.yaml, departments.yaml and devices.d.")
@@ -83,14 +85,14 @@ struct DevicesCommand: ParsableCommand {
         @Option(help: "Where the device sits.") var location: String?
         @Option(name: .customLong("address"), help: "Source address or CIDR block; repeat for more.") var addresses: [String] = []
         @Option(name: .customLong("sender"), help: "Allowed sender address or domain (envelope and header From), in the department's domains; repeat for more.") var senders: [String] = []
-        @Option(help: "Last valid day, YYYY-MM-DD (default: the global sunset).") var sunset: String?
+        @Option(help: "Last valid day, YYYY-MM-DD (default: the last day the rules allow).") var sunset: String?
         @Option(help: "Message size limit, bytes or e.g. 10M.") var maxSize: String?
         @Option(help: "Message rate limit, e.g. 60/hour.") var maxRate: String?
 
         func validate() throws {
             if addresses.isEmpty { throw ValidationError("give at least one --address") }
             if senders.isEmpty { throw ValidationError("give at least one --sender") }
-            if let sunset, CalendarDate(sunset) == nil { throw ValidationError("--sunset '\(sunset)': write YYYY-MM-DD") }
+            if let sunset, case .failure(let problem) = CalendarDate.parse(sunset) { throw ValidationError("--sunset: \(problem.message)") }
         }
 
         func run() throws {
@@ -103,9 +105,7 @@ struct DevicesCommand: ParsableCommand {
                 let file = "\(PolicyLoader.display(directory, PolicyLoader.devicesDirectory))/\(device.department)/\(device.id).yaml"
                 print("added device \(device.id) as \(file): registered \(device.registered), sunset \(device.sunset)")
             case .failure(let errors):
-                for issue in errors.issues { FileHandle.standardError.write(Data("\(issue)\n".utf8)) }
-                FileHandle.standardError.write(Data("device \(id) was not added\n".utf8))
-                throw ExitCode.failure
+                report(errors, outcome: "device \(id) was not added")
             }
         }
     }
@@ -136,12 +136,7 @@ struct DevicesCommand: ParsableCommand {
                 let revocation = device.revocation.map { "on \($0.date) by \($0.by): \($0.reason)" } ?? ""
                 print("revoked device \(device.id) \(revocation); \(file) keeps it, marked revoked")
             case .failure(let errors):
-                for issue in errors.issues {
-                    let place = issue.line > 0 ? "\(issue.file):\(issue.line)" : issue.file
-                    FileHandle.standardError.write(Data("\(place): error: \(issue.message) (fix: \(issue.fix))\n".utf8))
-                }
-                FileHandle.standardError.write(Data("device \(id) was not revoked\n".utf8))
-                throw ExitCode.failure
+                report(errors, outcome: "device \(id) was not revoked")
             }
         }
     }
@@ -198,6 +193,17 @@ struct DeviceListing: Codable {
     var revoked: String?
     var revokedBy: String?
     var revokeReason: String?
+}
+
+/// A refusal of `devices add` or `devices revoke` on standard error, and exit status 1. An issue of the file that was
+/// not written has no line.
+private func report(_ errors: PolicyErrors, outcome: String) -> Never {
+    for issue in errors.issues {
+        let place = issue.line > 0 ? "\(issue.file):\(issue.line)" : issue.file
+        FileHandle.standardError.write(Data("\(place): error: \(issue.message) (fix: \(issue.fix))\n".utf8))
+    }
+    FileHandle.standardError.write(Data("\(outcome)\n".utf8))
+    DevicesCommand.exit(withError: ExitCode.failure)
 }
 
 private func printDevices(_ devices: [RegisteredDevice], policy: PolicySet, now: Date, json: Bool) throws {

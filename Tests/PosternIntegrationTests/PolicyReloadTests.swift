@@ -111,7 +111,7 @@ final class PolicyReloadTests: XCTestCase {
         XCTAssertTrue(refused.contains("554 5.7.1 Device it-scanner-4 registration revoked on \(day); use TLS submission on port 587"), refused)
         let again = try Shell.run([Repo.posternBinary.path, "devices", "revoke", "it-scanner-4", "--policies", policies.path, "--reason", "again"])
         XCTAssertEqual(again.status, 1, again.output)
-        XCTAssertTrue(again.output.contains("error: device 'it-scanner-4' was already revoked on \(day) by alice"), again.output)
+        XCTAssertTrue(again.output.contains("devices.d/it/it-scanner-4.yaml: error: device 'it-scanner-4' was already revoked on \(day) by alice"), again.output)
 
         // Only deleting the file makes it unknown.
         try FileManager.default.removeItem(at: file)

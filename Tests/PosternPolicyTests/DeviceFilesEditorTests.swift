@@ -40,7 +40,7 @@ import Glibc
                                note: "model: Acme 3000"),
             directory: fixture.directory, now: today).get()
         #expect(added.registered == CalendarDate("2026-11-24"))
-        #expect(added.sunset == CalendarDate("2027-08-31"))  // the global sunset
+        #expect(added.sunset == CalendarDate("2027-03-31"))  // chem's own sunset, before the global one
         #expect(added.location == "Gebäude 1, Raum 1.23, \"east\" wing; model: Acme 3000")
         #expect(added.maxMessageSize == 5 << 20)
         #expect(added.maxRate?.description == "30/hour")
@@ -126,11 +126,11 @@ import Glibc
         #expect(again.issues.contains { $0.message.contains("device 'demo-scanner' is already revoked on 2026-11-24") }, "\(again)")
         let sameAddress = try #require(DeviceFilesEditor.add(registration("it-new", address: "127.0.0.1", department: "it"), directory: fixture.directory, now: today).failure)
         #expect(sameAddress.issues.contains { $0.message.contains("overlaps 127.0.0.1 of device 'demo-scanner'") }, "\(sameAddress)")
-        let sunset = try #require(DeviceFilesEditor.setSunset(id: "demo-scanner", date: CalendarDate("2027-01-01")!, directory: fixture.directory).failure)
+        let sunset = try #require(DeviceFilesEditor.setSunset(id: "demo-scanner", date: CalendarDate("2027-01-01")!, directory: fixture.directory, now: today).failure)
         #expect(sunset.issues.contains { $0.message == "device 'demo-scanner' was revoked on 2026-11-24" }, "\(sunset)")
         let twice = try #require(DeviceFilesEditor.revoke(id: "demo-scanner", by: "bob", reason: "again", directory: fixture.directory, now: today).failure)
         #expect(twice.issues.map(\.description) == [
-            "\(fixture.display("devices.d")):0: device 'demo-scanner' was already revoked on 2026-11-24 by alice (fix: nothing to do)",
+            "\(fixture.display("devices.d/it/demo-scanner.yaml")):0: device 'demo-scanner' was already revoked on 2026-11-24 by alice (fix: nothing to do)",
         ])
     }
 
@@ -155,7 +155,7 @@ import Glibc
         let fixture = try PolicyFixture()
         defer { fixture.remove() }
         let before = try fixture.deviceTree()
-        let device = try DeviceFilesEditor.setSunset(id: "chem-scanner-1", date: CalendarDate("2027-03-15")!, directory: fixture.directory).get()
+        let device = try DeviceFilesEditor.setSunset(id: "chem-scanner-1", date: CalendarDate("2027-03-15")!, directory: fixture.directory, now: today).get()
         #expect(device.sunset == CalendarDate("2027-03-15"))
         let after = try fixture.read("devices.d/chem/chem-scanner-1.yaml")
         let expected = PolicyFixture.deviceFiles["chem/chem-scanner-1.yaml"]!
@@ -166,13 +166,49 @@ import Glibc
         #expect(try fixture.load().device(id: "chem-scanner-1")?.registered == CalendarDate("2023-09-12"))
     }
 
-    @Test func setSunsetBeforeRegistrationIsRefusedByValidation() throws {
+    /// The registration page's rules (`DeviceFieldRules.sunsetProblem`): not in the past, not after the department's
+    /// or the global sunset, whichever comes first. The refusal names the file, without a line.
+    @Test(arguments: [
+        ("demo-scanner", "2026-11-23", "device 'demo-scanner': sunset 2026-11-23 cannot be in the past (today is 2026-11-24)"),
+        ("demo-scanner", "2027-09-01", "device 'demo-scanner': the rules allow 2027-08-31 at the latest for department it (the global sunset), not 2027-09-01"),
+        ("chem-scanner-1", "2027-04-01", "device 'chem-scanner-1': the rules allow 2027-03-31 at the latest for department chem (department chem's sunset), not 2027-04-01"),
+    ])
+    func setSunsetOutsideTheRulesIsRefused(_ id: String, _ date: String, _ message: String) throws {
         let fixture = try PolicyFixture()
         defer { fixture.remove() }
         let before = try fixture.deviceTree()
-        let errors = try #require(DeviceFilesEditor.setSunset(id: "demo-scanner", date: CalendarDate("2025-01-01")!, directory: fixture.directory).failure)
-        #expect(errors.description.contains("before its registration"))
+        let errors = try #require(DeviceFilesEditor.setSunset(id: id, date: CalendarDate(date)!, directory: fixture.directory, now: today).failure)
+        let file = id == "demo-scanner" ? "devices.d/it/demo-scanner.yaml" : "devices.d/chem/chem-scanner-1.yaml"
+        #expect(errors.issues.map(\.file) == [fixture.display(file)] && errors.issues.map(\.line) == [0], "\(errors)")
+        #expect(errors.issues.first?.message == message)
         try expectOthersUnchanged(fixture, before: before, except: nil)
+    }
+
+    /// The same rules for `devices add`: a sunset past the department's or the global one is refused, none given is the
+    /// last day allowed, and a problem of the entry is the problem of the file that was not written, without a line.
+    @Test func addFollowsTheSunsetRulesAndNamesTheFileItDidNotWrite() throws {
+        let fixture = try PolicyFixture()
+        defer { fixture.remove() }
+        let before = try fixture.deviceTree()
+        var late = registration("chem-late", address: "10.1.9.1")
+        late.sunset = CalendarDate("2027-06-30")
+        let refused = try #require(DeviceFilesEditor.add(late, directory: fixture.directory, now: today).failure)
+        #expect(refused.issues.map(\.description) == [
+            "\(fixture.display("devices.d/chem/chem-late.yaml")):0: device 'chem-late': the rules allow 2027-03-31 at the latest for department chem (department chem's sunset), not 2027-06-30 (fix: give a sunset within the rules (or none: the last day they allow))",
+        ])
+        var foreign = registration("chem-foreign", address: "10.1.9.2")
+        foreign.senders = ["payroll@gmail.com"]
+        let outside = try #require(DeviceFilesEditor.add(foreign, directory: fixture.directory, now: today).failure)
+        #expect(outside.issues.map(\.file) == [fixture.display("devices.d/chem/chem-foreign.yaml"), fixture.display("devices.d/chem/chem-foreign.yaml")])
+        #expect(outside.issues.allSatisfy { $0.line == 0 }, "\(outside)")
+        // (The fixture's chem has no domains of its own: the internal domains bound it.)
+        #expect(outside.issues.first?.message == "device 'chem-foreign': sender payroll@gmail.com is outside the internal domains (example.edu, *.example.edu)")
+        #expect(outside.issues.last?.message.hasSuffix("not written)") == true)
+        try expectOthersUnchanged(fixture, before: before, except: nil)
+        var itDevice = registration("it-default", address: "10.9.1.1", department: "it")
+        itDevice.owner = "it-helpdesk@example.edu"
+        itDevice.senders = ["scan@example.edu"]
+        #expect(try DeviceFilesEditor.add(itDevice, directory: fixture.directory, now: today).get().sunset == CalendarDate("2027-08-31"))
     }
 
     /// A device file with line breaks libyaml counts but LF does not (the old editor's line arithmetic went wrong on
@@ -184,7 +220,7 @@ import Glibc
         let fixture = try PolicyFixture(devices: devices)
         defer { fixture.remove() }
         #expect(try fixture.load().device(id: "chem-scanner-1") != nil)
-        _ = try DeviceFilesEditor.setSunset(id: "chem-scanner-1", date: CalendarDate("2027-02-01")!, directory: fixture.directory).get()
+        _ = try DeviceFilesEditor.setSunset(id: "chem-scanner-1", date: CalendarDate("2027-02-01")!, directory: fixture.directory, now: today).get()
         #expect(try fixture.load().device(id: "chem-scanner-1")?.sunset == CalendarDate("2027-02-01"))
         _ = try DeviceFilesEditor.revoke(id: "chem-scanner-1", by: "alice", reason: "gone", directory: fixture.directory, now: today).get()
         #expect(try fixture.load().device(id: "chem-scanner-1")?.revocation?.reason == "gone")
@@ -232,7 +268,7 @@ import Glibc
                 if case .failure(let e) = DeviceFilesEditor.revoke(id: "phys-old", by: "alice", reason: "gone", directory: directory, now: now) { failures.add("\(e)") }
             }
             group.addTask {
-                if case .failure(let e) = DeviceFilesEditor.setSunset(id: "demo-scanner", date: CalendarDate("2027-02-01")!, directory: directory) {
+                if case .failure(let e) = DeviceFilesEditor.setSunset(id: "demo-scanner", date: CalendarDate("2027-02-01")!, directory: directory, now: now) {
                     failures.add("\(e)")
                 }
             }

@@ -130,7 +130,7 @@ final class FieldRulesTests: XCTestCase {
         XCTAssertNotNil(files["chem/chem-x5.yaml"])
         XCTAssertEqual(files.count, 14, "only the two valid devices were added: \(files.keys.sorted())")
         XCTAssertTrue(try FileManager.default.contentsOfDirectory(atPath: directory.appendingPathComponent("devices.d/chem").path)
-            .allSatisfy { !$0.contains(".tmp-") }, "no temporary file is left behind")
+            .allSatisfy { !$0.hasPrefix(".") }, "no temporary file is left behind")
     }
 
     func testPostternCheckReportsEntriesThatBreakTheRulesWithFileAndLine() async throws {

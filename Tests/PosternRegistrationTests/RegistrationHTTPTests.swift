@@ -107,7 +107,7 @@ final class RegistrationHTTPTests: XCTestCase {
                 (["sunset": "2031-01-01"], "error-sunset", "2027-08-31 at the latest"),
                 (["sunset": "2020-01-01"], "error-sunset", "cannot be in the past"),
                 (["sunset": "next year"], "error-sunset", "YYYY-MM-DD"),
-                (["sunset": "2027-02-30"], "error-sunset", "2027-02-30 is not a day in the calendar."),
+                (["sunset": "2027-02-30"], "error-sunset", "2027-02-30 does not exist: February 2027 has 28 days."),
                 (["sunset": ""], "error-sunset", "Choose the last day the device may send."),
                 (["sender": "example.edu"], "error-sender", "example.edu is not one mail address"),
                 (["sender": ""], "error-sender", "Give the address the device sends as."),
