@@ -59,6 +59,12 @@ scripts/slapd-instance.sh start "$var/slapd" "$(port 3389)" "$(port 3636)" polic
 "$bin" sink --listen "127.0.0.1:$(port 2526)" --tls starttls --cert certs/server.pem --key certs/server.key \
   --ca certs/ca.pem --outbox "$var/outbox" --hostname sink.localhost &
 pids+=($!)
+# The gateway relays at once when it has something to send (a sunset reminder, mail left in the spool): a sink
+# that is not listening yet would back the upstream off for a minute. So the sink listens first.
+for _ in $(seq 1 100); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$(port 2526)") 2>/dev/null && break
+  sleep 0.1
+done
 
 stale=""
 if [ -n "$(find policies -newer "$var/demo/policies" -name '*.yaml' ! -name postern.yaml -print -quit)" ]; then
