@@ -19,6 +19,14 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
         .package(url: "https://github.com/hummingbird-project/swift-mustache.git", from: "2.1.1"),
+        // Upstream authentication (issue #17): the OAuth 2.0 token request, the RFC 7523 client assertion,
+        // certificates read for probe, check and the expiry metric.
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/vapor/jwt-kit.git", from: "5.7.1"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
+        .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
+        .package(url: "https://github.com/swift-extras/swift-extras-base64", from: "1.2.0"),
     ],
     targets: [
         // OpenLDAP's client library (libldap, liblber) as a Swift module.
@@ -85,18 +93,26 @@ let package = Package(
             ]
         ),
         // Delivery from the spool: the outbound SMTP client with mutual TLS (a state machine and the channel code that
-        // drives it), the pure delivery plan (route, classify, expire, bounce) and the code that carries it out.
+        // drives it), the pure delivery plan (route, classify, expire, bounce) and the code that carries it out;
+        // upstream AUTH (PLAIN, LOGIN, XOAUTH2 with OAuth 2.0 client credentials) and `postern probe`'s session.
         .target(
             name: "PosternRelay",
             dependencies: [
                 "PosternCore", "PosternSMTP",
                 "PosternSpool",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+                .product(name: "ExtrasBase64", package: "swift-extras-base64"),
                 .product(name: "HeapModule", package: "swift-collections"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOTLS", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -155,6 +171,8 @@ let package = Package(
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
             ]
         ),
         // The department device-registration web application (HTTPS, LDAP login, admin approval), on the policy
@@ -162,7 +180,7 @@ let package = Package(
         .target(
             name: "PosternRegistration",
             dependencies: [
-                "PosternCore", "PosternPolicy", "PosternDirectory",
+                "PosternCore", "PosternPolicy", "PosternDirectory", "PosternListener", "PosternSession", "PosternSMTP",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "Mustache", package: "swift-mustache"),
@@ -233,7 +251,9 @@ let package = Package(
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
-            ]
+            ],
+            // The Microsoft 365 stand-in (token endpoint and upstream) the tests run with /usr/bin/python3.
+            exclude: ["Fixtures"]
         ),
     ]
 )

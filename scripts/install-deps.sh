@@ -3,7 +3,8 @@
 # Idempotent and quiet when everything is there. Needs root (or sudo) to install.
 set -euo pipefail
 # chromium, chromium-driver and python3-selenium: the registration page's end-to-end browser test (headless).
-packages=(swaks slapd ldap-utils libldap2-dev postfix python3 python3-aiosmtpd openssl pkg-config curl chromium chromium-driver python3-selenium)
+# python3-jwt and python3-cryptography: the Microsoft 365 stand-in's token endpoint checks client assertions with them.
+packages=(swaks slapd ldap-utils libldap2-dev postfix python3 python3-aiosmtpd python3-jwt python3-cryptography openssl pkg-config curl chromium chromium-driver python3-selenium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -18,6 +18,9 @@ public struct ConfigIssue: Error, Sendable, Hashable, CustomStringConvertible {
     /// `FILE:LINE: message (fix: ...)`.
     public var description: String { "\(file):\(line): \(message) (fix: \(fix))" }
 
+    /// `FILE:LINE: error: message (fix: ...)`: what `postern check` lists apart from the warnings.
+    public var errorDescription: String { "\(file):\(line): error: \(message) (fix: \(fix))" }
+
     /// `FILE:LINE: warning: message (fix: ...)`: something worth fixing that does not stop the gateway.
     public var warningDescription: String { "\(file):\(line): warning: \(message) (fix: \(fix))" }
 }
@@ -28,9 +31,10 @@ public struct ConfigErrors: Error, Sendable, CustomStringConvertible {
 
     public init(issues: [ConfigIssue]) { self.issues = issues }
 
-    /// The same issues in the order an admin reads them: by file, then line.
+    /// The same issues in the order an admin reads them: by file, then line (then message and fix, so that the
+    /// order does not depend on the order they were found in).
     public init(sorting issues: [ConfigIssue]) {
-        self.issues = issues.sorted { ($0.file, $0.line) < ($1.file, $1.line) }
+        self.issues = issues.sorted { ($0.file, $0.line, $0.message, $0.fix) < ($1.file, $1.line, $1.message, $1.fix) }
     }
 
     public var description: String { issues.map(\.description).joined(separator: "\n") }

@@ -185,7 +185,7 @@ public struct GatewayConfiguration: Sendable {
 
         let registration = top["registration"].flatMap { node in
             RegistrationConfiguration.read(node, reader: &reader, inherited: .init(tls: tls, hasDirectory: directory != nil || top["directory"] != nil,
-                                                                                 groupBase: directory?.groupBase))
+                                                                                 groupBase: directory?.groupBase, hostname: hostname))
         }
 
         if !reader.issues.isEmpty { throw ConfigErrors(issues: reader.issues) }
@@ -253,8 +253,8 @@ public struct GatewayConfiguration: Sendable {
         let map = reader.mapping(node, known: ["hostname", "upstreams", "default", "routes", "retry"], context: "relay")
         var upstreams: [UpstreamConfiguration] = []
         for entry in reader.sequence(map["upstreams"], "relay.upstreams") {
-            let u = reader.mapping(entry, known: ["name", "host", "port", "tls", "server-name", "ca-file", "certificate", "key",
-                                                  "max-connections", "connect-timeout-seconds"], context: "upstream")
+            let u = reader.mapping(entry, known: Set(["name", "host", "port", "tls", "server-name", "ca-file", "certificate", "key",
+                                                      "max-connections", "connect-timeout-seconds"]).union(upstreamAuthKeys), context: "upstream")
             guard let name = reader.string(u["name"], "upstream name"), let host = reader.string(u["host"], "upstream host"),
                   let port = reader.int(u["port"], "upstream port", range: 1...65535),
                   let ca = reader.string(u["ca-file"], "upstream ca-file"),
@@ -277,6 +277,7 @@ public struct GatewayConfiguration: Sendable {
                                                  caFile: resolve(ca), certificateFile: resolve(certificate), keyFile: resolve(key))
             if let n = reader.int(u["max-connections"], "max-connections", range: 1...256) { upstream.maxConnections = n }
             if let t = reader.int(u["connect-timeout-seconds"], "connect-timeout-seconds", range: 1...300) { upstream.connectTimeout = .seconds(t) }
+            parseUpstreamAuth(u, into: &upstream, reader: &reader, resolve: resolve)
             upstreams.append(upstream)
         }
         guard !upstreams.isEmpty else {

@@ -7,7 +7,8 @@ import ServiceLifecycle
 import UnixSignals
 
 /// What `postern serve` runs, built from postern.yaml: the policy store, the audit log and metrics, the gateway
-/// (listeners, relay, admin endpoint), the reload watcher, the sunset reminders and the registration page, as one
+/// (listeners, relay, admin endpoint), the reload watcher, the sunset reminders, the certificate expiry watch and
+/// the registration page, as one
 /// `ServiceGroup`.
 ///
 /// Threads: the gateway's event-loop group is the only one in the process; the registration page serves on it, and
@@ -42,8 +43,11 @@ public final class GatewayServices: Sendable {
             }
             let reminders = SunsetReminders(policies: policies, target: gateway.deliveryTarget, stateFile: gateway.stateFile("sunset-reminders.json"),
                                             hostname: configuration.hostname, logger: logger)
+            // Certificate expiry: the metric, and audit warnings 30, 14 and 7 days ahead (once each).
+            let certificates = CertificateExpiryWatch(configuration: configuration, metrics: metrics, audit: audit,
+                                                      stateFile: gateway.stateFile("certificate-warnings.json"), logger: logger)
             // Shut down in reverse: whatever runs on the gateway's loops stops before the gateway stops them.
-            let services: [any Service] = [gateway, ReloadService(policies: policies, gateway: gateway, logger: logger), reminders]
+            let services: [any Service] = [gateway, ReloadService(policies: policies, gateway: gateway, logger: logger), reminders, certificates]
                 + (registration.map { [$0] } ?? [])
             let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: gracefulShutdownSignals, logger: logger))
             return GatewayServices(configuration: configuration, policies: policies, gateway: gateway, registration: registration, group: group)
@@ -74,7 +78,7 @@ public final class GatewayServices: Sendable {
 
     /// The registration page as `postern serve` runs it: on the gateway's event loops, logging in through the
     /// gateway's `DirectoryLogin` (one throttle for SMTP AUTH and the page), reading and changing the gateway's
-    /// policy store, counting into its metrics.
+    /// policy store, counting into its metrics, and mailing through its delivery target.
     private static func makeRegistrationServer(_ configuration: RegistrationConfiguration, gateway: Gateway, policies: PolicyStore,
                                                audit: AuditLog, logger: Logger) async throws -> RegistrationServer {
         guard let login = gateway.directoryLogin else {
@@ -85,9 +89,12 @@ public final class GatewayServices: Sendable {
         }
         let desk = try RegistrationDesk(configuration: configuration, policies: policies, audit: audit)
         let metrics = gateway.metrics
+        // Mail to the admins and the contacts goes through the gateway's own delivery path (spool and relay, or outbox).
+        let notifier = RegistrationNotifier(target: gateway.deliveryTarget, hostname: gateway.configuration.hostname,
+                                            configuration: configuration, audit: audit, logger: logger)
         return try await RegistrationServer(desk: desk, login: login, revealNotAuthorized: gateway.configuration.revealNotAuthorized,
-                                            countLogin: { metrics.registrationLogin(result: $0) }, eventLoopGroup: gateway.eventLoopGroup,
-                                            logger: logger)
+                                            countLogin: { metrics.registrationLogin(result: $0) }, notifier: notifier,
+                                            eventLoopGroup: gateway.eventLoopGroup, logger: logger)
     }
 }
 

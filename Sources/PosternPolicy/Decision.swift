@@ -151,19 +151,16 @@ public struct PolicySet: Sendable {
     public let listeners: [PolicyEndpoint: ListenerRule]
     public let serviceAccounts: [ServiceAccount]
     public let departments: [String: Department]
-    public let devices: [RegisteredDevice]
-    private let index: AddressIndex
-    private let deviceByID: [String: Int]
-    /// `effectiveSunset(for: devices[i])`, worked out once per load for the decision path.
-    private let sunsets: [EffectiveSunset]
+    /// Sorted by id.
+    public let devices: DeviceList
+    private let catalog: DeviceCatalog
     /// `isEndpointEnabled` by `PolicyEndpoint.allCases` order.
     private let enabled: [Bool]
 
-    /// `deviceByID` maps each device's id to its position in `devices` (rebuilt if it does not cover them
-    /// all); `index` is built from `devices`.
+    /// `catalog` holds the devices, with no two of one id and no two overlapping address ranges.
     init(timeZone: TimeZone, internalDomains: [DomainPattern], globalSunset: CalendarDate?, reminderDays: [Int],
-         listeners: [PolicyEndpoint: ListenerRule], serviceAccounts: [ServiceAccount],
-         departments: [String: Department], devices: [RegisteredDevice], deviceByID: [String: Int], index: AddressIndex) {
+         listeners: [PolicyEndpoint: ListenerRule], serviceAccounts: [ServiceAccount], departments: [String: Department],
+         catalog: DeviceCatalog) {
         self.timeZone = timeZone
         self.internalDomains = internalDomains
         self.globalSunset = globalSunset
@@ -171,28 +168,9 @@ public struct PolicySet: Sendable {
         self.listeners = listeners
         self.serviceAccounts = serviceAccounts
         self.departments = departments
-        self.devices = devices
-        self.index = index
-        if deviceByID.count == devices.count {
-            self.deviceByID = deviceByID  // every device's id, so every value is an index into `devices`
-        } else {
-            var byID: [String: Int] = [:]
-            for i in devices.indices { byID[devices[i].id] = i }
-            self.deviceByID = byID
-        }
+        self.catalog = catalog
+        devices = DeviceList(entries: catalog.byID)
         enabled = PolicyEndpoint.allCases.map { listeners[$0]?.enabled ?? true }
-        var sunsets: [EffectiveSunset] = []
-        sunsets.reserveCapacity(devices.count)
-        // Devices of one department usually come together: look the department up once per run of them.
-        var department: (id: String, sunset: CalendarDate?)?
-        for i in devices.indices {
-            if department?.id != devices[i].department {
-                department = (devices[i].department, departments[devices[i].department]?.sunset)
-            }
-            sunsets.append(Self.effectiveSunset(id: devices[i].id, sunset: devices[i].sunset, department: devices[i].department,
-                                                departmentSunset: department?.sunset, global: globalSunset))
-        }
-        self.sunsets = sunsets
     }
 
     // MARK: Lookups
@@ -204,10 +182,10 @@ public struct PolicySet: Sendable {
 
     /// The device registered for a client address (IPv4-mapped IPv6 counts as IPv4).
     public func device(forAddress address: IPAddress) -> RegisteredDevice? {
-        index.device(for: address).map { devices[$0] }
+        catalog.entry(for: address)?.device
     }
 
-    public func device(id: String) -> RegisteredDevice? { deviceByID[id].map { devices[$0] } }
+    public func device(id: String) -> RegisteredDevice? { catalog.entry(id: id)?.device }
 
     public func isEndpointEnabled(_ endpoint: PolicyEndpoint) -> Bool { enabled[endpoint.position] }
 
@@ -261,25 +239,27 @@ public struct PolicySet: Sendable {
     }
 
     private func decideDevice(_ input: DecisionInput) -> Decision {
-        guard let ip = input.client.ip, let i = index.device(for: ip) else {
+        // The device is read where the catalog holds it (`entry.device`), not copied: this runs for every command.
+        guard let ip = input.client.ip, let entry = catalog.entry(for: ip) else {
             return Decision(reply: PolicyReply.notRegistered(input.clientAddress),
                             rule: "devices: no device registered for \(input.clientAddress)")
         }
-        let sunset = sunsets[i]
+        let sunset = Self.effectiveSunset(id: entry.device.id, sunset: entry.device.sunset, department: entry.device.department,
+                                          departmentSunset: departments[entry.device.department]?.sunset, global: globalSunset)
         if today(input.now) > sunset.date {
-            return Decision(reply: PolicyReply.expired(device: devices[i].id, on: sunset.date), rule: sunset.description)
+            return Decision(reply: PolicyReply.expired(device: entry.device.id, on: sunset.date), rule: sunset.description)
         }
         guard let sender = input.sender else {
-            return .accept(.deviceRegistered(device: devices[i].id, sunset: sunset))
+            return .accept(.deviceRegistered(device: entry.device.id, sunset: sunset))
         }
         guard case .mailbox(let mailbox) = sender, let domain = Self.plainDomain(mailbox),
-              let matched = devices[i].senders.first(where: { $0.matches(localPart: mailbox.localPart, domain: domain) })
+              let matched = entry.device.senders.first(where: { $0.matches(localPart: mailbox.localPart, domain: domain) })
         else {
-            return Decision(reply: PolicyReply.senderNotAllowed(sender, device: devices[i].id),
-                            rule: "device \(devices[i].id): sender not in allowed senders")
+            return Decision(reply: PolicyReply.senderNotAllowed(sender, device: entry.device.id),
+                            rule: "device \(entry.device.id): sender not in allowed senders")
         }
         guard let recipient = input.recipient else {
-            return .accept(.deviceSender(device: devices[i].id, sender: matched))
+            return .accept(.deviceSender(device: entry.device.id, sender: matched))
         }
         guard let domain = Self.plainDomain(recipient) else {
             return Decision(reply: PolicyReply.externalRecipient(recipient),

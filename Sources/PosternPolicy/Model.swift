@@ -162,8 +162,14 @@ public struct RegisteredDevice: Sendable, Hashable {
     public var sunset: CalendarDate
     public var maxMessageSize: Int?
     public var maxRate: RateLimit?
-    /// Line of the entry in devices.yaml, for messages.
+    /// Line of the entry in its device file, for messages.
     public var line: Int
+
+    /// The device's file under a policy directory: `devices.d/<department>/<id>.yaml`.
+    public func file(in policyDirectory: String) -> String {
+        URL(fileURLWithPath: policyDirectory).appendingPathComponent(PolicyLoader.devicesDirectory)
+            .appendingPathComponent(department).appendingPathComponent("\(id).yaml").path
+    }
 }
 
 /// An account (typically a service, not a person) that may send as any address in some domains.

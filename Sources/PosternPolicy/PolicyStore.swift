@@ -12,10 +12,8 @@ import PosternSession
 public final class PolicyStore: Sendable {
     public let directory: URL
     private let current: NIOLockedValueBox<PolicySet>
-    private let fingerprint: NIOLockedValueBox<String>
-    /// devices.yaml as last read: a reload with the same devices.yaml (an edit of policy.yaml, a SIGHUP
-    /// for a new certificate) does not parse its entries again.
-    private let parsedDevices: NIOLockedValueBox<ParsedDevices?>
+    /// Loads again reading only the device files whose fingerprint changed (`PolicyLoader`).
+    public let reader: PolicyReader
     private let logger: Logger
     /// Message rate limits, shared by every session and kept across reloads.
     public let rateLimiter: RateLimiter
@@ -27,41 +25,44 @@ public final class PolicyStore: Sendable {
         self.logger = logger
         self.rateLimiter = rateLimiter
         self.userRateLimit = userMessagesPerHour.flatMap { RateLimit("\($0)/hour") }
-        let (result, parsed) = PolicyLoader.load(directory: directory, reusing: nil)
-        let policy = try result.get()
-        parsedDevices = NIOLockedValueBox(parsed)
-        current = NIOLockedValueBox(policy)
-        fingerprint = NIOLockedValueBox(Self.fingerprint(of: directory))
+        reader = PolicyReader(directory: directory)
+        current = NIOLockedValueBox(try reader.load().policy.get())
     }
 
     public var policy: PolicySet { current.withLockedValue { $0 } }
 
-    /// Loads and validates the files; swaps only when valid. Returns the errors otherwise.
+    /// Loads and validates the files, looking at every device file's fingerprint (one listing per directory, one
+    /// `stat` per file; SIGHUP); swaps only when valid. Returns the errors otherwise.
     @discardableResult
     public func reload(reason: String) -> PolicyErrors? {
-        let print = Self.fingerprint(of: directory)
-        let (result, parsed) = PolicyLoader.load(directory: directory, reusing: parsedDevices.withLockedValue { $0 })
-        parsedDevices.withLockedValue { $0 = parsed }
+        let load = reader.load(everything: true)
+        return apply(load.policy, reason: reason, counts: load.counts)
+    }
+
+    /// Reloads when any policy file changed since the last load: policy.yaml and departments.yaml are read, and of
+    /// devices.d the entries the watch saw change are looked at (everything, where there is no watch); only files
+    /// whose fingerprint changed are read. Returns the errors of a refused reload.
+    @discardableResult
+    public func reloadIfChanged() -> PolicyErrors? {
+        let load = reader.load()
+        guard load.changed else { return nil }
+        return apply(load.policy, reason: "files changed", counts: load.counts)
+    }
+
+    @discardableResult
+    private func apply(_ result: Result<PolicySet, PolicyErrors>, reason: String, counts: PolicyLoadCounts) -> PolicyErrors? {
         switch result {
         case .success(let policy):
             current.withLockedValue { $0 = policy }
-            fingerprint.withLockedValue { $0 = print }
-            logger.notice("policy reloaded", metadata: ["reason": "\(reason)", "devices": "\(policy.devices.count)"])
+            logger.notice("policy reloaded", metadata: ["reason": "\(reason)", "devices": "\(policy.devices.count)",
+                                                        "device-files-read": "\(counts.filesParsed)"])
             return nil
         case .failure(let errors):
-            fingerprint.withLockedValue { $0 = print }  // do not retry the same broken files every tick
             logger.error("policy reload refused; keeping the previous policy", metadata: [
                 "reason": "\(reason)", "errors": "\(errors.issues.map(\.description).joined(separator: "; "))",
             ])
             return errors
         }
-    }
-
-    /// Reloads when any policy file changed since the last load (size, mtime or inode).
-    public func reloadIfChanged() {
-        let now = Self.fingerprint(of: directory)
-        guard now != fingerprint.withLockedValue({ $0 }) else { return }
-        reload(reason: "files changed")
     }
 
     /// Polls the files until cancelled.
@@ -70,14 +71,6 @@ public final class PolicyStore: Sendable {
             try? await Task.sleep(for: interval)
             reloadIfChanged()
         }
-    }
-
-    static func fingerprint(of directory: URL) -> String {
-        PolicyLoader.fileNames.map { name -> String in
-            var info = stat()
-            guard stat(directory.appendingPathComponent(name).path, &info) == 0 else { return "\(name):missing" }
-            return "\(name):\(info.st_ino):\(info.st_size):\(info.st_mtim.tv_sec).\(info.st_mtim.tv_nsec)"
-        }.joined(separator: "|")
     }
 
     /// Session rules bound to the policy in force now.

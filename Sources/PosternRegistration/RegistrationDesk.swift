@@ -54,8 +54,8 @@ public struct DeviceRow: Sendable, Hashable {
     public var isDueSoon: Bool
 }
 
-/// The registration workflow without HTTP: requests, approval through `DevicesFileEditor`, rejection, revocation,
-/// sunset extension; every change goes to the audit log with who did it.
+/// The registration workflow without HTTP: requests, approval through `DeviceFilesEditor` (one device file each),
+/// rejection, revocation, sunset extension; every change goes to the audit log with who did it.
 ///
 /// Pages read the gateway's own `PolicyStore` (the policy in force, not the files parsed again per view); a change
 /// the desk writes reloads the store at once, so the gateway and the next page both see it.
@@ -120,7 +120,9 @@ public final class RegistrationDesk: Sendable {
         } else if !user.mayAct(for: form.department) {
             errors["department"] = "You may only register devices for your own department."
         }
-        if form.deviceID.range(of: #"^[a-z0-9][a-z0-9-]{1,62}$"#, options: .regularExpression) == nil {
+        if form.deviceID.isEmpty {
+            errors["device"] = "Give the device a name."
+        } else if form.deviceID.range(of: #"^[a-z0-9][a-z0-9-]{1,62}$"#, options: .regularExpression) == nil {
             errors["device"] = "Use 2–63 lower-case letters, digits and dashes, starting with a letter or digit."
         } else if policy.device(id: form.deviceID) != nil {
             errors["device"] = "A device with this name is already registered."
@@ -129,24 +131,34 @@ public final class RegistrationDesk: Sendable {
         check(text: form.location, field: "location", max: 200, "Say where the device stands (building, room).", into: &errors)
         check(text: form.justification, field: "justification", max: 2000, "Explain why the device cannot use TLS with authentication.",
               multiline: true, into: &errors)
-        if let message = addressProblem(form.address, policy: policy) { errors["address"] = message }
-        // The same rules the policy loader applies to devices.yaml (and so `devices add` and `postern check`).
-        if !form.sender.contains("@") || form.sender.hasPrefix("@") {
-            errors["sender"] = "Give one mail address, e.g. scanner@dept.example.edu."
-        } else if let pattern = SenderPattern(form.sender) {
+        if form.address.isEmpty {
+            errors["address"] = "Give the device's IP address."
+        } else if let message = addressProblem(form.address, policy: policy) {
+            errors["address"] = message
+        }
+        // The same rules the policy loader applies to each device file (and so `devices add` and `postern check`).
+        if form.sender.isEmpty {
+            errors["sender"] = "Give the address the device sends as."
+        } else if form.sender.contains("@"), !form.sender.hasPrefix("@"), let pattern = SenderPattern(form.sender) {
             if let department = policy.departments[form.department],
                let problem = DeviceFieldRules.senderProblem(pattern, department: department, internalDomains: policy.internalDomains) {
                 errors["sender"] = "The \(problem)."
             }
         } else {
-            errors["sender"] = "Give one mail address, e.g. scanner@dept.example.edu."
+            errors["sender"] = "\(form.sender) is not one mail address; give one, e.g. scanner@dept.example.edu."
         }
-        if (try? AddressParser.parseMailbox(form.contact)) == nil {
-            errors["contact"] = "Give the mail address that gets sunset reminders."
+        if form.contact.isEmpty {
+            errors["contact"] = "Give the mail address that gets the decision and the sunset reminders."
+        } else if (try? AddressParser.parseMailbox(form.contact)) == nil {
+            errors["contact"] = "\(form.contact) is not a mail address; give one, e.g. it-helpdesk@example.edu."
         } else if let problem = DeviceFieldRules.contactProblem(form.contact, internalDomains: policy.internalDomains) {
             errors["contact"] = "The contact must be internal: \(problem)."
         }
-        if let message = sunsetProblem(form.sunset, department: form.department, policy: policy) { errors["sunset"] = message }
+        if form.sunset.isEmpty {
+            errors["sunset"] = "Choose the last day the device may send."
+        } else if let message = sunsetProblem(form.sunset, department: form.department, policy: policy) {
+            errors["sunset"] = message
+        }
 
         guard errors.isEmpty else { return .failure(errors) }
         let request = try requests.modify { all -> Result<RegistrationRequest, FieldErrors> in
@@ -170,7 +182,7 @@ public final class RegistrationDesk: Sendable {
         return request
     }
 
-    /// Writes the requested device to devices.yaml through `DevicesFileEditor.append` (validated, locked, atomic).
+    /// Writes the requested device's file through `DeviceFilesEditor.add` (validated, locked, atomic).
     public func approve(requestID: String, by user: WebUser) throws -> RegisteredDevice {
         guard user.isAdmin else { throw RegistrationFailure("Only gateway admins approve requests.") }
         let device = try requests.modify { all -> RegisteredDevice in
@@ -184,7 +196,7 @@ public final class RegistrationDesk: Sendable {
             let registration = DeviceRegistration(id: r.deviceID, department: r.department, owner: r.contact, location: r.location,
                                                   addresses: [r.address], senders: [r.sender], sunset: CalendarDate(r.sunset),
                                                   note: "model: \(r.model); web request \(r.id) by \(r.requestedBy), approved by \(user.login)")
-            switch DevicesFileEditor.append(registration, directory: policyDirectory, now: now()) {
+            switch DeviceFilesEditor.add(registration, directory: policyDirectory, now: now(), reader: policies.reader) {
             case .failure(let errors):
                 throw RegistrationFailure("\(r.deviceID) was not registered: " + errors.issues.map(\.message).joined(separator: "; "))
             case .success(let device):
@@ -201,17 +213,21 @@ public final class RegistrationDesk: Sendable {
         return device
     }
 
+    /// Rejects a pending request with a reason, which is kept, shown in the history and mailed to the contact.
+    /// A missing or unusable reason throws `FieldErrors` for `reason`.
     public func reject(requestID: String, reason: String, by user: WebUser) throws -> RegistrationRequest {
         guard user.isAdmin else { throw RegistrationFailure("Only gateway admins reject requests.") }
         let reason = reason.trimmingCharacters(in: .whitespacesAndNewlines)
-        if let problem = DeviceFieldRules.freeTextProblem(reason) { throw RegistrationFailure("The reason must be plain text: \(problem).") }
+        var errors = FieldErrors()
+        check(text: reason, field: "reason", max: 500, "Give a reason; the contact gets it by mail.", multiline: true, into: &errors)
+        guard errors.isEmpty else { throw errors }
         let request = try requests.modify { all -> RegistrationRequest in
             guard let i = all.firstIndex(where: { $0.id == requestID }) else { throw RegistrationFailure("There is no such request.") }
             guard all[i].status == .pending else { throw RegistrationFailure("Request \(all[i].deviceID) was already \(all[i].status.rawValue).") }
             all[i].status = .rejected
             all[i].decidedBy = user.login
             all[i].decidedAt = now()
-            all[i].reason = reason.isEmpty ? nil : String(reason.prefix(500))
+            all[i].reason = reason
             return all[i]
         }
         record("registration_rejected", user, ["request": "\(request.id)", "device": "\(request.deviceID)", "department": "\(request.department)",
@@ -221,7 +237,7 @@ public final class RegistrationDesk: Sendable {
 
     public func revoke(deviceID: String, by user: WebUser) throws -> RegisteredDevice {
         guard user.isAdmin else { throw RegistrationFailure("Only gateway admins revoke devices.") }
-        switch DevicesFileEditor.remove(id: deviceID, directory: policyDirectory) {
+        switch DeviceFilesEditor.remove(id: deviceID, directory: policyDirectory, reader: policies.reader) {
         case .failure(let errors): throw RegistrationFailure("\(deviceID) was not revoked: " + errors.issues.map(\.message).joined(separator: "; "))
         case .success(let device):
             policyChanged("\(device.id) revoked")
@@ -238,7 +254,7 @@ public final class RegistrationDesk: Sendable {
         guard let device = policy.device(id: deviceID) else { throw RegistrationFailure("\(deviceID) is not registered.") }
         if let message = sunsetProblem(text, department: device.department, policy: policy) { throw RegistrationFailure("\(deviceID): \(message)") }
         guard let date = CalendarDate(text) else { throw RegistrationFailure("\(deviceID): Give a date as YYYY-MM-DD.") }  // sunsetProblem checked it
-        switch DevicesFileEditor.setSunset(id: deviceID, date: date, directory: policyDirectory) {
+        switch DeviceFilesEditor.setSunset(id: deviceID, date: date, directory: policyDirectory, reader: policies.reader) {
         case .failure(let errors): throw RegistrationFailure("\(deviceID): " + errors.issues.map(\.message).joined(separator: "; "))
         case .success(let updated):
             policyChanged("\(deviceID) sunset changed")
@@ -290,7 +306,10 @@ public final class RegistrationDesk: Sendable {
     }
 
     func sunsetProblem(_ text: String, department: String, policy: PolicySet) -> String? {
-        guard let date = CalendarDate(text) else { return "Give a date as YYYY-MM-DD." }
+        guard let date = CalendarDate(text) else {
+            if text.range(of: #"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"#, options: .regularExpression) != nil { return "\(text) is not a day in the calendar." }
+            return "Give a date as YYYY-MM-DD."
+        }
         let today = policy.today(now())
         if date < today { return "The sunset date cannot be in the past." }
         if let latest = latestSunset(department: department, policy: policy), date > latest {

@@ -26,6 +26,8 @@ public final class RegistrationServer: Service, Sendable {
     let countLogin: @Sendable (String) -> Void
     /// The gateway's event loops (one group in the process).
     let eventLoopGroup: any EventLoopGroup
+    /// Mail to the admins on a request and to the contact on a decision; nil: none is sent.
+    let notifier: RegistrationNotifier?
     let roles: RoleMap
     let sessions: SessionStore
     let templates: MustacheLibrary
@@ -35,8 +37,10 @@ public final class RegistrationServer: Service, Sendable {
     private let started = NIOLockedValueBox<[CheckedContinuation<Int, Never>]>([])
 
     public init(desk: RegistrationDesk, login: DirectoryLogin, revealNotAuthorized: Bool = false,
-                countLogin: @escaping @Sendable (String) -> Void = { _ in }, eventLoopGroup: any EventLoopGroup, logger: Logger) async throws {
+                countLogin: @escaping @Sendable (String) -> Void = { _ in }, notifier: RegistrationNotifier? = nil,
+                eventLoopGroup: any EventLoopGroup, logger: Logger) async throws {
         self.desk = desk
+        self.notifier = notifier
         self.login = login
         self.revealNotAuthorized = revealNotAuthorized
         self.countLogin = countLogin
@@ -67,44 +71,7 @@ public final class RegistrationServer: Service, Sendable {
     public func run() async throws {
         let router = Router(context: RegistrationRequestContext.self)
         router.add(middleware: SecurityHeaders())
-        router.get("/") { [self] request, _ in
-            sessions.session(request.cookies[Self.sessionCookie]?.value) == nil ? redirect("/login") : redirect("/devices")
-        }
-        router.get("/login") { [self] _, _ in loginPage() }
-        router.post("/login") { [self] request, context in await handleLogin(request, client: context.remoteAddress?.ipAddress ?? "unknown") }
-        router.post("/logout") { [self] request, _ in await withSession(request) { s, _, token in
-            sessions.end(token)
-            var r = redirect("/login")
-            r.setCookie(Cookie(name: Self.sessionCookie, value: "", maxAge: 0, path: "/", secure: true, httpOnly: true, sameSite: .strict))
-            return r
-        } }
-        router.get("/devices") { [self] request, _ in withSessionGET(request) { s in devicesPage(s) } }
-        router.get("/devices.csv") { [self] request, _ in withSessionGET(request) { s in try csv(s) } }
-        router.get("/register") { [self] request, _ in withSessionGET(request) { s in registerPage(s, form: nil, errors: FieldErrors()) } }
-        router.post("/register") { [self] request, _ in await withSession(request) { s, fields, _ in
-            let form = RegistrationForm(fields: fields)
-            switch try desk.submit(form, by: s.user) {
-            case .failure(let errors): return registerPage(s, form: form, errors: errors, status: .unprocessableContent)
-            case .success(let r): return devicesPage(s, notice: "Request for \(r.deviceID) submitted; it is pending until a gateway admin approves it.")
-            }
-        } }
-        router.post("/requests/:id/approve") { [self] request, context in await withSession(request) { s, _, _ in
-            let id = context.parameters.get("id") ?? ""
-            let device = try desk.approve(requestID: id, by: s.user)
-            return devicesPage(s, notice: "Approved: \(device.id) is registered and the gateway accepts it from \(device.addresses.map(\.description).joined(separator: ", ")).")
-        } }
-        router.post("/requests/:id/reject") { [self] request, context in await withSession(request) { s, fields, _ in
-            let r = try desk.reject(requestID: context.parameters.get("id") ?? "", reason: fields["reason"] ?? "", by: s.user)
-            return devicesPage(s, notice: "Rejected the request for \(r.deviceID).")
-        } }
-        router.post("/devices/:id/revoke") { [self] request, context in await withSession(request) { s, _, _ in
-            let d = try desk.revoke(deviceID: context.parameters.get("id") ?? "", by: s.user)
-            return devicesPage(s, notice: "Revoked \(d.id); the gateway no longer accepts it.")
-        } }
-        router.post("/devices/:id/extend") { [self] request, context in await withSession(request) { s, fields, _ in
-            let d = try desk.extend(deviceID: context.parameters.get("id") ?? "", to: (fields["sunset"] ?? "").trimmingCharacters(in: .whitespaces), by: s.user)
-            return devicesPage(s, notice: "The sunset of \(d.id) is now \(d.sunset).")
-        } }
+        addRoutes(to: router)
 
         let configuration = desk.configuration
         let app = Application(
@@ -124,18 +91,34 @@ public final class RegistrationServer: Service, Sendable {
 
     // MARK: Request plumbing
 
-    /// GET pages need a session; without one the browser goes to the login page.
-    func withSessionGET(_ request: Request, _ body: (WebSession) throws -> Response) -> Response {
-        guard let s = sessions.session(request.cookies[Self.sessionCookie]?.value) else { return redirect("/login") }
+    /// GET pages need a session; without one the browser goes to the login page. The page gets what the last
+    /// POST left for it (once: a reload shows the plain page).
+    func withSessionGET(_ request: Request, _ body: (WebSession, Flash?) throws -> Response) -> Response {
+        let token = request.cookies[Self.sessionCookie]?.value
+        guard let s = sessions.session(token, takingFlash: true) else { return redirect("/login") }
         do {
-            return try body(s)
+            return try body(s, s.flash)
+        } catch let failure as RegistrationFailure {
+            // A page about a request or device that is gone, decided, or not the user's: the list says why.
+            // (The list itself does not throw.)
+            sessions.setFlash(token, Flash(problem: failure.description))
+            return redirect("/devices")
         } catch {
             return message(s, title: "Something went wrong", text: "\(error)", status: .serviceUnavailable)
         }
     }
 
-    /// POSTs need a session and its CSRF token; failures render as pages, never as a 500.
-    func withSession(_ request: Request, _ body: (WebSession, [String: String], String?) throws -> Response) async -> Response {
+    /// Where a POST sends the browser (303, post/redirect/get) and what the page there shows.
+    struct Outcome {
+        var location: String
+        var flash: Flash
+    }
+
+    /// POSTs need a session and its CSRF token. Whatever the action does, refuses or throws, the answer is a
+    /// 303 to a GET page that shows the outcome, so a reload never repeats it; `back` is that page for a
+    /// refusal thrown as `RegistrationFailure`. Only a form that cannot be read (400) or a token that does not
+    /// match (403) is answered directly: nothing was done.
+    func withSession(_ request: Request, back: String = "/devices", _ body: (WebSession, [String: String]) async throws -> Outcome) async -> Response {
         let token = request.cookies[Self.sessionCookie]?.value
         guard let s = sessions.session(token) else { return redirect("/login") }
         guard let fields = await formFields(request) else {
@@ -145,13 +128,16 @@ public final class RegistrationServer: Service, Sendable {
             logger.notice("CSRF token mismatch", metadata: ["login": "\(s.user.login)", "path": "\(request.uri.path)"])
             return message(s, title: "Forbidden", text: "The form's security token did not match. Reload the page and try again.", status: .forbidden)
         }
+        let outcome: Outcome
         do {
-            return try body(s, fields, token)
+            outcome = try await body(s, fields)
         } catch let failure as RegistrationFailure {
-            return devicesPage(s, problem: failure.description, status: .conflict)
+            outcome = Outcome(location: back, flash: Flash(problem: failure.description))
         } catch {
-            return devicesPage(s, problem: "\(error)", status: .conflict)
+            outcome = Outcome(location: back, flash: Flash(problem: "\(error)"))
         }
+        sessions.setFlash(token, outcome.flash)
+        return redirect(outcome.location)
     }
 
     func formFields(_ request: Request) async -> [String: String]? {
@@ -214,125 +200,6 @@ public final class RegistrationServer: Service, Sendable {
         case .success, .invalidCredentials, .notAuthorized:
             return loginPage(login: name, problem: "Wrong user name or password.", status: .unauthorized)
         }
-    }
-
-    // MARK: Pages
-
-    func render(_ template: String, _ context: [String: Any], status: HTTPResponse.Status = .ok) -> Response {
-        let html = templates.render(context, withTemplate: template) ?? "template \(template) missing"
-        return Response(status: status, headers: [.contentType: "text/html; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(string: html)))
-    }
-
-    func userContext(_ s: WebSession) -> [String: Any] {
-        ["login": s.user.login, "role": s.user.isAdmin ? "gateway admin" : "contact for \(s.user.departments.joined(separator: ", "))",
-         "csrf": s.csrf, "admin": s.user.isAdmin]
-    }
-
-    func loginPage(login: String = "", problem: String? = nil, status: HTTPResponse.Status = .ok) -> Response {
-        let csrf = randomToken()
-        var context: [String: Any] = ["title": "Log in", "csrf": csrf, "login": login]
-        if let problem { context["problem"] = problem }
-        var response = render("login", context, status: status)
-        response.setCookie(Cookie(name: Self.loginCookie, value: csrf, path: "/login", secure: true, httpOnly: true, sameSite: .strict))
-        return response
-    }
-
-    func message(_ s: WebSession, title: String, text: String, status: HTTPResponse.Status) -> Response {
-        render("message", ["title": title, "message": text, "user": userContext(s), "csrf": s.csrf], status: status)
-    }
-
-    func registerPage(_ s: WebSession, form: RegistrationForm?, errors: FieldErrors, status: HTTPResponse.Status = .ok) -> Response {
-        guard let policy = try? desk.policy() else { return message(s, title: "Unavailable", text: "The policy files do not load.", status: .serviceUnavailable) }
-        let departments = desk.departments(for: s.user, policy: policy)
-        var form = form ?? RegistrationForm()
-        if form.department.isEmpty { form.department = departments.first?.id ?? "" }
-        if form.sunset.isEmpty, form.deviceID.isEmpty { form.sunset = desk.latestSunset(department: form.department, policy: policy)?.description ?? "" }
-        let latest = departments.map { d in "\(desk.latestSunset(department: d.id, policy: policy)?.description ?? "–") (\(d.id))" }.joined(separator: ", ")
-        var context: [String: Any] = [
-            "title": "Register a device", "user": userContext(s), "csrf": s.csrf, "latest": latest,
-            "departments": departments.map { ["id": $0.id, "name": $0.name, "selected": $0.id == form.department] as [String: Any] },
-            "form": ["deviceID": form.deviceID, "model": form.model, "location": form.location, "address": form.address,
-                     "sender": form.sender, "contact": form.contact, "sunset": form.sunset, "justification": form.justification],
-            "errors": errors.messages,
-        ]
-        if !errors.isEmpty { context["problem"] = "The request was not submitted; see the fields marked below." }
-        return render("register", context, status: status)
-    }
-
-    func devicesPage(_ s: WebSession, notice: String? = nil, problem: String? = nil, status: HTTPResponse.Status = .ok) -> Response {
-        let policy: PolicySet
-        do {
-            policy = try desk.policy()
-        } catch {
-            return message(s, title: "Unavailable", text: "\(error)", status: .serviceUnavailable)
-        }
-        let rows = desk.rows(for: s.user, policy: policy)
-        let departments = desk.departments(for: s.user, policy: policy).map { d -> [String: Any] in
-            let devices = rows.filter { $0.device.department == d.id }.map { row -> [String: Any] in
-                let days = row.isExpired ? "expired \(-row.daysLeft) day\(row.daysLeft == -1 ? "" : "s") ago" : "\(row.daysLeft)"
-                return ["id": row.device.id, "location": row.device.location, "owner": row.device.owner,
-                        "addresses": row.device.addresses.map(\.description).joined(separator: ", "),
-                        "senders": row.device.senders.map(\.description).joined(separator: ", "),
-                        "sunset": row.effectiveSunset.date.description, "sunsetSource": Self.source(row.effectiveSunset),
-                        "daysText": days, "rowClass": row.isExpired ? "expired" : row.isDueSoon ? "due-soon" : "ok"]
-            }
-            return ["id": d.id, "name": d.name, "devices": devices,
-                    "latest": desk.latestSunset(department: d.id, policy: policy)?.description ?? "no date",
-                    "reminderDays": policy.reminderDays.first ?? 0]
-        }
-        let formatter = ISO8601DateFormatter()
-        let requests = ((try? desk.visibleRequests(for: s.user)) ?? []).map { r -> [String: Any] in
-            var item: [String: Any] = ["senderClass": "", "id": r.id, "deviceID": r.deviceID, "department": r.department, "model": r.model, "location": r.location,
-                                       "address": r.address, "sender": r.sender, "contact": r.contact, "sunset": r.sunset,
-                                       "justification": r.justification, "requestedBy": r.requestedBy,
-                                       "requestedAt": formatter.string(from: r.requestedAt), "status": r.status.rawValue,
-                                       "actionable": s.user.isAdmin && r.status == .pending]
-            if let d = r.decidedBy { item["decidedBy"] = d }
-            if let reason = r.reason { item["reason"] = reason }
-            if let note = desk.senderNote(r, policy: policy) {
-                // For the approver: the sender is not in the department's own domains.
-                item["senderClass"] = "outside-domains"
-                item["senderNote"] = note
-            }
-            return item
-        }
-        var context: [String: Any] = ["title": "Devices", "user": userContext(s), "csrf": s.csrf, "admin": s.user.isAdmin,
-                                      "departments": departments, "requests": requests, "hasRequests": !requests.isEmpty]
-        if let notice { context["notice"] = notice }
-        if let problem { context["problem"] = problem }
-        return render("devices", context, status: status)
-    }
-
-    static func source(_ s: EffectiveSunset) -> String {
-        switch s.source {
-        case .global: return "global rule"
-        case .department(let d): return "department \(d)"
-        case .device: return "device"
-        }
-    }
-
-    func csv(_ s: WebSession) throws -> Response {
-        let policy = try desk.policy()
-        var lines = ["device,department,owner,location,addresses,senders,registered,sunset,effective_sunset,sunset_rule,days_left,status"]
-        for row in desk.rows(for: s.user, policy: policy) {
-            let d = row.device
-            let fields = [d.id, d.department, d.owner, d.location, d.addresses.map(\.description).joined(separator: " "),
-                          d.senders.map(\.description).joined(separator: " "), d.registered.description, d.sunset.description,
-                          row.effectiveSunset.date.description, Self.source(row.effectiveSunset), "\(row.daysLeft)",
-                          row.isExpired ? "expired" : row.isDueSoon ? "reminder" : "active"]
-            lines.append(fields.map(Self.csvField).joined(separator: ","))
-        }
-        return Response(status: .ok,
-                        headers: [.contentType: "text/csv; charset=utf-8", .contentDisposition: "attachment; filename=\"postern-devices.csv\""],
-                        body: .init(byteBuffer: ByteBuffer(string: lines.joined(separator: "\r\n") + "\r\n")))
-    }
-
-    /// RFC 4180 quoting; a leading `=`, `+`, `-` or `@` is defused so spreadsheets do not run it as a formula.
-    static func csvField(_ value: String) -> String {
-        var v = value
-        if let first = v.first, "=+-@".contains(first) { v = "'" + v }
-        guard v.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" || $0 == "\r" }) else { return v }
-        return "\"" + v.replacingOccurrences(of: "\"", with: "\"\"") + "\""
     }
 }
 

@@ -25,7 +25,7 @@ struct DeliveryPlan: Sendable {
 
         var text: String {
             switch self {
-            case .reply(let reply): return reply.description
+            case .reply(let reply): return ExchangeOnlineReplies.annotated(reply)
             case .local(let reason): return reason
             }
         }
@@ -108,7 +108,7 @@ struct DeliveryPlan: Sendable {
                     update(recipient, reply: reply.description, upstream: route.upstream, state: .delivered)
                 case .reply(let reply) where reply.isPermanent:
                     disposition = .failed
-                    update(recipient, reply: reply.description, upstream: route.upstream, state: .failed)
+                    update(recipient, reply: result.text, upstream: route.upstream, state: .failed)
                     failed.append(.init(address: recipient, status: reply.enhancedStatus ?? "5.0.0", diagnostic: reply.description, remoteMTA: remoteMTA))
                 default:
                     disposition = .deferred

@@ -263,9 +263,9 @@ public final class Relay: Sendable {
         return address[..<at] + address[at...].lowercased()
     }
 
-    /// Throttling replies pause the whole upstream, not just this message.
+    /// Throttling replies pause the whole upstream, not just this message (`ExchangeOnlineReplies.isUpstreamWide`).
     static func isUpstreamThrottle(_ reply: SMTPReply) -> Bool {
-        reply.code == 421 || (reply.isTransient && (reply.enhancedStatus?.hasPrefix("4.7.") ?? false))
+        ExchangeOnlineReplies.isUpstreamWide(reply)
     }
 
     /// The same result for every recipient (a connection that failed before any reply).
@@ -289,12 +289,12 @@ public final class Relay: Sendable {
             let reply = (error as? UpstreamConnectionError)?.upstreamReply
             var pauseEnds: Date?
             if let reply, !reply.isPermanent {
-                pauseEnds = await pool.backOff(epoch: epoch, now: clock(), reason: reply.description)
+                pauseEnds = await pool.backOff(epoch: epoch, now: clock(), reason: ExchangeOnlineReplies.annotated(reply))
             } else if reply == nil {
                 pauseEnds = await pool.backOff(epoch: epoch, now: clock(), reason: reason)
             }
             logger.warning("upstream connection failed", metadata: ["upstream": "\(pool.upstream.name)", "error": "\(reason)"])
-            return .attempted(Self.everyone(recipients, .local(reply.map { "\($0)" } ?? reason)), pauseEnds: pauseEnds)
+            return .attempted(Self.everyone(recipients, .local(reply.map(ExchangeOnlineReplies.annotated) ?? reason)), pauseEnds: pauseEnds)
         }
         let (connection, needsReset) = acquired
         do {
@@ -305,7 +305,7 @@ public final class Relay: Sendable {
             var pauseEnds: Date?
             if let throttle {
                 await pool.release(connection, reusable: throttle.code != 421, needsReset: true)
-                pauseEnds = await pool.backOff(epoch: epoch, now: clock(), reason: throttle.description)
+                pauseEnds = await pool.backOff(epoch: epoch, now: clock(), reason: ExchangeOnlineReplies.annotated(throttle))
             } else {
                 if !anyFailure { await pool.succeeded() }
                 await pool.release(connection, reusable: result.connectionReusable, needsReset: anyFailure)

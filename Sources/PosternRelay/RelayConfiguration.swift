@@ -23,6 +23,12 @@ public struct UpstreamConfiguration: Sendable, Hashable {
     public var commandTimeout: Duration
     /// Idle connections are closed after this.
     public var idleTimeout: Duration
+    /// SMTP AUTH after TLS is up (PLAIN or LOGIN with a password, or XOAUTH2 with an OAuth 2.0 token); none by default:
+    /// the client certificate is the credential (a certificate-based connector).
+    public var auth: UpstreamAuth?
+    /// The tenant's accepted domains (Microsoft 365), for `postern check`: the client certificate's names and the
+    /// senders' domains must fall within them. Empty: not checked.
+    public var acceptedDomains: [String] = []
 
     public init(name: String, host: String, port: Int, tls: TLSMode = .startTLS, serverName: String, caFile: String,
                 certificateFile: String, keyFile: String, maxConnections: Int = 4, connectTimeout: Duration = .seconds(10),

@@ -22,8 +22,8 @@ extension UpstreamConnection {
                 return result
             case .fail(let error):
                 throw error
-            case .startTLS, .ready:
-                throw UpstreamConnectionError.protocolState("\(action) in a transaction")
+            case .startTLS, .ready, .sendCredentials, .authenticated, .retryWithFreshCredential:
+                throw UpstreamConnectionError.protocolState("\(action.name) in a transaction")
             }
         }
     }

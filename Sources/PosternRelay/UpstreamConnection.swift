@@ -25,6 +25,13 @@ public enum UpstreamConnectionError: Error, Sendable, Hashable, CustomStringConv
     case malformedReply(String)
     /// The session's state machine was asked something its state cannot take (a fault of ours, see `UpstreamSession`).
     case protocolState(String)
+    /// AUTH is configured but the upstream's EHLO over TLS does not offer that mechanism.
+    case authNotOffered(mechanism: String, offered: [String])
+    /// The upstream refused AUTH (after one fresh credential, when the first was cached); `detail` is XOAUTH2's error.
+    case authRejected(mechanism: String, user: String, reply: SMTPReply, detail: String?)
+    /// No credential to authenticate with: the token endpoint failed or refused, or the secret cannot be read.
+    /// A local failure: the message stays queued and the upstream is backed off.
+    case credentialsUnavailable(String)
 
     public var description: String {
         switch self {
@@ -32,13 +39,18 @@ public enum UpstreamConnectionError: Error, Sendable, Hashable, CustomStringConv
         case .tlsFailed(let why): return "TLS failed: \(why)"
         case .tlsHandshakeFailed(let why): return "TLS handshake failed: \(why)"
         case .startTLSNotOffered: return "upstream does not offer STARTTLS; not sending in plaintext"
-        case .startTLSRefused(let reply): return "STARTTLS refused: \(reply)"
-        case .greetingRefused(let reply): return "greeting: \(reply)"
-        case .ehloRefused(let reply): return "EHLO refused: \(reply)"
+        case .startTLSRefused(let reply): return "STARTTLS refused: \(ExchangeOnlineReplies.annotated(reply))"
+        case .greetingRefused(let reply): return "greeting: \(ExchangeOnlineReplies.annotated(reply))"
+        case .ehloRefused(let reply): return "EHLO refused: \(ExchangeOnlineReplies.annotated(reply))"
         case .closed: return "connection closed by upstream"
         case .timeout: return "timeout waiting for upstream"
         case .malformedReply(let why): return "\(why.prefix(100))"
         case .protocolState(let why): return "internal error in the upstream session: \(why)"
+        case .authNotOffered(let mechanism, let offered):
+            return "the upstream does not offer AUTH \(mechanism) over TLS (it offers: \(offered.isEmpty ? "no AUTH" : offered.joined(separator: " ")))"
+        case .authRejected(let mechanism, let user, let reply, let detail):
+            return "AUTH \(mechanism) as \(user) refused: \(ExchangeOnlineReplies.annotated(reply))" + (detail.map { " (the upstream said: \($0))" } ?? "")
+        case .credentialsUnavailable(let why): return "no credentials for AUTH: \(why)"
         }
     }
 
@@ -198,6 +210,8 @@ public final class UpstreamConnection: Sendable {
     public var isActive: Bool { channel.isActive }
     /// What the upstream offered in its EHLO reply over TLS.
     public var extensions: Set<String> { session.withLockedValue { $0.extensions } }
+    /// The EHLO reply's lines over TLS after the first, as the upstream wrote them.
+    public var extensionLines: [String] { session.withLockedValue { $0.extensionLines } }
     public var supportsPipelining: Bool { extensions.contains("PIPELINING") }
 
     static func makeTLSContext(_ upstream: UpstreamConfiguration) throws -> NIOSSLContext {
@@ -270,8 +284,8 @@ public final class UpstreamConnection: Sendable {
                     break setup
                 case .fail(let error):
                     throw error
-                case .sendMessage, .finished:
-                    throw UpstreamConnectionError.protocolState("\(action) during setup")
+                case .sendMessage, .finished, .sendCredentials, .authenticated, .retryWithFreshCredential:
+                    throw UpstreamConnectionError.protocolState("\(action.name) during setup")
                 }
             }
             connection.session.withLockedValue { $0 = session }

@@ -12,6 +12,10 @@ import NIOSSL
 /// burst of an M365 connector to the one-hour cap). An attempt carries the pool's `epoch` from when
 /// it began; only a failure of an attempt begun in the current epoch raises the level, and
 /// raising it starts a new epoch.
+///
+/// When the upstream has `auth`, each new connection authenticates with the pool's `UpstreamAuthenticator` (one
+/// access token cache for all of them) before it is used; a failure there (refused credentials, a token endpoint
+/// that is down) is a failed connection like any other: the upstream backs off and the mail stays queued.
 actor UpstreamPool {
     let upstream: UpstreamConfiguration
     private let hostname: String
@@ -19,6 +23,8 @@ actor UpstreamPool {
     private let logger: Logger
     private let schedule: RetrySchedule
     private var tlsContext: NIOSSLContext?
+    /// AUTH's credentials (and the access token cache) when the upstream wants AUTH.
+    let authenticator: UpstreamAuthenticator?
     private var idle: [(connection: UpstreamConnection, needsReset: Bool, since: ContinuousClock.Instant)] = []
     private var open = 0
     private var waiters: [CheckedContinuation<Void, Never>] = []
@@ -34,6 +40,7 @@ actor UpstreamPool {
         self.group = group
         self.schedule = schedule
         self.logger = logger
+        authenticator = upstream.auth.map { UpstreamAuthenticator(auth: $0) }
     }
 
     func pausedUntil(now: Date) -> Date? {
@@ -94,6 +101,7 @@ actor UpstreamPool {
                 do {
                     let context = try makeTLSContext()
                     let connection = try await UpstreamConnection.connect(to: upstream, tlsContext: context, hostname: hostname, group: group)
+                    if let authenticator { _ = try await connection.authenticate(with: authenticator) }
                     return (connection, false)
                 } catch {
                     open -= 1

@@ -1,3 +1,4 @@
+import Foundation
 import PosternSMTP
 
 /// One message as the upstream session sends it.
@@ -22,7 +23,9 @@ struct TransactionResult: Sendable, Hashable {
 /// takes replies and returns what to send next; `UpstreamConnection` does the I/O.
 ///
 /// Setup: the greeting, EHLO, and with STARTTLS the switch to TLS and EHLO again (RFC 3207 4.2: what was
-/// learnt before TLS is forgotten); never on without TLS. Then one transaction at a time: RSET when the
+/// learnt before TLS is forgotten); never on without TLS. Then, when the upstream wants it, AUTH (RFC 4954):
+/// PLAIN, LOGIN or XOAUTH2, only over TLS; a rejected credential that was cached (an access token, which
+/// may have been revoked) is replaced once and tried again, a second rejection ends the setup. Then one transaction at a time: RSET when the
 /// session is reused after a failure, MAIL, a RCPT per recipient and DATA, pipelined in one write when the
 /// upstream offers PIPELINING (RFC 2920) and one command at a time otherwise, the dot-stuffed message, and
 /// a reply per recipient at the end.
@@ -41,6 +44,42 @@ struct UpstreamSession: Sendable {
         case finished(TransactionResult)
         /// Give up on this connection.
         case fail(UpstreamConnectionError)
+        /// Write this AUTH line (it holds a secret: never log it) and give the one reply to `receive`.
+        case sendCredentials(String)
+        /// AUTH succeeded: setup is done.
+        case authenticated
+        /// The upstream refused a credential that was not fresh: get a fresh one (`UpstreamCredential.fresh`) and
+        /// call `authenticate(with:)` again on this session.
+        case retryWithFreshCredential(rejection: SMTPReply)
+
+        /// The case for error texts: `sendCredentials` carries a secret.
+        var name: String {
+            switch self {
+            case .send: return "send"
+            case .startTLS: return "startTLS"
+            case .ready: return "ready"
+            case .sendMessage: return "sendMessage"
+            case .finished: return "finished"
+            case .fail: return "fail"
+            case .sendCredentials: return "sendCredentials"
+            case .authenticated: return "authenticated"
+            case .retryWithFreshCredential: return "retryWithFreshCredential"
+            }
+        }
+    }
+
+    /// Where AUTH stands.
+    enum AuthStep: Sendable, Hashable {
+        /// `AUTH PLAIN <initial response>` or `AUTH XOAUTH2 <initial response>` was written.
+        case initialResponse
+        /// `AUTH LOGIN` was written; the 334 asks for the user name.
+        case loginStarted
+        /// LOGIN's user name was written.
+        case loginUsername
+        /// LOGIN's password was written.
+        case loginPassword
+        /// XOAUTH2 got a 334 with the error (RFC 7628 3.2.2 style); the empty line that ends it was written.
+        case xoauth2ErrorAcknowledged(challenge: String)
     }
 
     /// Where a transaction stands.
@@ -64,6 +103,7 @@ struct UpstreamSession: Sendable {
         case ehlo(secured: Bool)
         case startingTLS
         case ready
+        case authenticating(AuthStep)
         case transaction(Step)
         case failed
     }
@@ -73,6 +113,20 @@ struct UpstreamSession: Sendable {
     let tls: UpstreamConfiguration.TLSMode
     /// What the upstream offered in its EHLO reply over TLS.
     private(set) var extensions: Set<String> = []
+    /// The EHLO reply's lines over TLS after the greeting line, as sent (`SIZE 36700160`, `AUTH LOGIN XOAUTH2`).
+    private(set) var extensionLines: [String] = []
+    /// The SASL mechanisms of the AUTH extension, upper-cased.
+    var authMechanisms: Set<String> {
+        Set(extensionLines.lazy.compactMap { line -> [String]? in
+            let words = line.split(separator: " ").map { $0.uppercased() }
+            return words.first == "AUTH" ? Array(words.dropFirst()) : nil
+        }.joined())
+    }
+    /// The credential of the AUTH in progress (LOGIN sends it in two steps); dropped when AUTH ends.
+    private var credential: UpstreamCredential?
+    /// A stale credential was already replaced once on this session.
+    private var retriedAuth = false
+    private(set) var authenticated = false
     private var message = OutboundMessage(sender: "", recipients: [], size: 0)
     private var resetFirst = false
     private var replies: [String: SMTPReply] = [:]
@@ -111,6 +165,7 @@ struct UpstreamSession: Sendable {
             let offered = Set(reply.lines.dropFirst().compactMap { $0.split(separator: " ").first.map { $0.uppercased() } })
             if secured {
                 extensions = offered
+                extensionLines = Array(reply.lines.dropFirst())
                 state = .ready
                 return .ready(extensions: offered)
             }
@@ -119,9 +174,85 @@ struct UpstreamSession: Sendable {
             return .startTLS
         case .transaction(let step):
             return transaction(step, answers)
+        case .authenticating(let step):
+            guard let reply = single(answers) else { return failure("AUTH: \(answers.count) replies") }
+            return authentication(step, reply)
         case .startingTLS, .ready, .failed:
             return failure("\(answers.count) replies in state \(state)")
         }
+    }
+
+    // MARK: Authentication
+
+    /// Starts AUTH with `credential` once setup is `ready`: only over TLS (setup never gets there without it) and
+    /// only with a mechanism the upstream offers.
+    mutating func authenticate(with credential: UpstreamCredential) -> Action {
+        guard case .ready = state, !authenticated else { return failure("AUTH in state \(state)") }
+        let mechanism = credential.mechanism.uppercased()
+        guard authMechanisms.contains(mechanism) else {
+            return fail(.authNotOffered(mechanism: mechanism, offered: authMechanisms.sorted()))
+        }
+        self.credential = credential
+        switch mechanism {
+        case "PLAIN":
+            state = .authenticating(.initialResponse)
+            return .sendCredentials("AUTH PLAIN \(Self.base64("\0\(credential.username)\0\(credential.secret)"))\r\n")
+        case "LOGIN":
+            state = .authenticating(.loginStarted)
+            return .sendCredentials("AUTH LOGIN\r\n")
+        case "XOAUTH2":
+            state = .authenticating(.initialResponse)
+            return .sendCredentials("AUTH XOAUTH2 \(Self.xoauth2InitialResponse(user: credential.username, token: credential.secret))\r\n")
+        default:
+            return fail(.authNotOffered(mechanism: mechanism, offered: authMechanisms.sorted()))
+        }
+    }
+
+    /// XOAUTH2's initial response: base64 of `user=<mailbox>^Aauth=Bearer <token>^A^A` (Microsoft's and Google's
+    /// documentation of the mechanism).
+    static func xoauth2InitialResponse(user: String, token: String) -> String {
+        base64("user=\(user)\u{1}auth=Bearer \(token)\u{1}\u{1}")
+    }
+
+    static func base64(_ text: String) -> String { Data(text.utf8).base64EncodedString() }
+
+    private mutating func authentication(_ step: AuthStep, _ reply: SMTPReply) -> Action {
+        guard let credential else { return failure("AUTH reply without a credential") }
+        switch (step, reply.code) {
+        case (_, 235):
+            self.credential = nil
+            authenticated = true
+            state = .ready
+            return .authenticated
+        case (.loginStarted, 334):
+            state = .authenticating(.loginUsername)
+            return .sendCredentials(Self.base64(credential.username) + "\r\n")
+        case (.loginUsername, 334):
+            state = .authenticating(.loginPassword)
+            return .sendCredentials(Self.base64(credential.secret) + "\r\n")
+        case (.initialResponse, 334) where credential.mechanism.uppercased() == "XOAUTH2":
+            // The token was refused; the 334 carries the reason as base64 JSON and waits for an empty line.
+            let challenge = reply.lines.joined().trimmingCharacters(in: .whitespaces)
+            let decoded = Data(base64Encoded: challenge).flatMap { String(data: $0, encoding: .utf8) } ?? challenge
+            state = .authenticating(.xoauth2ErrorAcknowledged(challenge: String(decoded.prefix(300))))
+            return .sendCredentials("\r\n")
+        case (.xoauth2ErrorAcknowledged(let challenge), _):
+            return rejected(reply, credential: credential, detail: challenge, refetch: true)
+        default:
+            return rejected(reply, credential: credential, detail: nil, refetch: reply.code == 535)
+        }
+    }
+
+    /// The upstream refused the credential: once more with a fresh one when this one was cached and the answer says
+    /// "these credentials" (535, or XOAUTH2's error), else the setup ends.
+    private mutating func rejected(_ reply: SMTPReply, credential: UpstreamCredential, detail: String?, refetch: Bool) -> Action {
+        self.credential = nil
+        if refetch, !credential.fresh, !retriedAuth {
+            retriedAuth = true
+            state = .ready
+            return .retryWithFreshCredential(rejection: reply)
+        }
+        return fail(.authRejected(mechanism: credential.mechanism.uppercased(), user: credential.username, reply: reply, detail: detail))
     }
 
     // MARK: Transactions

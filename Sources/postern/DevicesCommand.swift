@@ -2,15 +2,15 @@ import ArgumentParser
 import Foundation
 import PosternPolicy
 
-/// `postern devices`: list registered devices, find those near their sunset, register new ones.
+/// `postern devices`: list registered devices, find those near their sunset, register new ones, migrate devices.yaml.
 struct DevicesCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "devices",
-        abstract: "List, check and register devices allowed on the plaintext device endpoint.",
-        subcommands: [List.self, Expiring.self, Add.self])
+        abstract: "List and register the devices allowed on the plaintext device endpoint; migrate a devices.yaml to devices.d.",
+        subcommands: [List.self, Expiring.self, Add.self, Migrate.self])
 
     struct Common: ParsableArguments {
-        @Option(help: "Directory holding policy.yaml, departments.yaml and devices.yaml.")
+        @Option(help: "Directory holding policy.yaml, departments.yaml and devices.d.")
         var policies: String = "policies"
 
         @Option(help: "Judge sunsets as of this day (YYYY-MM-DD) or instant (ISO 8601). Default: now.")
@@ -26,7 +26,7 @@ struct DevicesCommand: ParsableCommand {
         func run() throws {
             let policy = try loadPolicy(common.policies)
             let now = try instant(common.at, policy: policy)
-            try printDevices(policy.devices, policy: policy, now: now, json: json)
+            try printDevices(Array(policy.devices), policy: policy, now: now, json: json)
         }
     }
 
@@ -65,18 +65,19 @@ struct DevicesCommand: ParsableCommand {
 
     struct Add: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Register a device: validate it with the whole policy, then append it to devices.yaml.",
+            abstract: "Register a device: validate it with the whole policy, then write devices.d/<department>/<id>.yaml.",
             discussion: """
                 The registration date is today; the sunset defaults to the global sunset in policy.yaml. The entry \
                 follows the same rules as the registration page and `postern check`: senders in the department's \
                 domains (departments.yaml `domains:`, or the internal domains when it lists none), an internal owner, \
-                location in plain text (no control characters, line separators or bidi controls).
+                location in plain text (no control characters, line separators or bidi controls). The one new file is \
+                written atomically under the lock of devices.d; no other file changes.
                 """)
 
-        @Option(help: "Directory holding policy.yaml, departments.yaml and devices.yaml.")
+        @Option(help: "Directory holding policy.yaml, departments.yaml and devices.d.")
         var policies: String = "policies"
-        @Option(help: "Device id, e.g. chem-scanner-2.") var id: String
-        @Option(help: "Department id from departments.yaml.") var department: String
+        @Option(help: "Device id, e.g. chem-scanner-2; also the file name.") var id: String
+        @Option(help: "Department id from departments.yaml; also the directory.") var department: String
         @Option(help: "Owner's contact address, in the internal domains; reminded before the sunset.") var owner: String
         @Option(help: "Where the device sits.") var location: String?
         @Option(name: .customLong("address"), help: "Source address or CIDR block; repeat for more.") var addresses: [String] = []
@@ -96,12 +97,45 @@ struct DevicesCommand: ParsableCommand {
                 id: id, department: department, owner: owner, location: location, addresses: addresses, senders: senders,
                 sunset: sunset.flatMap { CalendarDate($0) }, maxMessageSize: maxSize, maxRate: maxRate)
             let directory = URL(fileURLWithPath: policies, isDirectory: true)
-            switch DevicesFileEditor.append(registration, directory: directory, now: Date()) {
+            switch DeviceFilesEditor.add(registration, directory: directory, now: Date()) {
             case .success(let device):
-                print("added device \(device.id) to \(policies)/\(PolicyLoader.devicesFile): registered \(device.registered), sunset \(device.sunset)")
+                let file = "\(PolicyLoader.display(directory, PolicyLoader.devicesDirectory))/\(device.department)/\(device.id).yaml"
+                print("added device \(device.id) as \(file): registered \(device.registered), sunset \(device.sunset)")
             case .failure(let errors):
                 for issue in errors.issues { FileHandle.standardError.write(Data("\(issue)\n".utf8)) }
                 FileHandle.standardError.write(Data("device \(id) was not added\n".utf8))
+                throw ExitCode.failure
+            }
+        }
+    }
+
+    struct Migrate: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Turn a devices.yaml into devices.d/<department>/<device-id>.yaml, one file per device.",
+            discussion: """
+                devices.yaml must load with policy.yaml and departments.yaml (the checks of `postern check`). The \
+                files are written into a new directory, loaded and compared with devices.yaml, and only then renamed \
+                to devices.d; devices.yaml is renamed to devices.yaml.migrated. An existing devices.d is never \
+                written over. Each file holds the entry's keys and values; comments of devices.yaml are not carried over.
+                """)
+
+        @Option(help: "Directory holding policy.yaml, departments.yaml and devices.yaml.")
+        var policies: String = "policies"
+
+        func run() throws {
+            let directory = URL(fileURLWithPath: policies, isDirectory: true)
+            switch DevicesMigration.migrate(directory: directory) {
+            case .success(let report):
+                for file in report.files { print("wrote \(PolicyLoader.display(directory, file))") }
+                print("migrated \(report.files.count) devices into \(report.departments) department directories of "
+                      + "\(PolicyLoader.display(directory, PolicyLoader.devicesDirectory)); moved devices.yaml to \(report.movedAside)")
+                if report.commentLines > 0 {
+                    print("note: the \(report.commentLines) comment lines of devices.yaml are not in the device files (they are still in \(report.movedAside))")
+                }
+                print("next: postern check, then git add devices.d && git rm devices.yaml, and delete \(report.movedAside)")
+            case .failure(let errors):
+                for issue in errors.issues { FileHandle.standardError.write(Data("\(issue)\n".utf8)) }
+                FileHandle.standardError.write(Data("nothing was migrated\n".utf8))
                 throw ExitCode.failure
             }
         }

@@ -173,8 +173,9 @@ struct QueueCommand: AsyncParsableCommand {
                 if let id, try QueueCommand.locate(directory, id: id) == .hold {
                     throw QueueFailure.notDone("\(id) is held; `postern queue release \(id)` puts it back in the queue")
                 }
-                // The pauses first: a running relay that saw a flushed state while its upstream was still paused
-                // would defer the message again to the pause's end, and the flush would be lost for it.
+                // The pause is lifted first: each change below wakes the relay, whose rescan would otherwise find an
+                // entry due while the upstream is still paused and write the pause's end back into it (a race seen
+                // as a flushed message that waited out the pause all the same).
                 directory.touch(.flush)
                 var count = 0
                 for queued in id.map({ [$0] }) ?? directory.listIDs() {
@@ -190,7 +191,6 @@ struct QueueCommand: AsyncParsableCommand {
                         FileHandle.standardError.write(Data("postern queue: skipped: \(why)\n".utf8))  // delivered meanwhile
                     }
                 }
-                directory.touch(.flush)
                 print("\(count) message(s) due now; upstream pauses lifted")
             }
         }

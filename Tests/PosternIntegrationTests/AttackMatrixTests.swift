@@ -340,11 +340,11 @@ final class AttackMatrixTests: XCTestCase {
     static func policiesCopy(demoScannerRate: String) throws -> URL {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("postern-policies-\(UUID().uuidString)")
         try FileManager.default.copyItem(at: Repo.policies, to: directory)
-        let file = directory.appendingPathComponent("devices.yaml")
+        let file = directory.appendingPathComponent("devices.d/it/demo-scanner.yaml")
         var text = try String(contentsOf: file, encoding: .utf8)
-        let anchor = "    senders: [scanner@example.edu]\n"
-        guard let range = text.range(of: anchor) else { throw HarnessError("demo-scanner entry not found in devices.yaml") }
-        text.replaceSubrange(range, with: anchor + "    max-rate: \(demoScannerRate)\n")
+        let anchor = "senders: [scanner@example.edu]\n"
+        guard let range = text.range(of: anchor) else { throw HarnessError("senders not found in devices.d/it/demo-scanner.yaml") }
+        text.replaceSubrange(range, with: anchor + "max-rate: \(demoScannerRate)\n")
         try text.write(to: file, atomically: true, encoding: .utf8)
         return directory
     }

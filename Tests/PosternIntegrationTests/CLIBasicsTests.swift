@@ -1,3 +1,4 @@
+import Foundation
 import XCTest
 
 /// Basics a postmaster expects of the `postern` command itself, with the real binary.
@@ -49,5 +50,47 @@ final class ExplainCLITests: XCTestCase {
         XCTAssertEqual(result.status, 64, result.output)
         XCTAssertTrue(result.output.contains("has no listener 'mx'; it has: device (device), submission (submission), submissions (submissions)"),
                       result.output)
+    }
+}
+
+/// `postern check` with the real binary: every problem in one pass (an error in postern.yaml does not hide the
+/// policy's), warnings apart from errors, on standard error, a count, and the documented exit codes.
+final class CheckCLITests: XCTestCase {
+    let shipped = Repo.policies.appendingPathComponent("postern.yaml").path
+
+    func testExitCodesAndWarningsOnStandardError() throws {
+        let plain = try Shell.run([Repo.posternBinary.path, "check", "--config", shipped])
+        XCTAssertEqual(plain.status, 0, plain.output)
+        // The demo keeps one expired device on purpose (the page shows how expired devices look).
+        XCTAssertTrue(plain.output.contains("chem-copier-old.yaml:3: warning: device 'chem-copier-old' expired"), plain.output)
+        XCTAssertTrue(plain.output.contains("postern check: 0 errors, 1 warning\n"), plain.output)
+        let strict = try Shell.run([Repo.posternBinary.path, "check", "--strict", "--config", shipped])
+        XCTAssertEqual(strict.status, 1, strict.output)
+        let quiet = try Shell.run(["/bin/bash", "-c", "'\(Repo.posternBinary.path)' check --config '\(shipped)' 2>/dev/null"])
+        XCTAssertFalse(quiet.output.contains("warning"), "warnings and the count go to standard error: \(quiet.output)")
+        XCTAssertTrue(quiet.output.contains("12 devices"), quiet.output)
+    }
+
+    func testAnErrorInPosternYAMLDoesNotHideThePolicysErrors() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("postern-check-both-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let policies = directory.appendingPathComponent("policies")
+        try FileManager.default.createDirectory(at: policies, withIntermediateDirectories: true)
+        for name in ["policy.yaml", "departments.yaml", "devices.d"] {
+            try FileManager.default.copyItem(at: Repo.policies.appendingPathComponent(name), to: policies.appendingPathComponent(name))
+        }
+        // A device whose last day does not exist, and a device far past the global sunset.
+        let scanner = policies.appendingPathComponent("devices.d/it/demo-scanner.yaml")
+        try String(contentsOf: scanner, encoding: .utf8).replacingOccurrences(of: "sunset: 2027-08-31", with: "sunset: 2027-02-30")
+            .write(to: scanner, atomically: true, encoding: .utf8)
+        let config = directory.appendingPathComponent("postern.yaml")
+        try "policies: policies\nlistners: []\n".write(to: config, atomically: true, encoding: .utf8)
+        let result = try Shell.run([Repo.posternBinary.path, "check", "--config", config.path])
+        XCTAssertEqual(result.status, 2, result.output)
+        XCTAssertTrue(result.output.contains("postern.yaml:2: error: top level: unknown key 'listners'"), result.output)
+        XCTAssertTrue(result.output.contains("devices.d/it/demo-scanner.yaml:"), "the policy was checked too: \(result.output)")
+        XCTAssertTrue(result.output.contains("2027-02-30"), result.output)
+        XCTAssertNotNil(result.output.range(of: #"postern check: [2-9] errors, \d+ warnings?\n"#, options: .regularExpression), result.output)
     }
 }

@@ -93,7 +93,7 @@ final class DemoReadmeTests: XCTestCase {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("postern-demo-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
-        for name in ["policy.yaml", "departments.yaml", "devices.yaml"] {
+        for name in ["policy.yaml", "departments.yaml", "devices.d"] {
             try FileManager.default.copyItem(at: Repo.policies.appendingPathComponent(name), to: directory.appendingPathComponent(name))
         }
         let ports = (device: freeLoopbackPort(), submission: freeLoopbackPort(), submissions: freeLoopbackPort(), sink: freeLoopbackPort(),

@@ -195,7 +195,7 @@ final class HeaderFromTests: XCTestCase {
     func copyOfShippedPolicies() throws -> URL {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("postern-policies-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        for name in ["policy.yaml", "departments.yaml", "devices.yaml"] {
+        for name in ["policy.yaml", "departments.yaml", "devices.d"] {
             try FileManager.default.copyItem(at: Repo.policies.appendingPathComponent(name), to: directory.appendingPathComponent(name))
         }
         return directory

@@ -83,10 +83,10 @@ final class LimitsTests: XCTestCase {
                 listen: nowhere
             """.write(to: file, atomically: true, encoding: .utf8)
         let result = try Shell.run([Repo.posternBinary.path, "check", "--config", file.path])
-        XCTAssertEqual(result.status, 1, result.output)
-        XCTAssertTrue(result.output.contains("bad.yaml:2: top level: unknown key 'listners' (fix: did you mean 'listeners'?"), result.output)
-        XCTAssertTrue(result.output.contains("bad.yaml:5: unknown listener kind 'printer'"), result.output)
-        XCTAssertTrue(result.output.contains("bad.yaml:9: listen address 'nowhere' is not HOST:PORT"), result.output)
+        XCTAssertEqual(result.status, 2, result.output)
+        XCTAssertTrue(result.output.contains("bad.yaml:2: error: top level: unknown key 'listners' (fix: did you mean 'listeners'?"), result.output)
+        XCTAssertTrue(result.output.contains("bad.yaml:5: error: unknown listener kind 'printer'"), result.output)
+        XCTAssertTrue(result.output.contains("bad.yaml:9: error: listen address 'nowhere' is not HOST:PORT"), result.output)
     }
 
     private func residentBytes() -> Int {

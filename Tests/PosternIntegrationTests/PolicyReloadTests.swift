@@ -4,12 +4,13 @@ import NIOConcurrencyHelpers
 import PosternGateway
 import XCTest
 
-/// Policy through the real listener: reload keeps the old policy when the new one is broken, sunset with a test clock.
+/// Policy through the real listener: reload keeps the old policy when the new one is broken, a device file written
+/// by `postern devices add` is picked up by the running gateway, sunset with a test clock.
 final class PolicyReloadTests: XCTestCase {
     func copyPolicies() throws -> URL {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("postern-policies-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        for name in ["policy.yaml", "departments.yaml", "devices.yaml"] {
+        for name in ["policy.yaml", "departments.yaml", "devices.d"] {
             try FileManager.default.copyItem(at: Repo.policies.appendingPathComponent(name), to: directory.appendingPathComponent(name))
         }
         return directory
@@ -27,42 +28,77 @@ final class PolicyReloadTests: XCTestCase {
         let port = harness.port("device")
         XCTAssertTrue(try send(port, from: "127.0.0.3").contains("554 5.7.1 127.0.0.3 is not a registered device"))
 
-        // A broken edit: an overlapping address and an unknown key. Refused; the old policy stays.
-        let devices = policies.appendingPathComponent("devices.yaml")
-        let original = try String(contentsOf: devices, encoding: .utf8)
-        try (original + """
+        // A broken edit: one file with an unknown key, another with an address of demo-scanner's. Refused; the old policy
+        // stays, and the device in the file that is fine on its own is not registered either.
+        let it = policies.appendingPathComponent("devices.d/it")
+        try """
+            id: broken-entry
+            department: it
+            owner: it-helpdesk@example.edu
+            location: nowhere
+            addresses: [127.0.0.5]
+            senders: [scanner@example.edu]
+            registered: 2026-01-01
+            sunset: 2027-01-01
+            colour: blue
 
-              - id: broken-entry
-                department: it
-                owner: it-helpdesk@example.edu
-                location: nowhere
-                addresses: [127.0.0.1]
-                senders: [scanner@example.edu]
-                registered: 2026-01-01
-                sunset: 2027-01-01
-                colour: blue
+            """.write(to: it.appendingPathComponent("broken-entry.yaml"), atomically: true, encoding: .utf8)
+        try """
+            id: overlapping
+            department: it
+            owner: it-helpdesk@example.edu
+            addresses: [127.0.0.1, 127.0.0.3]
+            senders: [scanner@example.edu]
+            registered: 2026-01-01
+            sunset: 2027-01-01
 
-            """).write(to: devices, atomically: true, encoding: .utf8)
-        let errors = harness.policies.reload(reason: "test")
-        XCTAssertNotNil(errors)
-        XCTAssertTrue(errors!.description.contains("devices.yaml:"), errors!.description)
+            """.write(to: it.appendingPathComponent("overlapping.yaml"), atomically: true, encoding: .utf8)
+        let errors = try XCTUnwrap(harness.policies.reload(reason: "test"))
+        XCTAssertTrue(errors.description.contains("devices.d/it/broken-entry.yaml:9: unknown key 'colour'"), errors.description)
+        XCTAssertTrue(errors.description.contains("devices.d/it/overlapping.yaml:4: address 127.0.0.1 of device 'overlapping' overlaps 127.0.0.1 of device 'demo-scanner'"),
+                      errors.description)
         XCTAssertTrue(try send(port, from: "127.0.0.1").contains("250 2.1.5"), "the old policy is still in force")
+        XCTAssertTrue(try send(port, from: "127.0.0.3").contains("554 5.7.1 127.0.0.3 is not a registered device"))
+        XCTAssertTrue(try send(port, from: "127.0.0.5").contains("554 5.7.1 127.0.0.5 is not a registered device"))
 
         // A valid edit registers 127.0.0.3; a change of the files is picked up without a restart.
-        try (original + """
+        try FileManager.default.removeItem(at: it.appendingPathComponent("broken-entry.yaml"))
+        try FileManager.default.removeItem(at: it.appendingPathComponent("overlapping.yaml"))
+        try """
+            id: lab-printer
+            department: it
+            owner: it-helpdesk@example.edu
+            location: Test lab
+            addresses: [127.0.0.3]
+            senders: [scanner@example.edu]
+            registered: 2026-01-01
+            sunset: 2027-06-30
 
-              - id: lab-printer
-                department: it
-                owner: it-helpdesk@example.edu
-                location: Test lab
-                addresses: [127.0.0.3]
-                senders: [scanner@example.edu]
-                registered: 2026-01-01
-                sunset: 2027-06-30
-
-            """).write(to: devices, atomically: true, encoding: .utf8)
+            """.write(to: it.appendingPathComponent("lab-printer.yaml"), atomically: true, encoding: .utf8)
         harness.policies.reloadIfChanged()
         XCTAssertTrue(try send(port, from: "127.0.0.3").contains("250 2.1.5"))
+        await harness.stop()
+    }
+
+    /// `postern devices add` writes one file; the running gateway's watcher notices it and the device is accepted.
+    /// Removing the file (what a revocation does) refuses it again.
+    func testADeviceAddedWithTheCLIIsAcceptedByTheRunningGateway() async throws {
+        let policies = try copyPolicies()
+        defer { try? FileManager.default.removeItem(at: policies) }
+        let harness = try await GatewayHarness.start(policies: policies)
+        let port = harness.port("device")
+        XCTAssertTrue(try send(port, from: "127.0.0.4").contains("554 5.7.1 127.0.0.4 is not a registered device"))
+        let added = try Shell.run([Repo.posternBinary.path, "devices", "add", "--policies", policies.path, "--id", "it-scanner-4", "--department", "it",
+                                   "--owner", "it-helpdesk@example.edu", "--location", "Test lab", "--address", "127.0.0.4",
+                                   "--sender", "scanner@example.edu", "--sunset", "2027-06-30"])
+        XCTAssertEqual(added.status, 0, added.output)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: policies.appendingPathComponent("devices.d/it/it-scanner-4.yaml").path))
+        // What the watcher does every two seconds.
+        harness.policies.reloadIfChanged()
+        XCTAssertTrue(try send(port, from: "127.0.0.4").contains("250 2.1.5"))
+        try FileManager.default.removeItem(at: policies.appendingPathComponent("devices.d/it/it-scanner-4.yaml"))
+        harness.policies.reloadIfChanged()
+        XCTAssertTrue(try send(port, from: "127.0.0.4").contains("554 5.7.1 127.0.0.4 is not a registered device"))
         await harness.stop()
     }
 

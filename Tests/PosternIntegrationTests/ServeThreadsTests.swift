@@ -55,7 +55,7 @@ final class ServeThreadsTests: XCTestCase {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("postern-serve-threads-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(at: directory.appendingPathComponent("policies"), withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
-        for name in ["policy.yaml", "departments.yaml", "devices.yaml"] {
+        for name in ["policy.yaml", "departments.yaml", "devices.d"] {
             try FileManager.default.copyItem(at: Repo.policies.appendingPathComponent(name), to: directory.appendingPathComponent("policies/\(name)"))
         }
         try slapd.bindPassword.write(to: directory.appendingPathComponent("ldap-password"), atomically: true, encoding: .utf8)

@@ -38,7 +38,51 @@ struct PolicyFixture {
             name: Physics
         """
 
-    static let devicesYAML = """
+    /// The devices of devices.d, by path in it (`department/id.yaml`).
+    static let deviceFiles: [String: String] = [
+        "it/demo-scanner.yaml": """
+            id: demo-scanner
+            department: it
+            owner: it-helpdesk@example.edu
+            location: loopback
+            addresses: [127.0.0.1]
+            senders: [scanner@example.edu]
+            registered: 2026-01-15
+            sunset: 2027-08-31
+            """,
+        "chem/chem-scanner-1.yaml": """
+            # Chemistry's first scanner
+            id: chem-scanner-1
+            department: chem
+            owner: j.doe@chem.example.edu
+            addresses: [10.1.2.3]
+            senders: [scan@chem.example.edu, lab.chem.example.edu]
+            registered: 2023-09-12
+            sunset: 2027-12-31
+            max-message-size: 10M
+            """,
+        "phys/phys-plotter.yaml": """
+            id: phys-plotter
+            department: phys
+            owner: m.curie@phys.example.edu
+            addresses: ["2001:db8:2::40", 10.2.0.0/24]
+            senders: ["*.phys.example.edu"]
+            registered: 2025-02-10
+            sunset: 2026-06-30
+            """,
+        "phys/phys-old.yaml": """
+            id: phys-old
+            department: phys
+            owner: m.curie@phys.example.edu
+            addresses: [10.2.9.9]
+            senders: [phys.example.edu]
+            registered: 2019-04-01
+            sunset: 2025-12-31
+            """,
+    ]
+
+    /// The same devices as the devices.yaml of earlier versions (for `postern devices migrate`).
+    static let legacyDevicesYAML = """
         # keep this comment
         devices:
           - id: demo-scanner
@@ -73,15 +117,30 @@ struct PolicyFixture {
             sunset: 2025-12-31
         """
 
-    init(policy: String = Self.policyYAML, departments: String = Self.departmentsYAML, devices: String = Self.devicesYAML,
+    /// `devices`: device files by path in devices.d (`department/id.yaml`); `extraFiles`: other files by path in the
+    /// policy directory.
+    init(policy: String = Self.policyYAML, departments: String = Self.departmentsYAML, devices: [String: String] = Self.deviceFiles,
          extraFiles: [String: String] = [:]) throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("postern-policy-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(at: directory.appendingPathComponent("devices.d"), withIntermediateDirectories: true)
         try Data(policy.utf8).write(to: directory.appendingPathComponent("policy.yaml"))
         try Data(departments.utf8).write(to: directory.appendingPathComponent("departments.yaml"))
-        try Data(devices.utf8).write(to: directory.appendingPathComponent("devices.yaml"))
-        for (name, text) in extraFiles { try Data(text.utf8).write(to: directory.appendingPathComponent(name)) }
+        for (path, text) in devices { try write(text, to: "devices.d/" + path) }
+        for (path, text) in extraFiles { try write(text, to: path) }
     }
+
+    /// The display path of a file in the policy directory, as issues name it.
+    func display(_ path: String) -> String { directory.relativePath + "/" + path }
+
+    func url(_ path: String) -> URL { directory.appendingPathComponent(path) }
+
+    /// Writes `text` to `path` in the policy directory, in place (the file keeps its inode).
+    func write(_ text: String, to path: String) throws {
+        try FileManager.default.createDirectory(at: url(path).deletingLastPathComponent(), withIntermediateDirectories: true)
+        try Data(text.utf8).write(to: url(path))
+    }
+
+    func read(_ path: String) throws -> String { try String(contentsOf: url(path), encoding: .utf8) }
 
     func load() throws -> PolicySet { try PolicyLoader.load(directory: directory).get() }
 
@@ -90,6 +149,20 @@ struct PolicyFixture {
         case .success: return []
         case .failure(let e): return e.issues
         }
+    }
+
+    /// Every file under devices.d (path in it: contents), hidden ones included.
+    func deviceTree() throws -> [String: String] {
+        let root = url("devices.d")
+        var out: [String: String] = [:]
+        guard let walker = FileManager.default.enumerator(atPath: root.path) else { return out }
+        for case let path as String in walker {
+            var isDirectory: ObjCBool = false
+            if FileManager.default.fileExists(atPath: root.appendingPathComponent(path).path, isDirectory: &isDirectory), !isDirectory.boolValue {
+                out[path] = (try? String(contentsOf: root.appendingPathComponent(path), encoding: .utf8)) ?? "<unreadable>"
+            }
+        }
+        return out
     }
 
     func remove() { try? FileManager.default.removeItem(at: directory) }

@@ -23,38 +23,40 @@ final class FieldRulesTests: XCTestCase {
             let bob = try fixture.client()
             _ = try await bob.login("bob", "bob-demo-pass")
             let token = try await bob.sessionToken()
-            func attempt(_ changes: [String: String]) async throws -> HTTPResult {
+            /// The page the POST leads to: the form again with its messages, or the list with the new request.
+            func attempt(_ changes: [String: String]) async throws -> (location: String?, page: HTTPResult) {
                 let form = RegistrationFixture.form().map { ($0.0, changes[$0.0] ?? $0.1) }
-                return try await bob.post("/register", [("csrf", token)] + form)
+                let (redirect, page) = try await bob.postAndFollow("/register", [("csrf", token)] + form)
+                return (redirect.headers("Location").first, page)
             }
             func error(_ page: HTTPResult, _ field: String) -> String? {
                 guard let r = page.body.range(of: #"<span class="error" id="error-\#(field)">[^<]*</span>"#, options: .regularExpression) else { return nil }
                 return String(page.body[r])
             }
             let foreign = try await attempt(["sender": Self.foreignSender])
-            XCTAssertEqual(foreign.status, 422)
-            XCTAssertTrue(error(foreign, "sender")?.contains("outside the internal domains") == true, foreign.body)
+            XCTAssertEqual(foreign.location, "/register")
+            XCTAssertTrue(error(foreign.page, "sender")?.contains("outside the internal domains") == true, foreign.page.body)
             let contact = try await attempt(["contact": Self.externalContact])
-            XCTAssertTrue(error(contact, "contact")?.contains("not an internal address") == true, contact.body)
+            XCTAssertTrue(error(contact.page, "contact")?.contains("not an internal address") == true, contact.page.body)
             for text in Self.controlTexts {
                 for field in ["model", "location", "justification"] {
-                    let page = try await attempt([field: text])
-                    XCTAssertEqual(page.status, 422, "\(field) \(text.debugDescription)")
+                    let (location, page) = try await attempt([field: text])
+                    XCTAssertEqual(location, "/register", "\(field) \(text.debugDescription)")
                     XCTAssertTrue(error(page, field)?.contains("is not allowed") == true, "\(field) \(text.debugDescription): \(page.body)")
                 }
             }
             // Line breaks are fine in the justification (a text area), nowhere else.
             let multiline = try await attempt(["justification": "No TLS.\r\nReplacement ordered.", "device": "it-scanner-10", "address": "127.0.0.10"])
-            XCTAssertEqual(multiline.status, 200, multiline.body)
+            XCTAssertEqual(multiline.location, "/devices", multiline.page.body)
             XCTAssertEqual(try fixture.desk.requests.all().count, 1, "only the valid request was stored")
 
             // IT Services lists no domains of its own: any internal sender passes, and the approver sees it highlighted.
             let dean = try await attempt(["sender": "dean@chem.example.edu"])
-            XCTAssertEqual(dean.status, 200, dean.body)
+            XCTAssertEqual(dean.location, "/devices", dean.page.body)
             let alice = try fixture.client()
             _ = try await alice.login("alice", "alice-demo-pass")
             let page = try await alice.get("/devices")
-            guard let cell = page.body.range(of: #"<td id="sender-it-scanner-9" class="outside-domains">dean@chem.example.edu<br><small class="sender-note">[^<]*</small>"#,
+            guard let cell = page.body.range(of: #"<td id="sender-it-scanner-9" class="outside-domains" data-label="Sender">dean@chem.example.edu<br><small class="sender-note">[^<]*</small>"#,
                                              options: .regularExpression) else { return XCTFail("no highlighted sender:\n\(page.body)") }
             XCTAssertTrue(page.body[cell].contains("departments.yaml lists none for it"), String(page.body[cell]))
         } catch {
@@ -123,8 +125,12 @@ final class FieldRulesTests: XCTestCase {
         XCTAssertEqual(it.status, 0, "a department without domains of its own may use any internal sender: \(it.output)")
         let good = try await add(id: "chem-x5", sender: "x5@chem.example.edu")
         XCTAssertEqual(good.status, 0, good.output)
-        let devices = try String(contentsOf: directory.appendingPathComponent("devices.yaml"), encoding: .utf8)
-        XCTAssertFalse(devices.contains("chem-x1") || devices.contains("chem-x3") || devices.contains("chem-t0"))
+        let files = try Repo.deviceFiles(in: directory)
+        XCTAssertNotNil(files["it/it-x4.yaml"])
+        XCTAssertNotNil(files["chem/chem-x5.yaml"])
+        XCTAssertEqual(files.count, 14, "only the two valid devices were added: \(files.keys.sorted())")
+        XCTAssertTrue(try FileManager.default.contentsOfDirectory(atPath: directory.appendingPathComponent("devices.d/chem").path)
+            .allSatisfy { !$0.contains(".tmp-") }, "no temporary file is left behind")
     }
 
     func testPostternCheckReportsEntriesThatBreakTheRulesWithFileAndLine() async throws {
@@ -145,47 +151,56 @@ final class FieldRulesTests: XCTestCase {
         let clean = try await runProgram([Repo.posternBinary.path, "check", "--config", config.path])
         XCTAssertEqual(clean.status, 0, "the shipped policy follows its own rules: \(clean.output)")
 
-        let devices = policies.appendingPathComponent("devices.yaml")
-        var text = try String(contentsOf: devices, encoding: .utf8)
-        let firstNewLine = text.components(separatedBy: "\n").count
-        text += """
+        let chem = policies.appendingPathComponent("devices.d/chem")
+        try """
+            id: chem-spoofer
+            department: chem
+            owner: contractor@gmail.com
+            location: Lab 2
+            addresses: [10.66.0.1]
+            senders: [payroll@gmail.com, dean@med.example.edu]
+            registered: 2026-01-01
+            sunset: 2027-01-01
 
-              - id: chem-spoofer
-                department: chem
-                owner: contractor@gmail.com
-                location: Lab 2
-                addresses: [10.66.0.1]
-                senders: [payroll@gmail.com, dean@med.example.edu]
-                registered: 2026-01-01
-                sunset: 2027-01-01
+            """.write(to: chem.appendingPathComponent("chem-spoofer.yaml"), atomically: true, encoding: .utf8)
+        try """
+            id: chem-trojan
+            department: chem
+            owner: j.doe@chem.example.edu
+            location: "Lab\\u2028B"
+            addresses: [10.66.0.2]
+            senders: [trojan@chem.example.edu]
+            registered: 2026-01-01
+            sunset: 2027-01-01
 
-              - id: chem-trojan
-                department: chem
-                owner: j.doe@chem.example.edu
-                location: "Lab\\u2028B"
-                addresses: [10.66.0.2]
-                senders: [trojan@chem.example.edu]
-                registered: 2026-01-01
-                sunset: 2027-01-01
-
-            """
-        try text.write(to: devices, atomically: true, encoding: .utf8)
+            """.write(to: chem.appendingPathComponent("chem-trojan.yaml"), atomically: true, encoding: .utf8)
         let departments = policies.appendingPathComponent("departments.yaml")
         let departmentsText = try String(contentsOf: departments, encoding: .utf8)
             .replacingOccurrences(of: "domains: [phys.example.edu]", with: "domains: [phys.example.edu, gmail.com]")
         try departmentsText.write(to: departments, atomically: true, encoding: .utf8)
         let broken = try await runProgram([Repo.posternBinary.path, "check", "--config", config.path])
-        XCTAssertEqual(broken.status, 1, broken.output)
-        let entry = "devices.yaml:\(firstNewLine + 1): "
+        XCTAssertEqual(broken.status, 2, broken.output)
+        let spoofer = "devices.d/chem/chem-spoofer.yaml"
         for expected in [
-            entry + "device 'chem-spoofer': sender payroll@gmail.com is outside department chem's domains (chem.example.edu)",
-            entry + "device 'chem-spoofer': sender dean@med.example.edu is outside department chem's domains",
-            entry + "owner of device 'chem-spoofer': contractor@gmail.com is not an internal address",
-            "devices.yaml:\(firstNewLine + 13): location of device 'chem-trojan': line or paragraph separator U+2028 is not allowed",
+            spoofer + ":6: error: device 'chem-spoofer': sender payroll@gmail.com is outside department chem's domains (chem.example.edu)",
+            spoofer + ":6: error: device 'chem-spoofer': sender dean@med.example.edu is outside department chem's domains",
+            spoofer + ":3: error: owner of device 'chem-spoofer': contractor@gmail.com is not an internal address",
+            "devices.d/chem/chem-trojan.yaml:4: error: location of device 'chem-trojan': line or paragraph separator U+2028 is not allowed",
             "departments.yaml:",
             "department 'phys': domain gmail.com is not inside the internal domains",
         ] {
             XCTAssertTrue(broken.output.contains(expected), "missing \(expected.debugDescription) in:\n\(broken.output)")
         }
+
+        // A devices.yaml left beside devices.d is not ignored: check says to migrate it.
+        try FileManager.default.removeItem(at: chem.appendingPathComponent("chem-spoofer.yaml"))
+        try FileManager.default.removeItem(at: chem.appendingPathComponent("chem-trojan.yaml"))
+        try String(contentsOf: departments, encoding: .utf8).replacingOccurrences(of: ", gmail.com", with: "")
+            .write(to: departments, atomically: true, encoding: .utf8)
+        try "devices: []\n".write(to: policies.appendingPathComponent("devices.yaml"), atomically: true, encoding: .utf8)
+        let leftover = try await runProgram([Repo.posternBinary.path, "check", "--config", config.path])
+        XCTAssertEqual(leftover.status, 2, leftover.output)
+        XCTAssertTrue(leftover.output.contains("devices.yaml:0: error: devices.yaml is no longer read")
+                      && leftover.output.contains("run `postern devices migrate --policies "), leftover.output)
     }
 }

@@ -70,4 +70,56 @@ final class RegistrationConfigurationTests: XCTestCase {
         XCTAssertTrue(text.contains("postern.yaml:14: '10.0.0.0/33' is not an address or CIDR range"), text)
         XCTAssertTrue(text.contains("postern.yaml:16: registration: unknown key 'colour'"), text)
     }
+
+    func testUniversityHelpAndContactHaveDemoDefaultsAndAreRead() throws {
+        let defaults = try XCTUnwrap(try parse("""
+            hostname: gw.example.edu
+            registration:
+              admin-groups: [postern-admins]
+              campus-ranges: [10.0.0.0/8]
+              state: s
+            """).get())
+        XCTAssertEqual(defaults.universityName, "Example University")
+        XCTAssertEqual(defaults.helpURL, "/help")
+        XCTAssertEqual(defaults.contact, "postmaster@gw.example.edu")
+        XCTAssertEqual(defaults.adminRecipients, ["postmaster@gw.example.edu"])
+        XCTAssertEqual(defaults.publicURL, "https://gw.example.edu:8443/")
+
+        let set = try XCTUnwrap(try parse("""
+            registration:
+              admin-groups: [postern-admins]
+              campus-ranges: [10.0.0.0/8]
+              state: s
+              university-name: Universität Beispiel
+              help-url: https://it.example.edu/devices
+              contact: devices@example.edu
+              notify-admins: [a@example.edu, b@example.edu]
+              public-url: https://devices.example.edu
+            """).get())
+        XCTAssertEqual(set.universityName, "Universität Beispiel")
+        XCTAssertEqual(set.helpURL, "https://it.example.edu/devices")
+        XCTAssertEqual(set.contact, "devices@example.edu")
+        XCTAssertEqual(set.adminRecipients, ["a@example.edu", "b@example.edu"])
+        XCTAssertEqual(set.publicURL, "https://devices.example.edu/")
+    }
+
+    func testUnusableUniversityHelpAndContactValuesNameTheLine() throws {
+        guard case .failure(let errors) = try parse("""
+            registration:
+              admin-groups: [postern-admins]
+              campus-ranges: [10.0.0.0/8]
+              state: s
+              university-name: ""
+              help-url: "javascript:alert(1)"
+              contact: nobody
+              notify-admins: [ok@example.edu, "not an address"]
+              public-url: http://devices.example.edu/
+            """) else { return XCTFail("unusable values were accepted") }
+        let text = errors.description
+        XCTAssertTrue(text.contains("postern.yaml:15: registration.university-name must be 1 to 100 characters"), text)
+        XCTAssertTrue(text.contains("postern.yaml:16: registration.help-url 'javascript:alert(1)' is not an http(s) URL or a path starting with /"), text)
+        XCTAssertTrue(text.contains("postern.yaml:17: registration.contact 'nobody' is not a mail address"), text)
+        XCTAssertTrue(text.contains("postern.yaml:18: registration.notify-admins 'not an address' is not a mail address"), text)
+        XCTAssertTrue(text.contains("postern.yaml:19: registration.public-url 'http://devices.example.edu/' is not an https URL"), text)
+    }
 }

@@ -26,11 +26,23 @@ enum Repo {
         return url
     }
 
-    /// A copy of the shipped policy files to edit.
+    /// A copy of the shipped policy files (policy.yaml, departments.yaml, devices.d) to edit.
     static func copyPolicies(to directory: URL) throws {
-        for name in PolicyLoader.fileNames {
+        for name in [PolicyLoader.policyFile, PolicyLoader.departmentsFile, PolicyLoader.devicesDirectory] {
             try FileManager.default.copyItem(at: policies.appendingPathComponent(name), to: directory.appendingPathComponent(name))
         }
+    }
+
+    /// The device files under `directory`/devices.d, by path in it (`it/demo-scanner.yaml`), hidden files left out.
+    static func deviceFiles(in directory: URL) throws -> [String: String] {
+        let root = directory.appendingPathComponent(PolicyLoader.devicesDirectory)
+        var files: [String: String] = [:]
+        for department in try FileManager.default.contentsOfDirectory(atPath: root.path) where !department.hasPrefix(".") {
+            for name in try FileManager.default.contentsOfDirectory(atPath: root.appendingPathComponent(department).path) where !name.hasPrefix(".") {
+                files["\(department)/\(name)"] = try String(contentsOf: root.appendingPathComponent(department).appendingPathComponent(name), encoding: .utf8)
+            }
+        }
+        return files
     }
 }
 
@@ -121,6 +133,15 @@ final class WebClient: @unchecked Sendable {
         return try await post("/login", [("csrf", token), ("login", user), ("password", password)])
     }
 
+    /// A POST that the page answers with 303 (post/redirect/get), and the GET page it leads to.
+    func postAndFollow(_ path: String, _ form: [(String, String)]) async throws -> (redirect: HTTPResult, page: HTTPResult) {
+        let redirect = try await post(path, form)
+        guard redirect.status == 303, let location = redirect.headers("Location").first else {
+            throw TestFailure("POST \(path) answered \(redirect.status), not 303: \(redirect.body)")
+        }
+        return (redirect, try await get(location))
+    }
+
     /// The session's CSRF token, from a page that needs the session.
     func sessionToken() async throws -> String {
         let page = try await get("/register")
@@ -141,6 +162,8 @@ final class RegistrationFixture: @unchecked Sendable {
     let login: DirectoryLogin
     let metrics = GatewayMetrics()
     let desk: RegistrationDesk
+    /// The gateway's outbox delivery target: where the page's notification mail lands.
+    let outbox: OutboxTarget
     let server: RegistrationServer
     let task: Task<Void, Error>
     let port: Int
@@ -158,6 +181,11 @@ final class RegistrationFixture: @unchecked Sendable {
             campusRanges: [try! AddressRange.parse("127.0.0.0/8").get(), try! AddressRange.parse("10.0.0.0/8").get()],
             stateDirectory: state)
         configuration.groupBase = TestSlapd.groupsBase
+        configuration.universityName = "University of Example & Co"
+        configuration.helpURL = "https://it.example.edu/devices-help"
+        configuration.contact = "postern-help@example.edu"
+        configuration.notifyAdmins = ["postern-admins@example.edu", "postmaster@example.edu"]
+        configuration.publicURL = "https://devices.example.edu/"
         return configuration
     }
 
@@ -189,9 +217,12 @@ final class RegistrationFixture: @unchecked Sendable {
         desk = try RegistrationDesk(
             configuration: Self.registrationConfiguration(certificates: slapd.certificateDirectory, state: directory.appendingPathComponent("state").path),
             policies: policies, audit: audit, now: now)
+        outbox = try OutboxTarget(directory: directory.appendingPathComponent("outbox"), threadPool: threadPool, logger: logger)
+        let notifier = RegistrationNotifier(target: outbox, hostname: "gw.test", configuration: desk.configuration, audit: audit, logger: logger, now: now)
         let metrics = self.metrics
         let server = try await RegistrationServer(desk: desk, login: login, revealNotAuthorized: revealNotAuthorized,
-                                                  countLogin: { metrics.registrationLogin(result: $0) }, eventLoopGroup: group, logger: logger)
+                                                  countLogin: { metrics.registrationLogin(result: $0) }, notifier: notifier,
+                                                  eventLoopGroup: group, logger: logger)
         self.server = server
         task = Task { try await server.run() }
         port = await server.port()
@@ -213,9 +244,14 @@ final class RegistrationFixture: @unchecked Sendable {
         return try text.split(separator: "\n").map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
     }
 
-    func devicesText() throws -> String {
-        try String(contentsOf: policyDirectory.appendingPathComponent("devices.yaml"), encoding: .utf8)
+    /// The notification mails the page queued, oldest first.
+    func mails() -> [String] {
+        let names = ((try? FileManager.default.contentsOfDirectory(atPath: outbox.directory.path)) ?? []).filter { $0.hasSuffix(".eml") }.sorted()
+        return names.compactMap { try? String(contentsOf: outbox.directory.appendingPathComponent($0), encoding: .utf8) }
     }
+
+    /// The device files of the fixture's policy, by path in devices.d.
+    func deviceFiles() throws -> [String: String] { try Repo.deviceFiles(in: policyDirectory) }
 
     /// A complete, valid form for IT Services.
     static func form(device: String = "it-scanner-9", address: String = "127.0.0.9", sunset: String = "2027-06-30") -> [(String, String)] {

@@ -237,7 +237,9 @@ final class RelayTests: XCTestCase {
     }
 
     func testThrottlingBacksOffTheWholeUpstreamNotJustTheMessage() async throws {
-        for fault in [SinkFaults(rcptReply: "450 4.7.230 Too many connections, throttled"), SinkFaults(greeting: "421 4.3.2 Service busy")] {
+        // The last: Exchange Online's IP throttling (451 4.7.500-699), named with its hint in the reason.
+        for fault in [SinkFaults(rcptReply: "450 4.7.230 Too many connections, throttled"), SinkFaults(greeting: "421 4.3.2 Service busy"),
+                      SinkFaults(rcptReply: "451 4.7.550 Access denied, please try again later")] {
             let (sink, port, _) = try await makeSink(faults: fault)
             let spool = try Spool(directory: spoolDirectory.appendingPathComponent(UUID().uuidString), logger: logger)
             let log = OutcomeLog()
@@ -255,6 +257,10 @@ final class RelayTests: XCTestCase {
             }
             let first = log.all[0]
             XCTAssertEqual(first.disposition, .deferred)
+            if fault.rcptReply?.hasPrefix("451 4.7.550") ?? false {
+                XCTAssertTrue(first.reply.hasPrefix("451 4.7.550 Access denied, please try again later -- Exchange Online is throttling this sending IP"),
+                              first.reply)
+            }
             for later in log.all.dropFirst() {
                 XCTAssertGreaterThanOrEqual(later.at.timeIntervalSince(first.at), 1.0, "\(fault): \(later)")
             }

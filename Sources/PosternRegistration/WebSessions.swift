@@ -20,6 +20,30 @@ struct WebSession: Sendable {
     var user: WebUser
     var csrf: String
     var expires: Date
+    /// What the last POST left for the page it redirected to (post/redirect/get); shown once.
+    var flash: Flash?
+}
+
+/// What a POST's outcome leaves for the GET page it redirects to: a notice or a problem, and for a form that
+/// was refused, what was typed and the message for each field.
+struct Flash: Sendable {
+    var notice: String?
+    var problem: String?
+    var form: RegistrationForm?
+    var errors = FieldErrors()
+    /// A refused rejection's reason, to fill the field again.
+    var reason: String?
+
+    init(notice: String? = nil, problem: String? = nil) {
+        self.notice = notice
+        self.problem = problem
+    }
+
+    init(form: RegistrationForm?, errors: FieldErrors, reason: String? = nil) {
+        self.form = form
+        self.errors = errors
+        self.reason = reason
+    }
 }
 
 /// Sessions in memory, by an unguessable token; a restart logs everyone out.
@@ -38,7 +62,9 @@ final class SessionStore: Sendable {
         return (token, session)
     }
 
-    func session(_ token: String?) -> WebSession? {
+    /// The live session for a cookie's token. `takingFlash`: its flash goes with it and leaves the store, so a
+    /// reload shows the plain page.
+    func session(_ token: String?, takingFlash: Bool = false) -> WebSession? {
         guard let token else { return nil }
         return sessions.withLockedValue { all in
             guard let s = all[token] else { return nil }
@@ -46,8 +72,14 @@ final class SessionStore: Sendable {
                 all[token] = nil
                 return nil
             }
+            if takingFlash { all[token]?.flash = nil }
             return s
         }
+    }
+
+    func setFlash(_ token: String?, _ flash: Flash) {
+        guard let token else { return }
+        sessions.withLockedValue { all in all[token]?.flash = flash }
     }
 
     func end(_ token: String?) {
