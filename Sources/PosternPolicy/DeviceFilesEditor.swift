@@ -1,4 +1,5 @@
 import Foundation
+import PosternCore
 import Yams
 #if canImport(Glibc)
 import Glibc
@@ -126,7 +127,7 @@ public enum DeviceFilesEditor {
             }
             let file = devices.appendingPathComponent(key.department).appendingPathComponent(key.name)
             guard unlink(file.path) == 0 else { return failure("cannot remove \(display)/\(key.department)/\(key.name): \(PolicyFileReading.errnoText())", "check the directory's permissions") }
-            syncDirectory(file.deletingLastPathComponent().path)
+            try? DurableFile.syncDirectory(file.deletingLastPathComponent().path)  // the removal is done; a failed sync only risks it coming back after a power loss
             return .success(device)
         case .write(let key, let fields, let loaded):
             let file = "\(display)/\(key.department)/\(key.name)"
@@ -187,49 +188,17 @@ public enum DeviceFilesEditor {
 
     // MARK: Files
 
-    /// temp file, fsync, rename over the target, fsync the directory (created first when missing).
+    /// Writes a device file through `DurableFile` (temp file, fdatasync, rename over the target, fsync of the
+    /// directory), the department's directory created first when missing (and its parent fsynced).
     static func writeAtomically(_ data: Data, to directory: URL, name: String) throws {
         if mkdir(directory.path, 0o755) == 0 {
-            syncDirectory(directory.deletingLastPathComponent().path)
+            try DurableFile.syncDirectory(directory.deletingLastPathComponent().path)
         } else if errno != EEXIST {
             throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)
         }
-        let target = directory.appendingPathComponent(name).path
-        let temp = directory.appendingPathComponent(".\(name).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
-        let fd = open(temp, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
-        var renamed = false
-        defer { if !renamed { unlink(temp) } }
-        do {
-            defer { close(fd) }
-            try writeAll(data, to: fd)
+        try DurableFile.write(to: directory.appendingPathComponent(name).path, permissions: 0o644) { output throws(DurableWriteError) in
+            try output.write(data)
         }
-        guard rename(temp, target) == 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
-        renamed = true
-        syncDirectory(directory.path)
-    }
-
-    /// Writes all of `data` and fsyncs the file.
-    static func writeAll(_ data: Data, to fd: Int32) throws {
-        try data.withUnsafeBytes { (buffer: UnsafeRawBufferPointer) throws in
-            var offset = 0
-            while offset < buffer.count, let base = buffer.baseAddress {
-                let n = write(fd, base + offset, buffer.count - offset)
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)
-                }
-                offset += n
-            }
-        }
-        guard fsync(fd) == 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
-    }
-
-    static func syncDirectory(_ path: String) {
-        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard fd >= 0 else { return }
-        fsync(fd)
-        close(fd)
     }
 
     /// The advisory lock every change of devices.d holds, on a file of its own: a lock on a device file would not

@@ -1,4 +1,5 @@
 import Foundation
+import PosternCore
 import Yams
 #if canImport(Glibc)
 import Glibc
@@ -85,8 +86,8 @@ public enum DevicesMigration {
                 try writeNew(Data(rendered.utf8), to: staging.appendingPathComponent(key.department).appendingPathComponent(key.name))
                 files.append("\(PolicyLoader.devicesDirectory)/\(key.department)/\(key.name)")
             }
-            for department in Set(plan.map(\.key.department)) { DeviceFilesEditor.syncDirectory(staging.appendingPathComponent(department).path) }
-            DeviceFilesEditor.syncDirectory(staging.path)
+            for department in Set(plan.map(\.key.department)) { try DurableFile.syncDirectory(staging.appendingPathComponent(department).path) }
+            try DurableFile.syncDirectory(staging.path)
         } catch {
             try? FileManager.default.removeItem(at: staging)
             return failure("cannot write the device files: \(error)", "check the policy directory's permissions and free space")
@@ -108,12 +109,12 @@ public enum DevicesMigration {
             try? FileManager.default.removeItem(at: staging)
             return failure("cannot rename the new directory to devices.d: \(reason)", "check that devices.d does not exist, then run migrate again")
         }
-        DeviceFilesEditor.syncDirectory(directory.path)
+        try? DurableFile.syncDirectory(directory.path)
         guard rename(legacy.path, directory.appendingPathComponent(movedAsideName).path) == 0 else {
             return failure("devices.d was written, but devices.yaml could not be moved aside: \(PolicyFileReading.errnoText())",
                            "move or delete devices.yaml by hand; the loader refuses it beside devices.d")
         }
-        DeviceFilesEditor.syncDirectory(directory.path)
+        try? DurableFile.syncDirectory(directory.path)
         let comments = text.split(separator: "\n").filter { $0.drop(while: { $0 == " " }).hasPrefix("#") }.count
         return .success(Report(files: files.sorted(), departments: Set(plan.map(\.key.department)).count,
                                movedAside: PolicyLoader.display(directory, movedAsideName), commentLines: comments))
@@ -195,11 +196,8 @@ public enum DevicesMigration {
         }
     }
 
-    /// A new file (never an existing one), fsynced.
+    /// A file in the staging directory, written through `DurableFile`; its directory is fsynced once at the end.
     private static func writeNew(_ data: Data, to url: URL) throws {
-        let fd = open(url.path, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
-        defer { close(fd) }
-        try DeviceFilesEditor.writeAll(data, to: fd)
+        try DurableFile.write(to: url.path, permissions: 0o644, syncDirectory: false) { output throws(DurableWriteError) in try output.write(data) }
     }
 }
