@@ -156,7 +156,12 @@ public final class CertificateExpiryWatch: Service, Sendable {
             logger.warning("certificate expires soon", metadata: ["certificate": "\(watched.label)", "days_left": "\(daysLeft)"])
         }
         if !written.isEmpty, let data = try? JSONEncoder().encode(said.sorted()) {
-            try? data.write(to: stateFile, options: .atomic)
+            do {
+                try DurableFile.write(to: stateFile.path) { output throws(DurableWriteError) in try output.write(data) }
+            } catch {
+                // Said but not remembered: a restart before the next successful write says these again.
+                logger.error("certificate expiry state not written", metadata: ["file": "\(stateFile.path)", "error": "\(error)"])
+            }
         }
         return written
     }

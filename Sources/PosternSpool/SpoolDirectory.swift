@@ -389,20 +389,3 @@ public struct SpoolDirectory: Sendable {
         return EntryLock(fd: fd)
     }
 }
-
-extension JSONEncoder {
-    static var spool: JSONEncoder {
-        let encoder = JSONEncoder()
-        encoder.dateEncodingStrategy = .secondsSince1970
-        encoder.outputFormatting = [.sortedKeys]
-        return encoder
-    }
-}
-
-extension JSONDecoder {
-    static var spool: JSONDecoder {
-        let decoder = JSONDecoder()
-        decoder.dateDecodingStrategy = .secondsSince1970
-        return decoder
-    }
-}

@@ -96,3 +96,21 @@ public struct SpoolEntry: Sendable, Hashable {
     public var state: SpoolEntryState
     public var messageSize: Int
 }
+
+/// The spool files' JSON: dates as seconds since 1970, keys sorted.
+extension JSONEncoder {
+    static var spool: JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.dateEncodingStrategy = .secondsSince1970
+        encoder.outputFormatting = [.sortedKeys]
+        return encoder
+    }
+}
+
+extension JSONDecoder {
+    static var spool: JSONDecoder {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .secondsSince1970
+        return decoder
+    }
+}
