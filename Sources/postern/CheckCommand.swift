@@ -34,7 +34,7 @@ struct CheckCommand: ParsableCommand {
     var at: String?
 
     var configPath: String {
-        config ?? ProcessInfo.processInfo.environment["POSTERN_CONFIG"].flatMap { $0.isEmpty ? nil : $0 } ?? "/etc/postern/postern.yaml"
+        ConfigPath.resolve(config)
     }
 
     func run() throws {

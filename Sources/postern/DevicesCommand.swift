@@ -221,10 +221,7 @@ private func printDevices(_ devices: [RegisteredDevice], policy: PolicySet, now:
                              revoked: d.revocation?.date.description, revokedBy: d.revocation?.by, revokeReason: d.revocation?.reason)
     }
     if json {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        print(String(decoding: try encoder.encode(rows), as: UTF8.self))
-        return
+        return try printJSON(rows)
     }
     let header = ["ID", "DEPARTMENT", "ADDRESSES", "SUNSET", "SET BY", "STATUS", "OWNER"]
     let table = rows.map { r -> [String] in

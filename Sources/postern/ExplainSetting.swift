@@ -32,7 +32,7 @@ struct ExplainSetting {
                                   limits: .defaults, authAvailable: true, directory: nil, revealNotAuthorized: false,
                                   source: "policy files in \(policies) only (no postern.yaml: default limits, no directory)")
         }
-        let path = config ?? ProcessInfo.processInfo.environment["POSTERN_CONFIG"].flatMap { $0.isEmpty ? nil : $0 } ?? "/etc/postern/postern.yaml"
+        let path = ConfigPath.resolve(config)
         let configuration: GatewayConfiguration
         do {
             configuration = try GatewayConfiguration.load(path: path)

@@ -36,7 +36,7 @@ struct QueueCommand: AsyncParsableCommand {
 
         /// The configuration named, or the default one.
         var configPath: String {
-            config ?? ProcessInfo.processInfo.environment["POSTERN_CONFIG"].flatMap { $0.isEmpty ? nil : $0 } ?? "/etc/postern/postern.yaml"
+            ConfigPath.resolve(config)
         }
 
         /// The spool to work on, and the audit log for changes (nil: `--spool` without a configuration).

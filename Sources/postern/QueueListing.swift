@@ -72,13 +72,6 @@ extension QueueCommand {
         }
     }
 
-    static func printJSON<T: Encodable>(_ value: T) throws {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        guard let text = String(data: try encoder.encode(value), encoding: .utf8) else { return }
-        print(text)
-    }
-
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "List queued and held messages: id, size, age, sender, pending recipients, attempts, next try and last reason.")
@@ -100,7 +93,7 @@ extension QueueCommand {
                         }
                     }
                 }
-                if json { return try QueueCommand.printJSON(listings) }
+                if json { return try printJSON(listings) }
                 print("ID                    STATUS  SIZE   AGE     ATTEMPTS  NEXT TRY              SENDER")
                 for listing in listings {
                     let next = listing.next_attempt ?? "held"
@@ -142,7 +135,7 @@ extension QueueCommand {
                         var message: Listing
                         var headers: String
                     }
-                    return try QueueCommand.printJSON(Shown(message: Listing(entry, area: area, now: Date()), headers: headers))
+                    return try printJSON(Shown(message: Listing(entry, area: area, now: Date()), headers: headers))
                 }
                 let envelope = entry.envelope
                 print("Queue-ID: \(id)")
