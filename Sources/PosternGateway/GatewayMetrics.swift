@@ -17,6 +17,8 @@ public final class GatewayMetrics: ConnectionMetrics, Sendable {
     private let queueOldestAge: Gauge
     private let queueHeld: Gauge
     private let latency: ValueHistogram
+    private let policyReloadSuccessful: Gauge
+    private let policyReloadTime: Gauge
     /// Departments with a sunset gauge now; gauges of departments that drop out are unregistered.
     private let sunsetGauges = NIOLockedValueBox<[String: Gauge]>([:])
 
@@ -30,6 +32,10 @@ public final class GatewayMetrics: ConnectionMetrics, Sendable {
         queueOldestAge = registry.makeGauge(descriptor: Self.queueOldestName)
         queueHeld = registry.makeGauge(descriptor: Self.queueHeldName)
         latency = registry.makeValueHistogram(descriptor: Self.latencyName, buckets: Self.latencyBuckets)
+        policyReloadSuccessful = registry.makeGauge(descriptor: Self.policyReloadSuccessfulName)
+        policyReloadSuccessful.set(Double(1))  // the policy in force at start was loaded, or the gateway would not have started
+        policyReloadTime = registry.makeGauge(descriptor: Self.policyReloadTimeName)
+        policyReloadTime.set(Date().timeIntervalSince1970)
     }
 
     // MARK: Hook points
@@ -131,6 +137,15 @@ public final class GatewayMetrics: ConnectionMetrics, Sendable {
         for gauge in gone { registry.unregisterGauge(gauge) }
     }
 
+    /// A policy reload: applied, or refused (the previous policy stays in force). An alert on
+    /// `postern_policy_last_reload_successful == 0` catches an edit that never took effect, as Prometheus's own
+    /// `prometheus_config_last_reload_successful` does.
+    public func policyReload(applied: Bool, at time: Date = Date()) {
+        registry.makeCounter(descriptor: Self.policyReloadsName, labels: [("result", applied ? "applied" : "refused")]).increment()
+        policyReloadSuccessful.set(Double(applied ? 1 : 0))
+        policyReloadTime.set(time.timeIntervalSince1970)
+    }
+
     /// The Prometheus text exposition of everything in the registry.
     public func exposition() -> [UInt8] {
         registry.emitToBuffer()
@@ -164,5 +179,12 @@ public final class GatewayMetrics: ConnectionMetrics, Sendable {
     static var queueOldestName: MetricNameDescriptor { name("queue_oldest_age", unit: "seconds", "Age of the oldest message in the spool.") }
     static var queueHeldName: MetricNameDescriptor { name("queue_held", "Messages held out of delivery (postern queue list shows them).") }
     static var heldName: MetricNameDescriptor { name("messages_held", unit: "total", "Messages taken out of delivery, by reason (interrupted: the gateway died delivering it twice).") }
+    static var policyReloadsName: MetricNameDescriptor { name("policy_reloads", unit: "total", "Policy reloads by result (refused: the previous policy stays in force).") }
+    static var policyReloadSuccessfulName: MetricNameDescriptor {
+        name("policy_last_reload_successful", "1 when the last policy reload was applied, 0 when it was refused and an older policy is in force.")
+    }
+    static var policyReloadTimeName: MetricNameDescriptor {
+        name("policy_last_reload_timestamp", unit: "seconds", "When the policy was last loaded or a reload refused (Unix time).")
+    }
     static var sunsetName: MetricNameDescriptor { name("sunset_days_remaining", "Days until the department's next device sunset.") }
 }

@@ -32,6 +32,7 @@ public final class GatewayServices: Sendable {
                                        userMessagesPerHour: configuration.limits.messagesPerUserPerHour)
         for warning in configuration.policyWarnings(policies.policy) { logger.warning("\(warning.warningDescription)") }
         let metrics = GatewayMetrics()
+        policies.observeReloads { metrics.policyReload(applied: $0.applied) }
         let audit = try AuditLog.make(output: configuration.auditOutput, countDecision: metrics.decision)
         let gateway = try Gateway(configuration: configuration, rules: { policies.rules(audit: audit) }, logger: logger, audit: audit,
                                   metrics: metrics, refreshPolicyGauges: { $0.refreshSunsets(policy: policies.policy, now: Date()) })

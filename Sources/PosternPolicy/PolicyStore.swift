@@ -19,6 +19,15 @@ public final class PolicyStore: Sendable {
     public let rateLimiter: RateLimiter
     /// The gateway-wide limit for each authenticated login (`limits.messages-per-user-per-hour`); nil for none.
     public let userRateLimit: RateLimit?
+    /// Told of every reload, applied or refused (the gateway's metrics).
+    private let reloadObservers = NIOLockedValueBox<[@Sendable (PolicyReloadOutcome) -> Void]>([])
+
+    /// What a reload came to: applied, or refused with `errors` problems, for `reason` (`SIGHUP`, `files changed`).
+    public struct PolicyReloadOutcome: Sendable {
+        public var applied: Bool
+        public var reason: String
+        public var errors: Int
+    }
 
     public init(directory: URL, logger: Logger, userMessagesPerHour: Int? = nil, rateLimiter: RateLimiter = RateLimiter()) throws(PolicyErrors) {
         self.directory = directory
@@ -49,6 +58,11 @@ public final class PolicyStore: Sendable {
         return apply(load.policy, reason: "files changed", counts: load.counts)
     }
 
+    /// Calls `observer` after every reload from now on, on the reloading thread.
+    public func observeReloads(_ observer: @escaping @Sendable (PolicyReloadOutcome) -> Void) {
+        reloadObservers.withLockedValue { $0.append(observer) }
+    }
+
     @discardableResult
     private func apply(_ result: Result<PolicySet, PolicyErrors>, reason: String, counts: PolicyLoadCounts) -> PolicyErrors? {
         switch result {
@@ -56,13 +70,19 @@ public final class PolicyStore: Sendable {
             current.withLockedValue { $0 = policy }
             logger.notice("policy reloaded", metadata: ["reason": "\(reason)", "devices": "\(policy.devices.count)",
                                                         "device-files-read": "\(counts.filesParsed)"])
+            notify(PolicyReloadOutcome(applied: true, reason: reason, errors: 0))
             return nil
         case .failure(let errors):
             logger.error("policy reload refused; keeping the previous policy", metadata: [
                 "reason": "\(reason)", "errors": "\(errors.issues.map(\.description).joined(separator: "; "))",
             ])
+            notify(PolicyReloadOutcome(applied: false, reason: reason, errors: errors.issues.count))
             return errors
         }
+    }
+
+    private func notify(_ outcome: PolicyReloadOutcome) {
+        for observer in reloadObservers.withLockedValue({ $0 }) { observer(outcome) }
     }
 
     /// Polls the files until cancelled.

@@ -153,6 +153,47 @@ final class OperationsTests: XCTestCase {
         XCTAssertTrue(server.isRunning, server.log())
     }
 
+    func testARefusedPolicyReloadShowsInTheMetricsUntilAGoodOneIsApplied() throws {
+        let directory = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let policies = directory.appendingPathComponent("policies")
+        try FileManager.default.copyItem(at: Repo.policies, to: policies)
+        let policyFile = policies.appendingPathComponent("policy.yaml")
+        let good = try String(contentsOf: policyFile, encoding: .utf8)
+        let port = freeLoopbackPort(), admin = freeLoopbackPort()
+        let server = try PosternProcess.serve(in: directory, listeners: "  - { name: device, kind: device, listen: \"127.0.0.1:\(port)\" }",
+                                              extra: "admin: { listen: \"127.0.0.1:\(admin)\" }", policies: policies)
+        defer { server.kill() }
+        try server.waitUntilAccepting(port: port)
+        func metrics() throws -> PrometheusText {
+            let scrape = try HTTP.get(port: admin, path: "/metrics")
+            XCTAssertEqual(scrape.status, 200, scrape.body)
+            return try PrometheusText(scrape.body)
+        }
+        XCTAssertEqual(try metrics()["postern_policy_last_reload_successful", [:]], 1)
+
+        // An edit with an unknown key: the watch reloads, the reload is refused, the old policy stays.
+        try (good + "\nsunset-remindr-days: [30]\n").write(to: policyFile, atomically: true, encoding: .utf8)
+        try server.waitForLog("policy reload refused")
+        var m = try metrics()
+        XCTAssertEqual(m["postern_policy_last_reload_successful", [:]], 0)
+        XCTAssertEqual(m["postern_policy_reloads_total", ["result": "refused"]], 1)
+        XCTAssertNil(m["postern_policy_reloads_total", ["result": "applied"]])
+        let refusedAt = try XCTUnwrap(m["postern_policy_last_reload_timestamp_seconds", [:]])
+        XCTAssertEqual(refusedAt, Date().timeIntervalSince1970, accuracy: 60)
+
+        // Corrected, and a SIGHUP on top: applied, and the gauge says so again.
+        try good.write(to: policyFile, atomically: true, encoding: .utf8)
+        try server.waitForLog("policy reloaded")
+        server.signal(SIGHUP)
+        try server.waitForLog("reason=SIGHUP")
+        m = try metrics()
+        XCTAssertEqual(m["postern_policy_last_reload_successful", [:]], 1)
+        XCTAssertEqual(m["postern_policy_reloads_total", ["result": "refused"]], 1)
+        XCTAssertEqual(m["postern_policy_reloads_total", ["result": "applied"]], 2)
+        XCTAssertTrue(server.isRunning, server.log())
+    }
+
     func testSIGTERMDuringDataLosesNothing() throws {
         try Repo.ensureCertificates()
         let directory = try temporaryDirectory()
@@ -441,14 +482,14 @@ final class Spawned {
 /// `postern serve` in a temp directory with the repository's policies and dev certificates.
 enum PosternProcess {
     /// `extra` is more YAML for the top level (limits, admin).
-    static func serve(in directory: URL, listeners: String, extra: String = "") throws -> Spawned {
+    static func serve(in directory: URL, listeners: String, extra: String = "", policies: URL = Repo.policies) throws -> Spawned {
         let tls = directory.appendingPathComponent("tls/cert.pem")
         let certificate = FileManager.default.fileExists(atPath: tls.path) ? tls.path : Repo.certs.appendingPathComponent("server.pem").path
         let key = FileManager.default.fileExists(atPath: tls.path) ? directory.appendingPathComponent("tls/key.pem").path
             : Repo.certs.appendingPathComponent("server.key").path
         let yaml = """
             hostname: gw.test
-            policies: \(Repo.policies.path)
+            policies: \(policies.path)
             tls:
               certificate: \(certificate)
               key: \(key)
