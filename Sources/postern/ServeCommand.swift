@@ -8,8 +8,8 @@ struct ServeCommand: AsyncParsableCommand {
         commandName: "serve",
         abstract: "Run the gateway in the foreground until SIGTERM or SIGINT.")
 
-    @Option(name: .long, help: "The gateway configuration file (YAML).")
-    var config: String = "policies/postern.yaml"
+    @Option(name: .long, help: "The gateway configuration file (YAML). Default: $POSTERN_CONFIG or /etc/postern/postern.yaml, as for every other command.")
+    var config: String?
 
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
@@ -23,7 +23,7 @@ struct ServeCommand: AsyncParsableCommand {
         }
         let services: GatewayServices
         do {
-            services = try await GatewayServices.start(configurationFile: config, logger: Logger(label: "postern"))
+            services = try await GatewayServices.start(configurationFile: ConfigPath.resolve(config), logger: Logger(label: "postern"))
         } catch {
             FileHandle.standardError.write(Data("\(error)\n".utf8))
             throw ExitCode(1)

@@ -165,6 +165,8 @@ final class OperationsTests: XCTestCase {
                                               extra: "admin: { listen: \"127.0.0.1:\(admin)\" }", policies: policies)
         defer { server.kill() }
         try server.waitUntilAccepting(port: port)
+        // The admin endpoint (Hummingbird) binds when the service group runs, after the SMTP listeners.
+        try server.waitUntilAccepting(port: admin)
         func metrics() throws -> PrometheusText {
             let scrape = try HTTP.get(port: admin, path: "/metrics")
             XCTAssertEqual(scrape.status, 200, scrape.body)
