@@ -86,6 +86,7 @@ let package = Package(
             name: "PosternSpool",
             dependencies: [
                 "PosternCore", "PosternSMTP",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -1,0 +1,281 @@
+import Crypto
+import Foundation
+
+/// Spool encryption at rest (issue #18, `spool: { encrypt: { key-file: ... } }`): a message file's bytes sealed
+/// as a stream of AES-256-GCM chunks (swift-crypto), readable chunk by chunk, so a large message is neither sealed
+/// nor opened whole in memory.
+///
+/// The construction is STREAM (Hoang, Reyhanitabar, Rogaway, Vizár, "Online Authenticated-Encryption and its
+/// Nonce-Reuse Misuse-Resistance", 2015), as age and Tink's streaming AEAD use it:
+///
+///     header  = "PSEAL1" | key id length (1 byte) | key id | nonce prefix (7 random bytes)
+///     chunk   = plaintext length (4 bytes, big-endian, at most `chunkSize`) | ciphertext | tag (16 bytes)
+///     nonce   = nonce prefix | chunk counter (4 bytes, big-endian) | 1 for the last chunk, else 0
+///     AAD     = header | the chunk's length field
+///
+/// So a chunk cannot be changed, moved, dropped or taken from another file, the stream cannot be cut short
+/// (the last chunk says it is the last) or extended, and the key id in the header says which key opens it:
+/// after a key rotation, older files stay readable as long as the key file still lists their key.
+public enum SpoolSealing {
+    public static let magic: [UInt8] = Array("PSEAL1".utf8)
+    /// Plaintext bytes per chunk: small enough to bound memory per open file, large enough that the 20 bytes a
+    /// chunk adds are nothing.
+    public static let chunkSize = 64 * 1024
+    static let prefixLength = 7
+    static let tagLength = 16
+
+    /// Whether `bytes` start like a sealed stream (a spool file written with encryption on).
+    public static func isSealed(_ bytes: some Collection<UInt8>) -> Bool {
+        bytes.starts(with: magic)
+    }
+}
+
+public enum SealingError: Error, Equatable, CustomStringConvertible {
+    /// The key file cannot be used; the text says why and where.
+    case keyFile(String)
+    /// The file was sealed with a key the key file does not list.
+    case unknownKey(String)
+    /// The bytes are not a sealed stream, or were changed: authentication failed.
+    case corrupt(String)
+    /// The stream ends before its last chunk.
+    case truncated
+
+    public var description: String {
+        switch self {
+        case .keyFile(let why): return "spool key file: \(why)"
+        case .unknownKey(let id): return "sealed with key '\(id)', which the key file does not list (keep old keys until no spool file uses them)"
+        case .corrupt(let why): return "sealed data is damaged or was changed: \(why)"
+        case .truncated: return "sealed data ends before its last chunk (cut short)"
+        }
+    }
+}
+
+/// The spool's keys: a text file of `KEY-ID BASE64-OF-32-BYTES` lines (`#` comments). The first key seals new
+/// files; every key listed opens. Rotate by putting a new key first and keeping the old ones until no file in
+/// the spool names them. The file must not be readable by group or others.
+///
+///     # openssl rand -base64 32
+///     2026-12 q2Yt6mQ4r4c0p1m9xN5m8mK3y0x8d7b6a5Z4Y3X2W1U=
+public struct SpoolKeyRing: Sendable {
+    public struct Key: Sendable {
+        public let id: String
+        let key: SymmetricKey
+    }
+    /// The key that seals.
+    public let current: Key
+    private let keys: [String: SymmetricKey]
+
+    public init(keys: [(id: String, key: [UInt8])]) throws(SealingError) {
+        guard let first = keys.first else { throw .keyFile("no key") }
+        var table: [String: SymmetricKey] = [:]
+        for (id, bytes) in keys {
+            guard Self.isValidID(id) else { throw .keyFile("key id '\(id)' must be 1 to 64 of A-Z a-z 0-9 . _ -") }
+            guard bytes.count == 32 else { throw .keyFile("key '\(id)' is \(bytes.count) bytes; AES-256 needs 32 (openssl rand -base64 32)") }
+            guard table[id] == nil else { throw .keyFile("key id '\(id)' is listed twice") }
+            table[id] = SymmetricKey(data: bytes)
+        }
+        self.keys = table
+        current = Key(id: first.id, key: SymmetricKey(data: first.key))
+    }
+
+    /// Reads the key file; refuses one that group or others may read, as ssh refuses such a private key.
+    public init(contentsOfFile path: String) throws(SealingError) {
+        var info = stat()
+        guard stat(path, &info) == 0 else { throw .keyFile("cannot read \(path): \(String(cString: strerror(errno)))") }
+        guard info.st_mode & 0o077 == 0 else {
+            throw .keyFile("\(path) may be read by group or others (mode \(String(info.st_mode & 0o777, radix: 8))); chmod 600 it")
+        }
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw .keyFile("cannot read \(path) as text") }
+        var keys: [(id: String, key: [UInt8])] = []
+        for (number, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let trimmed = line.trimmingCharacters(in: .whitespaces)
+            if trimmed.isEmpty || trimmed.hasPrefix("#") { continue }
+            let fields = trimmed.split(whereSeparator: { $0 == " " || $0 == "\t" })
+            guard fields.count == 2, let key = Data(base64Encoded: String(fields[1])) else {
+                throw .keyFile("\(path):\(number + 1): write KEY-ID and the key in base64 (openssl rand -base64 32)")
+            }
+            keys.append((String(fields[0]), Array(key)))
+        }
+        do {
+            try self.init(keys: keys)
+        } catch {
+            if case .keyFile(let why) = error { throw .keyFile("\(path): \(why)") }
+            throw error
+        }
+    }
+
+    func key(id: String) -> SymmetricKey? { keys[id] }
+
+    static func isValidID(_ id: String) -> Bool {
+        (1...64).contains(id.utf8.count) && id.utf8.allSatisfy { c in
+            (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x2E || c == 0x5F || c == 0x2D
+        }
+    }
+}
+
+/// Seals a stream: `header` first, then what `append` and `finish` return, in order.
+public struct SealingStream {
+    public let header: [UInt8]
+    private let key: SymmetricKey
+    private let prefix: [UInt8]
+    private var counter: UInt32 = 0
+    private var pending: [UInt8] = []
+    private var finished = false
+
+    public init(keys: SpoolKeyRing) {
+        var prefix = [UInt8](repeating: 0, count: SpoolSealing.prefixLength)
+        var generator = SystemRandomNumberGenerator()
+        for i in prefix.indices { prefix[i] = generator.next() }
+        self.init(keys: keys, noncePrefix: prefix)
+    }
+
+    /// With a given nonce prefix, for tests of the format; anything else takes a random one.
+    init(keys: SpoolKeyRing, noncePrefix: [UInt8]) {
+        key = keys.current.key
+        prefix = noncePrefix
+        header = SpoolSealing.magic + [UInt8(keys.current.id.utf8.count)] + Array(keys.current.id.utf8) + noncePrefix
+    }
+
+    /// Seals what fills whole chunks and keeps the rest for the next call.
+    public mutating func append(_ bytes: some Collection<UInt8>) throws(SealingError) -> [UInt8] {
+        pending.append(contentsOf: bytes)
+        var out: [UInt8] = []
+        var start = 0
+        // A full chunk is sealed only once more follows: the last chunk must carry the final flag.
+        while pending.count - start > SpoolSealing.chunkSize {
+            out += try seal(pending[start..<start + SpoolSealing.chunkSize], final: false)
+            start += SpoolSealing.chunkSize
+        }
+        pending.removeFirst(start)
+        return out
+    }
+
+    /// Seals the rest as the last chunk (possibly empty). Nothing may be appended after.
+    public mutating func finish() throws(SealingError) -> [UInt8] {
+        guard !finished else { throw .corrupt("the stream was already finished") }
+        finished = true
+        let last = try seal(pending[...], final: true)
+        pending = []
+        return last
+    }
+
+    private mutating func seal(_ plaintext: ArraySlice<UInt8>, final: Bool) throws(SealingError) -> [UInt8] {
+        guard !finished || final, counter < UInt32.max else { throw .corrupt("too many chunks") }
+        let length = SealingStream.bigEndian(UInt32(plaintext.count))
+        let nonce = SealingStream.nonce(prefix: prefix, counter: counter, final: final)
+        counter += 1
+        do {
+            let box = try AES.GCM.seal(plaintext, using: key, nonce: AES.GCM.Nonce(data: nonce), authenticating: header + length)
+            return length + Array(box.ciphertext) + Array(box.tag)
+        } catch {
+            throw .corrupt("sealing failed: \(error)")
+        }
+    }
+
+    static func nonce(prefix: [UInt8], counter: UInt32, final: Bool) -> [UInt8] {
+        prefix + bigEndian(counter) + [final ? 1 : 0]
+    }
+
+    static func bigEndian(_ value: UInt32) -> [UInt8] {
+        [UInt8(value >> 24), UInt8((value >> 16) & 0xFF), UInt8((value >> 8) & 0xFF), UInt8(value & 0xFF)]
+    }
+}
+
+/// Opens a sealed stream fed in pieces of any size: `feed` returns the plaintext of every chunk completed so far,
+/// `finish` checks that the last chunk came. Memory stays within about two chunks whatever the input claims.
+public struct OpeningStream {
+    private let keys: SpoolKeyRing
+    private var buffer: [UInt8] = []
+    private var header: [UInt8]?
+    private var key: SymmetricKey?
+    private var prefix: [UInt8] = []
+    private var counter: UInt32 = 0
+    private var ended = false
+    /// The key id the header names, once read.
+    public private(set) var keyID: String?
+
+    public init(keys: SpoolKeyRing) {
+        self.keys = keys
+    }
+
+    public mutating func feed(_ bytes: some Collection<UInt8>) throws(SealingError) -> [UInt8] {
+        buffer.append(contentsOf: bytes)
+        var out: [UInt8] = []
+        var start = 0
+        if header == nil {
+            let fixed = SpoolSealing.magic.count + 1
+            guard buffer.count >= fixed else {
+                guard buffer.starts(with: SpoolSealing.magic.prefix(buffer.count)) else { throw .corrupt("not a sealed spool file") }
+                return []
+            }
+            guard buffer.starts(with: SpoolSealing.magic) else { throw .corrupt("not a sealed spool file") }
+            let idLength = Int(buffer[SpoolSealing.magic.count])
+            let total = fixed + idLength + SpoolSealing.prefixLength
+            guard idLength > 0 else { throw .corrupt("empty key id") }
+            guard buffer.count >= total else { return [] }
+            let id = String(decoding: buffer[fixed..<fixed + idLength], as: UTF8.self)
+            guard let key = keys.key(id: id) else { throw .unknownKey(id) }
+            self.key = key
+            keyID = id
+            prefix = Array(buffer[fixed + idLength..<total])
+            header = Array(buffer[0..<total])
+            start = total
+        }
+        guard let header, let key else { return [] }
+        while buffer.count - start >= 4 {
+            guard !ended else { throw .corrupt("data after the last chunk") }
+            let lengthField = Array(buffer[start..<start + 4])
+            let length = lengthField.reduce(0) { $0 << 8 | Int($1) }
+            guard length <= SpoolSealing.chunkSize else { throw .corrupt("a chunk claims \(length) bytes, more than \(SpoolSealing.chunkSize)") }
+            let end = start + 4 + length + SpoolSealing.tagLength
+            guard buffer.count >= end else { break }
+            let ciphertext = buffer[start + 4..<start + 4 + length]
+            let tag = buffer[start + 4 + length..<end]
+            // The last chunk is the one that opens with the final flag; a chunk that opens with neither is damaged.
+            var opened: [UInt8]?
+            for final in [false, true] {
+                let nonce = SealingStream.nonce(prefix: prefix, counter: counter, final: final)
+                if let box = try? AES.GCM.SealedBox(nonce: AES.GCM.Nonce(data: nonce), ciphertext: ciphertext, tag: tag),
+                   let plaintext = try? AES.GCM.open(box, using: key, authenticating: header + lengthField) {
+                    opened = Array(plaintext)
+                    ended = final
+                    break
+                }
+            }
+            guard let plaintext = opened else { throw .corrupt("chunk \(counter) does not authenticate") }
+            guard counter < UInt32.max else { throw .corrupt("too many chunks") }
+            counter += 1
+            out += plaintext
+            start = end
+        }
+        buffer.removeFirst(start)
+        if ended, !buffer.isEmpty { throw .corrupt("data after the last chunk") }
+        return out
+    }
+
+    /// Throws unless the last chunk has been read and nothing followed it.
+    public func finish() throws(SealingError) {
+        guard header != nil else { throw .truncated }
+        guard ended else { throw .truncated }
+        guard buffer.isEmpty else { throw .corrupt("data after the last chunk") }
+    }
+}
+
+extension SpoolSealing {
+    /// Seals `plaintext` whole (small files: envelopes, the relay's in-memory hand-off).
+    public static func seal(_ plaintext: some Collection<UInt8>, keys: SpoolKeyRing) throws(SealingError) -> [UInt8] {
+        var stream = SealingStream(keys: keys)
+        var out = stream.header
+        out += try stream.append(plaintext)
+        out += try stream.finish()
+        return out
+    }
+
+    /// Opens a whole sealed file.
+    public static func open(_ sealed: some Collection<UInt8>, keys: SpoolKeyRing) throws(SealingError) -> [UInt8] {
+        var stream = OpeningStream(keys: keys)
+        let plaintext = try stream.feed(sealed)
+        try stream.finish()
+        return plaintext
+    }
+}
