@@ -54,10 +54,10 @@ final class StreamingTests: XCTestCase {
     /// the spool's tmp/ holds a file (the message is being written while it arrives), and disconnects.
     static let client = #"""
     import hashlib, os, random, socket, sys, time
-    port, size, abort_after, tmpdir = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    port, size, abort_after, tmpdir, sender = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
     rng = random.Random(20)
     lines, total = [], 0
-    header = b"From: scanner@example.edu\r\nTo: bob@example.edu\r\nSubject: large scan\r\nMessage-ID: <large@example.edu>\r\n\r\n"
+    header = (b"" if sender == "-" else b"From: " + sender.encode() + b"\r\n") + b"To: bob@example.edu\r\nSubject: large scan\r\nMessage-ID: <large@example.edu>\r\n\r\n"
     lines.append(header); total += len(header)
     i = 0
     while total < size:
@@ -90,8 +90,8 @@ final class StreamingTests: XCTestCase {
     s.sendall(b"QUIT\r\n"); reply()
     """#
 
-    func send(port: Int, size: Int, abortAfter: Int = 0) throws -> String {
-        try Shell.python(Self.client, ["\(port)", "\(size)", "\(abortAfter)", spool.appendingPathComponent("tmp").path], timeout: 120).output
+    func send(port: Int, size: Int, abortAfter: Int = 0, from: String = "scanner@example.edu") throws -> String {
+        try Shell.python(Self.client, ["\(port)", "\(size)", "\(abortAfter)", spool.appendingPathComponent("tmp").path, from], timeout: 120).output
     }
 
     func testLargeMessageIsStreamedThroughTheSpoolAndRelayedIntact() async throws {
@@ -106,7 +106,7 @@ final class StreamingTests: XCTestCase {
         let text = String(buffer: data)
         XCTAssertTrue(text.hasPrefix("Received: from client.example.edu"), String(text.prefix(300)))
         // What arrived is the Received header and, byte for byte, what the client sent.
-        let start = try XCTUnwrap(text.range(of: "From: scanner@example.edu"))
+        let start = try XCTUnwrap(text.range(of: "From: scanner@example.edu\r\nTo:"))
         let body = Data(text[start.lowerBound...].utf8)
         let digest = try Shell.run(["sha256sum"], input: body).output.prefix(64)
         XCTAssertEqual(String(digest), String(sent))
@@ -135,6 +135,30 @@ final class StreamingTests: XCTestCase {
         let arrived = await waitFor(60) { sink.receivedCount == 1 && harness.gateway.spool?.depth == 0 }
         XCTAssertTrue(arrived)
         XCTAssertEqual(names("tmp"), [])
+        await harness.stop()
+    }
+
+    /// Policy reads the header section of a streamed message before its body arrives: a spoofed From: is refused
+    /// at the end of DATA with nothing left on disk; a missing one is added before the message's own fields.
+    func testHeaderFromPolicyAppliesToAStreamedMessage() async throws {
+        let harness = try await startGateway()
+        let port = harness.port("device")
+        let spoofed = try send(port: port, size: 3_000_000, from: "mallory@example.org")
+        XCTAssertTrue(spoofed.contains("reply 550 5.7.1"), spoofed)
+        XCTAssertEqual(names("tmp"), [])
+        XCTAssertEqual(names("queue"), [])
+        let missing = try send(port: port, size: 3_000_000, from: "-")
+        XCTAssertTrue(missing.contains("reply 250 2.0.0"), missing)
+        let sent = try XCTUnwrap(missing.split(separator: "\n").first { $0.hasPrefix("sha256 ") }).dropFirst(7)
+        let sink = fixture.sink
+        let arrived = await waitFor(60) { sink.receivedCount == 1 && harness.gateway.spool?.depth == 0 }
+        XCTAssertTrue(arrived)
+        let text = String(buffer: try XCTUnwrap(sink.messages.first?.data))
+        let added = try XCTUnwrap(text.range(of: "\r\nFrom: "), "a From: field was added: \(text.prefix(400))")
+        let own = try XCTUnwrap(text.range(of: "To: bob@example.edu\r\nSubject: large scan"))
+        XCTAssertLessThan(added.lowerBound, own.lowerBound, "the added field comes before the message's own")
+        let digest = try Shell.run(["sha256sum"], input: Data(text[own.lowerBound...].utf8)).output.prefix(64)
+        XCTAssertEqual(String(digest), String(sent))
         await harness.stop()
     }
 }
