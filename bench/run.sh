@@ -2,9 +2,10 @@
 # Postern benchmarks (`make bench`): one machine, loopback only, bounded counts, everything started
 # here is stopped here. See BENCHMARKS.md for what is measured and how.
 #
-#   bench/run.sh [all|ceiling|postern|postfix|submission|idle|policy]...   (default: all)
+#   bench/run.sh [all|ceiling|postern|postfix|submission|large|idle|policy]...   (default: all)
 #
 # Environment: MESSAGES (20000) SESSIONS (50) SIZE (10240) SUB_SESSIONS (50) SUB_MESSAGES (10000)
+#   LARGE_COUNT (50) LARGE_SIZE (20000000: octets per message in the `large` phase)
 #   IDLE_CONNECTIONS (10000) POLICY_DEVICES (100000) RELAY_CONNECTIONS (20) TIMEOUT (600 s per load)
 #   BIN (directory with release binaries; default .build-release/release); PERF=1 profiles Postern (perf)
 set -euo pipefail
@@ -22,6 +23,8 @@ POLICY_DEVICES=${POLICY_DEVICES:-100000}
 # Postfix instance keeps, so both may open as many sessions to the sink.
 RELAY_CONNECTIONS=${RELAY_CONNECTIONS:-20}
 TIMEOUT=${TIMEOUT:-600}
+LARGE_COUNT=${LARGE_COUNT:-50}
+LARGE_SIZE=${LARGE_SIZE:-20000000}
 FROM=scanner@example.edu
 TO=bob@example.edu
 PHASES=${*:-all}
@@ -140,7 +143,7 @@ SINK_PORT=$(free_port)
 wait_port "$SINK_PORT" 20
 
 LDAP_PORT=$(free_port); LDAPS_PORT=$(free_port)
-if want submission; then
+if want submission || want large; then
   scripts/slapd-instance.sh start "$WORK/slapd" "$LDAP_PORT" "$LDAPS_PORT" policies/demo-directory.ldif "$CERTS"
 fi
 
@@ -176,7 +179,7 @@ delivery:
     upstreams:
       - name: bench-sink
         host: 127.0.0.1
-        port: $SINK_PORT
+        port: ${UPSTREAM_PORT:-$SINK_PORT}
         tls: starttls
         server-name: localhost
         ca-file: $CERTS/ca.pem
@@ -297,6 +300,32 @@ if want postfix; then
   log "postfix  postern-load -> smtpd: $(result_field "$r" rate) msg/s accepted, failed $(result_field "$r" failed), DATA-end->250 p50 $X_P50 ms p99 $X_P99 ms max $(result_field "$r" max_ms) ms; peak PSS (all processes) $X_PSS MiB, $(wc -l < "$cg/cgroup.procs" 2>/dev/null || echo '?') processes at the end"
   postfix -c "$POSTFIX_DIR/etc" stop >/dev/null 2>&1 || true
   POSTFIX_DIR=
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 4b. Large messages (issue #20): LARGE_COUNT messages of LARGE_SIZE octets at once, on the device listener and
+# then on submission (STARTTLS + AUTH); a fresh gateway for each, relaying to a sink with an outbox (the
+# benchmark sink discards), where bench/large-messages.py checks every message's SHA-256. The figure: the
+# gateway's peak RSS (VmHWM, and VmRSS sampled every 20 ms) minus its RSS at rest before the load.
+if want large; then
+  LARGE_SINK_PORT=$(free_port)
+  mkdir -p "$WORK/large-outbox"
+  "$BIN/postern" sink --listen 127.0.0.1:$LARGE_SINK_PORT --tls starttls --cert "$CERTS/server.pem" --key "$CERTS/server.key" \
+    --ca "$CERTS/ca.pem" --outbox "$WORK/large-outbox" >"$WORK/large-sink.log" 2>&1 & pids+=($!)
+  wait_port "$LARGE_SINK_PORT" 20
+  for mode in device submission; do
+    rm -f "$WORK/large-outbox"/*.eml
+    UPSTREAM_PORT=$LARGE_SINK_PORT start_postern
+    sleep 2
+    if [ $mode = device ]; then port=$DEVICE_PORT; auth=(); else port=$SUB_PORT
+      auth=(--user alice --password alice-demo-pass --ca "$CERTS/ca.pem" --sender alice@example.edu); fi
+    cpu0=$(proc_cpu "$POSTERN_PID")
+    r=$(timeout "$TIMEOUT" python3 bench/large-messages.py --port "$port" --mode $mode --count "$LARGE_COUNT" --size "$LARGE_SIZE" \
+          --pid "$POSTERN_PID" --outbox "$WORK/large-outbox" --timeout "$TIMEOUT" --label large-$mode "${auth[@]}")
+    cpu1=$(proc_cpu "$POSTERN_PID")
+    log "large    $mode: $LARGE_COUNT x $LARGE_SIZE B at once: accepted $(result_field "$r" accepted), failed $(result_field "$r" failed), intact at the sink $(result_field "$r" intact) (mismatched $(result_field "$r" mismatched)), accepted after $(result_field "$r" accept_seconds) s, relayed after $(result_field "$r" relayed_seconds) s; RSS at rest $(result_field "$r" rss_rest_mib) MiB, peak $(result_field "$r" vmhwm_mib) MiB (VmHWM; sampled $(result_field "$r" rss_peak_sampled_mib) MiB): growth $(result_field "$r" growth_mib) MiB (target < 100); $(fmt "$cpu1 - $cpu0" .1f) CPU-s; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+    stop_postern
+  done
 fi
 
 # ---------------------------------------------------------------------------------------------

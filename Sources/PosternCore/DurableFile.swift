@@ -76,38 +76,93 @@ public enum DurableFile {
     ///   group commit); until then the rename may be lost in a power loss.
     public static func write(to path: String, temporary: String? = nil, reusing: String? = nil, permissions: mode_t = 0o600,
                              syncDirectory: Bool = true, _ body: (Output) throws(DurableWriteError) -> Void) throws(DurableWriteError) {
-        let temporary = temporary ?? defaultTemporary(for: path)
-        var fd: Int32 = -1
-        if let reusing, rename(reusing, temporary) == 0 {
-            fd = open(temporary, O_WRONLY | O_CLOEXEC)
-            if fd < 0 { unlink(temporary) }
-        }
-        if fd < 0 { fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, permissions) }
-        // Nothing to clean up: an existing file of that name (EEXIST) is another writer's.
-        guard fd >= 0 else { throw DurableWriteError(operation: "open", path: temporary, code: errno) }
+        let writer = try Writer(temporary: temporary ?? defaultTemporary(for: path), reusing: reusing, permissions: permissions)
         do throws(DurableWriteError) {
-            try body(Output(fd: fd, path: temporary))
-            if reusing != nil {
-                let length = lseek(fd, 0, SEEK_CUR)
-                if length < 0 || ftruncate(fd, length) != 0 { throw DurableWriteError(operation: "ftruncate", path: temporary, code: errno) }
-            }
-            if syncData(fd) != 0 { throw DurableWriteError(operation: "fdatasync", path: temporary, code: errno) }
+            try body(writer.output)
         } catch {
-            close(fd)
-            unlink(temporary)
+            writer.abort()
             throw error
         }
-        if close(fd) != 0 {
-            let code = errno
-            unlink(temporary)
-            throw DurableWriteError(operation: "close", path: temporary, code: code)
+        try writer.commit(to: path, syncDirectory: syncDirectory)
+    }
+
+    /// `write` in steps, for a file whose bytes arrive over time (a message streamed from a client): open,
+    /// `output.write` as often as needed, then `commit` (the same fdatasync, rename and directory fsync as
+    /// `write`) or `abort` (the temporary file is removed). Not thread-safe: one caller at a time, in order.
+    public final class Writer: @unchecked Sendable {
+        public let temporary: String
+        public let output: Output
+        private let reused: Bool
+        private var isOpen = true
+
+        /// Creates the temporary file (or takes over `reusing`, see `write`).
+        public init(temporary: String, reusing: String? = nil, permissions: mode_t = 0o600) throws(DurableWriteError) {
+            var fd: Int32 = -1
+            var reused = false
+            if let reusing, rename(reusing, temporary) == 0 {
+                fd = open(temporary, O_WRONLY | O_CLOEXEC)
+                if fd < 0 { unlink(temporary) } else { reused = true }
+            }
+            if fd < 0 { fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, permissions) }
+            // Nothing to clean up: an existing file of that name (EEXIST) is another writer's.
+            guard fd >= 0 else { throw DurableWriteError(operation: "open", path: temporary, code: errno) }
+            self.temporary = temporary
+            self.reused = reused
+            self.output = Output(fd: fd, path: temporary)
         }
-        if rename(temporary, path) != 0 {
-            let code = errno
-            unlink(temporary)
-            throw DurableWriteError(operation: "rename", path: temporary, code: code)
+
+        deinit { abort() }
+
+        /// Overwrites bytes already written at `offset` (a header whose lengths are known only at the end).
+        public func overwrite(_ bytes: [UInt8], at offset: Int) throws(DurableWriteError) {
+            var done = 0
+            while done < bytes.count {
+                let n = bytes.withUnsafeBytes { pwrite(output.fd, $0.baseAddress! + done, bytes.count - done, off_t(offset + done)) }  // `!`: not empty (done < count)
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    throw DurableWriteError(operation: "pwrite", path: temporary, code: errno)
+                }
+                done += n
+            }
         }
-        if syncDirectory { try self.syncDirectory(directory(of: path)) }
+
+        /// fdatasync, rename to `path`, and (unless the caller does it for many files) fsync of `path`'s directory.
+        /// On a failure the temporary file is removed.
+        public func commit(to path: String, syncDirectory: Bool = true) throws(DurableWriteError) {
+            guard isOpen else { throw DurableWriteError(operation: "commit", path: temporary, code: EBADF) }
+            isOpen = false
+            let fd = output.fd
+            do throws(DurableWriteError) {
+                if reused {
+                    let length = lseek(fd, 0, SEEK_CUR)
+                    if length < 0 || ftruncate(fd, length) != 0 { throw DurableWriteError(operation: "ftruncate", path: temporary, code: errno) }
+                }
+                if syncData(fd) != 0 { throw DurableWriteError(operation: "fdatasync", path: temporary, code: errno) }
+            } catch {
+                close(fd)
+                unlink(temporary)
+                throw error
+            }
+            if close(fd) != 0 {
+                let code = errno
+                unlink(temporary)
+                throw DurableWriteError(operation: "close", path: temporary, code: code)
+            }
+            if rename(temporary, path) != 0 {
+                let code = errno
+                unlink(temporary)
+                throw DurableWriteError(operation: "rename", path: temporary, code: code)
+            }
+            if syncDirectory { try DurableFile.syncDirectory(DurableFile.directory(of: path)) }
+        }
+
+        /// Closes and removes the temporary file. Does nothing after `commit` or a first `abort`.
+        public func abort() {
+            guard isOpen else { return }
+            isOpen = false
+            close(output.fd)
+            unlink(temporary)
+        }
     }
 
     /// fsyncs a directory, which makes renames and removals in it durable.

@@ -43,7 +43,13 @@ public final class SpoolTarget: DeliveryTarget {
         }
     }
 
-    private func makeEnvelope(_ envelope: Envelope, message: ByteBuffer) -> SpoolEnvelope {
+    /// A large message goes into the spool while it arrives (`SpoolMessageStream`); the relay reads it from there.
+    public func startMessage(queueID: String) -> any MessageStream {
+        SpoolTargetStream(target: self, stream: spool.startMessage(id: queueID))
+    }
+
+    /// `message`: the message, or its header section alone (the Message-ID is read from it).
+    func makeEnvelope(_ envelope: Envelope, message: ByteBuffer) -> SpoolEnvelope {
         let facts = envelope.facts
         return SpoolEnvelope(
             sender: envelope.sender.mailbox.map { "\($0)" } ?? "",
@@ -52,10 +58,41 @@ public final class SpoolTarget: DeliveryTarget {
             login: facts.user?.login, messageID: HeaderScanner.messageID(in: message), bodyType: envelope.bodyType)
     }
 
-    private static func outcome(of error: SpoolError) -> DeliveryOutcome {
+    static func outcome(of error: SpoolError) -> DeliveryOutcome {
         switch error {
         case .full: return .temporaryFailure(.insufficientStorage)
         case .unwritable: return .temporaryFailure(.localProblem)
         }
     }
+}
+
+/// A message written into the spool while it arrives.
+struct SpoolTargetStream: MessageStream {
+    let target: SpoolTarget
+    let stream: SpoolMessageStream
+
+    var queueID: String { stream.id }
+
+    func append(_ bytes: ByteBuffer, on eventLoop: EventLoop) -> EventLoopFuture<SMTPReply?> {
+        let stream = self.stream
+        return stream.append(bytes, on: eventLoop).map { () -> SMTPReply? in nil }.recover { error in
+            stream.abort()
+            guard case .temporaryFailure(let reply) = SpoolTarget.outcome(of: (error as? SpoolError) ?? .unwritable("\(error)")) else { return .localProblem }
+            return reply
+        }
+    }
+
+    func finish(envelope: Envelope, headerSection: ByteBuffer, on eventLoop: EventLoop) -> EventLoopFuture<DeliveryOutcome> {
+        let spoolEnvelope = target.makeEnvelope(envelope, message: headerSection)
+        let relay = target.relay, id = stream.id, stream = self.stream
+        return stream.commit(envelope: spoolEnvelope, on: eventLoop).map { () -> DeliveryOutcome in
+            relay.submit(id: id, envelope: spoolEnvelope, message: nil)
+            return .queued(id: id)
+        }.recover { error in
+            stream.abort()
+            return SpoolTarget.outcome(of: (error as? SpoolError) ?? .unwritable("\(error)"))
+        }
+    }
+
+    func abort() { stream.abort() }
 }

@@ -58,15 +58,22 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    private var session: SMTPSession
+    var session: SMTPSession
     /// When to greet, read, handle input, wait and close (see `ServerConnectionStateMachine`).
-    private var machine = ServerConnectionStateMachine()
-    private let environment: ConnectionEnvironment
-    private var logger: Logger
+    var machine = ServerConnectionStateMachine()
+    let environment: ConnectionEnvironment
+    var logger: Logger
     private var inbound: ByteBuffer
     private var outbound: ByteBuffer
     private var lineFramer = LineFramer(maxLength: 512)
-    private var dataFramer: DataFramer?
+    var dataFramer: DataFramer?
+    /// Where the message in DATA goes while it arrives: kept in memory, or streamed (see `MessageIntake`).
+    var intake = MessageIntake()
+    /// The target's stream of a large message, its header section (for the Message-ID at its end) and the
+    /// octets written so far.
+    var stream: (stream: any MessageStream, headerSection: ByteBuffer, written: Int)?
+    /// Why a streamed message could not be stored: the reply at the end of DATA instead of 250.
+    var streamFailure: SMTPReply?
     /// This connection's event loop's queue of turns, known from `handlerAdded`.
     private var turnQueue: TurnQueue?
     /// Cuts the client off if the channel stays not writable (see `ServerConnectionStateMachine.stallTimeout`).
@@ -134,12 +141,14 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         machine.channelInactive()
+        abandonStream()
         stallTimer?.cancel()
         context.fireChannelInactive()
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         machine.channelInactive()
+        abandonStream()
         stallTimer?.cancel()
     }
 
@@ -232,15 +241,18 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// One turn: feeds buffered input to the session while the machine allows (until the framers need more
     /// bytes, the session waits, the channel stops being writable, or a turn's commands are taken), then
     /// writes the replies and asks the machine what comes next.
-    private func process(context: ChannelHandlerContext) {
+    func process(context: ChannelHandlerContext) {
         guard machine.turnStarted() else { return }
         while machine.mayTakeCommand() {
             if dataFramer != nil {
                 guard let outcome = dataFramer!.feed(&inbound) else {  // checked just above; `!` spares a copy
                     machine.inputRanOut()
+                    // `!`: set just above. Bounds what is held of a large message (`MessageIntake`).
+                    intakeAction(intake.inputTaken(stored: dataFramer!.storedBytes, rejected: dataFramer!.isRejected), context: context)
                     break
                 }
                 dataFramer = nil
+                if case .rejected = outcome { abandonStream() }
                 apply(session.dataCompleted(outcome), context: context)
             } else {
                 lineFramer.maxLength = session.maxLineLength
@@ -275,7 +287,7 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    private func apply(_ action: SessionAction, context: ChannelHandlerContext) {
+    func apply(_ action: SessionAction, context: ChannelHandlerContext) {
         switch action {
         case .reply(let reply):
             reply.write(into: &outbound)
@@ -302,10 +314,19 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
             reply.write(into: &outbound)
             dataFramer = DataFramer(maxMessageSize: limits.maxMessageSize, normalizeBareLF: limits.normalizeBareLF,
                                     allocator: context.channel.allocator)
+            intake = MessageIntake()
+            streamFailure = nil
         case .authenticate(let credentials):
             authenticate(credentials, context: context)
         case .deliver(let envelope, let body):
-            deliver(envelope, body, context: context)
+            switch intake.phase {
+            case .inMemory: deliver(envelope, body, context: context)
+            case .streaming: finishStream(envelope, tail: body, context: context)
+            case .dropping:
+                // Writing it failed; the client hears why instead of 250.
+                apply(session.deliveryCompleted(.temporaryFailure(streamFailure ?? .localProblem)), context: context)
+                streamFailure = nil
+            }
         }
     }
 
@@ -357,37 +378,6 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
             // Closed meanwhile (idle timeout, shutdown) with its reply not yet written: nothing to answer.
             guard this.machine.waitEnded() else { return }
             this.apply(this.session.authCompleted(outcome), context: boundContext.value)
-            this.process(context: boundContext.value)
-        }
-    }
-
-    private func deliver(_ envelope: Envelope, _ body: ByteBuffer, context: ChannelHandlerContext) {
-        machine.startWaiting(for: .delivery)
-        let target = environment.target
-        let queueID = target.makeQueueID()
-        let header = ReceivedHeader.make(envelope: envelope, hostname: session.configuration.hostname, queueID: queueID, date: environment.now())
-        var composed = context.channel.allocator.buffer(capacity: header.utf8.count + body.readableBytes)
-        composed.writeString(header)
-        composed.writeImmutableBuffer(body)
-        let message = composed
-        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
-        let boundContext = NIOLoopBound(context, eventLoop: context.eventLoop)
-        let audit = environment.audit
-        let metrics = environment.metrics
-        let logger = self.logger
-        target.accept(queueID: queueID, envelope: envelope, message: message, on: context.eventLoop).whenSuccess { outcome in
-            // The message is stored whether or not the client is still there to hear it.
-            switch outcome {
-            case .queued(let id):
-                audit.accepted(envelope, queueID: id, messageID: HeaderScanner.messageID(in: body), size: message.readableBytes)
-                metrics.messageAccepted(listener: envelope.facts.listenerName)
-            case .temporaryFailure(let reply):
-                logger.warning("message not stored", metadata: ["queue_id": "\(queueID)", "reply": "\(reply)"])
-                audit.refusedMessage(envelope.facts, reply: reply)
-            }
-            let this = handler.value
-            guard this.machine.waitEnded() else { return }
-            this.apply(this.session.deliveryCompleted(outcome), context: boundContext.value)
             this.process(context: boundContext.value)
         }
     }

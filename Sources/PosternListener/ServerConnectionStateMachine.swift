@@ -11,7 +11,8 @@ import NIOCore
 /// - input is handled `commandsPerTurn` commands at a time, then the event loop serves other connections
 ///   (`TurnQueue`);
 /// - nothing more is read from the socket while complete input is buffered, while output is held, or while
-///   AUTH, a delivery or a TLS handshake is under way (the handshake's own records always flow);
+///   AUTH, a delivery, a chunk of a streamed message's write or a TLS handshake is under way (the handshake's
+///   own records always flow);
 /// - output is held at `writeBufferWaterMark` (and the kernel's part at `socketSendBuffer`): past the high
 ///   mark the channel is not writable and input waits;
 /// - a client that has reached that bound and has still sent more is writing without reading: it gets
@@ -48,6 +49,8 @@ struct ServerConnectionStateMachine: Sendable {
     enum Wait: Sendable, Hashable {
         case authentication
         case delivery
+        /// A chunk of a message streamed to the delivery target is being written (`MessageIntake`).
+        case messageWrite
         /// After STARTTLS's 220: the handshake's records must keep flowing whatever else holds input.
         case tlsHandshake
     }

@@ -84,10 +84,11 @@ public final class Relay: Sendable {
         signal.signal()
     }
 
-    /// A message was just spooled (it is on disk for good): deliver it now, from memory when there is room.
-    public func submit(id: String, envelope: SpoolEnvelope, message: ByteBuffer) {
+    /// A message was just spooled (it is on disk for good): deliver it now, from memory when it is given (a
+    /// small one) and there is room; a large one, streamed into the spool, is read from there in chunks.
+    public func submit(id: String, envelope: SpoolEnvelope, message: ByteBuffer?) {
         state.withLockedValue { state in
-            if state.preloadedBytes + message.readableBytes <= Self.preloadLimit {
+            if let message, state.preloadedBytes + message.readableBytes <= Self.preloadLimit {
                 state.preloaded[id] = (envelope, message)
                 state.preloadedBytes += message.readableBytes
             }
@@ -210,14 +211,23 @@ public final class Relay: Sendable {
         // From here to the recorded outcome, a death of the process counts against this entry.
         let mark = spool.beginDelivery(id: id)
         defer { spool.endDelivery(mark) }
-        let loaded: (entry: SpoolEntry, message: ByteBuffer)?
+        let loaded: (entry: SpoolEntry, message: SpooledMessage)?
         if let preloaded {
             // Still read the state: `postern queue` may have changed it since the message was spooled.
-            loaded = spool.entry(id: id, envelope: preloaded.envelope, message: preloaded.message).map { ($0, preloaded.message) }
+            loaded = spool.entry(id: id, envelope: preloaded.envelope, message: preloaded.message).map { ($0, .inMemory(preloaded.message)) }
         } else {
-            loaded = await spool.read(id: id)
+            loaded = await spool.readForDelivery(id: id)
         }
-        guard let (entry, message) = loaded else { return nil }
+        guard let (entry, spooled) = loaded else { return nil }
+        let message: RelayMessage
+        switch spooled {
+        case .inMemory(let buffer):
+            message = .inMemory(buffer)
+        case .file(let file):
+            let spool = self.spool
+            message = .chunked(size: file.messageLength) { offset, count in try await spool.read(file, from: offset, count: count) }
+        }
+        defer { if case .file(let file) = spooled { file.close() } }
         let now = clock()
         if entry.state.nextAttempt > now { return entry.state.nextAttempt }
         var plan = DeliveryPlan(id: id, envelope: entry.envelope, state: entry.state, now: now)
@@ -234,7 +244,7 @@ public final class Relay: Sendable {
         TestFault.afterUpstreamReplies(plan.outcomes)
         let state = plan.finish(backoff: schedule.delay(afterAttempt:))
 
-        if !plan.failed.isEmpty { await bounce(entry: entry, message: message, failed: plan.failed, now: now) }
+        if !plan.failed.isEmpty { await bounce(entry: entry, message: await message.headerPart(), failed: plan.failed, now: now) }
         var result: Date? = state.nextAttempt
         do {
             if state.isFinished {
@@ -275,7 +285,7 @@ public final class Relay: Sendable {
 
     /// Hands `recipients` to `pool`'s upstream and says what came of it; raises or resets the upstream's
     /// backoff and puts the connection back as the replies say.
-    private func deliver(entry: SpoolEntry, message: ByteBuffer, recipients: [String], pool: UpstreamPool) async -> DeliveryPlan.Delivery {
+    private func deliver(entry: SpoolEntry, message: RelayMessage, recipients: [String], pool: UpstreamPool) async -> DeliveryPlan.Delivery {
         // The pool's epoch when this attempt began: a failure raises the upstream's backoff only if no
         // other failure of the same moment has already done so.
         let epoch = await pool.epoch

@@ -10,7 +10,8 @@ import NIOCore
 /// Bare CR or LF taints the message (refused with 550 5.6.0 at the end) unless `normalizeBareLF` is set,
 /// in which case bare LF is stored as CRLF; bare CR is always refused. Lines over 998 octets and messages
 /// over the size limit are also refused at the end; their bytes stop being stored as soon as they go
-/// over, so memory stays bounded by `maxMessageSize`.
+/// over, so memory stays bounded by `maxMessageSize`. A receiver that streams the message to disk takes
+/// the stored bytes as they come (`takeStored`), so memory stays bounded by what it lets pile up.
 public struct DataFramer: Sendable {
     public enum Outcome: Sendable, Hashable {
         /// The message, with CRLF line ends and dot-stuffing removed.
@@ -55,6 +56,7 @@ public struct DataFramer: Sendable {
     private var lineLength = 0
     private var rejection: Rejection?
     private var body: ByteBuffer
+    private let allocator: ByteBufferAllocator
     /// Octets received in the body, whether stored or not.
     public private(set) var receivedOctets = 0
 
@@ -62,7 +64,23 @@ public struct DataFramer: Sendable {
         self.maxMessageSize = maxMessageSize
         self.maxLineLength = maxLineLength
         self.normalizeBareLF = normalizeBareLF
+        self.allocator = allocator
         self.body = allocator.buffer(capacity: min(maxMessageSize, 16 * 1024))
+    }
+
+    /// The body bytes stored since the last `takeStored` (dot-unstuffed, CRLF line ends).
+    public var storedBytes: Int { body.readableBytes }
+
+    /// Whether the message will be refused at its end (too big, a line too long, a bare line ending): from
+    /// then on nothing is stored, and what a receiver already wrote elsewhere can go.
+    public var isRejected: Bool { rejection != nil }
+
+    /// Hands out the body bytes stored so far; the message's end (`feed`'s `.message`) then holds only what
+    /// came after.
+    public mutating func takeStored() -> ByteBuffer {
+        let taken = body
+        body = allocator.buffer(capacity: min(maxMessageSize, max(16 * 1024, taken.readableBytes)))
+        return taken
     }
 
     /// Consumes bytes from `buffer` up to and including the end of data. Returns nil while the end

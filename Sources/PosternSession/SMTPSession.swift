@@ -7,7 +7,7 @@ import PosternSMTP
 /// It knows nothing of sockets: the channel handler feeds it lines and results of asynchronous
 /// work (authentication, delivery) and carries out the `SessionAction` it returns.
 ///
-/// (About 450 lines, over the project's 400: every transition of the state is in this one file, where its
+/// (About 480 lines, over the project's 400: every transition of the state is in this one file, where its
 /// `private` state can be seen whole; AUTH's exchange is the only part that could go, and it changes state
 /// at every step.)
 public struct SMTPSession: Sendable {
@@ -24,8 +24,9 @@ public struct SMTPSession: Sendable {
         case ready
         /// MAIL accepted; collecting recipients.
         case transaction(Transaction)
-        /// 354 sent; the handler is reading DATA.
-        case data(Transaction)
+        /// 354 sent; the handler is reading DATA. `headerVerdict`: policy's answer on the header section when
+        /// the handler asked before the end (a message streamed to disk, `headerSectionReceived`).
+        case data(Transaction, headerVerdict: MessageVerdict?)
         /// Waiting for the client's next AUTH line.
         case authExchange(AuthStep)
         /// Waiting for the directory.
@@ -81,6 +82,12 @@ public struct SMTPSession: Sendable {
     }
 
     public var tlsActive: Bool { facts.tls != nil }
+
+    /// The envelope of the message being received (in DATA), for its Received header.
+    public var dataEnvelope: Envelope? {
+        guard case .data(let transaction, _) = state else { return nil }
+        return Envelope(sender: transaction.sender, recipients: transaction.recipients, bodyType: transaction.bodyType, facts: facts)
+    }
 
     public func greeting() -> SMTPReply {
         // RFC 2034: no enhanced status code on the greeting; RFC 5321 4.2: the domain comes first.
@@ -191,16 +198,39 @@ public struct SMTPSession: Sendable {
         }
     }
 
-    /// DATA ended (`<CRLF>.<CRLF>` seen) with this outcome from the framer.
+    /// The start of a message the handler streams to disk, before its end (issue #20): `message` holds at least
+    /// the header section (or `HeaderScanner.headerSectionLimit` octets). Policy decides on the header section
+    /// now. The handler writes the fields of `.acceptAdding` before the message, drops the message on
+    /// `.refuse` (whose reply comes at the end of DATA), and `dataCompleted` then neither asks nor adds again.
+    public mutating func headerSectionReceived(_ message: ByteBuffer) -> MessageVerdict {
+        guard case .data(let transaction, .none) = state else {
+            internalError = "header section in state \(Self.caseName(state))"
+            return .refuse(SMTPReply(451, "4.3.0", "Temporary local problem, try again later"))
+        }
+        let verdict = rules.checkMessage(facts, sender: transaction.sender, message: HeaderScanner.headerSection(of: message))
+        state = .data(transaction, headerVerdict: verdict)
+        return verdict
+    }
+
+    /// DATA ended (`<CRLF>.<CRLF>` seen) with this outcome from the framer. For a streamed message (see
+    /// `headerSectionReceived`) `.message` holds what the handler has not written yet.
     public mutating func dataCompleted(_ outcome: DataFramer.Outcome) -> SessionAction {
-        guard case .data(let transaction) = state else { return internalFailure("end of DATA in state \(Self.caseName(state))") }
+        guard case .data(let transaction, let headerVerdict) = state else { return internalFailure("end of DATA in state \(Self.caseName(state))") }
         switch outcome {
         case .rejected(let rejection):
             state = .ready
             return error(rejection.reply)
+        case .message(let body) where headerVerdict != nil:
+            if case .refuse(let reply)? = headerVerdict {
+                state = .ready
+                return error(reply)
+            }
+            state = .delivering
+            return .deliver(Envelope(sender: transaction.sender, recipients: transaction.recipients, bodyType: transaction.bodyType, facts: facts), body)
         case .message(let body):
             var message = body
-            switch rules.checkMessage(facts, sender: transaction.sender, message: body) {
+            // The header section alone: what policy reads is in it, and a large body is not walked.
+            switch rules.checkMessage(facts, sender: transaction.sender, message: HeaderScanner.headerSection(of: body)) {
             case .refuse(let reply):
                 state = .ready
                 return error(reply)
@@ -419,7 +449,7 @@ public struct SMTPSession: Sendable {
         guard !transaction.recipients.isEmpty else {
             return error(SMTPReply(554, "5.5.1", "No valid recipients"))
         }
-        state = .data(transaction)
+        state = .data(transaction, headerVerdict: nil)
         return .startData(.startData, DataLimits(maxMessageSize: effectiveSizeLimit, normalizeBareLF: configuration.normalizeBareLF))
     }
 

@@ -97,6 +97,7 @@ public final class SinkServer: Sendable {
         var connections = 0
         var handshakeFailures = 0
         var kept: [SinkMessage] = []
+        var keptBytes = 0
         var counter = 0
     }
 
@@ -171,9 +172,13 @@ public final class SinkServer: Sendable {
             state.received += 1
             state.counter += 1
             if configuration.outbox != nil {
-                // The last few are kept for tests to inspect; the outbox holds them all.
-                if state.kept.count >= 1000 { state.kept.removeFirst(state.kept.count - 999) }
+                // The last few are kept for tests to inspect, at most 1,000 and (beyond the last one) 64 MiB, so
+                // that large messages do not pile up in memory; the outbox holds them all.
                 state.kept.append(message)
+                state.keptBytes += message.data.readableBytes
+                while state.kept.count > 1, state.kept.count > 1000 || state.keptBytes > 64 << 20 {
+                    state.keptBytes -= state.kept.removeFirst().data.readableBytes
+                }
             }
             return String(format: "%.6f-%06d", message.receivedAt.timeIntervalSince1970, state.counter)
         }

@@ -13,11 +13,11 @@ public final class Spool: Sendable {
     public let directory: SpoolDirectory
     let logger: Logger
     let pool: NIOThreadPool
-    private let syncer: DirectorySyncer
+    let syncer: DirectorySyncer
     /// Queued ids and their arrival times, for metrics.
-    private let index = NIOLockedValueBox<[String: Date]>([:])
+    let index = NIOLockedValueBox<[String: Date]>([:])
     /// Files in `free/` that the next messages overwrite instead of creating new ones.
-    private let free = NIOLockedValueBox<[String]>([])
+    let free = NIOLockedValueBox<[String]>([])
     /// At most this many files are kept in `free/`.
     static let freeLimit = 1024
     /// Deaths during an entry's delivery after which it is held instead of delivered again.
@@ -214,7 +214,7 @@ public final class Spool: Sendable {
         return max(0, now.timeIntervalSince(oldest))
     }
 
-    private static func sync(_ syncer: DirectorySyncer, logger: Logger) throws(SpoolError) {
+    static func sync(_ syncer: DirectorySyncer, logger: Logger) throws(SpoolError) {
         do { try syncer.sync() } catch {
             logger.error("spool directory fsync failed", metadata: ["error": "\(error)"])
             throw error
@@ -316,7 +316,8 @@ enum SpoolRecovery {
         return held
     }
 
-    /// Removes half-written temp files and orphaned state files, moves corrupt files aside, and
+    /// Removes half-written temp files (a message still arriving when the process died, see
+    /// `MessageFileWriter`) and orphaned state files, moves corrupt files aside, and
     /// returns the entries that are queued.
     static func recover(_ directory: SpoolDirectory, logger: Logger) -> [SpoolEntry] {
         let fm = FileManager.default
@@ -342,9 +343,12 @@ enum SpoolRecovery {
         var entries: [SpoolEntry] = []
         for id in directory.listIDs() {
             do {
-                let (envelope, message) = try directory.readMessage(id: id)
-                let state = try stateOrReset(directory, id: id, envelope: envelope, logger: logger)
-                entries.append(SpoolEntry(id: id, envelope: envelope, state: state, messageSize: message.readableBytes))
+                // In chunks: a queue of large messages is checked without loading any of them whole.
+                let file = try directory.openMessage(id: id)
+                defer { file.close() }
+                try file.verify()
+                let state = try stateOrReset(directory, id: id, envelope: file.envelope, logger: logger)
+                entries.append(SpoolEntry(id: id, envelope: file.envelope, state: state, messageSize: file.messageLength))
             } catch {
                 guard case .corrupt(let reason) = error else { continue }
                 quarantine(directory, id: id, reason: reason, logger: logger)

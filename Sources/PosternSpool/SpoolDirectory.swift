@@ -10,8 +10,8 @@ import Darwin
 /// The on-disk layout of a spool and the blocking operations on it. `Spool` runs these off the
 /// event loops; the `postern queue` CLI uses them directly, so it works whether or not a gateway runs.
 ///
-/// Layout: `tmp/` (files being written), `queue/<id>.msg` (envelope and message, written once:
-/// temp file, fdatasync, rename, directory fsync), `queue/<id>.state` (delivery state, replaced
+/// Layout: `tmp/` (files being written), `queue/<id>.msg` (message and envelope, written once by
+/// `MessageFileWriter`: temp file, fdatasync, rename, directory fsync), `queue/<id>.state` (delivery state, replaced
 /// atomically), `hold/` (entries taken out of delivery: a message that crashed delivery twice, see
 /// `DeliveryLedger`; `postern queue release` puts one back), `corrupt/` (files that failed
 /// validation, kept for a human), `free/` (files of delivered messages kept for reuse: see
@@ -28,7 +28,10 @@ public struct SpoolDirectory: Sendable {
     public let freePath: String
     public let wakePath: String
 
+    /// Format 1: envelope, then message. Read, no longer written.
     static let magic = "POSTERN-SPOOL 1"
+    /// Format 2: message, then envelope (see `MessageFileWriter`).
+    static let magic2 = "POSTERN-SPOOL 2"
 
     public init(root: URL) {
         self.root = root
@@ -84,24 +87,11 @@ public struct SpoolDirectory: Sendable {
         error.isOutOfSpace ? .full : .unwritable(error.description)
     }
 
-    /// Encodes envelope and message into the queue file format:
-    /// `POSTERN-SPOOL 1 <envelope length> <message length> <fnv1a64 of message>\n<envelope JSON><message>`.
-    static func encodeHeader(envelope: SpoolEnvelope, message: ByteBuffer) throws(SpoolError) -> [UInt8] {
-        let json: Data
-        do { json = try JSONEncoder.spool.encode(envelope) } catch { throw .unwritable("encoding envelope: \(error)") }
-        let checksum = message.withUnsafeReadableBytes { fnv1a64($0) }
-        var header = Array("\(magic) \(json.count) \(message.readableBytes) \(String(checksum, radix: 16))\n".utf8)
-        header.append(contentsOf: json)
-        return header
-    }
-
+    /// Writes a message held in memory whole (`MessageFileWriter` in one step). The caller fsyncs the queue directory.
     public func writeMessage(id: String, envelope: SpoolEnvelope, message: ByteBuffer, reuse: String? = nil) throws(SpoolError) {
-        guard QueueID.isValid(id) else { throw .unwritable("invalid queue id \(id)") }
-        let header = try Self.encodeHeader(envelope: envelope, message: message)
-        try writeDurably(messagePath(id), tmpName: "\(id).msg", reuse: reuse) { output throws(DurableWriteError) in
-            try output.write(header)
-            try output.write(message)
-        }
+        let writer = messageWriter(id: id, reuse: reuse)
+        try writer.append(message)
+        try writer.commit(envelope: envelope)
     }
 
     /// Replaces the state file atomically. The caller fsyncs the queue directory.
@@ -241,11 +231,16 @@ public struct SpoolDirectory: Sendable {
 
     /// The first `count` bytes of an open file.
     static func readPrefix(_ fd: Int32, _ count: Int) throws(ReadError) -> [UInt8] {
+        try readRange(fd, offset: 0, count: count)
+    }
+
+    /// `count` bytes of an open file from `offset`.
+    static func readRange(_ fd: Int32, offset start: Int, count: Int) throws(ReadError) -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: count)
         var offset = 0
         let ok = bytes.withUnsafeMutableBytes { buffer -> Bool in
             while offset < buffer.count {
-                let n = pread(fd, buffer.baseAddress! + offset, buffer.count - offset, off_t(offset))  // `!`: not empty (offset < count)
+                let n = pread(fd, buffer.baseAddress! + offset, buffer.count - offset, off_t(start + offset))  // `!`: not empty (offset < count)
                 if n < 0 && errno == EINTR { continue }
                 if n <= 0 { return false }
                 offset += n
@@ -260,30 +255,6 @@ public struct SpoolDirectory: Sendable {
         let (fd, size) = try openForReading(path)
         defer { close(fd) }
         return try readPrefix(fd, size)
-    }
-
-    struct Header {
-        var envelopeLength: Int
-        var messageLength: Int
-        var checksum: UInt64
-        /// Offset of the envelope JSON (just past the header line).
-        var envelopeStart: Int
-        /// Cannot overflow: `parseHeader` refuses lengths whose sum does.
-        var fileSize: Int { envelopeStart + envelopeLength + messageLength }
-    }
-
-    /// Parses the header line at the start of `bytes` (at least its first 200 bytes, or all of a shorter file).
-    static func parseHeader(_ bytes: [UInt8]) throws(ReadError) -> Header {
-        guard let newline = bytes.prefix(200).firstIndex(of: 0x0A) else { throw .corrupt("no header line") }
-        let fields = String(decoding: bytes[..<newline], as: UTF8.self).split(separator: " ")
-        guard fields.count == 5, "\(fields[0]) \(fields[1])" == Self.magic,
-              let envLength = Int(fields[2]), let msgLength = Int(fields[3]), let checksum = UInt64(fields[4], radix: 16),
-              envLength >= 0, msgLength >= 0
-        else { throw .corrupt("bad header line") }
-        // The lengths are the file's word: a corrupt one near Int.max must not overflow `fileSize`.
-        let (withEnvelope, overflow) = (newline + 1).addingReportingOverflow(envLength)
-        guard !overflow, !withEnvelope.addingReportingOverflow(msgLength).overflow else { throw .corrupt("header lengths out of range") }
-        return Header(envelopeLength: envLength, messageLength: msgLength, checksum: checksum, envelopeStart: newline + 1)
     }
 
     static func decodeEnvelope(_ bytes: ArraySlice<UInt8>) throws(ReadError) -> SpoolEnvelope {
@@ -309,8 +280,10 @@ public struct SpoolDirectory: Sendable {
         let header = try Self.parseHeader(bytes)
         guard fileSize == header.fileSize else { throw .corrupt("size \(fileSize), header says \(header.fileSize)") }
         let envelopeEnd = header.envelopeStart + header.envelopeLength
-        if bytes.count < envelopeEnd { bytes = try Self.readPrefix(fd, envelopeEnd) }
-        return (try Self.decodeEnvelope(bytes[header.envelopeStart..<envelopeEnd]), header.messageLength)
+        if bytes.count < envelopeEnd { bytes = try Self.readRange(fd, offset: header.envelopeStart, count: header.envelopeLength) } else {
+            bytes = Array(bytes[header.envelopeStart..<envelopeEnd])
+        }
+        return (try Self.decodeEnvelope(bytes[...]), header.messageLength)
     }
 
     /// Reads and validates a message file: its header, lengths, checksum and envelope.
@@ -322,8 +295,11 @@ public struct SpoolDirectory: Sendable {
         }
         let envStart = header.envelopeStart, envLength = header.envelopeLength, checksum = header.checksum
         let envelope = try Self.decodeEnvelope(bytes[envStart..<(envStart + envLength)])
-        let body = bytes[(envStart + envLength)...]
-        let actual = body.withUnsafeBytes { Self.fnv1a64($0) }
+        let body = bytes[header.messageStart..<(header.messageStart + header.messageLength)]
+        var actual = body.withUnsafeBytes { Self.fnv1a64($0) }
+        if header.coversEnvelope {
+            actual = bytes[envStart..<(envStart + envLength)].withUnsafeBytes { Self.fnv1a64($0, seed: actual) }
+        }
         guard actual == checksum else { throw .corrupt("checksum mismatch") }
         return (envelope, ByteBuffer(bytes: body))
     }
@@ -349,8 +325,11 @@ public struct SpoolDirectory: Sendable {
         return destination
     }
 
-    static func fnv1a64(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+    static let fnvOffset: UInt64 = 0xcbf2_9ce4_8422_2325
+
+    /// FNV-1a over `bytes`, continuing from `seed` (the hash of what came before).
+    static func fnv1a64(_ bytes: UnsafeRawBufferPointer, seed: UInt64 = fnvOffset) -> UInt64 {
+        var hash = seed
         for b in bytes {
             hash ^= UInt64(b)
             hash &*= 0x100_0000_01b3
