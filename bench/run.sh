@@ -2,7 +2,8 @@
 # Postern benchmarks (`make bench`): one machine, loopback only, bounded counts, everything started
 # here is stopped here. See BENCHMARKS.md for what is measured and how.
 #
-#   bench/run.sh [all|ceiling|postern|postfix|submission|large|idle|policy]...   (default: all)
+#   bench/run.sh [all|ceiling|postern|sealed|postfix|submission|large|idle|policy]...   (default: all)
+#   (sealed: the postern device run again with spool encryption, delivery.spool.encrypt)
 #
 # Environment: MESSAGES (20000) SESSIONS (50) SIZE (10240) SUB_SESSIONS (50) SUB_MESSAGES (10000)
 #   LARGE_COUNT (50) LARGE_SIZE (20000000: octets per message in the `large` phase)
@@ -174,7 +175,7 @@ directory:
   group-base: ou=groups,dc=example,dc=edu
   required-groups: [mail-submitters]
 delivery:
-  spool: $WORK/postern-spool
+  spool: $SPOOL_SETTING
   relay:
     upstreams:
       - name: bench-sink
@@ -192,7 +193,13 @@ audit:
 EOF
 }
 POSTERN_PID=
+SEALED=
 start_postern() {
+  SPOOL_SETTING=$WORK/postern-spool
+  if [ -n "$SEALED" ]; then  # spool encryption: one AES-256 key, as docs/production.md makes it
+    (umask 077; printf 'bench %s\n' "$(openssl rand -base64 32)" >"$WORK/spool-keys")
+    SPOOL_SETTING="{ directory: $WORK/postern-spool, encrypt: { key-file: $WORK/spool-keys } }"
+  fi
   write_postern_config
   rm -rf "$WORK/postern-spool"
   POSTERN_LDAP_PASSWORD=postern-demo-pass "$BIN/postern" serve --config "$WORK/postern.yaml" >>"$WORK/postern.log" 2>&1 &
@@ -249,6 +256,22 @@ if want postern; then
   P_RSS=$(hwm_mib "$POSTERN_PID")
   log "postern  postern-load -> device: $(result_field "$r" rate) msg/s accepted, failed $(result_field "$r" failed), DATA-end->250 p50 $P_P50 ms p99 $P_P99 ms max $(result_field "$r" max_ms) ms; peak RSS $P_RSS MiB"
   stop_postern
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 2b. The same device path with spool encryption (every message and envelope sealed with AES-256-GCM).
+if want sealed; then
+  SEALED=1
+  start_postern
+  sleep 1
+  cpu0=$(proc_cpu "$POSTERN_PID")
+  measure_smtp_source "$DEVICE_PORT"
+  cpu1=$(proc_cpu "$POSTERN_PID")
+  S_RATE=$RUN_RATE
+  S_CPU=$(calc "($cpu1 - $cpu0) * 1000 / $MESSAGES")
+  log "sealed   smtp-source -> device -> encrypted spool -> mTLS -> sink: $(fmt "$S_RATE" .0f) msg/s at the sink ($MESSAGES in $(fmt "$RUN_SECONDS" .2f) s; smtp-source done after $(fmt "$ACCEPT_SECONDS" .2f) s), $(fmt "$S_CPU" .2f) CPU-s/1000 msgs"
+  stop_postern
+  SEALED=
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -353,6 +376,7 @@ if want postern && want postfix; then
   log "  CPU-s/1000 msgs   Postern $(fmt "$P_CPU" .2f)  Postfix $(fmt "$X_CPU" .2f)  ratio $(fmt "$P_CPU / $X_CPU" .2f)"
   log "  p50 / p99 ms      Postern $P_P50 / $P_P99  Postfix $X_P50 / $X_P99"
   log "  peak memory MiB   Postern $P_RSS (RSS)  Postfix $X_PSS (PSS, summed)"
+  [ -n "${S_RATE:-}" ] && log "  encrypted spool   Postern $(fmt "$S_RATE" .0f) msg/s, $(fmt "$S_CPU" .2f) CPU-s/1000 msgs; ratio to Postfix $(fmt "$S_RATE / $X_RATE" .2f) msg/s, $(fmt "$S_CPU / $X_CPU" .2f) CPU (target >= 3x msg/s)"
   [ -n "${CEILING_RATE:-}" ] && log "  Postern/ceiling   $(fmt "$P_RATE / $CEILING_RATE" .2f) (ceiling $(fmt "$CEILING_RATE" .0f) msg/s, smtp-source -> smtp-sink, plaintext)"
 fi
 log "# load average at end: $(cut -d' ' -f1-3 /proc/loadavg); report in $REPORT"

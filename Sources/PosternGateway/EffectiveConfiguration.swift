@@ -53,7 +53,12 @@ extension GatewayConfiguration {
         case .outbox(let directory):
             out.add("delivery.outbox", directory)
         case .relay(let spool, let relay):
-            out.add("delivery.spool", spool)
+            if let keyFile = spoolKeyFile {
+                out.add("delivery.spool.directory", spool)
+                out.add("delivery.spool.encrypt.key-file", keyFile)
+            } else {
+                out.add("delivery.spool", spool)
+            }
             out.relay(relay)
         }
         out.add("audit.output", auditOutput ?? "stdout")

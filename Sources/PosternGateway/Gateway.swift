@@ -123,7 +123,7 @@ public final class Gateway: Service, Sendable {
             let target = try OutboxTarget(directory: URL(fileURLWithPath: path), threadPool: threadPool, logger: logger)
             return Parts(authenticator: authenticator, spool: nil, relay: nil, target: target)
         case .relay(let spoolPath, let relayConfiguration):
-            let spool = try Spool(directory: URL(fileURLWithPath: spoolPath), logger: logger)
+            let spool = try Spool(directory: URL(fileURLWithPath: spoolPath), logger: logger, keys: configuration.spoolKeys)
             let relay = Relay(configuration: relayConfiguration, spool: spool, eventLoopGroup: group, logger: logger, clock: now) { outcome in
                 audit.relay(queueID: outcome.queueID, recipient: outcome.recipient, upstream: outcome.upstream,
                             reply: outcome.reply, attempt: outcome.attempt, outcome: outcome.disposition.rawValue)

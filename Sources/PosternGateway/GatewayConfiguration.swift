@@ -6,6 +6,7 @@ import PosternPolicy
 import PosternRegistration
 import PosternRelay
 import PosternSession
+import PosternSpool
 import Yams
 
 /// Where accepted mail goes.
@@ -43,6 +44,9 @@ public struct GatewayConfiguration: Sendable {
     public var warnings: [ConfigIssue] = []
     /// The admin HTTP endpoint (`/metrics`, `/health`); none without an `admin` section.
     public var admin: AdminConfiguration?
+    /// Spool encryption at rest (`delivery.spool.encrypt.key-file`): the key file, and its keys as read at load.
+    public var spoolKeyFile: String?
+    public var spoolKeys: SpoolKeyRing?
     /// The device-registration web page; none without a `registration` section.
     public var registration: RegistrationConfiguration?
 
@@ -132,9 +136,16 @@ public struct GatewayConfiguration: Sendable {
         }
 
         var delivery = DeliveryConfiguration.outbox(resolve("outbox"))
+        var spoolKeyFile: String?, spoolKeys: SpoolKeyRing?
         if let node = top["delivery"] {
             let map = reader.mapping(node, known: ["outbox", "spool", "relay"], context: "delivery")
-            switch (reader.string(map["outbox"], "delivery.outbox"), reader.string(map["spool"], "delivery.spool")) {
+            var spoolPath: String?
+            if let spoolNode = map["spool"], spoolNode.mapping != nil {
+                (spoolPath, spoolKeyFile, spoolKeys) = readSpool(spoolNode, reader: &reader, resolve: resolve)
+            } else {
+                spoolPath = reader.string(map["spool"], "delivery.spool")
+            }
+            switch (reader.string(map["outbox"], "delivery.outbox"), spoolPath) {
             case (let outbox?, nil):
                 if map["relay"] != nil { reader.issue(map["relay"], "relay needs a spool, not an outbox", fix: "delivery: { spool: DIR, relay: ... }") }
                 delivery = .outbox(resolve(outbox))
@@ -189,10 +200,33 @@ public struct GatewayConfiguration: Sendable {
         }
 
         if !reader.issues.isEmpty { throw ConfigErrors(issues: reader.issues) }
-        return GatewayConfiguration(file: file, hostname: hostname, policyDirectory: policyDirectory, tls: tls, limits: limits,
-                                    listeners: listeners, delivery: delivery, auditOutput: auditOutput, directory: directory,
-                                    authThrottle: authThrottle, revealNotAuthorized: revealNotAuthorized, warnings: reader.warnings,
-                                    admin: admin, registration: registration)
+        var configuration = GatewayConfiguration(file: file, hostname: hostname, policyDirectory: policyDirectory, tls: tls, limits: limits,
+                                                 listeners: listeners, delivery: delivery, auditOutput: auditOutput, directory: directory,
+                                                 authThrottle: authThrottle, revealNotAuthorized: revealNotAuthorized, warnings: reader.warnings,
+                                                 admin: admin, registration: registration)
+        configuration.spoolKeyFile = spoolKeyFile
+        configuration.spoolKeys = spoolKeys
+        return configuration
+    }
+
+    /// `delivery.spool` as a mapping: `{ directory: DIR, encrypt: { key-file: FILE } }` (the string form is the directory).
+    static func readSpool(_ node: Node, reader: inout ConfigReader, resolve: (String) -> String)
+        -> (path: String?, keyFile: String?, keys: SpoolKeyRing?) {
+        let map = reader.mapping(node, known: ["directory", "encrypt"], context: "delivery.spool")
+        let path = reader.string(map["directory"], "delivery.spool.directory")
+        if path == nil { reader.issue(node, "delivery.spool needs a directory", fix: "spool: { directory: /var/lib/postern/spool, encrypt: { key-file: ... } }") }
+        guard let encrypt = map["encrypt"] else { return (path, nil, nil) }
+        let fields = reader.mapping(encrypt, known: ["key-file"], context: "delivery.spool.encrypt")
+        guard let keyFile = reader.string(fields["key-file"], "delivery.spool.encrypt.key-file").map(resolve) else {
+            reader.issue(encrypt, "delivery.spool.encrypt needs a key-file", fix: "key-file: /etc/postern/spool-keys (lines 'KEY-ID BASE64', from openssl rand -base64 32)")
+            return (path, nil, nil)
+        }
+        do {
+            return (path, keyFile, try SpoolKeyRing(contentsOfFile: keyFile))
+        } catch {
+            reader.issue(fields["key-file"], "\(error)", fix: "one key per line: KEY-ID and 32 bytes in base64 (openssl rand -base64 32); the first seals; chmod 600")
+            return (path, keyFile, nil)
+        }
     }
 
     /// What `max-message-size` may be, in `limits` and on a listener.

@@ -28,7 +28,11 @@ public final class MessageFileWriter: @unchecked Sendable {
     private var checksum = SpoolDirectory.fnvOffset
     /// Octets of the message appended so far.
     public private(set) var messageLength = 0
+    /// Octets of the message section written so far: `messageLength`, or with sealing the sealed stream's.
+    private var storedLength = 0
     private var finished = false
+    /// With spool encryption: the message's sealed stream (format 3).
+    private var sealer: SealingStream?
 
     /// Nothing is opened until the first `append` (or `commit`): creating a writer does no I/O.
     /// `reuse`: a name in `free/` whose file is overwritten instead of creating one.
@@ -36,13 +40,14 @@ public final class MessageFileWriter: @unchecked Sendable {
         self.directory = directory
         self.id = id
         self.reuse = reuse
+        sealer = directory.keys.map { SealingStream(keys: $0) }
     }
 
     deinit { file?.abort() }
 
-    static func headerLine(messageLength: Int, checksum: UInt64, envelopeLength: Int) -> [UInt8] {
+    static func headerLine(messageLength: Int, checksum: UInt64, envelopeLength: Int, sealed: Bool = false) -> [UInt8] {
         func padded(_ text: String, _ width: Int) -> String { String(repeating: "0", count: max(0, width - text.count)) + text }
-        return Array("\(SpoolDirectory.magic2) \(padded(String(messageLength), 20)) \(padded(String(checksum, radix: 16), 16)) \(padded(String(envelopeLength), 10))\n".utf8)
+        return Array("\(sealed ? SpoolDirectory.magic3 : SpoolDirectory.magic2) \(padded(String(messageLength), 20)) \(padded(String(checksum, radix: 16), 16)) \(padded(String(envelopeLength), 10))\n".utf8)
     }
 
     private func opened() throws(SpoolError) -> DurableFile.Writer {
@@ -52,6 +57,7 @@ public final class MessageFileWriter: @unchecked Sendable {
             let file = try DurableFile.Writer(temporary: "\(directory.tmpPath)/\(id).msg", reusing: reuse.map { "\(directory.freePath)/\($0)" })
             self.file = file
             try file.output.write(Self.headerLine(messageLength: 0, checksum: 0, envelopeLength: 0))
+            if let header = sealer?.header { try store(header, to: file) }
             return file
         } catch {
             abort()
@@ -63,28 +69,64 @@ public final class MessageFileWriter: @unchecked Sendable {
     public func append(_ bytes: ByteBuffer) throws(SpoolError) {
         let file = try opened()
         do {
-            checksum = bytes.withUnsafeReadableBytes { SpoolDirectory.fnv1a64($0, seed: checksum) }
-            try file.output.write(bytes)
+            if sealer != nil {
+                let sealed = try bytes.withUnsafeReadableBytes { raw throws(SealingError) in try seal(raw) }
+                try store(sealed, to: file)
+            } else {
+                checksum = bytes.withUnsafeReadableBytes { SpoolDirectory.fnv1a64($0, seed: checksum) }
+                try file.output.write(bytes)
+                storedLength += bytes.readableBytes
+            }
             messageLength += bytes.readableBytes
-        } catch {
+        } catch let error as SealingError {
+            abort()
+            throw .unwritable("sealing the message: \(error)")
+        } catch let error as DurableWriteError {
             abort()
             throw SpoolDirectory.error(error)
+        } catch {
+            abort()
+            throw .unwritable("\(error)")
         }
+    }
+
+    private func seal(_ raw: UnsafeRawBufferPointer) throws(SealingError) -> [UInt8] {
+        guard var stream = sealer else { return [] }
+        let sealed = try stream.append(raw)
+        sealer = stream
+        return sealed
+    }
+
+    /// Writes stored bytes of the message section, counted into the checksum and the stored length.
+    private func store(_ bytes: [UInt8], to file: DurableFile.Writer) throws(DurableWriteError) {
+        guard !bytes.isEmpty else { return }
+        checksum = bytes.withUnsafeBytes { SpoolDirectory.fnv1a64($0, seed: checksum) }
+        try file.output.write(bytes)
+        storedLength += bytes.count
     }
 
     /// Writes the envelope and the header line, then fdatasync and rename into `queue/`. The caller fsyncs the
     /// queue directory (the spool's group commit) before the message counts as stored.
     public func commit(envelope: SpoolEnvelope) throws(SpoolError) {
         let file = try opened()
-        let json: Data
-        do { json = try JSONEncoder.spool.encode(envelope) } catch {
+        var json: [UInt8]
+        var lastChunk: [UInt8] = []
+        do {
+            json = Array(try JSONEncoder.spool.encode(envelope))
+            if var stream = sealer, let keys = directory.keys {
+                lastChunk = try stream.finish()
+                sealer = stream
+                json = try SpoolSealing.seal(json, keys: keys)
+            }
+        } catch {
             abort()
-            throw .unwritable("encoding envelope: \(error)")
+            throw .unwritable("encoding or sealing the envelope: \(error)")
         }
         do {
+            try store(lastChunk, to: file)
             try file.output.write(json)
             let sum = json.withUnsafeBytes { SpoolDirectory.fnv1a64($0, seed: checksum) }
-            try file.overwrite(Self.headerLine(messageLength: messageLength, checksum: sum, envelopeLength: json.count), at: 0)
+            try file.overwrite(Self.headerLine(messageLength: storedLength, checksum: sum, envelopeLength: json.count, sealed: sealer != nil), at: 0)
             finished = true
             try file.commit(to: directory.messagePath(id), syncDirectory: false)
         } catch {
@@ -115,12 +157,17 @@ public final class OpenMessageFile: @unchecked Sendable {
     /// Bytes read at a time by `verify` (and suggested for `read`).
     public static let chunkSize = 256 * 1024
 
-    init(fd: Int32, header: SpoolDirectory.Header, envelope: SpoolEnvelope, envelopeBytes: [UInt8]) {
+    /// Where the chunks of a sealed message lie, and the keys to open them; nil for a message in the clear.
+    let sealed: (layout: SpoolSealing.Layout, keys: SpoolKeyRing)?
+
+    init(fd: Int32, header: SpoolDirectory.Header, envelope: SpoolEnvelope, envelopeBytes: [UInt8],
+         sealed: (layout: SpoolSealing.Layout, keys: SpoolKeyRing)? = nil) {
         self.fd = fd
         self.envelopeBytes = envelopeBytes
         self.header = header
         self.envelope = envelope
-        self.messageLength = header.messageLength
+        self.sealed = sealed
+        self.messageLength = sealed?.layout.plaintextLength ?? header.messageLength
     }
 
     deinit { close() }
@@ -131,14 +178,15 @@ public final class OpenMessageFile: @unchecked Sendable {
         _ = systemClose(fd)
     }
 
-    /// Reads the whole message in chunks and checks it against the header's checksum.
+    /// Reads the whole message as stored, in chunks, and checks it against the header's checksum (a sealed
+    /// message's chunks authenticate as they are read for delivery).
     public func verify() throws(SpoolDirectory.ReadError) {
         var hash = SpoolDirectory.fnvOffset
         var offset = 0
-        while offset < messageLength {
-            let chunk = try read(from: offset, count: min(Self.chunkSize, messageLength - offset))
-            hash = chunk.withUnsafeReadableBytes { SpoolDirectory.fnv1a64($0, seed: hash) }
-            offset += chunk.readableBytes
+        while offset < header.messageLength {
+            let chunk = try SpoolDirectory.readRange(fd, offset: header.messageStart + offset, count: min(Self.chunkSize, header.messageLength - offset))
+            hash = chunk.withUnsafeBytes { SpoolDirectory.fnv1a64($0, seed: hash) }
+            offset += chunk.count
         }
         if header.coversEnvelope { hash = envelopeBytes.withUnsafeBytes { SpoolDirectory.fnv1a64($0, seed: hash) } }
         guard hash == header.checksum else { throw .corrupt("checksum mismatch") }
@@ -147,8 +195,30 @@ public final class OpenMessageFile: @unchecked Sendable {
     /// `count` bytes of the message from `offset` (clamped to the message's end).
     public func read(from offset: Int, count: Int) throws(SpoolDirectory.ReadError) -> ByteBuffer {
         let count = max(0, min(count, messageLength - offset))
-        let bytes = try SpoolDirectory.readRange(fd, offset: header.messageStart + offset, count: count)
-        return ByteBuffer(bytes: bytes)
+        guard let (layout, keys) = sealed else {
+            return ByteBuffer(bytes: try SpoolDirectory.readRange(fd, offset: header.messageStart + offset, count: count))
+        }
+        // The sealed chunks the range touches, each opened on its own.
+        var out = ByteBuffer()
+        out.reserveCapacity(count)
+        var position = offset
+        while position < offset + count {
+            let index = position / SpoolSealing.chunkSize
+            let (chunkOffset, storedCount) = layout.storedRange(ofChunk: index)
+            let stored = try SpoolDirectory.readRange(fd, offset: header.messageStart + chunkOffset, count: storedCount)
+            let plaintext: [UInt8]
+            do { plaintext = try layout.open(chunk: index, stored: stored, keys: keys) } catch .unknownKey(let id) {
+                throw .locked(SealingError.unknownKey(id).description)
+            } catch {
+                throw .corrupt(error.description)
+            }
+            let start = position - index * SpoolSealing.chunkSize
+            let end = min(plaintext.count, start + (offset + count - position))
+            guard start < end else { throw .corrupt("sealed chunk \(index) is shorter than its place") }
+            out.writeBytes(plaintext[start..<end])
+            position += end - start
+        }
+        return out
     }
 }
 
@@ -161,6 +231,8 @@ extension SpoolDirectory {
         var envelopeStart: Int
         /// Offset of the message: past the envelope (format 1), or just past the header line (format 2).
         var messageStart: Int
+        /// Format 3: message and envelope are sealed streams; the lengths and the checksum are the stored bytes'.
+        var sealed = false
         /// Format 2: the checksum covers the message, then the envelope.
         var coversEnvelope: Bool { envelopeStart > messageStart }
         /// Cannot overflow: `parseHeader` refuses lengths whose sum does.
@@ -176,7 +248,7 @@ extension SpoolDirectory {
         let envField: Substring, msgField: Substring
         switch magic {
         case Self.magic: (envField, msgField) = (fields[2], fields[3])
-        case Self.magic2: (envField, msgField) = (fields[4], fields[2])
+        case Self.magic2, Self.magic3: (envField, msgField) = (fields[4], fields[2])
         default: throw .corrupt("bad header line")
         }
         let sumField = magic == Self.magic ? fields[4] : fields[3]
@@ -191,7 +263,8 @@ extension SpoolDirectory {
         if magic == Self.magic {
             return Header(envelopeLength: envLength, messageLength: msgLength, checksum: checksum, envelopeStart: newline + 1, messageStart: firstEnd)
         }
-        return Header(envelopeLength: envLength, messageLength: msgLength, checksum: checksum, envelopeStart: firstEnd, messageStart: newline + 1)
+        return Header(envelopeLength: envLength, messageLength: msgLength, checksum: checksum, envelopeStart: firstEnd, messageStart: newline + 1,
+                      sealed: magic == Self.magic3)
     }
 
     /// Opens a message file for reading in chunks: header and envelope read and checked, the message not yet
@@ -202,8 +275,14 @@ extension SpoolDirectory {
             let header = try Self.parseHeader(try Self.readPrefix(fd, min(fileSize, 4096)))
             guard fileSize == header.fileSize else { throw .corrupt("size \(fileSize), header says \(header.fileSize)") }
             let envelopeBytes = try Self.readRange(fd, offset: header.envelopeStart, count: header.envelopeLength)
-            let envelope = try Self.decodeEnvelope(envelopeBytes[...])
-            return OpenMessageFile(fd: fd, header: header, envelope: envelope, envelopeBytes: envelopeBytes)
+            guard header.sealed else {
+                return OpenMessageFile(fd: fd, header: header, envelope: try Self.decodeEnvelope(envelopeBytes[...]), envelopeBytes: envelopeBytes)
+            }
+            let envelope = try Self.decodeEnvelope(try opened(envelopeBytes)[...])
+            guard let keys else { throw .locked("the file is encrypted and spool encryption is not configured") }
+            let streamHeader = try Self.readRange(fd, offset: header.messageStart, count: min(header.messageLength, SpoolSealing.maxHeaderLength))
+            let layout = try Self.sealedLayout(streamHeader, storedLength: header.messageLength)
+            return OpenMessageFile(fd: fd, header: header, envelope: envelope, envelopeBytes: envelopeBytes, sealed: (layout, keys))
         } catch {
             close(fd)
             throw error

@@ -29,8 +29,9 @@ public final class Spool: Sendable {
     /// Opens (creating if needed) the spool at `directory` and recovers it.
     /// `ioThreads`: threads for the blocking file work. A message's write, fsync and the shared
     /// directory fsync hold one thread, so this bounds how many messages are stored at once.
-    public init(directory: URL, logger: Logger, ioThreads: Int = 16) throws {
-        self.directory = SpoolDirectory(root: directory)
+    /// `keys`: spool encryption (`SpoolSealing`): new message files are sealed, sealed ones opened.
+    public init(directory: URL, logger: Logger, ioThreads: Int = 16, keys: SpoolKeyRing? = nil) throws {
+        self.directory = SpoolDirectory(root: directory, keys: keys)
         self.logger = logger
         self.syncer = DirectorySyncer(directory: self.directory)
         try self.directory.createDirectories()
@@ -350,8 +351,14 @@ enum SpoolRecovery {
                 let state = try stateOrReset(directory, id: id, envelope: file.envelope, logger: logger)
                 entries.append(SpoolEntry(id: id, envelope: file.envelope, state: state, messageSize: file.messageLength))
             } catch {
-                guard case .corrupt(let reason) = error else { continue }
-                quarantine(directory, id: id, reason: reason, logger: logger)
+                switch error {
+                case .corrupt(let reason): quarantine(directory, id: id, reason: reason, logger: logger)
+                case .locked(let reason):
+                    // Left in place and not delivered: the key file lacks its key (or encryption is off).
+                    logger.critical("spool: encrypted queue file cannot be opened; left in place, not delivered",
+                                    metadata: ["queue_id": "\(id)", "reason": "\(reason)"])
+                case .missing: continue
+                }
             }
         }
         if !entries.isEmpty {

@@ -27,14 +27,21 @@ public struct SpoolDirectory: Sendable {
     public let corruptPath: String
     public let freePath: String
     public let wakePath: String
+    /// With spool encryption (`SpoolSealing`): seals new message files with the current key and opens sealed
+    /// ones. Without it, files are written in the clear, and a sealed file cannot be read (`ReadError.locked`).
+    public let keys: SpoolKeyRing?
 
     /// Format 1: envelope, then message. Read, no longer written.
     static let magic = "POSTERN-SPOOL 1"
     /// Format 2: message, then envelope (see `MessageFileWriter`).
     static let magic2 = "POSTERN-SPOOL 2"
+    /// Format 3: format 2 with the message and the envelope each a sealed stream (spool encryption, `SpoolSealing`);
+    /// the lengths and the checksum in the header line are those of the stored, sealed bytes.
+    static let magic3 = "POSTERN-SPOOL 3"
 
-    public init(root: URL) {
+    public init(root: URL, keys: SpoolKeyRing? = nil) {
         self.root = root
+        self.keys = keys
         tmpPath = root.appendingPathComponent("tmp").path
         queuePath = root.appendingPathComponent("queue").path
         holdPath = root.appendingPathComponent("hold").path
@@ -204,6 +211,9 @@ public struct SpoolDirectory: Sendable {
     public enum ReadError: Error, Sendable, Hashable {
         case missing
         case corrupt(String)
+        /// A sealed file this spool has no key for (encryption off, or its key gone from the key file): left
+        /// where it is, never quarantined, readable again once the key is back.
+        case locked(String)
     }
 
     /// Queue ids with a message file, in id (that is, arrival) order.
@@ -283,7 +293,30 @@ public struct SpoolDirectory: Sendable {
         if bytes.count < envelopeEnd { bytes = try Self.readRange(fd, offset: header.envelopeStart, count: header.envelopeLength) } else {
             bytes = Array(bytes[header.envelopeStart..<envelopeEnd])
         }
-        return (try Self.decodeEnvelope(bytes[...]), header.messageLength)
+        guard header.sealed else { return (try Self.decodeEnvelope(bytes[...]), header.messageLength) }
+        let envelope = try Self.decodeEnvelope(try opened(bytes)[...])
+        let streamHeader = try Self.readRange(fd, offset: header.messageStart, count: min(header.messageLength, SpoolSealing.maxHeaderLength))
+        return (envelope, try Self.sealedLayout(streamHeader, storedLength: header.messageLength).plaintextLength)
+    }
+
+    /// The plaintext of a whole sealed stream read from a file: `.locked` without its key, `.corrupt` when it
+    /// does not authenticate.
+    func opened(_ sealed: [UInt8]) throws(ReadError) -> [UInt8] {
+        guard let keys else { throw .locked("the file is encrypted and spool encryption is not configured (delivery.spool.encrypt)") }
+        do {
+            return try SpoolSealing.open(sealed, keys: keys)
+        } catch .unknownKey(let id) {
+            throw .locked(SealingError.unknownKey(id).description)
+        } catch {
+            throw .corrupt(error.description)
+        }
+    }
+
+    static func sealedLayout(_ streamHeader: [UInt8], storedLength: Int) throws(ReadError) -> SpoolSealing.Layout {
+        guard let layout = SpoolSealing.Layout(streamHeader: streamHeader, storedLength: storedLength) else {
+            throw .corrupt("sealed message of \(storedLength) bytes has no valid layout")
+        }
+        return layout
     }
 
     /// Reads and validates a message file: its header, lengths, checksum and envelope.
@@ -294,14 +327,15 @@ public struct SpoolDirectory: Sendable {
             throw .corrupt("size \(bytes.count), header says \(header.fileSize)")
         }
         let envStart = header.envelopeStart, envLength = header.envelopeLength, checksum = header.checksum
-        let envelope = try Self.decodeEnvelope(bytes[envStart..<(envStart + envLength)])
+        let envelopeBytes = bytes[envStart..<(envStart + envLength)]
         let body = bytes[header.messageStart..<(header.messageStart + header.messageLength)]
         var actual = body.withUnsafeBytes { Self.fnv1a64($0) }
         if header.coversEnvelope {
             actual = bytes[envStart..<(envStart + envLength)].withUnsafeBytes { Self.fnv1a64($0, seed: actual) }
         }
         guard actual == checksum else { throw .corrupt("checksum mismatch") }
-        return (envelope, ByteBuffer(bytes: body))
+        guard header.sealed else { return (try Self.decodeEnvelope(envelopeBytes[...]), ByteBuffer(bytes: body)) }
+        return (try Self.decodeEnvelope(try opened(Array(envelopeBytes))[...]), ByteBuffer(bytes: try opened(Array(body))))
     }
 
     /// The state file, or the initial state when there is none yet. A corrupt state file is

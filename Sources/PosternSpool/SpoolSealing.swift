@@ -279,3 +279,66 @@ extension SpoolSealing {
         return plaintext
     }
 }
+
+extension SpoolSealing {
+    /// The longest stream header: magic, id length, a 64-byte id, nonce prefix.
+    public static let maxHeaderLength = 6 + 1 + 64 + prefixLength
+    /// Bytes a full chunk takes in the file.
+    static let storedChunkSize = 4 + chunkSize + tagLength
+
+    /// Where each chunk of a sealed stream of known stored length lies, for reading a part of a large sealed
+    /// message without opening what comes before it. Every chunk but the last holds `chunkSize` bytes of
+    /// plaintext (what `SealingStream` writes).
+    public struct Layout: Sendable {
+        public let streamHeader: [UInt8]
+        public let keyID: String
+        let noncePrefix: [UInt8]
+        public let chunkCount: Int
+        public let plaintextLength: Int
+        let storedLength: Int
+
+        /// nil when the stored length cannot be a stream with this header (a damaged file).
+        public init?(streamHeader bytes: [UInt8], storedLength: Int) {
+            let fixed = SpoolSealing.magic.count + 1
+            guard bytes.count >= fixed, bytes.starts(with: SpoolSealing.magic) else { return nil }
+            let idLength = Int(bytes[SpoolSealing.magic.count])
+            let headerLength = fixed + idLength + SpoolSealing.prefixLength
+            guard idLength > 0, bytes.count >= headerLength, storedLength >= headerLength + 4 + SpoolSealing.tagLength else { return nil }
+            let body = storedLength - headerLength
+            let count = (body + SpoolSealing.storedChunkSize - 1) / SpoolSealing.storedChunkSize
+            let last = body - (count - 1) * SpoolSealing.storedChunkSize
+            guard last >= 4 + SpoolSealing.tagLength else { return nil }
+            streamHeader = Array(bytes[..<headerLength])
+            keyID = String(decoding: bytes[fixed..<fixed + idLength], as: UTF8.self)
+            noncePrefix = Array(bytes[fixed + idLength..<headerLength])
+            chunkCount = count
+            plaintextLength = body - count * (4 + SpoolSealing.tagLength)
+            self.storedLength = storedLength
+        }
+
+        /// Offset of chunk `index` from the stream's start, and its stored size.
+        public func storedRange(ofChunk index: Int) -> (offset: Int, count: Int) {
+            let offset = streamHeader.count + index * SpoolSealing.storedChunkSize
+            return (offset, min(SpoolSealing.storedChunkSize, storedLength - offset))
+        }
+
+        /// The plaintext of chunk `index` from its stored bytes (`storedRange`).
+        public func open(chunk index: Int, stored: [UInt8], keys: SpoolKeyRing) throws(SealingError) -> [UInt8] {
+            guard let key = keys.key(id: keyID) else { throw .unknownKey(keyID) }
+            guard index >= 0, index < chunkCount, stored.count >= 4 + SpoolSealing.tagLength, let counter = UInt32(exactly: index) else {
+                throw .corrupt("no chunk \(index)")
+            }
+            let lengthField = Array(stored[0..<4])
+            let length = lengthField.reduce(0) { $0 << 8 | Int($1) }
+            guard stored.count == 4 + length + SpoolSealing.tagLength else { throw .corrupt("chunk \(index) has the wrong length") }
+            let nonce = SealingStream.nonce(prefix: noncePrefix, counter: counter, final: index == chunkCount - 1)
+            do {
+                let box = try AES.GCM.SealedBox(nonce: AES.GCM.Nonce(data: nonce), ciphertext: stored[4..<4 + length],
+                                                tag: stored[(4 + length)...])
+                return Array(try AES.GCM.open(box, using: key, authenticating: streamHeader + lengthField))
+            } catch {
+                throw .corrupt("chunk \(index) does not authenticate")
+            }
+        }
+    }
+}

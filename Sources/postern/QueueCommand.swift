@@ -57,7 +57,7 @@ struct QueueCommand: AsyncParsableCommand {
             if let spool, URL(fileURLWithPath: spool).standardized.path != URL(fileURLWithPath: path).standardized.path {
                 throw QueueFailure.unusable("--spool \(spool) is not the spool of \(configPath) (\(path)); give one of the two")
             }
-            let directory = try Self.existing(path)
+            let directory = try Self.existing(path, keys: configuration.spoolKeys)
             do {
                 // A gateway that logs its audit lines to its standard output (a journal) cannot be appended
                 // to from here: the event goes to this command's standard error instead.
@@ -67,8 +67,9 @@ struct QueueCommand: AsyncParsableCommand {
             }
         }
 
-        private static func existing(_ path: String) throws -> SpoolDirectory {
-            let directory = SpoolDirectory(root: URL(fileURLWithPath: path))
+        /// `keys`: the configuration's spool keys; without them (`--spool` alone) encrypted entries cannot be read.
+        private static func existing(_ path: String, keys: SpoolKeyRing? = nil) throws -> SpoolDirectory {
+            let directory = SpoolDirectory(root: URL(fileURLWithPath: path), keys: keys)
             guard FileManager.default.fileExists(atPath: directory.queuePath) else {
                 throw QueueFailure.unusable("no spool at \(path) (expected \(directory.queuePath))")
             }

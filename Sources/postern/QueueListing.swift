@@ -83,13 +83,15 @@ extension QueueCommand {
                 let (directory, _) = try options.open(forChanges: false)
                 let now = Date()
                 var listings: [Listing] = []
-                var unreadable: [String] = []
+                var unreadable: [(id: String, why: String)] = []
                 for area in SpoolDirectory.Area.allCases {
                     for id in directory.listIDs(in: area) {
-                        if let (entry, _) = try? directory.readEntry(id: id, in: area) {
-                            listings.append(Listing(entry, area: area, now: now))
-                        } else {
-                            unreadable.append(id)
+                        do throws(SpoolDirectory.ReadError) {
+                            listings.append(Listing(try directory.readEntry(id: id, in: area).entry, area: area, now: now))
+                        } catch .locked(let why) {
+                            unreadable.append((id, "encrypted, and cannot be opened here: \(why)"))
+                        } catch {
+                            unreadable.append((id, "unreadable; the relay moves it to corrupt/"))
                         }
                     }
                 }
@@ -105,7 +107,7 @@ extension QueueCommand {
                     if let reason = listing.held_reason ?? listing.last_reason { print("    (\(reason))") }
                     for recipient in listing.recipients where recipient.state == "pending" { print("    -> \(recipient.address)") }
                 }
-                for id in unreadable { print("\(id)  (unreadable; the relay moves it to corrupt/)") }
+                for (id, why) in unreadable { print("\(id)  (\(why))") }
                 let queued = listings.filter { $0.status == "queued" }
                 let held = listings.count - queued.count
                 let bytes = listings.reduce(0) { $0 + $1.size }
@@ -125,7 +127,9 @@ extension QueueCommand {
                 let (directory, _) = try options.open(forChanges: false)
                 let area = try QueueCommand.locate(directory, id: id)
                 let read: (entry: SpoolEntry, message: ByteBuffer)
-                do { read = try directory.readEntry(id: id, in: area) } catch {
+                do throws(SpoolDirectory.ReadError) { read = try directory.readEntry(id: id, in: area) } catch .locked(let why) {
+                    throw QueueFailure.unusable("\(id) is encrypted and cannot be opened here: \(why) (give --config of the gateway, as a user who may read its key file)")
+                } catch {
                     throw QueueFailure.unusable("\(id) cannot be read (\(error)); the relay moves unreadable entries to corrupt/")
                 }
                 let entry = read.entry

@@ -24,11 +24,13 @@ final class RelayPathTests: XCTestCase {
         try? FileManager.default.removeItem(at: sinkOutbox)
     }
 
-    func relayDelivery(spool: String) -> String {
+    /// `keyFile`: spool encryption with this key file.
+    func relayDelivery(spool: String, keyFile: String? = nil) -> String {
         let certs = Repo.certs.path
+        let spoolLine = keyFile.map { "{ directory: \(spool), encrypt: { key-file: \($0) } }" } ?? spool
         return """
             delivery:
-              spool: \(spool)
+              spool: \(spoolLine)
               relay:
                 upstreams:
                   - { name: sink, host: 127.0.0.1, port: \(sinkPort), tls: starttls, server-name: localhost, ca-file: \(certs)/ca.pem, certificate: \(certs)/client.pem, key: \(certs)/client.key }
@@ -88,17 +90,29 @@ final class RelayPathTests: XCTestCase {
 
     /// SIGKILL the gateway again and again while a client sends; every message that got a 250 reaches the sink.
     func testEveryAcceptedMessageSurvivesRepeatedSIGKILL() async throws {
+        try await everyAcceptedMessageSurvivesRepeatedSIGKILL(encrypted: false)
+    }
+
+    /// The same with spool encryption (#18): sealed files are recovered after every kill, and delivered intact.
+    func testEveryAcceptedMessageSurvivesRepeatedSIGKILLWithAnEncryptedSpool() async throws {
+        try await everyAcceptedMessageSurvivesRepeatedSIGKILL(encrypted: true)
+    }
+
+    func everyAcceptedMessageSurvivesRepeatedSIGKILL(encrypted: Bool) async throws {
         let work = FileManager.default.temporaryDirectory.appendingPathComponent("postern-crash-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: work) }
         let port = freeLoopbackPort()
         let config = work.appendingPathComponent("postern.yaml")
+        let keyFile = work.appendingPathComponent("spool-keys")
+        try "2026-12 \(Data((0..<32).map { UInt8($0 * 7 % 256) }).base64EncodedString())\n".write(to: keyFile, atomically: true, encoding: .utf8)
+        chmod(keyFile.path, 0o600)
         try """
             hostname: crash.test
             policies: \(Repo.policies.path)
             listeners:
               - { name: device, kind: device, listen: "127.0.0.1:\(port)" }
-            \(relayDelivery(spool: work.appendingPathComponent("spool").path))
+            \(relayDelivery(spool: work.appendingPathComponent("spool").path, keyFile: encrypted ? keyFile.path : nil))
             audit: { output: \(work.appendingPathComponent("audit.jsonl").path) }
             """.write(to: config, atomically: true, encoding: .utf8)
         let accepted = work.appendingPathComponent("accepted.txt")
@@ -175,5 +189,7 @@ final class RelayPathTests: XCTestCase {
         let allArrived = await waitFor(60) { ids.isSubset(of: deliveredIDs()) }
         let missing = ids.subtracting(deliveredIDs())
         XCTAssertTrue(allArrived, "\(missing.count) of \(ids.count) accepted messages never reached the sink: \(missing.sorted().prefix(5))")
+        XCTAssertEqual((try? FileManager.default.contentsOfDirectory(atPath: spool.appendingPathComponent("corrupt").path)) ?? [], [],
+                       "nothing was taken for damaged")
     }
 }
