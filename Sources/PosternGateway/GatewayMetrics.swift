@@ -19,6 +19,8 @@ public final class GatewayMetrics: ConnectionMetrics, Sendable {
     private let latency: ValueHistogram
     /// Departments with a sunset gauge now; gauges of departments that drop out are unregistered.
     private let sunsetGauges = NIOLockedValueBox<[String: Gauge]>([:])
+    private let policyInfo = NIOLockedValueBox<(fingerprint: String, gauge: Gauge)?>(nil)
+    private let policyGeneration: Gauge
 
     /// Delivery latency buckets in seconds: from a quick relay to a message that waited hours in the queue.
     public static let latencyBuckets: [Double] = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14_400, 86_400]
@@ -30,6 +32,7 @@ public final class GatewayMetrics: ConnectionMetrics, Sendable {
         queueOldestAge = registry.makeGauge(descriptor: Self.queueOldestName)
         queueHeld = registry.makeGauge(descriptor: Self.queueHeldName)
         latency = registry.makeValueHistogram(descriptor: Self.latencyName, buckets: Self.latencyBuckets)
+        policyGeneration = registry.makeGauge(descriptor: Self.policyGenerationName)
     }
 
     // MARK: Hook points
@@ -131,6 +134,20 @@ public final class GatewayMetrics: ConnectionMetrics, Sendable {
         for gauge in gone { registry.unregisterGauge(gauge) }
     }
 
+    /// The policy in force: `postern_policy_info{fingerprint="…"} 1` (one series; the old one goes when the
+    /// fingerprint changes) and `postern_policy_generation`, so that one query shows nodes that disagree.
+    public func setPolicyVersion(fingerprint: String, generation: Int) {
+        let old = policyInfo.withLockedValue { info -> Gauge? in
+            if info?.fingerprint == fingerprint { return nil }
+            let previous = info?.gauge
+            info = (fingerprint, registry.makeGauge(descriptor: Self.policyInfoName, labels: [("fingerprint", fingerprint)]))
+            return previous
+        }
+        if let old { registry.unregisterGauge(old) }
+        policyInfo.withLockedValue { $0?.gauge.set(1.0) }
+        policyGeneration.set(Double(generation))
+    }
+
     /// The Prometheus text exposition of everything in the registry.
     public func exposition() -> [UInt8] {
         registry.emitToBuffer()
@@ -164,5 +181,7 @@ public final class GatewayMetrics: ConnectionMetrics, Sendable {
     static var queueOldestName: MetricNameDescriptor { name("queue_oldest_age", unit: "seconds", "Age of the oldest message in the spool.") }
     static var queueHeldName: MetricNameDescriptor { name("queue_held", "Messages held out of delivery (postern queue list shows them).") }
     static var heldName: MetricNameDescriptor { name("messages_held", unit: "total", "Messages taken out of delivery, by reason (interrupted: the gateway died delivering it twice).") }
+    static var policyInfoName: MetricNameDescriptor { name("policy_info", "The policy in force (always 1), by fingerprint; nodes that read the same policy files show the same.") }
+    static var policyGenerationName: MetricNameDescriptor { name("policy_generation", "Policy loads applied since the process started (1 after the first).") }
     static var sunsetName: MetricNameDescriptor { name("sunset_days_remaining", "Days until the department's next device sunset.") }
 }

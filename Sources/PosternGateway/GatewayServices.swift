@@ -34,7 +34,11 @@ public final class GatewayServices: Sendable {
         let metrics = GatewayMetrics()
         let audit = try AuditLog.make(output: configuration.auditOutput, countDecision: metrics.decision)
         let gateway = try Gateway(configuration: configuration, rules: { policies.rules(audit: audit) }, logger: logger, audit: audit,
-                                  metrics: metrics, refreshPolicyGauges: { $0.refreshSunsets(policy: policies.policy, now: Date()) })
+                                  metrics: metrics, refreshPolicyGauges: { $0.refreshSunsets(policy: policies.policy, now: Date()) },
+                                  policyVersion: {
+                                      let (policy, generation) = policies.inForce
+                                      return (policy.fingerprint, generation)
+                                  })
         do {
             try await gateway.start()
             var registration: RegistrationServer?
