@@ -169,6 +169,7 @@ scripts/slapd-instance.sh start "$ha/slapd" "$(port 3389)" "$(port 3636)" polici
 "$bin" sink --listen "127.0.0.1:$(port 2526)" --tls starttls --cert certs/server.pem --key certs/server.key \
   --ca certs/ca.pem --outbox "$ha/outbox" --hostname sink.localhost >"$ha/sink.log" 2>&1 &
 pids+=($!)
+echo $! > "$ha/sink.pid"
 for _ in $(seq 1 100); do
   (exec 3<>"/dev/tcp/127.0.0.1/$(port 2526)") 2>/dev/null && break
   sleep 0.1

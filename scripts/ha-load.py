@@ -20,7 +20,7 @@ Prints a JSON summary on stdout; with --accepted FILE writes the accepted ids th
 time is, per client, the time from its first failure to its next 250; the summary gives the longest.
 
 Usage: ha-load.py --port 2525 [--host 127.0.0.1] [--source 127.0.0.1] [--clients 6] [--messages 300]
-                  [--seconds 60] [--prefix run1] [--accepted FILE] [--from scanner@example.edu] [--to bob@example.edu]
+                  [--seconds 60] [--pause 0.05] [--prefix run1] [--accepted FILE] [--from scanner@example.edu] [--to bob@example.edu]
 """
 import argparse
 import json
@@ -122,6 +122,7 @@ def main():
     parser.add_argument("--clients", type=int, default=6)
     parser.add_argument("--messages", type=int, default=300)
     parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--pause", type=float, default=0, help="seconds each client waits between messages")
     parser.add_argument("--per-connection", type=int, default=20, help="messages before a client reconnects on its own")
     parser.add_argument("--prefix", default="ha")
     parser.add_argument("--accepted")
@@ -133,7 +134,7 @@ def main():
     started = time.monotonic()
     deadline = started + args.seconds
     state = {"next": 0, "accepted": [], "failures": [], "outages": [], "refused": 0}
-    body = "x" * 2000
+    body = "\r\n".join(["x" * 76] * 26)  # about 2 KB in lines of 76
 
     def next_id():
         with lock:
@@ -162,6 +163,8 @@ def main():
                 down_since = None
                 message_id = next_id()
                 sent_on_connection += 1
+                if args.pause:
+                    time.sleep(args.pause)
                 if sent_on_connection >= args.per_connection:
                     client.close()
                     client = None

@@ -84,6 +84,25 @@ final class HADemo {
         return metrics[name, labels] ?? 0
     }
 
+    /// Stops the demo's upstream (the sink): the nodes keep accepting and queue what they cannot relay.
+    func stopUpstream() throws {
+        let text = try String(contentsOf: ha.appendingPathComponent("sink.pid"), encoding: .utf8)
+        guard let sink = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)) else { throw HarnessError("no pid in sink.pid") }
+        kill(sink, SIGTERM)
+        try waitFor("the sink to stop", timeout: 20) { kill(sink, 0) != 0 }
+    }
+
+    /// The upstream again, as the script starts it (the test stops it; the script's cleanup does not know it).
+    func startUpstream() throws -> Spawned {
+        let certs = Repo.certs.path
+        let sink = try Spawned([Repo.posternBinary.path, "sink", "--listen", "127.0.0.1:\(port(2526))", "--tls", "starttls",
+                                "--cert", "\(certs)/server.pem", "--key", "\(certs)/server.key", "--ca", "\(certs)/ca.pem",
+                                "--outbox", ha.appendingPathComponent("outbox").path, "--hostname", "sink.localhost"],
+                               output: directory.appendingPathComponent("sink-again.log").path)
+        try waitFor("the sink to listen again", timeout: 20) { !DemoScriptTests.portIsFree(port(2526)) }
+        return sink
+    }
+
     /// How many copies of each X-HA-Id the sink has written to its outbox.
     func delivered() -> [String: Int] {
         let outbox = ha.appendingPathComponent("outbox")
@@ -103,7 +122,7 @@ final class HADemo {
         let accepted = directory.appendingPathComponent("\(prefix)-accepted.txt").path
         let load = try Spawned(["/usr/bin/python3", Repo.root.appendingPathComponent("scripts/ha-load.py").path,
                                 "--port", "\(port(2525))", "--clients", "\(clients)", "--messages", "\(messages)",
-                                "--seconds", "\(seconds)", "--prefix", prefix, "--accepted", accepted],
+                                "--seconds", "\(seconds)", "--pause", "0.03", "--prefix", prefix, "--accepted", accepted],
                                output: summary)
         return (load, summary, accepted)
     }
