@@ -117,12 +117,12 @@ final class HADemo {
     }
 
     /// Starts the bounded load client (scripts/ha-load.py) against HAProxy's device frontend.
-    func startLoad(prefix: String, clients: Int, messages: Int, seconds: Int) throws -> (Spawned, summary: String, accepted: String) {
+    func startLoad(prefix: String, clients: Int, messages: Int, seconds: Int, perConnection: Int = 20) throws -> (Spawned, summary: String, accepted: String) {
         let summary = directory.appendingPathComponent("\(prefix)-summary.json").path
         let accepted = directory.appendingPathComponent("\(prefix)-accepted.txt").path
         let load = try Spawned(["/usr/bin/python3", Repo.root.appendingPathComponent("scripts/ha-load.py").path,
                                 "--port", "\(port(2525))", "--clients", "\(clients)", "--messages", "\(messages)",
-                                "--seconds", "\(seconds)", "--pause", "0.03", "--prefix", prefix, "--accepted", accepted],
+                                "--seconds", "\(seconds)", "--pause", "0.03", "--per-connection", "\(perConnection)", "--prefix", prefix, "--accepted", accepted],
                                output: summary)
         return (load, summary, accepted)
     }

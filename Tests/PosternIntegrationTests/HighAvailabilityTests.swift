@@ -86,7 +86,8 @@ final class HighAvailabilityTests: XCTestCase {
 
     func testSIGTERMUnderLoadDrainsThroughHAProxyLosingAndRefusingNothing() throws {
         let demo = try HADemo(restartSeconds: 5)
-        let (load, summaryPath, acceptedPath) = try demo.startLoad(prefix: "term", clients: 6, messages: 800, seconds: 150)
+        // Clients keep their connections: those on node1 are still there when its drain notice ends.
+        let (load, summaryPath, acceptedPath) = try demo.startLoad(prefix: "term", clients: 6, messages: 800, seconds: 150, perConnection: 100_000)
         defer { load.kill() }
         try waitForLoad(on: demo, node: 1, count: 30)
 
@@ -112,6 +113,8 @@ final class HighAvailabilityTests: XCTestCase {
         // Only what a client retries by the rules: a 4xx (421 from a session closed by the drain), or a connection
         // refused or closed before the greeting. No session cut mid-transaction, no message left unanswered, no 5xx.
         XCTAssertEqual(Set(result.failures.keys).subtracting(["temporary", "before-greeting"]), [], "\(result)")
+        // The sessions node1 still had were closed with a 421 and their clients went on through node2.
+        XCTAssertGreaterThan(result.failures["temporary"] ?? 0, 0, "\(result)")
 
         try waitFor("node1 up again in HAProxy", timeout: 60) { (try? demo.servers())?["device/node1"]?.status == "UP" }
         let accepted = try acceptedIDs(acceptedPath)
@@ -131,6 +134,53 @@ final class HighAvailabilityTests: XCTestCase {
             rotation \(String(format: "%.2f", outOfRotation)) s after SIGTERM; client-visible failures \(result.failures); \
             longest client wait \(result.failover_seconds) s; delivered twice: \(copies.values.filter { $0 > 1 }.count)
             """)
+        demo.stop()
+    }
+
+    func testALostNodesSpoolIsAdoptedByTheOtherNodeAndDelivered() throws {
+        // node1 is not started again (as good as lost); the upstream is down, so both spools hold what they accepted.
+        let demo = try HADemo(restartSeconds: 3600)
+        try demo.stopUpstream()
+        let (load, summaryPath, acceptedPath) = try demo.startLoad(prefix: "adopt", clients: 4, messages: 200, seconds: 120)
+        defer { load.kill() }
+        XCTAssertEqual(try load.waitForExit(timeout: 130), 0, demo.output())
+        XCTAssertEqual(try summary(summaryPath).unique_accepted, 200)
+        let accepted = try acceptedIDs(acceptedPath)
+        let onNode1 = demo.metric(node: 1, "postern_messages_accepted_total", ["listener": "device"])
+        XCTAssertGreaterThan(onNode1, 0)
+        kill(try demo.nodePID(1), SIGKILL)
+
+        // The procedure of docs/production.md: node1's spool (here in place; after a loss, its disk or a copy) is
+        // adopted by node2 while node2 runs.
+        let lostSpool = demo.ha.appendingPathComponent("node1/spool")
+        let config = demo.ha.appendingPathComponent("node2/postern.yaml").path
+        let environment = ["POSTERN_LDAP_PASSWORD": "postern-demo-pass"]
+        let adopt = try Shell.run([Repo.posternBinary.path, "queue", "adopt", lostSpool.path, "--config", config], environment: environment)
+        XCTAssertEqual(adopt.status, 0, adopt.output)
+        // What node1 accepted of the load, and whatever else it had queued (a sunset reminder due that day).
+        let count = adopt.output.split(separator: "\n").first { $0.contains(" message(s) adopted from \(lostSpool.path)") }
+            .flatMap { Int($0.prefix { $0 != " " }) }
+        XCTAssertGreaterThanOrEqual(count ?? -1, Int(onNode1), adopt.output)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: lostSpool.appendingPathComponent("queue").path).filter { $0.hasSuffix(".msg") },
+                       [])
+        let again = try Shell.run([Repo.posternBinary.path, "queue", "adopt", lostSpool.path, "--config", config], environment: environment)
+        XCTAssertTrue(again.output.contains("0 message(s) adopted"), again.output)
+        let audit = try String(contentsOf: demo.ha.appendingPathComponent("node2/audit.jsonl"), encoding: .utf8)
+        XCTAssertEqual(audit.components(separatedBy: "\"event\":\"queue_adopt\"").count - 1, count, String(audit.suffix(2000)))
+
+        let sink = try demo.startUpstream()
+        defer { sink.kill() }
+        // The upstream was down: node2's retry (10 s, then backoff) brings everything, its own and node1's.
+        var copies: [String: Int] = [:]
+        do {
+            try waitFor("every accepted message at the sink", timeout: 120) {
+                copies = demo.delivered()
+                return accepted.allSatisfy { copies[$0] != nil }
+            }
+        } catch {
+            XCTFail("\(accepted.filter { copies[$0] == nil }.count) accepted message(s) not delivered: \(error)\n\(demo.output())")
+        }
+        XCTAssertEqual(copies.values.filter { $0 > 1 }.count, 0)
         demo.stop()
     }
 
