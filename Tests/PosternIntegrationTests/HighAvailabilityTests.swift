@@ -101,6 +101,10 @@ final class HighAvailabilityTests: XCTestCase {
             return health?.status == 503
         }
         XCTAssertTrue(health?.body.contains("draining") ?? false, health?.body ?? "")
+        // During the notice node1 still greets a new connection (one made straight to it, not through HAProxy).
+        let direct = try Shell.run(["swaks", "--server", "127.0.0.1:\(demo.devicePort(node: 1))", "--quit-after", "CONNECT"], timeout: 10).output
+        XCTAssertTrue(direct.contains("220 node1.localhost ESMTP Postern"), direct)
+        XCTAssertLessThan(Date().timeIntervalSince(signalled), 3, "the check came after the drain notice; it proves nothing")
         try waitFor("HAProxy to mark node1 down", timeout: 10) { (try? demo.servers())?["device/node1"]?.status.hasPrefix("DOWN") == true }
         let outOfRotation = Date().timeIntervalSince(signalled)
         XCTAssertLessThan(outOfRotation, 3, "HAProxy took node1 out only after the 3 s drain notice: \(demo.output())")
