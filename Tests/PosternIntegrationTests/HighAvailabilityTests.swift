@@ -163,8 +163,14 @@ final class HighAvailabilityTests: XCTestCase {
         let lostSpool = demo.ha.appendingPathComponent("node1/spool")
         let config = demo.ha.appendingPathComponent("node2/postern.yaml").path
         let environment = ["POSTERN_LDAP_PASSWORD": "postern-demo-pass"]
+        // A queue file damaged on the way (a bad copy) is named and left where it is; the others are adopted.
+        let damaged = lostSpool.appendingPathComponent("queue/damaged-copy.msg")
+        try Data("POSTERN-SPOOL 1 not what it should be\n".utf8).write(to: damaged)
         let adopt = try Shell.run([Repo.posternBinary.path, "queue", "adopt", lostSpool.path, "--config", config], environment: environment)
-        XCTAssertEqual(adopt.status, 0, adopt.output)
+        XCTAssertEqual(adopt.status, 1, adopt.output)
+        XCTAssertTrue(adopt.output.contains("not adopted: damaged-copy:"), adopt.output)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: damaged.path))
+        try FileManager.default.removeItem(at: damaged)
         // What node1 accepted of the load, and whatever else it had queued (a sunset reminder due that day).
         let count = adopt.output.split(separator: "\n").first { $0.contains(" message(s) adopted from \(lostSpool.path)") }
             .flatMap { Int($0.prefix { $0 != " " }) }
@@ -173,6 +179,7 @@ final class HighAvailabilityTests: XCTestCase {
                        [])
         let again = try Shell.run([Repo.posternBinary.path, "queue", "adopt", lostSpool.path, "--config", config], environment: environment)
         XCTAssertTrue(again.output.contains("0 message(s) adopted"), again.output)
+        XCTAssertEqual(again.status, 0, again.output)
         let audit = try String(contentsOf: demo.ha.appendingPathComponent("node2/audit.jsonl"), encoding: .utf8)
         XCTAssertEqual(audit.components(separatedBy: "\"event\":\"queue_adopt\"").count - 1, count, String(audit.suffix(2000)))
 
