@@ -166,8 +166,6 @@ public struct RegisteredDevice: Sendable, Hashable {
     public var line: Int
     /// Set when the device was revoked: it keeps its file (and its addresses) and is refused naming the revocation.
     public var revocation: Revocation? = nil
-    /// The SHA-256 of its file's text, for the policy fingerprint (`PolicySet.fingerprint`).
-    public var sourceDigest: ContentDigest? = nil
 
     /// The device's file under a policy directory: `devices.d/<department>/<id>.yaml`.
     public func file(in policyDirectory: String) -> String {

@@ -49,8 +49,8 @@ extension PolicySet {
     public var fingerprint: String {
         fingerprintCache.get {
             var sum: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
-            for device in devices {
-                guard let digest = device.sourceDigest?.words else { continue }
+            for entry in devices.entries {
+                guard let digest = entry.sourceDigest?.words else { continue }
                 sum = (sum.0 &+ digest.0, sum.1 &+ digest.1, sum.2 &+ digest.2, sum.3 &+ digest.3)
             }
             let top = topFilesDigest?.words ?? (0, 0, 0, 0)
