@@ -1,8 +1,8 @@
-# Postern: `make demo` runs the gateway on its demo default; `make test` runs the whole suite.
+# Postern: `make demo` runs the gateway on its demo default, `make ha-demo` two of them behind HAProxy; `make test` runs the whole suite.
 SWIFT ?= swift
 BUILD_FLAGS ?=
 
-.PHONY: demo test deps certs build release install clean-var fuzz security bench
+.PHONY: demo ha-demo test deps certs build release install clean-var fuzz security bench
 
 PREFIX ?= /usr/local
 
@@ -19,6 +19,11 @@ build: deps
 demo: deps certs
 	$(SWIFT) build $(BUILD_FLAGS)
 	scripts/demo.sh
+
+# Two gateways behind HAProxy (TCP mode, PROXY v2) with their own spools and one policy copy (var/ha/); README "High availability".
+ha-demo: deps certs
+	$(SWIFT) build $(BUILD_FLAGS)
+	scripts/ha-demo.sh
 
 # Builds and runs every test: unit tests and integration tests against real listeners, slapd and upstreams.
 test: deps certs

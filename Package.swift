@@ -63,6 +63,7 @@ let package = Package(
             name: "PosternPolicy",
             dependencies: [
                 "PosternCore", "PosternSMTP", "PosternSession", "PosternDirectory",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

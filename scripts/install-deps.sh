@@ -4,7 +4,8 @@
 set -euo pipefail
 # chromium, chromium-driver and python3-selenium: the registration page's end-to-end browser test (headless).
 # python3-jwt and python3-cryptography: the Microsoft 365 stand-in's token endpoint checks client assertions with them.
-packages=(swaks slapd ldap-utils libldap2-dev postfix python3 python3-aiosmtpd python3-jwt python3-cryptography openssl pkg-config curl chromium chromium-driver python3-selenium)
+# haproxy: `make ha-demo` and the failover tests put it (TCP mode, PROXY v2) in front of two gateways.
+packages=(swaks slapd haproxy ldap-utils libldap2-dev postfix python3 python3-aiosmtpd python3-jwt python3-cryptography openssl pkg-config curl chromium chromium-driver python3-selenium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -10,10 +10,15 @@ import ServiceLifecycle
 public struct AdminConfiguration: Sendable, Hashable {
     public var host: String
     public var port: Int
+    /// On a graceful shutdown, how long `/health` says `draining` (503) while the listeners still accept
+    /// (`admin: { drain-notice-seconds: 3 }`); 0, the default, stops accepting at once. Behind a load balancer,
+    /// make it longer than the balancer's check interval times its fall count.
+    public var drainNoticeSeconds: Int64
 
-    public init(host: String = "127.0.0.1", port: Int = 9025) {
+    public init(host: String = "127.0.0.1", port: Int = 9025, drainNoticeSeconds: Int64 = 0) {
         self.host = host
         self.port = port
+        self.drainNoticeSeconds = drainNoticeSeconds
     }
 }
 
@@ -23,11 +28,15 @@ public struct AdminProbes: Sendable {
     public var refreshGauges: @Sendable (GatewayMetrics) async -> Void
     /// Why the spool cannot take mail now, or nil when it can.
     public var spoolProblem: @Sendable () async -> String?
+    /// The policy in force as `/health` names it (`policy 3f2a… generation 2`), or nil.
+    public var policyVersion: @Sendable () -> String?
 
     public init(refreshGauges: @escaping @Sendable (GatewayMetrics) async -> Void = { _ in },
-                spoolProblem: @escaping @Sendable () async -> String? = { nil }) {
+                spoolProblem: @escaping @Sendable () async -> String? = { nil },
+                policyVersion: @escaping @Sendable () -> String? = { nil }) {
         self.refreshGauges = refreshGauges
         self.spoolProblem = spoolProblem
+        self.policyVersion = policyVersion
     }
 }
 
@@ -47,7 +56,9 @@ public enum HealthProbe {
     }
 }
 
-/// `GET /metrics` (Prometheus text) and `GET /health` (200 `ok`, or 503 with the reasons), `HEAD` for both.
+/// `GET /metrics` (Prometheus text) and `GET /health` (200 `ok`, or 503 with the reasons: `draining` first while
+/// the gateway shuts down, so that a load balancer's check takes the node out), `HEAD` for both. The health body's
+/// last line names the policy in force (`policy FINGERPRINT generation N`): a balancer matches on the status only.
 ///
 /// Served with Hummingbird, as the registration page is: one HTTP stack in the process, with its request limits,
 /// keep-alive and HEAD handling, on the gateway's event loops. A scrape's work is a few gauges and the
@@ -84,8 +95,9 @@ final class AdminServer: Sendable {
             var problems: [String] = []
             if let problem = context.gatewayProblem() { problems.append(problem) }
             if let problem = await context.probes.spoolProblem() { problems.append("spool: \(problem)") }
-            return problems.isEmpty ? response(.ok, ByteBuffer(string: "ok\n"))
-                : response(.serviceUnavailable, ByteBuffer(string: problems.joined(separator: "\n") + "\n"))
+            let version = context.probes.policyVersion().map { $0 + "\n" } ?? ""
+            return problems.isEmpty ? response(.ok, ByteBuffer(string: "ok\n" + version))
+                : response(.serviceUnavailable, ByteBuffer(string: problems.joined(separator: "\n") + "\n" + version))
         }
         let bound = group.next().makePromise(of: Int.self)
         let answered = NIOLockedValueBox(false)

@@ -45,7 +45,8 @@ public final class Gateway: Service, Sendable {
                 logger: Logger, audit: AuditLog,
                 drainTimeout: Duration = .seconds(30), now: @escaping @Sendable () -> Date = { Date() },
                 metrics: GatewayMetrics = GatewayMetrics(),
-                refreshPolicyGauges: @escaping @Sendable (GatewayMetrics) async -> Void = { _ in }) throws {
+                refreshPolicyGauges: @escaping @Sendable (GatewayMetrics) async -> Void = { _ in },
+                policyVersion: @escaping @Sendable () -> (fingerprint: String, generation: Int)? = { nil }) throws {
         self.configuration = configuration
         self.logger = logger
         self.drainTimeout = drainTimeout
@@ -83,8 +84,10 @@ public final class Gateway: Service, Sendable {
                     metrics.setHeld(count: spool.heldCount)
                 }
                 await refreshPolicyGauges(metrics)
+                if let version = policyVersion() { metrics.setPolicyVersion(fingerprint: version.fingerprint, generation: version.generation) }
             },
-            spoolProblem: { HealthProbe.directoryWritable(storePath) })
+            spoolProblem: { HealthProbe.directoryWritable(storePath) },
+            policyVersion: { policyVersion().map { "policy \($0.fingerprint) generation \($0.generation)" } })
         let environment = ConnectionEnvironment(target: parts.target, authenticator: authenticator, tls: tls, logger: logger, audit: audit, now: now,
                                                 metrics: metrics)
         self.environment = environment
@@ -177,7 +180,7 @@ public final class Gateway: Service, Sendable {
 
     /// Why the SMTP side is unhealthy: shutting down, or configured listeners that are not bound.
     func listenerProblem() -> String? {
-        if stopping.withLockedValue({ $0 }) { return "shutting down" }
+        if stopping.withLockedValue({ $0 }) { return "draining: shutting down" }
         let bound = Set(listeners.all.filter(\.isActive).map(\.configuration.name))
         let missing = configuration.listeners.map(\.name).filter { !bound.contains($0) }
         return missing.isEmpty ? nil : "listeners not bound: \(missing.joined(separator: ", "))"
@@ -215,13 +218,22 @@ public final class Gateway: Service, Sendable {
     public func run() async throws {
         if listeners.all.isEmpty { try await start() }
         try? await gracefulShutdown()
-        await shutdown()
+        await shutdown(notice: .seconds(configuration.admin?.drainNoticeSeconds ?? 0))
     }
 
     /// Stops accepting, lets sessions in DATA finish (bounded by `drainTimeout`), then closes everything.
-    public func shutdown() async {
+    ///
+    /// With a `notice` (`admin.drain-notice-seconds`, on a graceful shutdown), `/health` answers 503 `draining`
+    /// for that long first while the listeners still accept and serve as before: a load balancer that checks
+    /// `/health` more often than that stops sending new connections before this node stops taking them, so no
+    /// client is refused at connect, not even one the balancer would have retried elsewhere.
+    public func shutdown(notice: Duration = .zero) async {
         logger.info("shutting down", metadata: ["connections": "\(shared.connections)"])
         stopping.withLockedValue { $0 = true }
+        if notice > .zero {
+            logger.notice("draining: /health answers 503 while the listeners still accept", metadata: ["seconds": "\(notice.components.seconds)"])
+            try? await Task.sleep(for: notice)
+        }
         let all = listeners.all
         await withTaskGroup(of: Void.self) { group in
             group.addTask {

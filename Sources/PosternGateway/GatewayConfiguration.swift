@@ -186,11 +186,15 @@ public struct GatewayConfiguration: Sendable {
 
         var admin: AdminConfiguration?
         if let node = top["admin"] {
-            let map = reader.mapping(node, known: ["listen"], context: "admin")
+            let map = reader.mapping(node, known: ["listen", "drain-notice-seconds"], context: "admin")
             if map["listen"] == nil {
                 admin = AdminConfiguration()
             } else if let (host, port) = reader.listenAddress(map["listen"], "admin.listen", example: "127.0.0.1:9025") {
                 admin = AdminConfiguration(host: host, port: port)
+            }
+            if map["drain-notice-seconds"] != nil,
+               let seconds = reader.int(map["drain-notice-seconds"], "admin.drain-notice-seconds", range: 0...300) {
+                admin?.drainNoticeSeconds = Int64(seconds)
             }
         }
 

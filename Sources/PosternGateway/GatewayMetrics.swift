@@ -21,6 +21,8 @@ public final class GatewayMetrics: ConnectionMetrics, Sendable {
     private let policyReloadTime: Gauge
     /// Departments with a sunset gauge now; gauges of departments that drop out are unregistered.
     private let sunsetGauges = NIOLockedValueBox<[String: Gauge]>([:])
+    private let policyInfo = NIOLockedValueBox<(fingerprint: String, gauge: Gauge)?>(nil)
+    private let policyGeneration: Gauge
 
     /// Delivery latency buckets in seconds: from a quick relay to a message that waited hours in the queue.
     public static let latencyBuckets: [Double] = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14_400, 86_400]
@@ -36,6 +38,7 @@ public final class GatewayMetrics: ConnectionMetrics, Sendable {
         policyReloadSuccessful.set(Double(1))  // the policy in force at start was loaded, or the gateway would not have started
         policyReloadTime = registry.makeGauge(descriptor: Self.policyReloadTimeName)
         policyReloadTime.set(Date().timeIntervalSince1970)
+        policyGeneration = registry.makeGauge(descriptor: Self.policyGenerationName)
     }
 
     // MARK: Hook points
@@ -146,6 +149,20 @@ public final class GatewayMetrics: ConnectionMetrics, Sendable {
         policyReloadTime.set(time.timeIntervalSince1970)
     }
 
+    /// The policy in force: `postern_policy_info{fingerprint="…"} 1` (one series; the old one goes when the
+    /// fingerprint changes) and `postern_policy_generation`, so that one query shows nodes that disagree.
+    public func setPolicyVersion(fingerprint: String, generation: Int) {
+        let old = policyInfo.withLockedValue { info -> Gauge? in
+            if info?.fingerprint == fingerprint { return nil }
+            let previous = info?.gauge
+            info = (fingerprint, registry.makeGauge(descriptor: Self.policyInfoName, labels: [("fingerprint", fingerprint)]))
+            return previous
+        }
+        if let old { registry.unregisterGauge(old) }
+        policyInfo.withLockedValue { $0?.gauge.set(1.0) }
+        policyGeneration.set(Double(generation))
+    }
+
     /// The Prometheus text exposition of everything in the registry.
     public func exposition() -> [UInt8] {
         registry.emitToBuffer()
@@ -186,5 +203,7 @@ public final class GatewayMetrics: ConnectionMetrics, Sendable {
     static var policyReloadTimeName: MetricNameDescriptor {
         name("policy_last_reload_timestamp", unit: "seconds", "When the policy was last loaded or a reload refused (Unix time).")
     }
+    static var policyInfoName: MetricNameDescriptor { name("policy_info", "The policy in force (always 1), by fingerprint; nodes that read the same policy files show the same.") }
+    static var policyGenerationName: MetricNameDescriptor { name("policy_generation", "Policy loads applied since the process started (1 after the first).") }
     static var sunsetName: MetricNameDescriptor { name("sunset_days_remaining", "Days until the department's next device sunset.") }
 }

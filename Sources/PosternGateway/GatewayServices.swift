@@ -35,7 +35,11 @@ public final class GatewayServices: Sendable {
         policies.observeReloads { metrics.policyReload(applied: $0.applied) }
         let audit = try AuditLog.make(output: configuration.auditOutput, countDecision: metrics.decision)
         let gateway = try Gateway(configuration: configuration, rules: { policies.rules(audit: audit) }, logger: logger, audit: audit,
-                                  metrics: metrics, refreshPolicyGauges: { $0.refreshSunsets(policy: policies.policy, now: Date()) })
+                                  metrics: metrics, refreshPolicyGauges: { $0.refreshSunsets(policy: policies.policy, now: Date()) },
+                                  policyVersion: {
+                                      let (policy, generation) = policies.inForce
+                                      return (policy.fingerprint, generation)
+                                  })
         do {
             try await gateway.start()
             var registration: RegistrationServer?

@@ -161,11 +161,15 @@ public struct PolicySet: Sendable {
     private let catalog: DeviceCatalog
     /// `isEndpointEnabled` by `PolicyEndpoint.allCases` order.
     private let enabled: [Bool]
+    /// The digest of policy.yaml's and departments.yaml's texts, for `fingerprint`.
+    let topFilesDigest: ContentDigest?
+    let fingerprintCache = PolicyFingerprintCache()
 
     /// `catalog` holds the devices, with no two of one id and no two overlapping address ranges.
     init(timeZone: TimeZone, internalDomains: [DomainPattern], globalSunset: CalendarDate?, reminderDays: [Int],
          listeners: [PolicyEndpoint: ListenerRule], serviceAccounts: [ServiceAccount], departments: [String: Department],
-         catalog: DeviceCatalog) {
+         catalog: DeviceCatalog, topFilesDigest: ContentDigest? = nil) {
+        self.topFilesDigest = topFilesDigest
         self.timeZone = timeZone
         self.internalDomains = internalDomains
         self.globalSunset = globalSunset

@@ -6,8 +6,11 @@ final class DeviceEntry: Sendable {
     let file: String
     let idLine: Int
     let addressesLine: Int
+    /// What its file's text hashes to (`DeviceReading.digest`), for `PolicySet.fingerprint`; not part of the device.
+    let sourceDigest: ContentDigest?
 
-    init(device: RegisteredDevice, file: String, idLine: Int, addressesLine: Int) {
+    init(device: RegisteredDevice, file: String, idLine: Int, addressesLine: Int, sourceDigest: ContentDigest? = nil) {
+        self.sourceDigest = sourceDigest
         self.device = device
         self.file = file
         self.idLine = idLine

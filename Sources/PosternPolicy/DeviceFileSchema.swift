@@ -8,6 +8,8 @@ struct DeviceReading: Sendable {
     var file = ""
     /// The device, when the entry is valid on its own.
     var device: RegisteredDevice?
+    /// The SHA-256 of the file's path in devices.d and its text, for `PolicySet.fingerprint`.
+    var digest: ContentDigest?
     var id: String?
     var idLine = 0
     /// The department it names, when it names one.

@@ -249,6 +249,7 @@ struct DeviceFiles: Sendable {
     /// A device file's entry with the checks of its place: its id is its file name, its department its directory.
     static func read(_ text: String, key: DeviceFileKey, file: String) -> DeviceReading {
         var reading = DeviceSchema.read(file: file, text: text)
+        reading.digest = ContentDigest(key.department + "/" + key.name + "\n" + text)
         if let id = reading.id, id != key.id {
             reading.issues.append(PolicyIssue(file: file, line: reading.idLine, message: "device id '\(id)' does not match the file name '\(key.name)'",
                                               fix: "name the file \(id)\(suffix) (git mv), or correct id:"))

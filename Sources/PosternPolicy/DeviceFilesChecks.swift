@@ -77,6 +77,7 @@ extension DeviceFiles {
 
     static func entry(_ record: DeviceFileRecord) -> DeviceEntry? {
         guard let device = record.reading.device else { return nil }
-        return DeviceEntry(device: device, file: record.reading.file, idLine: record.reading.idLine, addressesLine: record.reading.addressesLine)
+        return DeviceEntry(device: device, file: record.reading.file, idLine: record.reading.idLine, addressesLine: record.reading.addressesLine,
+                           sourceDigest: record.reading.digest)
     }
 }

@@ -91,7 +91,8 @@ public enum PolicyLoader {
         state.devices.pending = []
         return .success(PolicySet(timeZone: timeZone, internalDomains: policy.internalDomains, globalSunset: policy.globalSunset,
                                   reminderDays: policy.reminderDays, listeners: policy.listeners, serviceAccounts: policy.serviceAccounts,
-                                  departments: departments.departments, catalog: catalog))
+                                  departments: departments.departments, catalog: catalog,
+                                  topFilesDigest: ContentDigest((state.policyFile.text ?? "") + "\u{0}" + (state.departmentsFile.text ?? ""))))
     }
 }
 

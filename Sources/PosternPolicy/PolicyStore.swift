@@ -11,7 +11,7 @@ import PosternSession
 /// edit is refused with a log line and the old policy stays. Sessions keep the set they started with.
 public final class PolicyStore: Sendable {
     public let directory: URL
-    private let current: NIOLockedValueBox<PolicySet>
+    private let current: NIOLockedValueBox<(policy: PolicySet, generation: Int)>
     /// Loads again reading only the device files whose fingerprint changed (`PolicyLoader`).
     public let reader: PolicyReader
     private let logger: Logger
@@ -35,10 +35,14 @@ public final class PolicyStore: Sendable {
         self.rateLimiter = rateLimiter
         self.userRateLimit = userMessagesPerHour.flatMap { RateLimit("\($0)/hour") }
         reader = PolicyReader(directory: directory)
-        current = NIOLockedValueBox(try reader.load().policy.get())
+        current = NIOLockedValueBox((try reader.load().policy.get(), 1))
     }
 
-    public var policy: PolicySet { current.withLockedValue { $0 } }
+    public var policy: PolicySet { current.withLockedValue { $0.policy } }
+
+    /// The policy in force and how many loads this process has applied (1 after the first): the configuration
+    /// generation `/health` and `/metrics` show beside the policy's fingerprint.
+    public var inForce: (policy: PolicySet, generation: Int) { current.withLockedValue { ($0.policy, $0.generation) } }
 
     /// Loads and validates the files, looking at every device file's fingerprint (one listing per directory, one
     /// `stat` per file; SIGHUP); swaps only when valid. Returns the errors otherwise.
@@ -67,7 +71,7 @@ public final class PolicyStore: Sendable {
     private func apply(_ result: Result<PolicySet, PolicyErrors>, reason: String, counts: PolicyLoadCounts) -> PolicyErrors? {
         switch result {
         case .success(let policy):
-            current.withLockedValue { $0 = policy }
+            current.withLockedValue { $0 = (policy, $0.generation + 1) }
             logger.notice("policy reloaded", metadata: ["reason": "\(reason)", "devices": "\(policy.devices.count)",
                                                         "device-files-read": "\(counts.filesParsed)"])
             notify(PolicyReloadOutcome(applied: true, reason: reason, errors: 0))

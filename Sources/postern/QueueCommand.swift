@@ -14,16 +14,16 @@ import Glibc
 struct QueueCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "queue",
-        abstract: "List, show, flush, hold, release or delete queued messages.",
+        abstract: "List, show, flush, hold, release, delete or adopt queued messages.",
         discussion: """
             The spool is the one of the gateway configuration (--config, default $POSTERN_CONFIG or \
             /etc/postern/postern.yaml); --spool DIR names one directly for reading. Changes (flush, hold, \
-            release, delete) are written to the configuration's audit log, so they need --config.
+            release, delete, adopt) are written to the configuration's audit log, so they need --config.
 
             Exit status: 0 done; 1 nothing done (no such message, not applicable, or --all without --yes); \
             2 the spool or the configuration could not be read or changed; 64 a usage error.
             """,
-        subcommands: [List.self, Show.self, Flush.self, Hold.self, Release.self, Delete.self])
+        subcommands: [List.self, Show.self, Flush.self, Hold.self, Release.self, Delete.self, QueueAdopt.self])
 
     // MARK: Finding the spool
 
