@@ -193,7 +193,7 @@ audit:
 EOF
 }
 POSTERN_PID=
-SEALED=
+SEALED=${SEALED:-}  # SEALED=1: the postern phase with an encrypted spool (to profile it with PERF=1)
 start_postern() {
   SPOOL_SETTING=$WORK/postern-spool
   if [ -n "$SEALED" ]; then  # spool encryption: one AES-256 key, as docs/production.md makes it

@@ -289,46 +289,56 @@ public final class Relay: Sendable {
         // The pool's epoch when this attempt began: a failure raises the upstream's backoff only if no
         // other failure of the same moment has already done so.
         let epoch = await pool.epoch
-        let acquired: (UpstreamConnection, needsReset: Bool)
-        do {
-            acquired = try await pool.acquire(now: clock)
-        } catch let paused as UpstreamPool.Paused {
-            return .paused(until: paused.until)
-        } catch {
-            let reason = "\(error)"
-            let reply = (error as? UpstreamConnectionError)?.upstreamReply
-            var pauseEnds: Date?
-            if let reply, !reply.isPermanent {
-                pauseEnds = await pool.backOff(epoch: epoch, now: clock(), reason: ExchangeOnlineReplies.annotated(reply))
-            } else if reply == nil {
-                pauseEnds = await pool.backOff(epoch: epoch, now: clock(), reason: reason)
+        var freshSessionAfterStale = false
+        while true {
+            let acquired: (UpstreamConnection, needsReset: Bool, reused: Bool)
+            do {
+                acquired = try await pool.acquire(now: clock)
+            } catch let paused as UpstreamPool.Paused {
+                return .paused(until: paused.until)
+            } catch {
+                let reason = "\(error)"
+                let reply = (error as? UpstreamConnectionError)?.upstreamReply
+                var pauseEnds: Date?
+                if let reply, !reply.isPermanent {
+                    pauseEnds = await pool.backOff(epoch: epoch, now: clock(), reason: ExchangeOnlineReplies.annotated(reply))
+                } else if reply == nil {
+                    pauseEnds = await pool.backOff(epoch: epoch, now: clock(), reason: reason)
+                }
+                logger.warning("upstream connection failed", metadata: ["upstream": "\(pool.upstream.name)", "error": "\(reason)"])
+                return .attempted(Self.everyone(recipients, .local(reply.map(ExchangeOnlineReplies.annotated) ?? reason)), pauseEnds: pauseEnds)
             }
-            logger.warning("upstream connection failed", metadata: ["upstream": "\(pool.upstream.name)", "error": "\(reason)"])
-            return .attempted(Self.everyone(recipients, .local(reply.map(ExchangeOnlineReplies.annotated) ?? reason)), pauseEnds: pauseEnds)
-        }
-        let (connection, needsReset) = acquired
-        do {
-            let result = try await connection.send(sender: entry.envelope.sender, recipients: recipients, body: message,
-                                                   bodyType: entry.envelope.bodyType, needsReset: needsReset)
-            let throttle = result.replies.values.first(where: Self.isUpstreamThrottle)
-            let anyFailure = recipients.contains { !(result.replies[$0]?.isPositive ?? false) }
-            var pauseEnds: Date?
-            if let throttle {
-                await pool.release(connection, reusable: throttle.code != 421, needsReset: true)
-                pauseEnds = await pool.backOff(epoch: epoch, now: clock(), reason: ExchangeOnlineReplies.annotated(throttle))
-            } else {
-                if !anyFailure { await pool.succeeded() }
-                await pool.release(connection, reusable: result.connectionReusable, needsReset: anyFailure)
+            let (connection, needsReset, reused) = acquired
+            do {
+                let result = try await connection.send(sender: entry.envelope.sender, recipients: recipients, body: message,
+                                                       bodyType: entry.envelope.bodyType, needsReset: needsReset)
+                let throttle = result.replies.values.first(where: Self.isUpstreamThrottle)
+                let anyFailure = recipients.contains { !(result.replies[$0]?.isPositive ?? false) }
+                var pauseEnds: Date?
+                if let throttle {
+                    await pool.release(connection, reusable: throttle.code != 421, needsReset: true)
+                    pauseEnds = await pool.backOff(epoch: epoch, now: clock(), reason: ExchangeOnlineReplies.annotated(throttle))
+                } else {
+                    if !anyFailure { await pool.succeeded() }
+                    await pool.release(connection, reusable: result.connectionReusable, needsReset: anyFailure)
+                }
+                var replies: [String: DeliveryPlan.RecipientResult] = [:]
+                for recipient in recipients {
+                    replies[recipient] = result.replies[recipient].map(DeliveryPlan.RecipientResult.reply) ?? .local("the upstream session gave no reply for this recipient")
+                }
+                return .attempted(replies, pauseEnds: pauseEnds)
+            } catch let stale as SessionFailedBeforeMessage where reused && !freshSessionAfterStale {
+                // A reused idle session that was gone: the upstream has nothing of this message; once more, on a new one.
+                await pool.release(connection, reusable: false, needsReset: true)
+                logger.notice("reused upstream session failed before the message; trying a new session",
+                              metadata: ["upstream": "\(pool.upstream.name)", "error": "\(stale)"])
+                freshSessionAfterStale = true
+                continue
+            } catch {
+                await pool.release(connection, reusable: false, needsReset: true)
+                logger.warning("upstream session failed", metadata: ["upstream": "\(pool.upstream.name)", "error": "\(error)"])
+                return .attempted(Self.everyone(recipients, .local("\(error)")), pauseEnds: nil)
             }
-            var replies: [String: DeliveryPlan.RecipientResult] = [:]
-            for recipient in recipients {
-                replies[recipient] = result.replies[recipient].map(DeliveryPlan.RecipientResult.reply) ?? .local("the upstream session gave no reply for this recipient")
-            }
-            return .attempted(replies, pauseEnds: pauseEnds)
-        } catch {
-            await pool.release(connection, reusable: false, needsReset: true)
-            logger.warning("upstream session failed", metadata: ["upstream": "\(pool.upstream.name)", "error": "\(error)"])
-            return .attempted(Self.everyone(recipients, .local("\(error)")), pauseEnds: nil)
         }
     }
 

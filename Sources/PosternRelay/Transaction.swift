@@ -28,11 +28,31 @@ public enum RelayMessage: Sendable {
     }
 }
 
+/// The session failed (closed, timed out, a garbled reply) before any byte of the message was sent: the upstream
+/// cannot have the message, so it may go on a new session at once. The relay does that when the failed session
+/// was a reused idle one, which the upstream may have closed just as it was taken (Postfix's SMTP client retries
+/// a cached session that turns out dead the same way).
+struct SessionFailedBeforeMessage: Error, CustomStringConvertible {
+    var underlying: UpstreamConnectionError
+    var description: String { underlying.description }
+}
+
 extension UpstreamConnection {
     /// Sends one message as `UpstreamSession` says: MAIL, RCPT for each recipient, DATA, the dot-stuffed
     /// body, pipelined when the upstream offers PIPELINING. Throws if the connection fails; then no recipient
     /// counts as delivered and the connection is not used again.
     func send(sender: String, recipients: [String], body: RelayMessage, bodyType: String?, needsReset: Bool) async throws -> TransactionResult {
+        var bodySent = false
+        do {
+            return try await transaction(sender: sender, recipients: recipients, body: body, bodyType: bodyType, needsReset: needsReset,
+                                         bodySent: &bodySent)
+        } catch let error as UpstreamConnectionError where !bodySent {
+            throw SessionFailedBeforeMessage(underlying: error)
+        }
+    }
+
+    private func transaction(sender: String, recipients: [String], body: RelayMessage, bodyType: String?, needsReset: Bool,
+                             bodySent: inout Bool) async throws -> TransactionResult {
         var session = self.session.withLockedValue { $0 }
         var action = session.send(OutboundMessage(sender: sender, recipients: recipients, size: body.size, bodyType: bodyType),
                                   needsReset: needsReset)
@@ -41,6 +61,8 @@ extension UpstreamConnection {
             case .send(let commands, let count):
                 action = session.receive(try await exchange(ByteBuffer(string: commands), expecting: count))
             case .sendMessage:
+                // From here on the upstream may have the message: a failure is never retried on another session.
+                bodySent = true
                 switch body {
                 case .inMemory(let message):
                     var encoded = channel.allocator.buffer(capacity: message.readableBytes + 64)

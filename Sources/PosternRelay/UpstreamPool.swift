@@ -88,11 +88,12 @@ actor UpstreamPool {
 
     /// A session to use for one message, reusing an idle one when possible. Throws `Paused` when the
     /// upstream is backed off, also for a caller that was waiting for a connection when the pause began.
-    func acquire(now: @Sendable () -> Date) async throws -> (UpstreamConnection, needsReset: Bool) {
+    /// `reused`: an idle session, which the upstream may have closed meanwhile.
+    func acquire(now: @Sendable () -> Date) async throws -> (UpstreamConnection, needsReset: Bool, reused: Bool) {
         while true {
             if let until = pausedUntil(now: now()) { throw Paused(until: until) }
             while let session = idle.popLast() {
-                if session.connection.isActive { return (session.connection, session.needsReset) }
+                if session.connection.isActive { return (session.connection, session.needsReset, true) }
                 open -= 1
                 await session.connection.close()
             }
@@ -102,7 +103,7 @@ actor UpstreamPool {
                     let context = try makeTLSContext()
                     let connection = try await UpstreamConnection.connect(to: upstream, tlsContext: context, hostname: hostname, group: group)
                     if let authenticator { _ = try await connection.authenticate(with: authenticator) }
-                    return (connection, false)
+                    return (connection, false, false)
                 } catch {
                     open -= 1
                     wakeWaiters()

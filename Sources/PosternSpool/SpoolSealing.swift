@@ -8,11 +8,15 @@ import Foundation
 /// The construction is STREAM (Hoang, Reyhanitabar, Rogaway, Vizár, "Online Authenticated-Encryption and its
 /// Nonce-Reuse Misuse-Resistance", 2015), as age and Tink's streaming AEAD use it:
 ///
-///     header  = "PSEAL1" | key id length (1 byte) | key id | nonce prefix (7 random bytes)
+///     header  = "PSEAL1" | key id length (1 byte) | key id | salt (16 random bytes)
+///     file key = HKDF-SHA256(the key ring's key named by the id, salt, "postern spool v1"), 32 bytes
 ///     chunk   = plaintext length (4 bytes, big-endian, at most `chunkSize`) | ciphertext | tag (16 bytes)
-///     nonce   = nonce prefix | chunk counter (4 bytes, big-endian) | 1 for the last chunk, else 0
+///     nonce   = 7 zero bytes | chunk counter (4 bytes, big-endian) | 1 for the last chunk, else 0
 ///     AAD     = header | the chunk's length field
 ///
+/// Each file has its own key, derived from a random 128-bit salt, so nonces can count from zero in every file
+/// and never repeat under one AES key (random 96-bit nonces under one key for millions of files would come
+/// close to the birthday bound); age and Tink's streaming AEAD derive per-file keys the same way.
 /// So a chunk cannot be changed, moved, dropped or taken from another file, the stream cannot be cut short
 /// (the last chunk says it is the last) or extended, and the key id in the header says which key opens it:
 /// after a key rotation, older files stay readable as long as the key file still lists their key.
@@ -21,7 +25,13 @@ public enum SpoolSealing {
     /// Plaintext bytes per chunk: small enough to bound memory per open file, large enough that the 20 bytes a
     /// chunk adds are nothing.
     public static let chunkSize = 64 * 1024
-    static let prefixLength = 7
+    static let saltLength = 16
+    static let info = Array("postern spool v1".utf8)
+
+    /// The key of one file: HKDF over the ring's key with the file's salt.
+    static func fileKey(_ master: SymmetricKey, salt: some DataProtocol) -> SymmetricKey {
+        HKDF<SHA256>.deriveKey(inputKeyMaterial: master, salt: salt, info: info, outputByteCount: 32)
+    }
     static let tagLength = 16
 
     /// Whether `bytes` start like a sealed stream (a spool file written with encryption on).
@@ -117,23 +127,20 @@ public struct SpoolKeyRing: Sendable {
 public struct SealingStream {
     public let header: [UInt8]
     private let key: SymmetricKey
-    private let prefix: [UInt8]
     private var counter: UInt32 = 0
     private var pending: [UInt8] = []
     private var finished = false
 
     public init(keys: SpoolKeyRing) {
-        var prefix = [UInt8](repeating: 0, count: SpoolSealing.prefixLength)
         var generator = SystemRandomNumberGenerator()
-        for i in prefix.indices { prefix[i] = generator.next() }
-        self.init(keys: keys, noncePrefix: prefix)
+        let (a, b): (UInt64, UInt64) = (generator.next(), generator.next())
+        self.init(keys: keys, salt: (0..<8).map { UInt8(truncatingIfNeeded: a >> (8 * $0)) } + (0..<8).map { UInt8(truncatingIfNeeded: b >> (8 * $0)) })
     }
 
-    /// With a given nonce prefix, for tests of the format; anything else takes a random one.
-    init(keys: SpoolKeyRing, noncePrefix: [UInt8]) {
-        key = keys.current.key
-        prefix = noncePrefix
-        header = SpoolSealing.magic + [UInt8(keys.current.id.utf8.count)] + Array(keys.current.id.utf8) + noncePrefix
+    /// With a given salt, for tests of the format; anything else takes a random one.
+    init(keys: SpoolKeyRing, salt: [UInt8]) {
+        key = SpoolSealing.fileKey(keys.current.key, salt: salt)
+        header = SpoolSealing.magic + [UInt8(keys.current.id.utf8.count)] + Array(keys.current.id.utf8) + salt
     }
 
     /// Seals what fills whole chunks and keeps the rest for the next call.
@@ -162,7 +169,7 @@ public struct SealingStream {
     private mutating func seal(_ plaintext: ArraySlice<UInt8>, final: Bool) throws(SealingError) -> [UInt8] {
         guard !finished || final, counter < UInt32.max else { throw .corrupt("too many chunks") }
         let length = SealingStream.bigEndian(UInt32(plaintext.count))
-        let nonce = SealingStream.nonce(prefix: prefix, counter: counter, final: final)
+        let nonce = SealingStream.nonce(counter: counter, final: final)
         counter += 1
         do {
             let box = try AES.GCM.seal(plaintext, using: key, nonce: AES.GCM.Nonce(data: nonce), authenticating: header + length)
@@ -172,8 +179,8 @@ public struct SealingStream {
         }
     }
 
-    static func nonce(prefix: [UInt8], counter: UInt32, final: Bool) -> [UInt8] {
-        prefix + bigEndian(counter) + [final ? 1 : 0]
+    static func nonce(counter: UInt32, final: Bool) -> [UInt8] {
+        [0, 0, 0, 0, 0, 0, 0] + bigEndian(counter) + [final ? 1 : 0]
     }
 
     static func bigEndian(_ value: UInt32) -> [UInt8] {
@@ -188,7 +195,6 @@ public struct OpeningStream {
     private var buffer: [UInt8] = []
     private var header: [UInt8]?
     private var key: SymmetricKey?
-    private var prefix: [UInt8] = []
     private var counter: UInt32 = 0
     private var ended = false
     /// The key id the header names, once read.
@@ -210,14 +216,13 @@ public struct OpeningStream {
             }
             guard buffer.starts(with: SpoolSealing.magic) else { throw .corrupt("not a sealed spool file") }
             let idLength = Int(buffer[SpoolSealing.magic.count])
-            let total = fixed + idLength + SpoolSealing.prefixLength
+            let total = fixed + idLength + SpoolSealing.saltLength
             guard idLength > 0 else { throw .corrupt("empty key id") }
             guard buffer.count >= total else { return [] }
             let id = String(decoding: buffer[fixed..<fixed + idLength], as: UTF8.self)
-            guard let key = keys.key(id: id) else { throw .unknownKey(id) }
-            self.key = key
+            guard let master = keys.key(id: id) else { throw .unknownKey(id) }
+            key = SpoolSealing.fileKey(master, salt: buffer[fixed + idLength..<total])
             keyID = id
-            prefix = Array(buffer[fixed + idLength..<total])
             header = Array(buffer[0..<total])
             start = total
         }
@@ -233,8 +238,9 @@ public struct OpeningStream {
             let tag = buffer[start + 4 + length..<end]
             // The last chunk is the one that opens with the final flag; a chunk that opens with neither is damaged.
             var opened: [UInt8]?
-            for final in [false, true] {
-                let nonce = SealingStream.nonce(prefix: prefix, counter: counter, final: final)
+            // Only a chunk shorter than `chunkSize` can be the last: try the likelier flag first.
+            for final in length < SpoolSealing.chunkSize ? [true, false] : [false, true] {
+                let nonce = SealingStream.nonce(counter: counter, final: final)
                 if let box = try? AES.GCM.SealedBox(nonce: AES.GCM.Nonce(data: nonce), ciphertext: ciphertext, tag: tag),
                    let plaintext = try? AES.GCM.open(box, using: key, authenticating: header + lengthField) {
                     opened = Array(plaintext)
@@ -281,8 +287,8 @@ extension SpoolSealing {
 }
 
 extension SpoolSealing {
-    /// The longest stream header: magic, id length, a 64-byte id, nonce prefix.
-    public static let maxHeaderLength = 6 + 1 + 64 + prefixLength
+    /// The longest stream header: magic, id length, a 64-byte id, salt.
+    public static let maxHeaderLength = 6 + 1 + 64 + saltLength
     /// Bytes a full chunk takes in the file.
     static let storedChunkSize = 4 + chunkSize + tagLength
 
@@ -292,7 +298,7 @@ extension SpoolSealing {
     public struct Layout: Sendable {
         public let streamHeader: [UInt8]
         public let keyID: String
-        let noncePrefix: [UInt8]
+        let salt: [UInt8]
         public let chunkCount: Int
         public let plaintextLength: Int
         let storedLength: Int
@@ -302,7 +308,7 @@ extension SpoolSealing {
             let fixed = SpoolSealing.magic.count + 1
             guard bytes.count >= fixed, bytes.starts(with: SpoolSealing.magic) else { return nil }
             let idLength = Int(bytes[SpoolSealing.magic.count])
-            let headerLength = fixed + idLength + SpoolSealing.prefixLength
+            let headerLength = fixed + idLength + SpoolSealing.saltLength
             guard idLength > 0, bytes.count >= headerLength, storedLength >= headerLength + 4 + SpoolSealing.tagLength else { return nil }
             let body = storedLength - headerLength
             let count = (body + SpoolSealing.storedChunkSize - 1) / SpoolSealing.storedChunkSize
@@ -310,7 +316,7 @@ extension SpoolSealing {
             guard last >= 4 + SpoolSealing.tagLength else { return nil }
             streamHeader = Array(bytes[..<headerLength])
             keyID = String(decoding: bytes[fixed..<fixed + idLength], as: UTF8.self)
-            noncePrefix = Array(bytes[fixed + idLength..<headerLength])
+            salt = Array(bytes[fixed + idLength..<headerLength])
             chunkCount = count
             plaintextLength = body - count * (4 + SpoolSealing.tagLength)
             self.storedLength = storedLength
@@ -324,14 +330,15 @@ extension SpoolSealing {
 
         /// The plaintext of chunk `index` from its stored bytes (`storedRange`).
         public func open(chunk index: Int, stored: [UInt8], keys: SpoolKeyRing) throws(SealingError) -> [UInt8] {
-            guard let key = keys.key(id: keyID) else { throw .unknownKey(keyID) }
+            guard let master = keys.key(id: keyID) else { throw .unknownKey(keyID) }
+            let key = SpoolSealing.fileKey(master, salt: salt)
             guard index >= 0, index < chunkCount, stored.count >= 4 + SpoolSealing.tagLength, let counter = UInt32(exactly: index) else {
                 throw .corrupt("no chunk \(index)")
             }
             let lengthField = Array(stored[0..<4])
             let length = lengthField.reduce(0) { $0 << 8 | Int($1) }
             guard stored.count == 4 + length + SpoolSealing.tagLength else { throw .corrupt("chunk \(index) has the wrong length") }
-            let nonce = SealingStream.nonce(prefix: noncePrefix, counter: counter, final: index == chunkCount - 1)
+            let nonce = SealingStream.nonce(counter: counter, final: index == chunkCount - 1)
             do {
                 let box = try AES.GCM.SealedBox(nonce: AES.GCM.Nonce(data: nonce), ciphertext: stored[4..<4 + length],
                                                 tag: stored[(4 + length)...])

@@ -24,9 +24,10 @@ final class M365UpstreamTests: XCTestCase {
         try? FileManager.default.removeItem(at: work)
     }
 
-    func startFixture(lifetime: Int = 3600, errorChallenge: Bool = false, clientCertificate: String? = nil) throws {
+    func startFixture(lifetime: Int = 3600, errorChallenge: Bool = false, clientCertificate: String? = nil, dropReusedSession: Bool = false) throws {
         fixture = try M365Fixture(directory: work, clientSecret: clientSecret, lifetime: lifetime, errorChallenge: errorChallenge,
-                                  clientCertificate: clientCertificate ?? Repo.certs.appendingPathComponent("client.pem").path)
+                                  clientCertificate: clientCertificate ?? Repo.certs.appendingPathComponent("client.pem").path,
+                                  dropReusedSession: dropReusedSession)
     }
 
     var devicePort = 0
@@ -155,6 +156,22 @@ final class M365UpstreamTests: XCTestCase {
         try assertNoSecretLeaked()
     }
 
+    /// An idle session the upstream closed just as the relay took it for the next message (here: closed at its
+    /// second MAIL, before any reply): the message goes at once on a new session, on its first attempt, not deferred.
+    func testAReusedSessionTheUpstreamClosedIsReplacedWithoutADeferral() throws {
+        try startFixture(dropReusedSession: true)
+        try fixture.plainPassword.write(to: work.appendingPathComponent("hve-password"), atomically: true, encoding: .utf8)
+        try serve(auth: "{ mechanism: plain, username: \(fixture.plainUser), password-file: \(work.path)/hve-password }")
+        try send(to: "first@example.edu")
+        try waitForScannerMessages(1, timeout: 15)
+        try send(to: "second@example.edu")
+        try waitForScannerMessages(2, timeout: 15)
+        XCTAssertGreaterThanOrEqual(fixture.state().dropped, 1, "the second message was offered to the idle session first")
+        let events = try relayOutcomes()
+        XCTAssertEqual(events.compactMap { $0["outcome"] as? String }, ["delivered", "delivered"], "\(events)")
+        XCTAssertEqual(events.compactMap { $0["attempt"] as? String }, ["1", "1"])
+    }
+
     /// A revoked token is refused (here with XOAUTH2's 334 error challenge first): one new token, one retry, and the
     /// message goes on its first attempt.
     func testARevokedTokenIsReplacedOnceAndTheMailGoesOnItsFirstAttempt() throws {
@@ -281,6 +298,7 @@ final class M365Fixture {
             var to: [String]
             var login: String
         }
+        var dropped: Int
         var token_port: Int
         var smtp_port: Int
         var commands: Int
@@ -304,13 +322,15 @@ final class M365Fixture {
 
     static var script: URL { Repo.root.appendingPathComponent("Tests/PosternIntegrationTests/Fixtures/m365_upstream.py") }
 
-    init(directory: URL, clientSecret: String, lifetime: Int, errorChallenge: Bool, clientCertificate: String) throws {
+    /// `dropReusedSession`: sessions stay open after a message and are closed without a reply at their second MAIL;
+    /// otherwise each is closed 50 ms after its message.
+    init(directory: URL, clientSecret: String, lifetime: Int, errorChallenge: Bool, clientCertificate: String, dropReusedSession: Bool = false) throws {
         stateFile = directory.appendingPathComponent("m365-state.json")
         process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
         process.arguments = [Self.script.path, "--certs", Repo.certs.path, "--state", stateFile.path, "--client-id", "app-1",
                              "--client-secret", clientSecret, "--client-certificate", clientCertificate, "--mailbox", "relay@example.edu",
                              "--plain-user", plainUser, "--plain-password", plainPassword, "--lifetime", "\(lifetime)",
-                             "--close-after-message"] + (errorChallenge ? ["--error-challenge"] : [])
+                             dropReusedSession ? "--drop-reused-session" : "--close-after-message"] + (errorChallenge ? ["--error-challenge"] : [])
         process.standardInput = input
         let log = directory.appendingPathComponent("m365-fixture.log")
         _ = FileManager.default.createFile(atPath: log.path, contents: nil)
@@ -332,7 +352,7 @@ final class M365Fixture {
 
     /// The fixture's state now (the last one it wrote).
     func state() -> State {
-        (try? read()) ?? State(token_port: 0, smtp_port: 0, commands: 0, tokens_issued: 0, issued: [], token_requests: [], auth: [], messages: [])
+        (try? read()) ?? State(dropped: 0, token_port: 0, smtp_port: 0, commands: 0, tokens_issued: 0, issued: [], token_requests: [], auth: [], messages: [])
     }
 
     /// Sends `command` (revoke, down, up, lifetime N) and waits until it is done.

@@ -85,7 +85,7 @@ import Testing
     @Test func aStreamCutShortOrExtendedIsRefused() throws {
         let sealed = try SpoolSealing.seal(bytes(2 * SpoolSealing.chunkSize + 5), keys: ring)
         // Cut anywhere, including exactly after a whole non-final chunk.
-        let firstChunkEnd = 6 + 1 + 7 + 7 + 4 + SpoolSealing.chunkSize + 16
+        let firstChunkEnd = 6 + 1 + 7 + 16 + 4 + SpoolSealing.chunkSize + 16
         for length in [0, 3, 6, 20, firstChunkEnd, firstChunkEnd + 1, sealed.count - 1] {
             #expect(throws: SealingError.self, "cut at \(length)") { try SpoolSealing.open(sealed[..<length], keys: ring) }
         }
@@ -97,7 +97,7 @@ import Testing
         let chunk = 4 + SpoolSealing.chunkSize + 16
         let one = try SpoolSealing.seal(bytes(3 * SpoolSealing.chunkSize + 9, seed: 7), keys: ring)
         let two = try SpoolSealing.seal(bytes(3 * SpoolSealing.chunkSize + 9, seed: 8), keys: ring)
-        let header = 6 + 1 + 7 + 7
+        let header = 6 + 1 + 7 + 16
         func chunkAt(_ file: [UInt8], _ i: Int) -> ArraySlice<UInt8> { file[header + i * chunk..<min(file.count, header + (i + 1) * chunk)] }
         let swapped = Array(one[..<header]) + chunkAt(one, 1) + chunkAt(one, 0) + chunkAt(one, 2) + chunkAt(one, 3)
         let dropped = Array(one[..<header]) + chunkAt(one, 0) + chunkAt(one, 2) + chunkAt(one, 3)
@@ -111,12 +111,12 @@ import Testing
 
     @Test func aHostileLengthFieldIsRefusedBeforeAnythingIsBuffered() throws {
         var opener = OpeningStream(keys: ring)
-        let header = SpoolSealing.magic + [7] + Array("2026-12".utf8) + [UInt8](repeating: 0, count: 7)
+        let header = SpoolSealing.magic + [7] + Array("2026-12".utf8) + [UInt8](repeating: 0, count: 16)
         #expect(throws: SealingError.corrupt("a chunk claims 4294967295 bytes, more than 65536")) {
             _ = try opener.feed(header + [0xFF, 0xFF, 0xFF, 0xFF])
         }
         var empty = OpeningStream(keys: ring)
-        #expect(throws: SealingError.corrupt("empty key id")) { _ = try empty.feed(SpoolSealing.magic + [0] + [UInt8](repeating: 0, count: 20)) }
+        #expect(throws: SealingError.corrupt("empty key id")) { _ = try empty.feed(SpoolSealing.magic + [0] + [UInt8](repeating: 0, count: 30)) }
         var plain = OpeningStream(keys: ring)
         #expect(throws: SealingError.corrupt("not a sealed spool file")) { _ = try plain.feed(Array("POSTERN-SPOOL 2 ...".utf8)) }
     }

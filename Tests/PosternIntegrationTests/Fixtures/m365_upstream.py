@@ -38,11 +38,13 @@ parser.add_argument("--plain-password", required=True)
 parser.add_argument("--lifetime", type=int, default=3600)
 parser.add_argument("--scope", default="https://outlook.office365.com/.default")
 parser.add_argument("--close-after-message", action="store_true", help="close the SMTP connection after each message")
+parser.add_argument("--drop-reused-session", action="store_true",
+                    help="close a session without a reply at its second MAIL (an upstream that closed an idle session just as it was reused)")
 parser.add_argument("--error-challenge", action="store_true", help="refuse XOAUTH2 with a 334 error challenge first")
 args = parser.parse_args()
 
 lock = threading.RLock()
-state = {"token_port": 0, "smtp_port": 0, "commands": 0, "token_requests": [], "tokens_issued": 0, "issued": [],
+state = {"dropped": 0, "token_port": 0, "smtp_port": 0, "commands": 0, "token_requests": [], "tokens_issued": 0, "issued": [],
          "auth": [], "messages": [], "endpoint": "up"}
 tokens = {}  # token -> {"expires": float, "revoked": bool}
 seen_jti = set()
@@ -192,7 +194,19 @@ class Upstream:
         await server.push("535 5.7.3 Authentication unsuccessful")
         return AuthResult(success=False, handled=True)
 
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        if args.drop_reused_session and getattr(session, "messages", 0) > 0:
+            with lock:
+                state["dropped"] += 1
+            save()
+            server.transport.close()
+            return "421 4.4.2 (never seen: the connection is closed)"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
     async def handle_DATA(self, server, session, envelope):
+        session.messages = getattr(session, "messages", 0) + 1
         with lock:
             state["messages"].append({"from": envelope.mail_from, "to": envelope.rcpt_tos,
                                       "login": getattr(session.auth_data, "login", b"").decode(), "size": len(envelope.content)})
