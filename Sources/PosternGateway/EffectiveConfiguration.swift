@@ -67,6 +67,7 @@ extension GatewayConfiguration {
         }
         if let admin {
             out.add("admin.listen", "\(admin.host):\(admin.port)")
+            out.add("admin.drain-notice-seconds", Int(admin.drainNoticeSeconds))
         }
         if let registration {
             out.registration(registration)

@@ -36,7 +36,7 @@ final class ConfigCLITests: XCTestCase {
                      "listeners[0].name = device", "listeners[0].listen = 127.0.0.1:2525", "delivery.relay.retry.initial-seconds = 60",
                      "directory.bind-password-env = POSTERN_LDAP_PASSWORD", "directory.throttle.lockout-after = 10",
                      "registration.tls.certificate = \(Repo.root.path)/certs/server.pem", "registration.contact = postmaster@localhost",
-                     "delivery.spool = \(Repo.root.path)/var/spool"] {
+                     "delivery.spool = \(Repo.root.path)/var/spool", "admin.listen = 127.0.0.1:9025", "admin.drain-notice-seconds = 0"] {
             XCTAssertTrue(lines.contains(line), "missing '\(line)' in:\n\(all.output)")
         }
         XCTAssertFalse(all.output.contains("not-in-the-output-7f3a"), "a secret was printed")
