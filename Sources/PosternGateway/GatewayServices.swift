@@ -32,7 +32,7 @@ public final class GatewayServices: Sendable {
                                        userMessagesPerHour: configuration.limits.messagesPerUserPerHour)
         for warning in configuration.policyWarnings(policies.policy) { logger.warning("\(warning.warningDescription)") }
         let metrics = GatewayMetrics()
-        let audit = try AuditLog.make(output: configuration.auditOutput, countDecision: metrics.decision)
+        let audit = try AuditLog.make(output: configuration.auditOutput, retention: configuration.auditRetention, countDecision: metrics.decision)
         let gateway = try Gateway(configuration: configuration, rules: { policies.rules(audit: audit) }, logger: logger, audit: audit,
                                   metrics: metrics, refreshPolicyGauges: { $0.refreshSunsets(policy: policies.policy, now: Date()) })
         do {
@@ -48,6 +48,7 @@ public final class GatewayServices: Sendable {
                                                       stateFile: gateway.stateFile("certificate-warnings.json"), logger: logger)
             // Shut down in reverse: whatever runs on the gateway's loops stops before the gateway stops them.
             let services: [any Service] = [gateway, ReloadService(policies: policies, gateway: gateway, logger: logger), reminders, certificates]
+                + (configuration.auditRetention?.keepDays != nil ? [AuditRetentionService(audit: audit, logger: logger)] : [])
                 + (registration.map { [$0] } ?? [])
             let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: gracefulShutdownSignals, logger: logger))
             return GatewayServices(configuration: configuration, policies: policies, gateway: gateway, registration: registration, group: group)

@@ -331,6 +331,12 @@ public struct PolicySet: Sendable {
         return "\(local)@\(domain)"
     }
 
+    /// Whether `mailbox` is plainly in an internal domain (the device endpoint's test; for the audit log's `external`).
+    public func isInternal(_ mailbox: Mailbox) -> Bool {
+        guard let domain = Self.plainDomain(mailbox) else { return false }
+        return internalDomains.contains { $0.matches(domain) }
+    }
+
     /// The identity's address equal to `mailbox`: domain case-insensitive, local part exact.
     static func ownedAddress(_ mailbox: Mailbox, identity: SubmitterIdentity) -> String? {
         guard !mailbox.hadSourceRoute, case .name = mailbox.domain else { return nil }

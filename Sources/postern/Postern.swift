@@ -10,7 +10,7 @@ struct Postern: AsyncParsableCommand {
             `submissions` (implicit TLS) and `device` (plaintext, registered devices only, internal recipients only).
             """,
         version: PosternVersion.current,
-        subcommands: [ServeCommand.self, CheckCommand.self, ExplainCommand.self, DevicesCommand.self, QueueCommand.self, ProbeCommand.self, SinkCommand.self]
+        subcommands: [ServeCommand.self, CheckCommand.self, ExplainCommand.self, DevicesCommand.self, QueueCommand.self, ReportCommand.self, ProbeCommand.self, SinkCommand.self]
     )
 }
 
