@@ -86,14 +86,21 @@ public enum AuditFileReader {
             var compressed = ByteBuffer(bytes: data)
             let decompressor = CompressionAlgorithm.gzip().decompressor
             decompressor.window = ByteBufferAllocator().buffer(capacity: chunk)
+            var inflated: UInt64 = 0
             do {
                 try decompressor.startStream()
                 try compressed.decompressStream(with: decompressor) { window in
+                    inflated += UInt64(window.readableBytes)
                     window.withUnsafeReadableBytes { splitter.feed($0, line) }
                 }
                 try decompressor.finishStream()
             } catch {
                 throw AuditFileError("\(path): not a readable gzip file (\(error))")
+            }
+            // zlib stops quietly at the end of a cut-off file: the gzip trailer's length (RFC 1952 ISIZE, the
+            // size modulo 2^32) tells a whole file from a cut-off one.
+            guard data.count >= 18, Self.littleEndian32(data.suffix(4)) == UInt32(truncatingIfNeeded: inflated) else {
+                throw AuditFileError("\(path): the gzip file is cut off or damaged (its length does not match)")
             }
         } else {
             let fd = open(path, O_RDONLY | O_CLOEXEC)
@@ -111,6 +118,10 @@ public enum AuditFileReader {
             }
         }
         splitter.finish(line)
+    }
+
+    static func littleEndian32(_ bytes: ArraySlice<UInt8>) -> UInt32 {
+        bytes.reversed().reduce(0) { $0 << 8 | UInt32($1) }
     }
 
     static func readAll(_ path: String) throws -> [UInt8] {

@@ -54,23 +54,23 @@ public struct AuditRecord: Sendable, Hashable {
         var scanner = JSONObjectScanner(line)
         let ok = scanner.scanObject { key, scanner in
             switch key {
-            case "time": record.time = scanner.string() ?? ""
-            case "queue_id": record.queueID = scanner.string() ?? ""
-            case "session": record.session = scanner.string() ?? ""
-            case "listener": record.listener = scanner.string() ?? ""
-            case "client": record.client = scanner.string() ?? ""
-            case "device": record.device = scanner.string() ?? ""
-            case "login": record.login = scanner.string() ?? ""
-            case "sender": record.sender = scanner.string() ?? ""
-            case "message_id": record.messageID = scanner.string() ?? ""
-            case "size": record.size = scanner.string() ?? ""
-            case "recipients": record.recipients = scanner.stringArray() ?? []
-            case "external": record.external = scanner.stringArray()
-            case "recipient": record.recipient = scanner.string() ?? ""
-            case "outcome": record.outcome = scanner.string() ?? ""
-            case "reply": record.reply = scanner.string() ?? ""
-            case "attempt": record.attempt = scanner.string() ?? ""
-            case "upstream": record.upstream = scanner.string() ?? ""
+            case "time": record.time = scanner.stringValue() ?? ""
+            case "queue_id": record.queueID = scanner.stringValue() ?? ""
+            case "session": record.session = scanner.stringValue() ?? ""
+            case "listener": record.listener = scanner.stringValue() ?? ""
+            case "client": record.client = scanner.stringValue() ?? ""
+            case "device": record.device = scanner.stringValue() ?? ""
+            case "login": record.login = scanner.stringValue() ?? ""
+            case "sender": record.sender = scanner.stringValue() ?? ""
+            case "message_id": record.messageID = scanner.stringValue() ?? ""
+            case "size": record.size = scanner.stringValue() ?? ""
+            case "recipients": record.recipients = scanner.stringArrayValue() ?? []
+            case "external": record.external = scanner.stringArrayValue()
+            case "recipient": record.recipient = scanner.stringValue() ?? ""
+            case "outcome": record.outcome = scanner.stringValue() ?? ""
+            case "reply": record.reply = scanner.stringValue() ?? ""
+            case "attempt": record.attempt = scanner.stringValue() ?? ""
+            case "upstream": record.upstream = scanner.stringValue() ?? ""
             default: return scanner.skipValue()
             }
             return !scanner.failed
@@ -238,6 +238,26 @@ struct JSONObjectScanner {
             value = value << 4 | digit
         }
         return value
+    }
+
+    /// A string value; any other value is skipped (nil), a malformed one sets `failed`.
+    mutating func stringValue() -> String? {
+        if peek() == UInt8(ascii: "\"") { return string() }
+        _ = skipValue()
+        return nil
+    }
+
+    /// An array of strings; any other value is skipped (nil), a malformed one sets `failed`.
+    mutating func stringArrayValue() -> [String]? {
+        let start = index
+        if peek() == UInt8(ascii: "[") {
+            if let values = stringArray() { return values }
+            // Not all strings: skipped whole (which finds out whether it is well-formed at all).
+            failed = false
+            index = start
+        }
+        _ = skipValue()
+        return nil
     }
 
     /// An array of strings; nil (and `failed`) for anything else.

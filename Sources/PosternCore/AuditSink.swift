@@ -111,7 +111,8 @@ final class JSONLineSink: Sendable {
         var rotated = path + "." + AuditFileSet.stamp(for: now)
         var n = 1
         while access(rotated, F_OK) == 0 || access(rotated + ".gz", F_OK) == 0 {
-            rotated = path + "." + AuditFileSet.stamp(for: now) + "-\(n)"
+            // Zero-padded, so that names keep sorting in time order.
+            rotated = path + "." + AuditFileSet.stamp(for: now) + "-" + String(String(n + 10_000).dropFirst())
             n += 1
         }
         guard rename(path, rotated) == 0 else { return }

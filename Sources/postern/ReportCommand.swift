@@ -131,7 +131,7 @@ struct ReportCommand: ParsableCommand {
             do {
                 try AuditFileReader.forEachLine(path: file) { report.add(line: $0) }
             } catch {
-                FileHandle.standardError.write(Data("postern report: \(error); the report leaves it out\n".utf8))
+                FileHandle.standardError.write(Data("postern report: \(error); the report has only what could be read of it\n".utf8))
                 incomplete = true
             }
         }
