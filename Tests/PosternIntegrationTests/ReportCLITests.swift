@@ -1,0 +1,124 @@
+import Foundation
+import PosternCore
+import PosternSink
+import XCTest
+
+/// `postern report` with the real binary over an audit log the real gateway wrote while relaying to a real
+/// upstream (the mutual-TLS sink), rotated by size and gzip-compressed as it went: known counts, every outcome
+/// the sink can cause, filters, CSV and JSON lines.
+final class ReportCLITests: XCTestCase {
+    func testReportOverRotatedAndGzipLogOfRelayedMailHasKnownCounts() async throws {
+        let sinkOutbox = FileManager.default.temporaryDirectory.appendingPathComponent("postern-sink-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: sinkOutbox, withIntermediateDirectories: true)
+        let fixture = try await SinkFixture.start(outbox: sinkOutbox)
+        let spool = FileManager.default.temporaryDirectory.appendingPathComponent("postern-spool-\(UUID().uuidString)")
+        defer {
+            try? FileManager.default.removeItem(at: sinkOutbox)
+            try? FileManager.default.removeItem(at: spool)
+        }
+        // dave is refused for good (a bounce), erin for now (still queued).
+        fixture.sink.setFaults(SinkFaults(rcptReplies: ["dave@example.edu": "550 5.1.1 <dave@example.edu>: no such user",
+                                                        "erin@example.edu": "450 4.2.1 <erin@example.edu>: mailbox busy"]))
+        let certs = Repo.certs.path
+        let delivery = """
+            delivery:
+              spool: \(spool.path)
+              relay:
+                upstreams:
+                  - { name: sink, host: 127.0.0.1, port: \(fixture.port), tls: starttls, server-name: localhost, ca-file: \(certs)/ca.pem, certificate: \(certs)/client.pem, key: \(certs)/client.key }
+                retry: { initial-seconds: 60, max-seconds: 120, scan-seconds: 1 }
+            """
+        // Small files, so that a few messages make several rotated (and compressed) ones.
+        let harness = try await GatewayHarness.start(delivery: delivery, auditRetention: AuditRetention(rotateBytes: 1500))
+        let body = harness.directory.appendingPathComponent("scan.eml")
+        try "From: scanner@example.edu\r\nSubject: Payslip SECRET-SUBJECT\r\n\r\nSECRET-BODY\r\n".write(to: body, atomically: true, encoding: .utf8)
+        var ids: [String] = []
+        for recipients in ["bob@example.edu,carol@chem.example.edu", "dave@example.edu", "erin@example.edu,Bob@example.edu"] {
+            let output = try Shell.run(["swaks", "--server", "127.0.0.1:\(harness.port("device"))", "--from", "scanner@example.edu",
+                                        "--to", recipients, "--data", body.path]).output
+            let id = try XCTUnwrap(output.range(of: #"queued as [0-9A-Za-z]+"#, options: .regularExpression).map { String(output[$0].dropFirst(10)) }, output)
+            ids.append(id)
+        }
+        // Two messages delivered (bob and carol; bob of the third), dave bounced (his DSN to the scanner's sender is the
+        // sink's third message), erin deferred and left queued.
+        let settled = await waitUntil(20) { fixture.sink.receivedCount == 3 && harness.gateway.spool?.depth == 1 }
+        XCTAssertTrue(settled, "sink has \(fixture.sink.messages.map(\.recipients)), spool \(String(describing: harness.gateway.spool?.depth))")
+        // A refused connection's lines are in the log too (not messages).
+        _ = try Shell.run(["swaks", "--server", "127.0.0.1:\(harness.port("device"))", "--local-interface", "127.0.0.2",
+                           "--from", "scanner@example.edu", "--to", "bob@example.edu"])
+        let audit = harness.directory.appendingPathComponent("audit.jsonl")
+        let files = AuditFileSet(path: audit.path)
+        let compressed = await waitUntil(10) { !files.rotated().isEmpty && files.rotated().allSatisfy { $0.path.hasSuffix(".gz") } }
+        XCTAssertTrue(compressed, "rotated files: \(files.rotated().map(\.path))")
+        XCTAssertGreaterThanOrEqual(files.rotated().count, 3)
+        let everything = try files.all().map { path -> String in
+            var text = ""
+            try AuditFileReader.forEachLine(path: path) { text += String(decoding: $0, as: UTF8.self) + "\n" }
+            return text
+        }.joined()
+        XCTAssertFalse(everything.contains("SECRET"), "no subject or body anywhere in the log")
+
+        let report = try Shell.run([Repo.posternBinary.path, "report", "--audit", audit.path])
+        XCTAssertEqual(report.status, 0, report.output)
+        XCTAssertTrue(report.output.contains("Audit log: \(files.all().count) file(s)"), report.output)
+        for expected in ["Messages:               3\n",
+                         "Recipients:             5 (4 distinct addresses in 2 domains)\n",
+                         "Internal / external:    5 internal, 0 external (0 messages with an external recipient)\n",
+                         "Outcomes (recipients):  delivered 3, bounced 1, still queued 1, expired 0\n",
+                         "  device demo-scanner            3 messages, 5 recipients\n",
+                         "  example.edu                    4 recipients\n"] {
+            XCTAssertTrue(report.output.contains(expected), "\(expected)in\n\(report.output)")
+        }
+        XCTAssertFalse(report.output.contains("SECRET"))
+
+        // The detail: one line per message and recipient, with the sink's replies.
+        let csv = try Shell.run([Repo.posternBinary.path, "report", "--audit", audit.path, "--format", "csv"])
+        XCTAssertEqual(csv.status, 0, csv.output)
+        let lines = csv.output.split(separator: "\r\n")
+        XCTAssertEqual(lines.first.map(String.init), AuditReportDetail.columns.joined(separator: ","))
+        XCTAssertEqual(lines.count, 6, csv.output)
+        XCTAssertTrue(lines.contains { $0.contains(",dave@example.edu,example.edu,false,bounced,") }, csv.output)
+        let jsonl = try Shell.run([Repo.posternBinary.path, "report", "--audit", audit.path, "--format", "jsonl", "--outcome", "bounced"])
+        XCTAssertEqual(jsonl.status, 0, jsonl.output)
+        let bounced = jsonl.output.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        XCTAssertEqual(bounced.count, 1, jsonl.output)
+        XCTAssertEqual(bounced.first?["recipient"] as? String, "dave@example.edu")
+        XCTAssertEqual(bounced.first?["queue_id"] as? String, ids[1])
+        XCTAssertEqual(bounced.first?["device"] as? String, "demo-scanner")
+        XCTAssertEqual(bounced.first?["external"] as? Bool, false)
+        XCTAssertEqual(bounced.first?["upstream"] as? String, "sink")
+        XCTAssertTrue((bounced.first?["last_reply"] as? String ?? "").contains("550 5.1.1"), jsonl.output)
+        XCTAssertGreaterThan(bounced.first?["size"] as? Int ?? 0, 40)
+
+        let queued = try Shell.run([Repo.posternBinary.path, "report", "--audit", audit.path, "--format", "jsonl", "--outcome", "queued",
+                                    "--device", "demo-scanner", "--recipient-domain", "example.edu"])
+        XCTAssertEqual(queued.output.split(separator: "\n").count, 1, queued.output)
+        XCTAssertTrue(queued.output.contains("\"recipient\":\"erin@example.edu\""), queued.output)
+        let byQueueID = try Shell.run([Repo.posternBinary.path, "report", "--audit", audit.path, "--queue-id", ids[0]])
+        XCTAssertTrue(byQueueID.output.contains("Messages:               1\n") && byQueueID.output.contains("delivered 2,"), byQueueID.output)
+        let none = try Shell.run([Repo.posternBinary.path, "report", "--audit", audit.path, "--external"])
+        XCTAssertTrue(none.output.contains("Messages:               0\n"), none.output)
+        let future = try Shell.run([Repo.posternBinary.path, "report", "--audit", audit.path, "--since", "2999-01-01"])
+        XCTAssertTrue(future.output.contains("Messages:               0\n"), future.output)
+
+        // A bad time is a usage error; no log is exit 2, and so is a configuration whose audit log is not a file.
+        let journal = try Shell.run([Repo.posternBinary.path, "report", "--config", harness.directory.appendingPathComponent("postern.yaml").path])
+        XCTAssertEqual(journal.status, 2, journal.output)
+        XCTAssertTrue(journal.output.contains("not a file"), journal.output)
+        let bad = try Shell.run([Repo.posternBinary.path, "report", "--audit", audit.path, "--since", "2026-02-30"])
+        XCTAssertEqual(bad.status, 64, bad.output)
+        let missing = try Shell.run([Repo.posternBinary.path, "report", "--audit", harness.directory.appendingPathComponent("nope.jsonl").path])
+        XCTAssertEqual(missing.status, 2, missing.output)
+        await harness.stop()
+        await fixture.stop()
+    }
+
+    func waitUntil(_ seconds: Double, _ condition: () -> Bool) async -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if condition() { return true }
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        return condition()
+    }
+}
