@@ -7,8 +7,8 @@ import ServiceLifecycle
 import UnixSignals
 
 /// What `postern serve` runs, built from postern.yaml: the policy store, the audit log and metrics, the gateway
-/// (listeners, relay, admin endpoint), the reload watcher, the sunset reminders, the certificate expiry watch and
-/// the registration page, as one
+/// (listeners, relay, admin endpoint), the reload watcher, the sunset reminders, the certificate expiry watch, the
+/// audit log's retention (with `audit.rotate.keep-days`) and the registration page, as one
 /// `ServiceGroup`.
 ///
 /// Threads: the gateway's event-loop group is the only one in the process; the registration page serves on it, and
