@@ -1,6 +1,7 @@
 import Foundation
 import PosternCore
 import PosternSink
+import PosternTestSupport
 import XCTest
 
 /// `postern report` with the real binary over an audit log the real gateway wrote while relaying to a real
@@ -111,6 +112,58 @@ final class ReportCLITests: XCTestCase {
         XCTAssertEqual(missing.status, 2, missing.output)
         await harness.stop()
         await fixture.stop()
+    }
+
+    /// `postern serve` with `audit.rotate.keep-days`: at start it deletes the rotated files whose newest line is past
+    /// keep-days, and `postern report --config` then covers exactly what is kept (the recent rotated file and the
+    /// current one).
+    func testServeDeletesAuditFilesPastKeepDaysAndTheReportCoversWhatIsKept() throws {
+        try Repo.ensureCertificates()
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("postern-keepdays-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(identifier: "UTC")
+        formatter.dateFormat = "yyyyMMdd'T'HHmmss.SSS'Z'"
+        let audit = directory.appendingPathComponent("audit.jsonl")
+        func planted(daysAgo: Int, queueID: String) throws -> URL {
+            let file = URL(fileURLWithPath: audit.path + "." + formatter.string(from: Date().addingTimeInterval(-Double(daysAgo) * 86_400)))
+            let line = #"{"event":"accepted","queue_id":"\#(queueID)","recipients":["<bob@example.edu>"],"sender":"<scanner@example.edu>","size":"100","time":"2026-01-01T00:00:00.000Z","device":"demo-scanner","external":[]}"#
+            try Data((line + "\n").utf8).write(to: file)
+            return file
+        }
+        let old = try planted(daysAgo: 40, queueID: "QOLD")
+        let recent = try planted(daysAgo: 2, queueID: "QRECENT")
+        let port = freeLoopbackPort()
+        let config = directory.appendingPathComponent("postern.yaml")
+        try """
+            hostname: gw.test
+            policies: \(Repo.policies.path)
+            listeners:
+              - { name: device, kind: device, listen: "127.0.0.1:\(port)" }
+            delivery: { outbox: \(directory.path)/outbox }
+            audit:
+              output: audit.jsonl
+              rotate: { size: 64K, keep-days: 30 }
+            """.write(to: config, atomically: true, encoding: .utf8)
+        let server = try Spawned([Repo.posternBinary.path, "serve", "--config", config.path], output: directory.appendingPathComponent("serve.log").path)
+        defer { server.kill() }
+        try server.waitUntilAccepting(port: port)
+        let output = try Shell.run(["swaks", "--server", "127.0.0.1:\(port)", "--from", "scanner@example.edu", "--to", "bob@example.edu"]).output
+        XCTAssertTrue(output.contains("queued as"), output)
+        server.signal(SIGTERM)
+        XCTAssertEqual(try server.waitForExit(timeout: 20), 0, server.log())
+        XCTAssertFalse(FileManager.default.fileExists(atPath: old.path), "40 days old, past keep-days 30: \(server.log())")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: recent.path) || FileManager.default.fileExists(atPath: recent.path + ".gz"))
+        XCTAssertTrue(server.log().contains("audit file past keep-days deleted"), server.log())
+
+        let report = try Shell.run([Repo.posternBinary.path, "report", "--config", config.path, "--format", "jsonl"])
+        XCTAssertEqual(report.status, 0, report.output)
+        let ids = report.output.split(separator: "\n").compactMap { (try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])?["queue_id"] as? String }
+        XCTAssertEqual(ids.count, 2, report.output)
+        XCTAssertEqual(ids.first, "QRECENT")
+        XCTAssertFalse(ids.contains("QOLD"))
     }
 
     func waitUntil(_ seconds: Double, _ condition: () -> Bool) async -> Bool {
