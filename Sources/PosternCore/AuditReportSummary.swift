@@ -88,7 +88,8 @@ public struct AuditReportSummary: Sendable, Hashable {
         var split = "\(internalRecipients) internal, \(externalRecipients) external"
         if unknownRecipients > 0 { split += ", \(unknownRecipients) not recorded" }
         line("Internal / external:", split + " (\(messagesWithExternal) messages with an external recipient)")
-        line("Size:", "\(totalSize) bytes in all, largest \(largestSize) bytes" + (largestQueueID.isEmpty ? "" : " (\(largestQueueID))"))
+        line("Size:", "\(totalSize) bytes in all (\(Self.approximate(totalSize))), largest \(largestSize) bytes (\(Self.approximate(largestSize)))"
+             + (largestQueueID.isEmpty ? "" : " in \(largestQueueID)"))
         let outcomeText = AuditReport.Outcome.allCases.filter { $0 != .deleted || outcomes[$0] != nil }
             .map { "\($0 == .queued ? "still queued" : $0.rawValue) \(outcomes[$0] ?? 0)" }.joined(separator: ", ")
         line("Outcomes (recipients):", outcomeText)
@@ -105,6 +106,21 @@ public struct AuditReportSummary: Sendable, Hashable {
         }
         if domains.count > maxListed { out += "  ... and \(domains.count - maxListed) more\n" }
         return out
+    }
+}
+
+extension AuditReportSummary {
+    /// `24.3 MB` (decimal units, one decimal), for reading at a glance beside the exact byte count.
+    static func approximate(_ bytes: Int) -> String {
+        let units = ["bytes", "kB", "MB", "GB", "TB", "PB", "EB"]
+        var value = Double(bytes)
+        var unit = 0
+        while value >= 1000, unit < units.count - 1 {
+            value /= 1000
+            unit += 1
+        }
+        if unit == 0 { return "\(bytes) bytes" }
+        return "\((value * 10).rounded() / 10) \(units[unit])"
     }
 }
 

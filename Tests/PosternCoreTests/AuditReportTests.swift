@@ -63,6 +63,10 @@ final class AuditReportTests: XCTestCase {
         XCTAssertEqual(summary.senders, [.init(name: "login alice", messages: 2, recipients: 3), .init(name: "device chem-scanner-1", messages: 1, recipients: 3)])
         let text = summary.text()
         XCTAssertTrue(text.contains("delivered 1, bounced 1, still queued 2, expired 1, deleted 1"), text)
+        XCTAssertTrue(text.contains("Size:                   6300 bytes in all (6.3 kB), largest 5000 bytes (5.0 kB) in Q2\n"), text)
+        XCTAssertEqual(AuditReportSummary.approximate(999), "999 bytes")
+        XCTAssertEqual(AuditReportSummary.approximate(24_174_319_351), "24.2 GB")
+        XCTAssertEqual(AuditReportSummary.approximate(.max), "9.2 EB")
     }
 
     func testFiltersPickMessagesAndRecipients() throws {
