@@ -166,6 +166,30 @@ final class ReportCLITests: XCTestCase {
         XCTAssertFalse(ids.contains("QOLD"))
     }
 
+    /// `audit.rotate` as `postern check` reads it: errors with file, line and fix.
+    func testCheckNamesWhatIsWrongWithAuditRotate() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("postern-rotate-check-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let config = directory.appendingPathComponent("postern.yaml")
+        func check(_ audit: String) throws -> Shell.Result {
+            try "policies: \(Repo.policies.path)\nlisteners:\n  - { name: device, kind: device, listen: \"127.0.0.1:1\" }\naudit:\n\(audit)\n"
+                .write(to: config, atomically: true, encoding: .utf8)
+            return try Shell.run([Repo.posternBinary.path, "check", "--config", config.path])
+        }
+        let journal = try check("  rotate: { size: 100M }")
+        XCTAssertEqual(journal.status, 2, journal.output)
+        XCTAssertTrue(journal.output.contains("postern.yaml:5: error: audit.rotate needs audit.output to be a file"), journal.output)
+        let small = try check("  output: audit.jsonl\n  rotate: { size: 1K, keep-days: 0 }")
+        XCTAssertEqual(small.status, 2, small.output)
+        XCTAssertTrue(small.output.contains("audit.rotate.size must be from 64K to 64G, not 1K"), small.output)
+        XCTAssertTrue(small.output.contains("audit.rotate.keep-days"), small.output)
+        let empty = try check("  output: audit.jsonl\n  rotate: {}")
+        XCTAssertTrue(empty.output.contains("audit.rotate needs size, keep-days or both"), empty.output)
+        let good = try check("  output: audit.jsonl\n  rotate: { size: 100M, keep-days: 90 }")
+        XCTAssertFalse(good.output.contains("audit"), good.output)
+    }
+
     func waitUntil(_ seconds: Double, _ condition: () -> Bool) async -> Bool {
         let deadline = Date().addingTimeInterval(seconds)
         while Date() < deadline {
