@@ -27,6 +27,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
         .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
         .package(url: "https://github.com/swift-extras/swift-extras-base64", from: "1.2.0"),
+        // The audit log's rotated files are gzip (issue #18): written on rotation, read by postern report.
+        .package(url: "https://github.com/adam-fowler/compress-nio.git", from: "1.5.0"),
     ],
     targets: [
         // OpenLDAP's client library (libldap, liblber) as a Swift module.
@@ -36,10 +38,12 @@ let package = Package(
             providers: [.apt(["libldap2-dev"])]
         ),
         // One of each piece the other modules share: the config reader and its issues (file:line, fix), sizes, the
-        // durable file write, queue ids, the audit log and server TLS. Depends on no other Postern module.
+        // durable file write, queue ids, the audit log (its rotation and `postern report`'s reckoning) and server TLS.
+        // Depends on no other Postern module.
         .target(
             name: "PosternCore",
             dependencies: [
+                .product(name: "CompressNIO", package: "compress-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),

@@ -18,12 +18,26 @@ public struct AuditLog: Sendable {
         self.countDecision = countDecision
     }
 
-    /// An audit log that writes JSON lines to standard output, standard error (`stderr`) or a file (appended).
-    public static func make(output: String?, countDecision: (@Sendable (_ code: Int?, _ rule: String) -> Void)? = nil) throws -> AuditLog {
-        let sink = try JSONLineSink(path: output)
+    /// An audit log that writes JSON lines to standard output, standard error (`stderr`) or a file (appended), a file
+    /// rotated, compressed and expired by `retention` when given.
+    public static func make(output: String?, retention: AuditRetention? = nil,
+                            countDecision: (@Sendable (_ code: Int?, _ rule: String) -> Void)? = nil) throws -> AuditLog {
+        let sink = try JSONLineSink(path: output, retention: retention)
         var logger = Logger(label: "postern.audit") { label in JSONLineLogHandler(label: label, sink: sink) }
         logger.logLevel = .info
-        return AuditLog(logger: logger, countDecision: countDecision)
+        var log = AuditLog(logger: logger, countDecision: countDecision)
+        log.sink = sink
+        return log
+    }
+
+    /// The file sink, for `maintain`.
+    var sink: JSONLineSink?
+
+    /// Rotates a file past its day and deletes rotated files past `keep-days` (the gateway calls this hourly; writes
+    /// rotate by size on their own). Waits for compression under way. Returns the rotated files deleted.
+    @discardableResult
+    public func maintain(now: Date = Date()) -> [String] {
+        sink?.maintain(now: now) ?? []
     }
 
     /// Discards everything (for tools that run a gateway without an audit trail).
@@ -71,14 +85,18 @@ public struct AuditLog: Sendable {
         countDecision?(code, rule)
     }
 
-    /// A message stored and answered 250.
+    /// A message stored and answered 250: `size` in bytes as stored (with the gateway's Received header);
+    /// `device` the registered device that sent it; `external` the recipients outside the internal domains (nil:
+    /// not known). `postern report` reads these with the `relay` events: keep the two in step with `AuditRecord`.
     public func accepted(session: String, queueID: String, sender: String, recipients: [String], size: Int, listener: String,
-                         client: String, messageID: String?, login: String?) {
+                         client: String, messageID: String?, login: String?, device: String? = nil, external: [String]? = nil) {
         var fields: Logger.Metadata = ["session": "\(session)", "queue_id": "\(queueID)", "sender": "<\(sender)>",
                                        "recipients": .array(recipients.map { "<\($0)>" }), "size": "\(size)", "listener": "\(listener)",
                                        "client": "\(client)"]
         if let messageID { fields["message_id"] = "\(messageID)" }
         if let login { fields["login"] = "\(login)" }
+        if let device { fields["device"] = "\(device)" }
+        if let external { fields["external"] = .array(external.map { "<\($0)>" }) }
         event("accepted", fields)
     }
 
@@ -105,32 +123,6 @@ public struct AuditLog: Sendable {
     public func relay(queueID: String, recipient: String, upstream: String, reply: String, attempt: Int, outcome: String) {
         event("relay", ["queue_id": "\(queueID)", "recipient": "\(recipient)", "upstream": "\(upstream)",
                         "reply": "\(reply)", "attempt": "\(attempt)", "outcome": "\(outcome)"])
-    }
-}
-
-/// Where JSON lines go: standard output, standard error (`stderr`, for tools whose gateway logs to its
-/// standard output) or a file. Whole lines under one lock.
-///
-/// A file is opened with `O_APPEND`: every line lands at the end of the file as it is then, so the gateway and a
-/// `postern queue` command writing to the same audit log at once do not overwrite each other's lines, and after
-/// logrotate's `copytruncate` lines go to the start of the emptied file instead of the old offset.
-final class JSONLineSink: Sendable {
-    private let handle: NIOLockedValueBox<FileHandle>
-
-    init(path: String?) throws {
-        if path == "stderr" {
-            self.handle = NIOLockedValueBox(FileHandle.standardError)
-        } else if let path, path != "-", path != "stdout" {
-            let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
-            guard fd >= 0 else { throw AuditLogError("cannot open audit log \(path): \(String(cString: strerror(errno)))") }
-            self.handle = NIOLockedValueBox(FileHandle(fileDescriptor: fd, closeOnDealloc: true))
-        } else {
-            self.handle = NIOLockedValueBox(FileHandle.standardOutput)
-        }
-    }
-
-    func write(_ line: Data) {
-        handle.withLockedValue { $0.write(line) }
     }
 }
 

@@ -33,6 +33,8 @@ public struct GatewayConfiguration: Sendable {
     public var delivery: DeliveryConfiguration
     /// Where audit JSON lines go: nil for standard output, or a file path.
     public var auditOutput: String?
+    /// `audit.rotate`: size rotation, gzip and deletion after `keep-days` (a file output only).
+    public var auditRetention: AuditRetention?
     /// The LDAP directory SMTP AUTH is checked against; without it the TLS endpoints accept no one.
     public var directory: DirectoryConfiguration?
     /// Brute-force limits for one account; a client address gets three times as many failures.
@@ -161,10 +163,24 @@ public struct GatewayConfiguration: Sendable {
         }
 
         var auditOutput: String?
+        var auditRetention: AuditRetention?
         if let node = top["audit"] {
-            let map = reader.mapping(node, known: ["output"], context: "audit")
+            let map = reader.mapping(node, known: ["output", "rotate"], context: "audit")
             if let output = reader.string(map["output"], "audit.output"), output != "stdout", output != "-" {
                 auditOutput = resolve(output)
+            }
+            if let rotateNode = map["rotate"] {
+                let rotate = reader.mapping(rotateNode, known: ["size", "keep-days"], context: "audit.rotate")
+                let retention = AuditRetention(rotateBytes: reader.size(rotate["size"], "audit.rotate.size", range: (64 << 10)...(64 << 30)),
+                                               keepDays: reader.int(rotate["keep-days"], "audit.rotate.keep-days", range: 1...36_500))
+                if auditOutput == nil || auditOutput == "stderr" {
+                    reader.issue(rotateNode, "audit.rotate needs audit.output to be a file",
+                                 fix: "set audit.output: /var/log/postern/audit.jsonl, or rotate the journal with journald's own settings")
+                } else if retention.rotateBytes == nil && retention.keepDays == nil {
+                    reader.issue(rotateNode, "audit.rotate needs size, keep-days or both", fix: "rotate: { size: 100M, keep-days: 90 }")
+                } else {
+                    auditRetention = retention
+                }
             }
         }
 
@@ -205,7 +221,8 @@ public struct GatewayConfiguration: Sendable {
 
         if !reader.issues.isEmpty { throw ConfigErrors(issues: reader.issues) }
         var configuration = GatewayConfiguration(file: file, hostname: hostname, policyDirectory: policyDirectory, tls: tls, limits: limits,
-                                                 listeners: listeners, delivery: delivery, auditOutput: auditOutput, directory: directory,
+                                                 listeners: listeners, delivery: delivery, auditOutput: auditOutput, auditRetention: auditRetention,
+                                                 directory: directory,
                                                  authThrottle: authThrottle, revealNotAuthorized: revealNotAuthorized, warnings: reader.warnings,
                                                  admin: admin, registration: registration)
         configuration.spoolKeyFile = spoolKeyFile

@@ -7,8 +7,8 @@ import ServiceLifecycle
 import UnixSignals
 
 /// What `postern serve` runs, built from postern.yaml: the policy store, the audit log and metrics, the gateway
-/// (listeners, relay, admin endpoint), the reload watcher, the sunset reminders, the certificate expiry watch and
-/// the registration page, as one
+/// (listeners, relay, admin endpoint), the reload watcher, the sunset reminders, the certificate expiry watch, the
+/// audit log's retention (with `audit.rotate.keep-days`) and the registration page, as one
 /// `ServiceGroup`.
 ///
 /// Threads: the gateway's event-loop group is the only one in the process; the registration page serves on it, and
@@ -33,7 +33,7 @@ public final class GatewayServices: Sendable {
         for warning in configuration.policyWarnings(policies.policy) { logger.warning("\(warning.warningDescription)") }
         let metrics = GatewayMetrics()
         policies.observeReloads { metrics.policyReload(applied: $0.applied) }
-        let audit = try AuditLog.make(output: configuration.auditOutput, countDecision: metrics.decision)
+        let audit = try AuditLog.make(output: configuration.auditOutput, retention: configuration.auditRetention, countDecision: metrics.decision)
         let gateway = try Gateway(configuration: configuration, rules: { policies.rules(audit: audit) }, logger: logger, audit: audit,
                                   metrics: metrics, refreshPolicyGauges: { $0.refreshSunsets(policy: policies.policy, now: Date()) },
                                   policyVersion: {
@@ -53,6 +53,7 @@ public final class GatewayServices: Sendable {
                                                       stateFile: gateway.stateFile("certificate-warnings.json"), logger: logger)
             // Shut down in reverse: whatever runs on the gateway's loops stops before the gateway stops them.
             let services: [any Service] = [gateway, ReloadService(policies: policies, gateway: gateway, logger: logger), reminders, certificates]
+                + (configuration.auditRetention?.keepDays != nil ? [AuditRetentionService(audit: audit, logger: logger)] : [])
                 + (registration.map { [$0] } ?? [])
             let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: gracefulShutdownSignals, logger: logger))
             return GatewayServices(configuration: configuration, policies: policies, gateway: gateway, registration: registration, group: group)

@@ -22,7 +22,8 @@ extension AuditLog {
     func accepted(_ envelope: Envelope, queueID: String, messageID: String?, size: Int) {
         accepted(session: envelope.facts.sessionID, queueID: queueID, sender: envelope.sender.mailbox.map { "\($0)" } ?? "",
                  recipients: envelope.recipients.map { "\($0)" }, size: size, listener: envelope.facts.listenerName,
-                 client: envelope.facts.clientAddress, messageID: messageID, login: envelope.facts.user?.login)
+                 client: envelope.facts.clientAddress, messageID: messageID, login: envelope.facts.user?.login,
+                 device: envelope.auditFacts.device, external: envelope.auditFacts.externalRecipients.map { $0.map { "\($0)" } })
     }
 
     func refusedMessage(_ facts: ConnectionFacts, reply: SMTPReply) {

@@ -98,6 +98,7 @@ enum DecisionReason: Sendable {
     case deviceRegistered(device: String, sunset: EffectiveSunset)
     case deviceSender(device: String, sender: SenderPattern)
     case internalDomain(domain: String, pattern: DomainPattern)
+    case deviceRecipient(device: String, recipient: RecipientPattern, owner: String)
     case tlsConnection(PolicyEndpoint)
     case anyRecipient(PolicyEndpoint)
     case nullSenderAllowed(account: String)
@@ -110,6 +111,8 @@ enum DecisionReason: Sendable {
         case .deviceRegistered(let device, let sunset): return "device \(device): registered until \(sunset.date) (\(sunset))"
         case .deviceSender(let device, let sender): return "device \(device): allowed sender \(sender)"
         case .internalDomain(let domain, let pattern): return "internal-domains: \(domain) matches \(pattern)"
+        case .deviceRecipient(let device, let recipient, let owner):
+            return "device \(device): recipients: \(recipient == .owner ? "owner (\(owner))" : recipient.description)"
         case .tlsConnection(let endpoint): return "\(endpoint.rawValue): TLS connection"
         case .anyRecipient(let endpoint): return "\(endpoint.rawValue): authenticated users may send to any recipient"
         case .nullSenderAllowed(let account): return "service-account \(account): null sender allowed"
@@ -135,6 +138,11 @@ public enum PolicyReply {
     public static func senderNotAllowed(_ sender: ReversePath, device: String) -> SMTPReply {
         SMTPReply(553, "5.7.1", "Sender \(sender) is not allowed for device \(device)")
     }
+    /// A recipient outside the device's own `recipients:` rule.
+    public static func recipientNotAllowed(_ recipient: Mailbox, device: RegisteredDevice) -> SMTPReply {
+        SMTPReply(550, "5.7.1", "<\(recipient)>: device \(device.id) may send only to \(PolicySet.recipientsText(device)) (its recipients rule)")
+    }
+
     public static func externalRecipient(_ recipient: Mailbox) -> SMTPReply {
         SMTPReply(550, "5.7.1", "<\(recipient)>: this endpoint accepts internal recipients only")
     }
@@ -283,7 +291,14 @@ public struct PolicySet: Sendable {
             return Decision(reply: PolicyReply.externalRecipient(recipient),
                             rule: "internal-domains: \(domain) is not internal")
         }
-        return .accept(.internalDomain(domain: domain, pattern: pattern))
+        guard !entry.device.recipients.isEmpty else { return .accept(.internalDomain(domain: domain, pattern: pattern)) }
+        let localPart = recipient.unquotedLocalPart
+        guard let allowed = entry.device.recipients.first(where: { $0.matches(localPart: localPart, domain: domain, owner: entry.device.owner) })
+        else {
+            return Decision(reply: PolicyReply.recipientNotAllowed(recipient, device: entry.device),
+                            rule: "device \(entry.device.id): recipients \(Self.recipientsText(entry.device)) do not include \(localPart)@\(domain)")
+        }
+        return .accept(.deviceRecipient(device: entry.device.id, recipient: allowed, owner: entry.device.owner))
     }
 
     private func decideSubmission(_ input: DecisionInput) -> Decision {
@@ -333,6 +348,17 @@ public struct PolicySet: Sendable {
             return "\(local.lowercased())@\(domain)"
         }
         return "\(local)@\(domain)"
+    }
+
+    /// A device's `recipients:` as a refusal names them, `owner` with the address it stands for.
+    public static func recipientsText(_ device: RegisteredDevice) -> String {
+        device.recipients.map { $0 == .owner ? "\(device.owner) (owner)" : $0.description }.joined(separator: ", ")
+    }
+
+    /// Whether `mailbox` is plainly in an internal domain (the device endpoint's test; for the audit log's `external`).
+    public func isInternal(_ mailbox: Mailbox) -> Bool {
+        guard let domain = Self.plainDomain(mailbox) else { return false }
+        return internalDomains.contains { $0.matches(domain) }
     }
 
     /// The identity's address equal to `mailbox`: domain case-insensitive, local part exact.

@@ -95,6 +95,26 @@ public enum DeviceFieldRules {
         return nil
     }
 
+    /// How a `recipients:` entry is written, for messages.
+    public static let recipientForms = "write owner (the device's owner), an address like j.doe@chem.example.edu, or a domain like *@chem.example.edu"
+
+    /// nil when `recipient` lies inside the internal domains: the device endpoint takes internal recipients only, so an
+    /// entry outside them would never match (and reads as if it allowed something it does not).
+    public static func recipientProblem(_ recipient: RecipientPattern, internalDomains: [DomainPattern]) -> String? {
+        guard let pattern = recipient.domainPattern, !internalDomains.contains(where: { $0.covers(pattern) }) else { return nil }
+        return "recipient rule \(recipient) is outside the internal domains (\(internalDomains.map(\.description).joined(separator: ", ")))"
+    }
+
+    /// The texts of `recipients` (as typed on the page or to `postern devices add`) that are no recipient rule, or
+    /// lie outside the internal domains, with why.
+    public static func recipientsProblem(_ texts: [String], internalDomains: [DomainPattern]) -> String? {
+        for text in texts {
+            guard let pattern = RecipientPattern(text) else { return "'\(text)' is not a recipient rule: \(recipientForms)" }
+            if let problem = recipientProblem(pattern, internalDomains: internalDomains) { return problem }
+        }
+        return nil
+    }
+
     /// nil when a department's own domain lies in the internal domains; else its devices could send as anyone.
     public static func departmentDomainProblem(_ pattern: DomainPattern, internalDomains: [DomainPattern]) -> String? {
         guard !internalDomains.contains(where: { $0.covers(pattern) }) else { return nil }

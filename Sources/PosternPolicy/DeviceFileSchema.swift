@@ -18,13 +18,14 @@ struct DeviceReading: Sendable {
     var ownerLine = 0
     var addressesLine = 0
     var sendersLine = 0
+    var recipientsLine = 0
     var issues: [PolicyIssue] = []
 }
 
 /// The keys of a device entry: who owns it, where it sits, what it may do and until when.
 enum DeviceSchema {
     static let keys = ["id", "department", "owner", "location", "note", "addresses", "senders", "registered", "sunset",
-                       "max-message-size", "max-rate", "revoked", "revoked-by", "revoke-reason"]
+                       "max-message-size", "max-rate", "recipients", "revoked", "revoked-by", "revoke-reason"]
     /// Written together by a revocation (`DeviceFilesEditor.revoke`).
     static let revocationKeys = ["revoked", "revoked-by", "revoke-reason"]
     static let requiredKeys = ["id", "department", "owner", "addresses", "senders", "registered", "sunset"]
@@ -103,6 +104,22 @@ enum DeviceSchema {
                 }
             }
         }
+        var recipients: [RecipientPattern] = []
+        if let r = entry["recipients"], let items = reader.list(r, what: "recipients") {
+            found.recipientsLine = SchemaReader.line(r)
+            if items.isEmpty {
+                reader.issue(r, "device '\(id)' has an empty recipients list, which would refuse every recipient",
+                             fix: "list what it may send to (owner, an address, *@a.domain), or leave recipients out for any internal recipient")
+                ok = false
+            }
+            for rn in items {
+                guard let text = reader.string(rn, what: "recipient") else { ok = false; continue }
+                if let p = RecipientPattern(text) { recipients.append(p) } else {
+                    reader.issue(rn, "'\(text)' is not a recipient rule", fix: DeviceFieldRules.recipientForms)
+                    ok = false
+                }
+            }
+        }
         let registered = entry["registered"].flatMap { reader.date($0, what: "registered") }
         let sunsetNode = entry["sunset"]
         let sunset = sunsetNode.flatMap { reader.date($0, what: "sunset") }
@@ -123,7 +140,7 @@ enum DeviceSchema {
         guard ok, reader.issues.count == before, let registered, let sunset, !department.isEmpty else { return found }
         found.device = RegisteredDevice(id: id, department: department, owner: owner, location: location, addresses: ranges,
                                         senders: senders, registered: registered, sunset: sunset, maxMessageSize: maxSize,
-                                        maxRate: rate, line: SchemaReader.line(node), revocation: revocation)
+                                        maxRate: rate, line: SchemaReader.line(node), revocation: revocation, recipients: recipients)
         return found
     }
 
@@ -207,6 +224,12 @@ enum DeviceSchema {
             if let problem = DeviceFieldRules.senderProblem(sender, department: department, internalDomains: internalDomains) {
                 issues.append(PolicyIssue(file: file, line: reading.sendersLine, message: "device '\(device.id)': \(problem)",
                                           fix: "use a sender in the department's domains, or add the domain to its domains: in departments.yaml"))
+            }
+        }
+        for recipient in device.recipients {
+            if let problem = DeviceFieldRules.recipientProblem(recipient, internalDomains: internalDomains) {
+                issues.append(PolicyIssue(file: file, line: reading.recipientsLine, message: "device '\(device.id)': \(problem)",
+                                          fix: "recipients narrow the internal domains a device may send to; write one inside them"))
             }
         }
         if let problem = DeviceFieldRules.contactProblem(device.owner, internalDomains: internalDomains) {

@@ -59,6 +59,7 @@ public enum DeviceFilesEditor {
             if let note = r.note { fields.append(("note", scalar(note))) }
             fields.append(("addresses", list(r.addresses)))
             fields.append(("senders", list(r.senders)))
+            if !r.recipients.isEmpty { fields.append(("recipients", list(r.recipients))) }
             fields.append(("registered", scalar(current.today(now).description)))
             fields.append(("sunset", scalar(sunset.description)))
             if let size = r.maxMessageSize { fields.append(("max-message-size", scalar(size))) }

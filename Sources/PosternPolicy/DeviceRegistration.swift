@@ -16,10 +16,13 @@ public struct DeviceRegistration: Sendable, Hashable {
     public var maxMessageSize: String?
     /// e.g. `60/hour`.
     public var maxRate: String?
+    /// `recipients:` rules (`owner`, an address, `*@a.domain`); empty: any internal recipient.
+    public var recipients: [String]
 
     public init(id: String, department: String, owner: String, location: String? = nil, addresses: [String],
                 senders: [String], sunset: CalendarDate? = nil, maxMessageSize: String? = nil, maxRate: String? = nil,
-                note: String? = nil) {
+                note: String? = nil, recipients: [String] = []) {
+        self.recipients = recipients
         self.id = id
         self.note = note
         self.department = department

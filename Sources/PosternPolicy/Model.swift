@@ -166,6 +166,8 @@ public struct RegisteredDevice: Sendable, Hashable {
     public var line: Int
     /// Set when the device was revoked: it keeps its file (and its addresses) and is refused naming the revocation.
     public var revocation: Revocation? = nil
+    /// `recipients:`, narrowing the internal recipients it may send to; empty: any internal recipient.
+    public var recipients: [RecipientPattern] = []
 
     /// The device's file under a policy directory: `devices.d/<department>/<id>.yaml`.
     public func file(in policyDirectory: String) -> String {

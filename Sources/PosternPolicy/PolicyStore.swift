@@ -173,6 +173,10 @@ public struct PolicyRules: SessionRules {
         policy.recipientKey(recipient)
     }
 
+    public func auditFacts(_ facts: ConnectionFacts, recipients: [Mailbox]) -> MessageAuditFacts {
+        MessageAuditFacts(device: device(facts)?.id, externalRecipients: recipients.filter { !policy.isInternal($0) })
+    }
+
     /// The header From policy: From: and Sender: must hold addresses the session may use as MAIL FROM.
     public func checkMessage(_ facts: ConnectionFacts, sender: ReversePath, message: ByteBuffer) -> MessageVerdict {
         // With the policy off there is nothing to parse the header section for, and nothing to audit.

@@ -12,11 +12,18 @@ public struct RegistrationForm: Sendable, Hashable {
     public var location = ""
     public var address = ""
     public var sender = ""
+    /// As typed: recipient rules separated by spaces or commas; empty for any internal recipient.
+    public var recipients = ""
     public var contact = ""
     public var sunset = ""
     public var justification = ""
 
     public init() {}
+
+    /// The recipient rules typed, one per entry.
+    public var recipientRules: [String] {
+        recipients.split(whereSeparator: { $0 == " " || $0 == "," || $0 == "\n" || $0 == "\r" || $0 == "\t" }).map(String.init)
+    }
 
     public init(fields: [String: String]) {
         func f(_ k: String) -> String { (fields[k] ?? "").trimmingCharacters(in: .whitespacesAndNewlines) }
@@ -26,6 +33,7 @@ public struct RegistrationForm: Sendable, Hashable {
         location = f("location")
         address = f("address")
         sender = f("sender")
+        recipients = f("recipients")
         contact = f("contact")
         sunset = f("sunset")
         justification = f("justification")
@@ -147,6 +155,13 @@ public final class RegistrationDesk: Sendable {
         } else {
             errors["sender"] = "\(form.sender) is not one mail address; give one, e.g. scanner@dept.example.edu."
         }
+        if form.recipients.count > 1000 {
+            errors["recipients"] = "List at most a few rules (1000 characters)."
+        } else if let problem = form.recipientRules.lazy.compactMap({ DeviceFieldRules.freeTextProblem($0) }).first {
+            errors["recipients"] = "The recipient rules: \(problem)."
+        } else if let problem = DeviceFieldRules.recipientsProblem(form.recipientRules, internalDomains: policy.internalDomains) {
+            errors["recipients"] = "The \(problem)."
+        }
         if form.contact.isEmpty {
             errors["contact"] = "Give the mail address that gets the decision and the sunset reminders."
         } else if (try? AddressParser.parseMailbox(form.contact)) == nil {
@@ -170,7 +185,8 @@ public final class RegistrationDesk: Sendable {
             }
             let request = RegistrationRequest(
                 id: Self.newID(), department: form.department, deviceID: form.deviceID, model: form.model, location: form.location,
-                address: normalizedAddress(form.address), sender: form.sender, contact: form.contact, sunset: form.sunset,
+                address: normalizedAddress(form.address), sender: form.sender,
+                recipients: form.recipientRules.isEmpty ? nil : form.recipientRules, contact: form.contact, sunset: form.sunset,
                 justification: form.justification, requestedBy: user.login, requestedAt: now(), status: .pending)
             all.append(request)
             return .success(request)
@@ -195,7 +211,8 @@ public final class RegistrationDesk: Sendable {
             if let message = sunsetProblem(r.sunset, department: r.department, policy: policy) { throw RegistrationFailure("\(r.deviceID): \(message)") }
             let registration = DeviceRegistration(id: r.deviceID, department: r.department, owner: r.contact, location: r.location,
                                                   addresses: [r.address], senders: [r.sender], sunset: CalendarDate(r.sunset),
-                                                  note: "model: \(r.model); web request \(r.id) by \(r.requestedBy), approved by \(user.login)")
+                                                  note: "model: \(r.model); web request \(r.id) by \(r.requestedBy), approved by \(user.login)",
+                                                  recipients: r.recipients ?? [])
             switch DeviceFilesEditor.add(registration, directory: policyDirectory, now: now(), reader: policies.reader) {
             case .failure(let errors):
                 throw RegistrationFailure("\(r.deviceID) was not registered: " + errors.issues.map(\.message).joined(separator: "; "))

@@ -67,12 +67,13 @@ extension RegistrationServer {
         var context: [String: Any] = [
             "departments": departments.map { ["id": $0.id, "name": $0.name, "selected": $0.id == form.department] as [String: Any] },
             "form": ["deviceID": form.deviceID, "model": form.model, "location": form.location, "address": form.address,
-                     "sender": form.sender, "contact": form.contact, "sunset": form.sunset, "justification": form.justification],
+                     "sender": form.sender, "recipients": form.recipients, "contact": form.contact, "sunset": form.sunset, "justification": form.justification],
             "errors": errors.messages,
             "devicePlaceholder": "\(form.department.isEmpty ? "dept" : form.department)-scanner-1",
             "campusRanges": desk.configuration.campusRanges.map(\.description).joined(separator: ", "),
             "senderDomains": each(senderDomains) { $0.map(\.description).joined(separator: ", ") },
             "internalDomains": policy.internalDomains.map(\.description).joined(separator: ", "),
+            "recipientExample": departments.first?.domains.first?.domain ?? policy.internalDomains.first?.domain ?? "example.edu",
             "latest": each(latest) { $0.description },
             "sunsetMin": policy.today(desk.now()).description,
             "sunsetMax": latest.map(\.1).max()?.description ?? "",
@@ -142,6 +143,7 @@ extension RegistrationServer {
             "device": ["id": device.id, "department": policy.departments[device.department]?.name ?? device.department, "location": device.location,
                        "owner": device.owner, "addresses": device.addresses.map(\.description).joined(separator: ", "),
                        "senders": device.senders.map(\.description).joined(separator: ", "), "sunset": device.sunset.description,
+                       "recipients": device.recipients.isEmpty ? "any university address" : PolicySet.recipientsText(device),
                        "effectiveSunset": sunset.date.description, "sunsetSource": Self.source(sunset)],
             "changeSunset": action == .sunset, "revoke": action == .revoke,
             "sunsetMin": policy.today(desk.now()).description,
@@ -174,6 +176,7 @@ extension RegistrationServer {
                                    "location": r.location, "address": r.address, "sender": r.sender, "contact": r.contact, "sunset": r.sunset,
                                    "justification": r.justification, "requestedBy": r.requestedBy, "requestedAt": Self.when(r.requestedAt, zone),
                                    "status": r.status.rawValue]
+        if let recipients = r.recipients, !recipients.isEmpty { item["recipients"] = recipients.joined(separator: " ") }
         if let d = r.decidedBy { item["decidedBy"] = d }
         if let at = r.decidedAt { item["decidedAt"] = Self.when(at, zone) }
         // For the tables: the day kept on one line (a hyphen is a line break opportunity), the time after it.

@@ -20,6 +20,8 @@ public struct RegistrationRequest: Codable, Sendable, Hashable {
     public var location: String
     public var address: String
     public var sender: String
+    /// The device's `recipients:` rules (`owner`, an address, `*@a.domain`); nil or empty: any internal recipient.
+    public var recipients: [String]? = nil
     public var contact: String
     /// YYYY-MM-DD, the requested last valid day.
     public var sunset: String

@@ -243,7 +243,8 @@ public struct SMTPSession: Sendable {
             }
             state = .delivering
             let envelope = Envelope(sender: transaction.sender, recipients: transaction.recipients,
-                                    bodyType: transaction.bodyType, facts: facts)
+                                    bodyType: transaction.bodyType, facts: facts,
+                                    auditFacts: rules.auditFacts(facts, recipients: transaction.recipients))
             return .deliver(envelope, message)
         }
     }

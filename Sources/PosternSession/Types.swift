@@ -124,10 +124,15 @@ public protocol SessionRules: Sendable {
     /// The rules for one connection, asked once as its session starts: work that depends only on the
     /// connection (such as parsing the client address) is done here rather than for every command.
     func forConnection(_ facts: ConnectionFacts) -> any SessionRules
+    /// The audit log's facts about a message about to be stored.
+    func auditFacts(_ facts: ConnectionFacts, recipients: [Mailbox]) -> MessageAuditFacts
 }
 
 extension SessionRules {
     public func forConnection(_ facts: ConnectionFacts) -> any SessionRules { self }
+
+    /// Without a policy: no device, internal domains unknown.
+    public func auditFacts(_ facts: ConnectionFacts, recipients: [Mailbox]) -> MessageAuditFacts { MessageAuditFacts() }
 
     /// Without a policy to say more: the domain's case folded, the local part exact (RFC 5321 2.4).
     public func recipientKey(_ recipient: Mailbox) -> String {
@@ -171,12 +176,29 @@ public struct Envelope: Sendable, Hashable {
     public var recipients: [Mailbox]
     public var bodyType: String?
     public var facts: ConnectionFacts
+    /// What policy adds for the audit log (the device, which recipients are external), set as DATA ends.
+    public var auditFacts: MessageAuditFacts
 
-    public init(sender: ReversePath, recipients: [Mailbox], bodyType: String? = nil, facts: ConnectionFacts) {
+    public init(sender: ReversePath, recipients: [Mailbox], bodyType: String? = nil, facts: ConnectionFacts,
+                auditFacts: MessageAuditFacts = MessageAuditFacts()) {
         self.sender = sender
         self.recipients = recipients
         self.bodyType = bodyType
         self.facts = facts
+        self.auditFacts = auditFacts
+    }
+}
+
+/// What the audit log records of an accepted message beyond its envelope, so that `postern report` needs
+/// nothing but the log: the registered device that sent it and the recipients outside the internal domains.
+public struct MessageAuditFacts: Sendable, Hashable {
+    public var device: String?
+    /// nil when the rules do not know the internal domains.
+    public var externalRecipients: [Mailbox]?
+
+    public init(device: String? = nil, externalRecipients: [Mailbox]? = nil) {
+        self.device = device
+        self.externalRecipients = externalRecipients
     }
 }
 

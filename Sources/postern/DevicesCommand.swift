@@ -72,7 +72,8 @@ struct DevicesCommand: ParsableCommand {
                 `postern check`: a sunset from today to the last day the rules allow (the earlier of the department's \
                 and the global sunset, which is also the default), senders in the department's domains \
                 (departments.yaml `domains:`, or the internal domains when it lists none), an internal owner, location \
-                in plain text (no control characters, line separators or bidi controls). The one new file is written \
+                in plain text (no control characters, line separators or bidi controls), recipient rules inside the \
+                internal domains. The one new file is written \
                 atomically under the lock of devices.d; no other file changes. A refusal names that file, which was not \
                 written. Exit status: 0 added, 1 refused.
                 """)
@@ -85,6 +86,7 @@ struct DevicesCommand: ParsableCommand {
         @Option(help: "Where the device sits.") var location: String?
         @Option(name: .customLong("address"), help: "Source address or CIDR block; repeat for more.") var addresses: [String] = []
         @Option(name: .customLong("sender"), help: "Allowed sender address or domain (envelope and header From), in the department's domains; repeat for more.") var senders: [String] = []
+        @Option(name: .customLong("recipient"), help: ArgumentHelp("Narrows where the device may send (default: any internal recipient): owner (send to self), an address, or a domain like *@chem.example.edu; repeat for more. Refused at RCPT with 550 5.7.1 naming the rule.", valueName: "rule")) var recipients: [String] = []
         @Option(help: "Last valid day, YYYY-MM-DD (default: the last day the rules allow).") var sunset: String?
         @Option(help: "Message size limit, bytes or e.g. 10M.") var maxSize: String?
         @Option(help: "Message rate limit, e.g. 60/hour.") var maxRate: String?
@@ -98,7 +100,7 @@ struct DevicesCommand: ParsableCommand {
         func run() throws {
             let registration = DeviceRegistration(
                 id: id, department: department, owner: owner, location: location, addresses: addresses, senders: senders,
-                sunset: sunset.flatMap { CalendarDate($0) }, maxMessageSize: maxSize, maxRate: maxRate)
+                sunset: sunset.flatMap { CalendarDate($0) }, maxMessageSize: maxSize, maxRate: maxRate, recipients: recipients)
             let directory = URL(fileURLWithPath: policies, isDirectory: true)
             switch DeviceFilesEditor.add(registration, directory: directory, now: Date()) {
             case .success(let device):
@@ -182,6 +184,8 @@ struct DeviceListing: Codable {
     var location: String
     var addresses: [String]
     var senders: [String]
+    /// `recipients:`; absent when the device may send to any internal recipient.
+    var recipients: [String]?
     var registered: String
     var sunset: String
     var effectiveSunset: String
@@ -215,6 +219,7 @@ private func printDevices(_ devices: [RegisteredDevice], policy: PolicySet, now:
         let status = d.revocation != nil ? "revoked" : left < 0 ? "expired" : left <= reminderWindow ? "expiring" : "active"
         return DeviceListing(id: d.id, department: d.department, owner: d.owner, location: d.location,
                              addresses: d.addresses.map(\.text), senders: d.senders.map(\.description),
+                             recipients: d.recipients.isEmpty ? nil : d.recipients.map(\.description),
                              registered: d.registered.description, sunset: d.sunset.description,
                              effectiveSunset: sunset.date.description, sunsetRule: sunset.description, daysRemaining: left,
                              status: status, maxMessageSize: d.maxMessageSize, maxRate: d.maxRate?.description,

@@ -88,6 +88,8 @@ struct ExplainCommand: AsyncParsableCommand {
                 print("device:    \(device.id) (department \(device.department), owner \(device.owner)"
                       + (device.location.isEmpty ? "" : ", \(device.location)") + ")")
                 print("sunset:    last valid day \(sunset.date) (\(sunset))")
+                // The setting only; each RCPT below is judged by the session's own rules.
+                print("recipients: " + (device.recipients.isEmpty ? "any internal recipient (no recipients: rule)" : PolicySet.recipientsText(device)))
             } else {
                 print("device:    none registered for \(client)")
             }

@@ -11,7 +11,7 @@ struct Postern: AsyncParsableCommand {
             `submissions` (implicit TLS) and `device` (plaintext, registered devices only, internal recipients only).
             """,
         version: PosternVersion.current,
-        subcommands: [ServeCommand.self, CheckCommand.self, ConfigCommand.self, ExplainCommand.self, DevicesCommand.self, QueueCommand.self, ProbeCommand.self, SinkCommand.self]
+        subcommands: [ServeCommand.self, CheckCommand.self, ConfigCommand.self, ExplainCommand.self, DevicesCommand.self, QueueCommand.self, ReportCommand.self, ProbeCommand.self, SinkCommand.self]
     )
 }
 

@@ -88,7 +88,7 @@ final class GatewayHarness: @unchecked Sendable {
 
     /// `listeners` and `extra` are YAML fragments; listen addresses use port 0.
     static func start(limits: String = "", listeners: String? = nil, extra: String = "", delivery: String? = nil, policies: URL? = nil,
-                      now: @escaping @Sendable () -> Date = { Date() }) async throws -> GatewayHarness {
+                      auditRetention: AuditRetention? = nil, now: @escaping @Sendable () -> Date = { Date() }) async throws -> GatewayHarness {
         try Repo.ensureCertificates()
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("postern-test-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -122,7 +122,8 @@ final class GatewayHarness: @unchecked Sendable {
         let store = try PolicyStore(directory: URL(fileURLWithPath: configuration.policyDirectory), logger: logger,
                                     userMessagesPerHour: configuration.limits.messagesPerUserPerHour)
         let metrics = GatewayMetrics()
-        let audit = try AuditLog.make(output: directory.appendingPathComponent("audit.jsonl").path, countDecision: metrics.decision)
+        let audit = try AuditLog.make(output: directory.appendingPathComponent("audit.jsonl").path, retention: auditRetention,
+                                      countDecision: metrics.decision)
         let gateway = try Gateway(configuration: configuration, rules: { store.rules(now: now, audit: audit) },
                                   logger: logger, audit: audit, drainTimeout: .seconds(5), now: now,
                                   metrics: metrics, refreshPolicyGauges: { $0.refreshSunsets(policy: store.policy, now: now()) })

@@ -31,6 +31,31 @@ final class RegistrationDeskTests: XCTestCase {
         RegistrationForm(fields: Dictionary(uniqueKeysWithValues: RegistrationFixture.form(device: device, address: address)))
     }
 
+    /// The page's recipient rules follow the device files' rules (`DeviceFieldRules`) and land in the device file on approval.
+    func testRecipientRulesAreCheckedLikeDeviceFilesAndWrittenOnApproval() throws {
+        var outside = form("it-out", "10.96.0.1")
+        outside.recipients = "owner *@gmail.com"
+        guard case .failure(let errors) = try desk.submit(outside, by: bob) else { return XCTFail("a rule outside the internal domains was accepted") }
+        XCTAssertEqual(errors["recipients"], "The recipient rule *@gmail.com is outside the internal domains (example.edu, *.example.edu).")
+        var malformed = form("it-bad", "10.96.0.2")
+        malformed.recipients = "bob@"
+        guard case .failure(let again) = try desk.submit(malformed, by: bob) else { return XCTFail("a malformed rule was accepted") }
+        XCTAssertTrue(again["recipients"]?.contains("'bob@' is not a recipient rule") == true, "\(again)")
+
+        var narrowed = form("it-self", "10.96.0.3")
+        narrowed.recipients = "owner, *@chem.example.edu"
+        guard case .success(let request) = try desk.submit(narrowed, by: bob) else { return XCTFail("valid rules refused") }
+        XCTAssertEqual(request.recipients, ["owner", "*@chem.example.edu"])
+        let device = try desk.approve(requestID: request.id, by: alice)
+        XCTAssertEqual(device.recipients.map(\.description), ["owner", "*@chem.example.edu"])
+        let file = directory.appendingPathComponent("policies/devices.d/it/it-self.yaml")
+        XCTAssertTrue(try String(contentsOf: file, encoding: .utf8).contains("recipients: [owner, '*@chem.example.edu']\n"))
+        // Without rules the file has none: any internal recipient.
+        guard case .success(let plain) = try desk.submit(form("it-plain", "10.96.0.4"), by: bob) else { return XCTFail() }
+        XCTAssertTrue(try desk.approve(requestID: plain.id, by: alice).recipients.isEmpty)
+        XCTAssertFalse(try String(contentsOf: directory.appendingPathComponent("policies/devices.d/it/it-plain.yaml"), encoding: .utf8).contains("recipients"))
+    }
+
     func testRoleMapMatchesGroupNamesAndDNsWithoutCase() {
         let roles = RoleMap(adminGroups: ["postern-admins"], departmentGroups: ["it": ["dept-it"], "chem": ["cn=Dept-Chem, ou=groups,dc=example,dc=edu"]],
                             groupBase: "ou=Groups, dc=example,dc=edu")

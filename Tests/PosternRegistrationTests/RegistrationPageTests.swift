@@ -17,7 +17,7 @@ final class RegistrationPageTests: XCTestCase {
             let form = try await bob.get("/register")
             XCTAssertEqual(form.status, 200)
             let body = form.body
-            for field in ["department", "device", "model", "location", "address", "sender", "contact", "sunset", "justification"] {
+            for field in ["department", "device", "model", "location", "address", "sender", "recipients", "contact", "sunset", "justification"] {
                 XCTAssertTrue(body.contains(#"<span class="help" id="help-\#(field)">"#), "no help for \(field)")
                 XCTAssertTrue(body.contains(#"aria-describedby="help-\#(field)""#), field)
                 XCTAssertTrue(body.contains(#"<label for="\#(field)">"#), field)
@@ -33,6 +33,7 @@ final class RegistrationPageTests: XCTestCase {
             XCTAssertTrue(body.contains("inside the campus networks: 127.0.0.0/8, 10.0.0.0/8."), body)
             XCTAssertTrue(body.contains("It must be in\n      example.edu, *.example.edu."), body)
             XCTAssertTrue(body.contains("The rules allow 2027-08-31 at the latest."), body)
+            XCTAssertTrue(body.contains(#"<input id="recipients" name="recipients" value="" placeholder="owner *@example.edu""#), "optional, not required: \(body)")
             // The configured university, help and contact (escaped).
             XCTAssertTrue(body.contains("<title>Register a device · University of Example &amp; Co device registration</title>"), body)
             XCTAssertTrue(body.contains(#"<a href="https://it.example.edu/devices-help" id="site-help">Help</a>"#), body)
