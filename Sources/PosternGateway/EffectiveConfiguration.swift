@@ -62,6 +62,10 @@ extension GatewayConfiguration {
             out.relay(relay)
         }
         out.add("audit.output", auditOutput ?? "stdout")
+        if auditOutput != nil {
+            out.add("audit.rotate.size", auditRetention?.rotateBytes.map(ByteSize.describe) ?? "none")
+            out.add("audit.rotate.keep-days", auditRetention?.keepDays.map(String.init) ?? "forever")
+        }
         if let directory {
             out.directory(directory, throttle: authThrottle, revealNotAuthorized: revealNotAuthorized)
         }

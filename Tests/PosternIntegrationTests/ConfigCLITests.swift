@@ -80,7 +80,8 @@ final class ConfigCLITests: XCTestCase {
         XCTAssertEqual(all.status, 0, all.output)
         for line in ["limits.max-message-size = 10M", "limits.max-recipients = 7", "limits.idle-timeout-seconds = 300",
                      "listeners[0].max-message-size = 5M", "listeners[1].max-message-size = 10M", "listeners[1].listen = [::1]:0",
-                     "delivery.outbox = \(directory.path)/out", "audit.output = \(directory.path)/audit.log"] {
+                     "delivery.outbox = \(directory.path)/out", "audit.output = \(directory.path)/audit.log", "audit.rotate.size = none",
+                     "audit.rotate.keep-days = forever"] {
             XCTAssertTrue(all.output.contains(line + "\n"), "missing '\(line)' in:\n\(all.output)")
         }
         XCTAssertFalse(all.output.contains("directory."), "no directory section, no directory keys: \(all.output)")
