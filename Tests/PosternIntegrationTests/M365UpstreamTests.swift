@@ -149,10 +149,12 @@ final class M365UpstreamTests: XCTestCase {
         try send(to: "three@example.edu")
         try waitForScannerMessages(3, timeout: 15)
         let state = fixture.state()
-        XCTAssertEqual(state.tokensIssued, 2)
+        let events = try relayOutcomes()
+        let log = (try? String(contentsOf: work.appendingPathComponent("serve.log"), encoding: .utf8)) ?? ""
+        XCTAssertEqual(state.tokensIssued, 2, "\(state.tokenRequests) \(state.auth)\n\(log)")
         XCTAssertTrue(state.auth.allSatisfy(\.ok), "no token was refused: \(state.auth)")
         XCTAssertEqual(scannerMessages().map(\.login), Array(repeating: "relay@example.edu", count: 3))
-        XCTAssertEqual(try relayOutcomes().compactMap { $0["outcome"] as? String }, ["delivered", "delivered", "delivered"])
+        XCTAssertEqual(events.compactMap { $0["outcome"] as? String }, ["delivered", "delivered", "delivered"], "\(events)\n\(log)")
         try assertNoSecretLeaked()
     }
 

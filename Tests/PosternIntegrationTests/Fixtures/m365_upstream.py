@@ -212,7 +212,10 @@ class Upstream:
                                       "login": getattr(session.auth_data, "login", b"").decode(), "size": len(envelope.content)})
         save()
         if args.close_after_message:
-            asyncio.get_event_loop().call_later(0.05, server.transport.close)
+            # Right after the 250 is written (the next turn of the loop, before the client can answer it): a
+            # delayed close could fall into the next transaction on this session, after its message was sent,
+            # and a lost reply is a duplicate at the next attempt, correct for SMTP but not what this counts.
+            asyncio.get_event_loop().call_soon(server.transport.close)
         return "250 2.6.0 Queued mail for delivery"
 
 
