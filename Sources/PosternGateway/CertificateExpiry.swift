@@ -122,7 +122,8 @@ public final class CertificateExpiryWatch: Service, Sendable {
     @discardableResult
     public func check() -> [String] {
         let at = now()
-        var said = Set((try? JSONDecoder().decode([String].self, from: Data(contentsOf: stateFile))) ?? [])
+        let record = RememberedKeys(file: stateFile)
+        var said = record.load()
         var written: [String] = []
         for watched in files {
             let certificate: Certificate
@@ -155,14 +156,7 @@ public final class CertificateExpiryWatch: Service, Sendable {
                                     daysLeft: daysLeft, threshold: nearest)
             logger.warning("certificate expires soon", metadata: ["certificate": "\(watched.label)", "days_left": "\(daysLeft)"])
         }
-        if !written.isEmpty, let data = try? JSONEncoder().encode(said.sorted()) {
-            do {
-                try DurableFile.write(to: stateFile.path) { output throws(DurableWriteError) in try output.write(data) }
-            } catch {
-                // Said but not remembered: a restart before the next successful write says these again.
-                logger.error("certificate expiry state not written", metadata: ["file": "\(stateFile.path)", "error": "\(error)"])
-            }
-        }
+        if !written.isEmpty { record.save(said, what: "certificate expiry", logger: logger) }
         return written
     }
 }

@@ -44,7 +44,8 @@ public final class SunsetReminders: Service, Sendable {
     public func sendDue() async -> [String] {
         let policy = policies.policy
         let at = now()
-        var sent = Set((try? JSONDecoder().decode([String].self, from: Data(contentsOf: stateFile))) ?? [])
+        let record = RememberedKeys(file: stateFile)
+        var sent = record.load()
         var newlySent: [String] = []
         for device in policy.devices {
             guard let reminder = policy.reminderDue(for: device, now: at) else { continue }
@@ -64,14 +65,7 @@ public final class SunsetReminders: Service, Sendable {
                 logger.warning("sunset reminder not queued; will try again", metadata: ["device": "\(device.id)", "reply": "\(reply)"])
             }
         }
-        if !newlySent.isEmpty, let data = try? JSONEncoder().encode(sent.sorted()) {
-            do {
-                try DurableFile.write(to: stateFile.path) { output throws(DurableWriteError) in try output.write(data) }
-            } catch {
-                // Sent but not remembered: a restart before the next successful write sends these again.
-                logger.error("sunset reminder state not written", metadata: ["file": "\(stateFile.path)", "error": "\(error)"])
-            }
-        }
+        if !newlySent.isEmpty { record.save(sent, what: "sunset reminder", logger: logger) }
         return newlySent
     }
 

@@ -247,8 +247,8 @@ final class SMTPServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
             if dataFramer != nil {
                 guard let outcome = dataFramer!.feed(&inbound) else {  // checked just above; `!` spares a copy
                     machine.inputRanOut()
-                    // `!`: set just above. Bounds what is held of a large message (`MessageIntake`).
-                    intakeAction(intake.inputTaken(stored: dataFramer!.storedBytes, rejected: dataFramer!.isRejected), context: context)
+                    // Bounds what is held of a large message (`MessageIntake`).
+                    intakeAction(intake.inputTaken(stored: dataFramer?.storedBytes ?? 0, rejected: dataFramer?.isRejected ?? false), context: context)
                     break
                 }
                 dataFramer = nil

@@ -188,6 +188,21 @@ public final class OpenMessageFile: @unchecked Sendable {
             hash = chunk.withUnsafeBytes { SpoolDirectory.fnv1a64($0, seed: hash) }
             offset += chunk.count
         }
+        try checkSum(hash)
+    }
+
+    /// The whole message in one read, checked against the header's checksum and opened when sealed: a small
+    /// message for the relay's in-memory hand-off, without reading the file a second time.
+    public func readWhole() throws(SpoolDirectory.ReadError) -> ByteBuffer {
+        let stored = try SpoolDirectory.readRange(fd, offset: header.messageStart, count: header.messageLength)
+        try checkSum(stored.withUnsafeBytes { SpoolDirectory.fnv1a64($0) })
+        guard let keys = sealed?.keys else { return ByteBuffer(bytes: stored) }
+        return ByteBuffer(bytes: try SpoolDirectory.opening { () throws(SealingError) in try SpoolSealing.open(stored, keys: keys) })
+    }
+
+    /// Checks the hash of the stored message (`hash`), continued over the envelope in format 2 and 3.
+    private func checkSum(_ hash: UInt64) throws(SpoolDirectory.ReadError) {
+        var hash = hash
         if header.coversEnvelope { hash = envelopeBytes.withUnsafeBytes { SpoolDirectory.fnv1a64($0, seed: hash) } }
         guard hash == header.checksum else { throw .corrupt("checksum mismatch") }
     }
@@ -206,12 +221,7 @@ public final class OpenMessageFile: @unchecked Sendable {
             let index = position / SpoolSealing.chunkSize
             let (chunkOffset, storedCount) = layout.storedRange(ofChunk: index)
             let stored = try SpoolDirectory.readRange(fd, offset: header.messageStart + chunkOffset, count: storedCount)
-            let plaintext: [UInt8]
-            do { plaintext = try layout.open(chunk: index, stored: stored, keys: keys) } catch .unknownKey(let id) {
-                throw .locked(SealingError.unknownKey(id).description)
-            } catch {
-                throw .corrupt(error.description)
-            }
+            let plaintext = try SpoolDirectory.opening { () throws(SealingError) in try layout.open(chunk: index, stored: stored, keys: keys) }
             let start = position - index * SpoolSealing.chunkSize
             let end = min(plaintext.count, start + (offset + count - position))
             guard start < end else { throw .corrupt("sealed chunk \(index) is shorter than its place") }
@@ -279,7 +289,7 @@ extension SpoolDirectory {
                 return OpenMessageFile(fd: fd, header: header, envelope: try Self.decodeEnvelope(envelopeBytes[...]), envelopeBytes: envelopeBytes)
             }
             let envelope = try Self.decodeEnvelope(try opened(envelopeBytes)[...])
-            guard let keys else { throw .locked("the file is encrypted and spool encryption is not configured") }
+            let keys = try sealingKeys()
             let streamHeader = try Self.readRange(fd, offset: header.messageStart, count: min(header.messageLength, SpoolSealing.maxHeaderLength))
             let layout = try Self.sealedLayout(streamHeader, storedLength: header.messageLength)
             return OpenMessageFile(fd: fd, header: header, envelope: envelope, envelopeBytes: envelopeBytes, sealed: (layout, keys))

@@ -302,9 +302,21 @@ public struct SpoolDirectory: Sendable {
     /// The plaintext of a whole sealed stream read from a file: `.locked` without its key, `.corrupt` when it
     /// does not authenticate.
     func opened(_ sealed: [UInt8]) throws(ReadError) -> [UInt8] {
+        let keys = try sealingKeys()
+        return try Self.opening { () throws(SealingError) in try SpoolSealing.open(sealed, keys: keys) }
+    }
+
+    /// The keys for a sealed file: `.locked` when encryption is not configured.
+    func sealingKeys() throws(ReadError) -> SpoolKeyRing {
         guard let keys else { throw .locked("the file is encrypted and spool encryption is not configured (delivery.spool.encrypt)") }
+        return keys
+    }
+
+    /// Runs an opening of sealed data, its failure as a read error: a key the ring lacks is `.locked` (the file is
+    /// left alone), anything else `.corrupt`.
+    static func opening<T>(_ body: () throws(SealingError) -> T) throws(ReadError) -> T {
         do {
-            return try SpoolSealing.open(sealed, keys: keys)
+            return try body()
         } catch .unknownKey(let id) {
             throw .locked(SealingError.unknownKey(id).description)
         } catch {

@@ -28,6 +28,16 @@ public enum SpoolSealing {
     static let saltLength = 16
     static let info = Array("postern spool v1".utf8)
 
+    /// One chunk's plaintext, or nil when it does not authenticate as chunk `counter` (the last one when `final`)
+    /// of the stream with this header: both readers of the format, sequential and by chunk, open chunks here.
+    static func openChunk(_ ciphertext: ArraySlice<UInt8>, tag: ArraySlice<UInt8>, key: SymmetricKey, header: [UInt8], lengthField: [UInt8],
+                          counter: UInt32, final: Bool) -> [UInt8]? {
+        let nonce = SealingStream.nonce(counter: counter, final: final)
+        guard let box = try? AES.GCM.SealedBox(nonce: AES.GCM.Nonce(data: nonce), ciphertext: ciphertext, tag: tag),
+              let plaintext = try? AES.GCM.open(box, using: key, authenticating: header + lengthField) else { return nil }
+        return Array(plaintext)
+    }
+
     /// The key of one file: HKDF over the ring's key with the file's salt.
     static func fileKey(_ master: SymmetricKey, salt: some DataProtocol) -> SymmetricKey {
         HKDF<SHA256>.deriveKey(inputKeyMaterial: master, salt: salt, info: info, outputByteCount: 32)
@@ -240,10 +250,9 @@ public struct OpeningStream {
             var opened: [UInt8]?
             // Only a chunk shorter than `chunkSize` can be the last: try the likelier flag first.
             for final in length < SpoolSealing.chunkSize ? [true, false] : [false, true] {
-                let nonce = SealingStream.nonce(counter: counter, final: final)
-                if let box = try? AES.GCM.SealedBox(nonce: AES.GCM.Nonce(data: nonce), ciphertext: ciphertext, tag: tag),
-                   let plaintext = try? AES.GCM.open(box, using: key, authenticating: header + lengthField) {
-                    opened = Array(plaintext)
+                if let plaintext = SpoolSealing.openChunk(ciphertext, tag: tag, key: key, header: header, lengthField: lengthField,
+                                                          counter: counter, final: final) {
+                    opened = plaintext
                     ended = final
                     break
                 }
@@ -338,14 +347,11 @@ extension SpoolSealing {
             let lengthField = Array(stored[0..<4])
             let length = lengthField.reduce(0) { $0 << 8 | Int($1) }
             guard stored.count == 4 + length + SpoolSealing.tagLength else { throw .corrupt("chunk \(index) has the wrong length") }
-            let nonce = SealingStream.nonce(counter: counter, final: index == chunkCount - 1)
-            do {
-                let box = try AES.GCM.SealedBox(nonce: AES.GCM.Nonce(data: nonce), ciphertext: stored[4..<4 + length],
-                                                tag: stored[(4 + length)...])
-                return Array(try AES.GCM.open(box, using: key, authenticating: streamHeader + lengthField))
-            } catch {
+            guard let plaintext = SpoolSealing.openChunk(stored[4..<4 + length], tag: stored[(4 + length)...], key: key, header: streamHeader,
+                                                         lengthField: lengthField, counter: counter, final: index == chunkCount - 1) else {
                 throw .corrupt("chunk \(index) does not authenticate")
             }
+            return plaintext
         }
     }
 }

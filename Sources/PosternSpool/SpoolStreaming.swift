@@ -86,9 +86,11 @@ extension Spool {
             do {
                 let file = try directory.openMessage(id: id)
                 if file.messageLength <= Self.inMemoryReadLimit {
-                    file.close()
-                    let (entry, message) = try directory.readEntry(id: id)
-                    return (entry, .inMemory(message))
+                    // From the file already open: header and envelope are read and checked once, the message once.
+                    defer { file.close() }
+                    let message = try file.readWhole()
+                    let state = try directory.readState(id: id, envelope: file.envelope)
+                    return (SpoolEntry(id: id, envelope: file.envelope, state: state, messageSize: message.readableBytes), .inMemory(message))
                 }
                 do throws(SpoolDirectory.ReadError) {
                     try file.verify()
