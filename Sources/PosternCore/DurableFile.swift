@@ -183,7 +183,8 @@ public enum DurableFile {
         return directory(of: path) + "/.\(name).\(String(UInt64.random(in: 0...UInt64.max), radix: 36)).tmp"
     }
 
-    private static func syncData(_ fd: Int32) -> Int32 {
+    /// `fdatasync` where there is one, else `fsync`: the data and what is needed to read it back.
+    public static func syncData(_ fd: Int32) -> Int32 {
         #if os(Linux)
         return fdatasync(fd)
         #else

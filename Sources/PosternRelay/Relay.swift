@@ -104,6 +104,7 @@ public final class Relay: Sendable {
         await rescan(full: true)
         var lastScan = ContinuousClock.now
         var lastStampCheck = ContinuousClock.now
+        var lastIntakeUpkeep = ContinuousClock.now
         var stamps = SpoolDirectory.Signal.allCases.map { spool.directory.stamp(of: $0) }
         await withTaskGroup(of: Void.self) { group in
             while !Task.isCancelled {
@@ -130,7 +131,14 @@ public final class Relay: Sendable {
                     if let flush = SpoolDirectory.Signal.allCases.firstIndex(of: .flush), now[flush] != stamps[flush] {
                         for pool in pools.values { await pool.resumeNow() }
                     }
+                    // `postern queue` wants to change a message still in the intake log: make it a queue file.
+                    let settle = SpoolDirectory.Signal.allCases.firstIndex(of: .settle)
+                    let settleNow = settle.map { now[$0] != stamps[$0] } ?? false
                     stamps = now
+                    if settleNow || clockNow - lastIntakeUpkeep >= .seconds(1) {
+                        lastIntakeUpkeep = clockNow
+                        await spool.maintainIntake(everything: settleNow)
+                    }
                 }
                 if clockNow - lastScan >= configuration.scanInterval || stampChanged {
                     lastScan = clockNow
@@ -193,7 +201,7 @@ public final class Relay: Sendable {
         let preloaded = state.withLockedValue { $0.takePreloaded(id) }
         guard let lock = spool.lock(id: id) else {
             // Busy (the CLI holds it) or gone; the next scan settles which.
-            let next = spool.directory.contains(id: id) ? clock().addingTimeInterval(1) : nil
+            let next = spool.contains(id: id) ? clock().addingTimeInterval(1) : nil
             state.withLockedValue { $0.schedule.finish(id, next: next) }
             return
         }

@@ -135,6 +135,31 @@ public final class MessageFileWriter: @unchecked Sendable {
         }
     }
 
+    /// The whole queue file for a message held in memory, as `append` and `commit` would write it (format 2, or
+    /// format 3 when `keys` seal it): what the intake log stores as one record (`SpoolIntake`).
+    static func image(envelope: SpoolEnvelope, message: ByteBuffer, keys: SpoolKeyRing?) throws(SpoolError) -> [UInt8] {
+        var body: [UInt8]
+        var json: [UInt8]
+        do {
+            json = Array(try JSONEncoder.spool.encode(envelope))
+            if let keys {
+                body = try message.withUnsafeReadableBytes { raw throws(SealingError) in try SpoolSealing.seal(raw, keys: keys) }
+                json = try SpoolSealing.seal(json, keys: keys)
+            } else {
+                body = Array(message.readableBytesView)
+            }
+        } catch {
+            throw .unwritable("encoding or sealing the message: \(error)")
+        }
+        var sum = body.withUnsafeBytes { SpoolDirectory.fnv1a64($0) }
+        sum = json.withUnsafeBytes { SpoolDirectory.fnv1a64($0, seed: sum) }
+        var image = headerLine(messageLength: body.count, checksum: sum, envelopeLength: json.count, sealed: keys != nil)
+        image.reserveCapacity(image.count + body.count + json.count)
+        image += body
+        image += json
+        return image
+    }
+
     /// Removes the partial file, if any. Safe more than once and after a failure; does nothing after `commit`.
     public func abort() {
         finished = true

@@ -7,8 +7,10 @@ import PosternCore
 
 /// The durable queue between the receiving side and the relay.
 ///
-/// `enqueue` returns only when the message is on disk for good. Concurrent enqueues share one
-/// directory fsync (group commit); the blocking I/O runs on a thread pool, never an event loop.
+/// `enqueue` returns only when the message is on disk for good. A message held in memory goes into the intake
+/// log (`SpoolIntake`): concurrent enqueues share one write and one fdatasync (group commit). A streamed one
+/// (`startMessage`) is its own queue file, and concurrent ones share the directory fsync. The blocking I/O runs on
+/// a thread pool, never an event loop.
 public final class Spool: Sendable {
     public let directory: SpoolDirectory
     let logger: Logger
@@ -17,12 +19,13 @@ public final class Spool: Sendable {
     /// Queued ids and their arrival times, for metrics.
     let index = NIOLockedValueBox<[String: Date]>([:])
     /// Files in `free/` that the next messages overwrite instead of creating new ones.
-    let free = NIOLockedValueBox<[String]>([])
+    let free: NIOLockedValueBox<[String]>
     /// At most this many files are kept in `free/`.
     static let freeLimit = 1024
     /// Deaths during an entry's delivery after which it is held instead of delivered again.
     public static let interruptionsBeforeHold = 2
     private let ledger: DeliveryLedger
+    let intake: SpoolIntake
     /// The entries recovery took out of delivery at this start (the gateway audits them).
     public let heldAtStart: [HeldEntry]
 
@@ -36,6 +39,12 @@ public final class Spool: Sendable {
         self.syncer = DirectorySyncer(directory: self.directory)
         try self.directory.createDirectories()
         ledger = try DeliveryLedger(path: self.directory.root.appendingPathComponent(DeliveryLedger.fileName).path)
+        // As the owner (the ledger's lock): what the intake log holds becomes queue files first, so that the
+        // interrupted deliveries are counted, and everything recovered, in one layout.
+        SpoolIntake.recover(self.directory, logger: logger)
+        let free = NIOLockedValueBox<[String]>([])
+        self.free = free
+        intake = SpoolIntake(directory: self.directory, logger: logger, takeFree: { free.withLockedValue { $0.popLast() } })
         heldAtStart = SpoolRecovery.countInterruptions(self.directory, ids: ledger.interrupted, logger: logger)
         let recovered = SpoolRecovery.recover(self.directory, logger: logger)
         index.withLockedValue { index in
@@ -49,7 +58,11 @@ public final class Spool: Sendable {
         pool.start()
     }
 
+    /// Moves what is left in the intake log into `queue/` (a stopped gateway leaves the classic layout), then
+    /// stops the I/O threads.
     public func shutdown() async {
+        let intake = self.intake
+        try? await pool.runIfActive { intake.maintain(everything: true) }
         try? await pool.shutdownGracefully()
         ledger.close()
     }
@@ -63,8 +76,8 @@ public final class Spool: Sendable {
     /// Entries held out of delivery now.
     public var heldCount: Int { directory.listIDs(in: .hold).count }
 
-    /// Stores the message and its envelope durably. Returns only after the file's fdatasync, rename and
-    /// directory fsync.
+    /// Stores the message and its envelope durably. Returns only after its intake batch's fdatasync (or, for one
+    /// over `SpoolIntake.recordLimit`, its queue file's fdatasync, rename and directory fsync).
     public func enqueue(id: String, envelope: SpoolEnvelope, message: ByteBuffer) async throws(SpoolError) {
         do {
             try await pool.runIfActive(enqueueJob(id: id, envelope: envelope, message: message))
@@ -80,6 +93,13 @@ public final class Spool: Sendable {
         let directory = self.directory
         let syncer = self.syncer
         let logger = self.logger
+        let intake = self.intake
+        guard message.readableBytes > SpoolIntake.recordLimit else {
+            return { [index] in
+                try intake.append(id: id, envelope: envelope, messageSize: message.readableBytes, image: MessageFileWriter.image(envelope: envelope, message: message, keys: directory.keys))
+                index.withLockedValue { $0[id] = envelope.receivedAt }
+            }
+        }
         let reuse = free.withLockedValue { $0.popLast() }
         return { [index] in
             do {
@@ -93,13 +113,16 @@ public final class Spool: Sendable {
         }
     }
 
-    /// Replaces an entry's delivery state durably.
+    /// Replaces an entry's delivery state durably. A message still in the intake log becomes a queue file first
+    /// (the caller holds its lock).
     public func writeState(id: String, _ state: SpoolEntryState) async throws(SpoolError) {
         let directory = self.directory
         let syncer = self.syncer
         let logger = self.logger
+        let intake = self.intake
         do {
             try await pool.runIfActive {
+                if intake.contains(id) { try intake.materialize([id], claimed: true) }
                 try directory.writeState(id: id, state)
                 try Self.sync(syncer, logger: logger)
             }
@@ -116,6 +139,10 @@ public final class Spool: Sendable {
     /// `remove` on the calling thread: a rename and an unlink, no fsync. For the relay, which
     /// removes a message right after delivering it and need not hop to an I/O thread for that.
     public func removeNow(id: String) throws(SpoolError) {
+        if intake.finish(id) {
+            index.withLockedValue { _ = $0.removeValue(forKey: id) }
+            return
+        }
         if free.withLockedValue({ $0.count < Self.freeLimit }) {
             keptFile(id, try directory.recycle(id: id))
         } else {
@@ -142,12 +169,18 @@ public final class Spool: Sendable {
     public func read(id: String) async -> (entry: SpoolEntry, message: ByteBuffer)? {
         let directory = self.directory
         let logger = self.logger
+        let intake = self.intake
         let result = try? await pool.runIfActive { () -> (entry: SpoolEntry, message: ByteBuffer)? in
             do {
+                if let (envelope, message) = try intake.read(id) {
+                    return (SpoolEntry(id: id, envelope: envelope, state: .initial(for: envelope), messageSize: message.readableBytes), message)
+                }
                 return try directory.readEntry(id: id)
             } catch {
                 guard case .corrupt(let reason)? = error as? SpoolDirectory.ReadError else { return nil }
-                SpoolRecovery.quarantine(directory, id: id, reason: reason, logger: logger)
+                if intake.contains(id) { intake.quarantine(id, reason: reason) } else {
+                    SpoolRecovery.quarantine(directory, id: id, reason: reason, logger: logger)
+                }
                 return nil
             }
         }
@@ -158,6 +191,10 @@ public final class Spool: Sendable {
     /// The entry of a message already in memory (just spooled): reads only its state from disk,
     /// since `postern queue` may have changed it. Call with the entry locked.
     public func entry(id: String, envelope: SpoolEnvelope, message: ByteBuffer) -> SpoolEntry? {
+        // In the intake log it has no state file: `postern queue` changes only queue files.
+        if intake.contains(id) {
+            return SpoolEntry(id: id, envelope: envelope, state: .initial(for: envelope), messageSize: message.readableBytes)
+        }
         do {
             let state = try SpoolRecovery.stateOrReset(directory, id: id, envelope: envelope, logger: logger)
             return SpoolEntry(id: id, envelope: envelope, state: state, messageSize: message.readableBytes)
@@ -178,10 +215,18 @@ public final class Spool: Sendable {
     public func scan(skipping skip: @escaping @Sendable (String) -> Bool) async -> (present: Set<String>, entries: [SpoolEntry]) {
         let directory = self.directory
         let logger = self.logger
+        let intake = self.intake
         let result = (try? await pool.runIfActive { () -> (Set<String>, [SpoolEntry]) in
             var present = Set<String>()
             var entries: [SpoolEntry] = []
+            // The log first: a record moved into `queue/` meanwhile is then in the listing too (and read once).
+            for (id, envelope, size) in intake.snapshot() {
+                present.insert(id)
+                if skip(id) { continue }
+                entries.append(SpoolEntry(id: id, envelope: envelope, state: .initial(for: envelope), messageSize: size))
+            }
             for id in directory.listIDs() {
+                if present.contains(id) { continue }
                 present.insert(id)
                 if skip(id) { continue }
                 do throws(SpoolDirectory.ReadError) {
@@ -202,7 +247,29 @@ public final class Spool: Sendable {
         return (result.0, result.1)
     }
 
-    public func lock(id: String) -> SpoolDirectory.EntryLock? { directory.lock(id: id) }
+    /// Locks an entry for delivery: a queue file's flock, or the claim on its intake record. Nil when it is gone
+    /// or someone else holds it.
+    public func lock(id: String) -> SpoolDirectory.EntryLock? {
+        let intake = self.intake
+        switch intake.claim(id) {
+        case .claimed: return SpoolDirectory.EntryLock(onRelease: { intake.release(id) })
+        case .busy: return nil
+        case .absent: return directory.lock(id: id)
+        }
+    }
+
+    /// Whether `id` is queued (in the intake log or as a queue file).
+    public func contains(id: String) -> Bool { intake.contains(id) || directory.contains(id: id) }
+
+    /// The intake log's upkeep (`SpoolIntake.maintain`): the relay calls it every second; with `everything`
+    /// (the `settle` signal of `postern queue`), every message in the log not being delivered becomes a queue file.
+    public func maintainIntake(everything: Bool = false) async {
+        let intake = self.intake
+        try? await pool.runIfActive { intake.maintain(everything: everything) }
+    }
+
+    /// Messages in the intake log now.
+    public var intakeCount: Int { intake.count }
 
     func forget(id: String) { index.withLockedValue { _ = $0.removeValue(forKey: id) } }
 

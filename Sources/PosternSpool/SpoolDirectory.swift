@@ -16,7 +16,8 @@ import Darwin
 /// `DeliveryLedger`; `postern queue release` puts one back), `corrupt/` (files that failed
 /// validation, kept for a human), `free/` (files of delivered messages kept for reuse: see
 /// `recycle`), `wake` and `flush` (touched to make a running relay rescan now, see `Signal`),
-/// `delivering` (the `DeliveryLedger`).
+/// `delivering` (the `DeliveryLedger`), `intake/` (the intake log: messages accepted together, made durable with
+/// one write and one fdatasync, and moved out within seconds; see `SpoolIntake`).
 public struct SpoolDirectory: Sendable {
     public let root: URL
     // Computed once: the relay checks `wakePath` on every loop turn and every file operation builds
@@ -27,6 +28,7 @@ public struct SpoolDirectory: Sendable {
     public let corruptPath: String
     public let freePath: String
     public let wakePath: String
+    public let intakePath: String
     /// With spool encryption (`SpoolSealing`): seals new message files with the current key and opens sealed
     /// ones. Without it, files are written in the clear, and a sealed file cannot be read (`ReadError.locked`).
     public let keys: SpoolKeyRing?
@@ -48,10 +50,11 @@ public struct SpoolDirectory: Sendable {
         corruptPath = root.appendingPathComponent("corrupt").path
         freePath = root.appendingPathComponent("free").path
         wakePath = root.appendingPathComponent("wake").path
+        intakePath = root.appendingPathComponent(SpoolIntake.directoryName).path
     }
 
     public func createDirectories() throws(SpoolError) {
-        for path in [tmpPath, queuePath, holdPath, corruptPath, freePath] {
+        for path in [tmpPath, queuePath, holdPath, corruptPath, freePath, intakePath] {
             do {
                 try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
             } catch {
@@ -185,6 +188,9 @@ public struct SpoolDirectory: Sendable {
         case wake
         /// A flush (`postern queue retry`): rescan, and lift any upstream pause too.
         case flush
+        /// Move every message of the intake log not being delivered into `queue/` now (`SpoolIntake`), so that
+        /// `postern queue` can change it.
+        case settle
     }
 
     public func path(of signal: Signal) -> String {
@@ -333,7 +339,12 @@ public struct SpoolDirectory: Sendable {
 
     /// Reads and validates a message file: its header, lengths, checksum and envelope.
     public func readMessage(id: String, in area: Area = .queue) throws(ReadError) -> (envelope: SpoolEnvelope, message: ByteBuffer) {
-        let bytes = try Self.readFile(messagePath(id, in: area))
+        try parseImage(try Self.readFile(messagePath(id, in: area)))
+    }
+
+    /// Validates a whole message file's bytes (from a queue file, or an intake record): header, lengths,
+    /// checksum and envelope; opens them when sealed.
+    func parseImage(_ bytes: [UInt8]) throws(ReadError) -> (envelope: SpoolEnvelope, message: ByteBuffer) {
         let header = try Self.parseHeader(bytes)
         guard bytes.count == header.fileSize else {
             throw .corrupt("size \(bytes.count), header says \(header.fileSize)")
@@ -387,11 +398,19 @@ public struct SpoolDirectory: Sendable {
 
     /// An exclusive lock on one entry (flock on its message file), held by the relay while it
     /// delivers and by the CLI while it changes the entry.
+    /// (For a message in the intake log, the relay's claim on its record: `Spool.lock`.)
     public final class EntryLock: @unchecked Sendable {
         private var fd: Int32
+        private var onRelease: (() -> Void)?
         init(fd: Int32) { self.fd = fd }
+        init(onRelease: @escaping () -> Void) {
+            self.fd = -1
+            self.onRelease = onRelease
+        }
         public func release() {
             if fd >= 0 { flock(fd, LOCK_UN); close(fd); fd = -1 }
+            onRelease?()
+            onRelease = nil
         }
         deinit { release() }
     }

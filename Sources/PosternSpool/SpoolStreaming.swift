@@ -82,8 +82,12 @@ extension Spool {
     public func readForDelivery(id: String) async -> (entry: SpoolEntry, message: SpooledMessage)? {
         let directory = self.directory
         let logger = self.logger
+        let intake = self.intake
         let result = try? await pool.runIfActive { () -> (entry: SpoolEntry, message: SpooledMessage)? in
             do {
+                if let (envelope, message) = try intake.read(id) {
+                    return (SpoolEntry(id: id, envelope: envelope, state: .initial(for: envelope), messageSize: message.readableBytes), .inMemory(message))
+                }
                 let file = try directory.openMessage(id: id)
                 if file.messageLength <= Self.inMemoryReadLimit {
                     // From the file already open: header and envelope are read and checked once, the message once.
@@ -102,7 +106,9 @@ extension Spool {
                 }
             } catch {
                 guard case .corrupt(let reason)? = error as? SpoolDirectory.ReadError else { return nil }
-                SpoolRecovery.quarantine(directory, id: id, reason: reason, logger: logger)
+                if intake.contains(id) { intake.quarantine(id, reason: reason) } else {
+                    SpoolRecovery.quarantine(directory, id: id, reason: reason, logger: logger)
+                }
                 return nil
             }
         }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Logging
 import PosternCore
 import PosternSpool
 
@@ -38,6 +39,8 @@ struct QueueAdopt: AsyncParsableCommand {
                 != URL(fileURLWithPath: local.root.path).standardized.resolvingSymlinksInPath().path else {
                 throw QueueCommand.QueueFailure.unusable("\(directory) is this node's own spool")
             }
+            // What the lost node had just accepted is still in its intake log: queue files first.
+            lost.settleIntake(logger: Logger(label: "postern.queue", factory: { label in StreamLogHandler.standardError(label: label) }))
             var adopted = 0
             var problems: [String] = []
             for area in SpoolDirectory.Area.allCases {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Logging
 import NIOCore
 import PosternCore
 import PosternGateway
@@ -58,6 +59,10 @@ struct QueueCommand: AsyncParsableCommand {
                 throw QueueFailure.unusable("--spool \(spool) is not the spool of \(configPath) (\(path)); give one of the two")
             }
             let directory = try Self.existing(path, keys: configuration.spoolKeys)
+            if forChanges {
+                // Messages accepted in the last seconds are in the intake log; the changes work on queue files.
+                directory.settleIntake(logger: Logger(label: "postern.queue", factory: { label in StreamLogHandler.standardError(label: label) }))
+            }
             do {
                 // A gateway that logs its audit lines to its standard output (a journal) cannot be appended
                 // to from here: the event goes to this command's standard error instead.
@@ -118,6 +123,7 @@ struct QueueCommand: AsyncParsableCommand {
     static func locate(_ directory: SpoolDirectory, id: String) throws -> SpoolDirectory.Area {
         guard QueueID.isValid(id) else { throw QueueFailure.notDone("\(id) is not a queue id") }
         guard let area = SpoolDirectory.Area.allCases.first(where: { directory.contains(id: id, in: $0) }) else {
+            if directory.isInIntake(id: id) { throw QueueFailure.notDone("\(id) was just accepted and is being delivered right now; try again") }
             throw QueueFailure.notDone("no queued or held message \(id)")
         }
         return area

@@ -95,6 +95,14 @@ extension QueueCommand {
                         }
                     }
                 }
+                // Accepted in the last seconds: still in the intake log (a running gateway moves them into queue/).
+                for (id, read) in directory.intakeEntries() {
+                    switch read {
+                    case .success(let read): listings.append(Listing(read.entry, area: .queue, now: now))
+                    case .failure(.locked(let why)): unreadable.append((id, "encrypted, and cannot be opened here: \(why)"))
+                    case .failure: unreadable.append((id, "unreadable; the relay moves it to corrupt/"))
+                    }
+                }
                 if json { return try printJSON(listings) }
                 print("ID                    STATUS  SIZE   AGE     ATTEMPTS  NEXT TRY              SENDER")
                 for listing in listings {
@@ -125,9 +133,17 @@ extension QueueCommand {
         func run() async throws {
             try QueueCommand.running {
                 let (directory, _) = try options.open(forChanges: false)
-                let area = try QueueCommand.locate(directory, id: id)
+                let area: SpoolDirectory.Area
+                let found: Result<(entry: SpoolEntry, message: ByteBuffer), SpoolDirectory.ReadError>
+                if let accepted = directory.intakeEntries().first(where: { $0.id == id }) {
+                    // Accepted in the last seconds: still in the intake log.
+                    (area, found) = (.queue, accepted.read)
+                } else {
+                    area = try QueueCommand.locate(directory, id: id)
+                    found = Result { () throws(SpoolDirectory.ReadError) in try directory.readEntry(id: id, in: area) }
+                }
                 let read: (entry: SpoolEntry, message: ByteBuffer)
-                do throws(SpoolDirectory.ReadError) { read = try directory.readEntry(id: id, in: area) } catch .locked(let why) {
+                do throws(SpoolDirectory.ReadError) { read = try found.get() } catch .locked(let why) {
                     throw QueueFailure.unusable("\(id) is encrypted and cannot be opened here: \(why) (give --config of the gateway, as a user who may read its key file)")
                 } catch {
                     throw QueueFailure.unusable("\(id) cannot be read (\(error)); the relay moves unreadable entries to corrupt/")

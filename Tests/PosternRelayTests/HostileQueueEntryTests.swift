@@ -15,6 +15,7 @@ extension RelayTests {
         let (sink, port, _) = try await makeSink(faults: SinkFaults(rcptReplies: ["carol@example.org": "451 4.3.0 later"]))
         let spool = try Spool(directory: spoolDirectory, logger: logger)
         let id = try await enqueue(spool, recipients: ["bob@example.org", "carol@example.org"])
+        await spool.maintainIntake(everything: true)  // a queue file, whose state file the test writes
         var state = try spool.directory.readEntry(id: id).entry.state
         state.attempts = Int.max
         for index in state.recipients.indices { state.recipients[index].attempts = Int.max }

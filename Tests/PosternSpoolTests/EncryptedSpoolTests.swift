@@ -62,6 +62,16 @@ final class EncryptedSpoolTests: XCTestCase {
         try await stream.append(whole.getSlice(at: offset, length: whole.readableBytes - offset) ?? ByteBuffer(), on: loop).get()
         try await stream.commit(envelope: envelope(big), on: loop).get()
 
+        // The small one is in the intake log first: sealed there too.
+        let segments = files("intake").filter { $0.hasSuffix(".log") }
+        XCTAssertEqual(segments.count, 1)
+        let segment = try Data(contentsOf: root.appendingPathComponent("intake/\(segments[0])"))
+        XCTAssertNotNil(segment.range(of: Data("POSTERN-SPOOL 3 ".utf8)))
+        for secret in [marker, "payroll@example.edu", "employee@example.edu", "192.0.2.7"] {
+            XCTAssertNil(segment.range(of: Data(secret.utf8)), "\(secret) in the clear in the intake log")
+        }
+        await spool.maintainIntake(everything: true)
+
         // On disk: format 3, and neither the body nor the envelope's addresses in the clear.
         for id in [small, big] {
             let bytes = try stored(id)
@@ -105,6 +115,7 @@ final class EncryptedSpoolTests: XCTestCase {
         XCTAssertEqual(String(buffer: try spool.directory.readMessage(id: first).message), "Subject: a\r\n\r\nold key\r\n")
         let second = QueueID.make()
         try await spool.enqueue(id: second, envelope: envelope(second), message: ByteBuffer(string: "Subject: b\r\n\r\nnew key\r\n"))
+        await spool.maintainIntake(everything: true)
         XCTAssertNotNil(try stored(second).range(of: Data("2027-01".utf8)), "sealed with the new first key")
         await spool.shutdown()
 

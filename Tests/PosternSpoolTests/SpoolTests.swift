@@ -33,12 +33,23 @@ final class SpoolTests: XCTestCase {
         let id = QueueID.make()
         try await spool.enqueue(id: id, envelope: envelope(), message: message())
         XCTAssertEqual(spool.depth, 1)
-        XCTAssertEqual(files("queue"), ["\(id).msg"])
-        XCTAssertEqual(files("tmp"), [])
-        let read = await spool.read(id: id)
-        XCTAssertEqual(read?.entry.envelope, envelope())
-        XCTAssertEqual(read?.message, message())
-        XCTAssertEqual(read?.entry.state.pendingRecipients, ["a@example.edu", "b@example.org"])
+        // In the intake log first: read back from there, then from its queue file once moved.
+        XCTAssertEqual(files("queue"), [])
+        XCTAssertEqual(files("intake"), ["0000000000000001.done", "0000000000000001.log"])
+        for place in ["intake", "queue"] {
+            if place == "queue" {
+                await spool.maintainIntake(everything: true)
+                XCTAssertEqual(files("queue"), ["\(id).msg"])
+            }
+            XCTAssertEqual(files("tmp"), [])
+            let read = await spool.read(id: id)
+            XCTAssertEqual(read?.entry.envelope, envelope(), place)
+            XCTAssertEqual(read?.message, message(), place)
+            XCTAssertEqual(read?.entry.state.pendingRecipients, ["a@example.edu", "b@example.org"], place)
+        }
+        // The segment, empty now and closed, goes at the next upkeep.
+        await spool.maintainIntake()
+        XCTAssertEqual(files("intake"), [])
         await spool.shutdown()
     }
 
@@ -53,7 +64,7 @@ final class SpoolTests: XCTestCase {
             try await group.waitForAll()
         }
         XCTAssertEqual(spool.depth, count)
-        XCTAssertEqual(files("queue").count, count)
+        XCTAssertEqual(spool.intakeCount, count)
         // A second owner of a spool in use is refused: its delivery ledger would mix with ours.
         XCTAssertThrowsError(try Spool(directory: root, logger: logger))
         await spool.shutdown()
@@ -145,9 +156,11 @@ final class SpoolTests: XCTestCase {
     func testUnwritableSpoolReportsAnErrorAndLaterWritesStillWork() async throws {
         let spool = try Spool(directory: root, logger: logger)
         let dir = SpoolDirectory(root: root)
-        // Root ignores permissions; replacing tmp/ with a file makes every write fail for anyone.
-        try FileManager.default.removeItem(atPath: dir.tmpPath)
-        try Data().write(to: URL(fileURLWithPath: dir.tmpPath))
+        // Root ignores permissions; replacing tmp/ and intake/ with files makes every write fail for anyone.
+        for path in [dir.tmpPath, dir.intakePath] {
+            try FileManager.default.removeItem(atPath: path)
+            try Data().write(to: URL(fileURLWithPath: path))
+        }
         do {
             try await spool.enqueue(id: QueueID.make(), envelope: envelope(), message: message())
             XCTFail("enqueue into an unwritable spool succeeded")
@@ -155,7 +168,7 @@ final class SpoolTests: XCTestCase {
             guard case .unwritable = error else { return XCTFail("expected .unwritable, got \(error)") }
         }
         XCTAssertEqual(spool.depth, 0)
-        try FileManager.default.removeItem(atPath: dir.tmpPath)
+        for path in [dir.tmpPath, dir.intakePath] { try FileManager.default.removeItem(atPath: path) }
         try dir.createDirectories()
         try await spool.enqueue(id: QueueID.make(), envelope: envelope(), message: message())
         XCTAssertEqual(spool.depth, 1)
@@ -213,6 +226,8 @@ final class SpoolFileReuseTests: XCTestCase {
         let first = QueueID.make()
         let long = ByteBuffer(string: "Subject: long\r\n\r\n" + String(repeating: "x", count: 50_000) + "\r\n")
         try await spool.enqueue(id: first, envelope: envelope(1), message: long)
+        // Reuse is for queue files: those moved out of the intake log (and streamed ones).
+        await spool.maintainIntake(everything: true)
         let firstInode = inode(spool.directory.messagePath(first))
         XCTAssertNotNil(firstInode)
         try await spool.remove(id: first)
@@ -223,6 +238,7 @@ final class SpoolFileReuseTests: XCTestCase {
         let second = QueueID.make()
         let short = ByteBuffer(string: "Subject: short\r\n\r\nhi\r\n")
         try await spool.enqueue(id: second, envelope: envelope(2), message: short)
+        await spool.maintainIntake(everything: true)
         XCTAssertEqual(inode(spool.directory.messagePath(second)), firstInode)
         XCTAssertEqual(spool.directory.freeNames(), [])
         let read = await spool.read(id: second)
@@ -245,6 +261,7 @@ final class SpoolFileReuseTests: XCTestCase {
         try await spool.enqueue(id: id, envelope: long, message: ByteBuffer(string: "Subject: many\r\n\r\nbody\r\n"))
         let broken = QueueID.make()
         try await spool.enqueue(id: broken, envelope: envelope(1), message: ByteBuffer(string: "Subject: cut\r\n\r\n" + String(repeating: "y", count: 5000)))
+        await spool.maintainIntake(everything: true)
         XCTAssertEqual(truncate(spool.directory.messagePath(broken), 300), 0)
         let entries = await spool.scan()
         XCTAssertEqual(entries.map(\.id), [id])
@@ -264,6 +281,7 @@ final class SpoolFileReuseTests: XCTestCase {
             try await spool.enqueue(id: id, envelope: envelope(n), message: ByteBuffer(string: "Subject: \(n)\r\n\r\nbody\r\n"))
             ids.append(id)
         }
+        await spool.maintainIntake(everything: true)
         for id in ids { try await spool.remove(id: id) }
         XCTAssertEqual(Set(spool.directory.freeNames()), Set(ids))
         await spool.shutdown()
@@ -274,6 +292,7 @@ final class SpoolFileReuseTests: XCTestCase {
             let id = QueueID.make()
             let body = ByteBuffer(string: "Subject: again \(n)\r\n\r\nbody\r\n")
             try await spool.enqueue(id: id, envelope: envelope(n), message: body)
+            await spool.maintainIntake(everything: true)
             let read = await spool.read(id: id)
             XCTAssertEqual(read?.message, body)
         }
