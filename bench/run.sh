@@ -2,8 +2,10 @@
 # Postern benchmarks (`make bench`): one machine, loopback only, bounded counts, everything started
 # here is stopped here. See BENCHMARKS.md for what is measured and how.
 #
-#   bench/run.sh [all|ceiling|postern|sealed|postfix|submission|large|idle|policy]...   (default: all)
-#   (sealed: the postern device run again with spool encryption, delivery.spool.encrypt)
+#   bench/run.sh [all|ceiling|baseline|postern|sealed|postfix|submission|large|idle|policy]...   (default: all)
+#   (sealed: the postern device run again with spool encryption, delivery.spool.encrypt;
+#    baseline: the postern device run with the binaries in BASELINE_BIN, e.g. a build of the commit before a
+#    change, so that before and after are measured in one run)
 #
 # Environment: MESSAGES (20000) SESSIONS (50) SIZE (10240) SUB_SESSIONS (50) SUB_MESSAGES (10000)
 #   LARGE_COUNT (50) LARGE_SIZE (20000000: octets per message in the `large` phase)
@@ -202,7 +204,7 @@ start_postern() {
   fi
   write_postern_config
   rm -rf "$WORK/postern-spool"
-  POSTERN_LDAP_PASSWORD=postern-demo-pass "$BIN/postern" serve --config "$WORK/postern.yaml" >>"$WORK/postern.log" 2>&1 &
+  POSTERN_LDAP_PASSWORD=postern-demo-pass "${SERVE_BIN:-$BIN}/postern" serve --config "$WORK/postern.yaml" >>"$WORK/postern.log" 2>&1 &
   POSTERN_PID=$!; pids+=($POSTERN_PID)
   wait_port "$DEVICE_PORT" 30
 }
@@ -256,6 +258,23 @@ if want postern; then
   P_RSS=$(hwm_mib "$POSTERN_PID")
   log "postern  postern-load -> device: $(result_field "$r" rate) msg/s accepted, failed $(result_field "$r" failed), DATA-end->250 p50 $P_P50 ms p99 $P_P99 ms max $(result_field "$r" max_ms) ms; peak RSS $P_RSS MiB"
   stop_postern
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 2a. The same device path with another build (BASELINE_BIN): before and after a change, in one run.
+if want baseline && [ -n "${BASELINE_BIN:-}" ]; then
+  [ -x "$BASELINE_BIN/postern" ] || { echo "bench: $BASELINE_BIN/postern is missing" >&2; exit 1; }
+  SERVE_BIN=$BASELINE_BIN
+  start_postern
+  sleep 1
+  cpu0=$(proc_cpu "$POSTERN_PID")
+  measure_smtp_source "$DEVICE_PORT"
+  cpu1=$(proc_cpu "$POSTERN_PID")
+  B_RATE=$RUN_RATE
+  B_CPU=$(calc "($cpu1 - $cpu0) * 1000 / $MESSAGES")
+  log "baseline smtp-source -> device -> spool -> mTLS -> sink ($BASELINE_BIN): $(fmt "$B_RATE" .0f) msg/s at the sink ($MESSAGES in $(fmt "$RUN_SECONDS" .2f) s; smtp-source done after $(fmt "$ACCEPT_SECONDS" .2f) s), $(fmt "$B_CPU" .2f) CPU-s/1000 msgs"
+  stop_postern
+  SERVE_BIN=
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -376,6 +395,7 @@ if want postern && want postfix; then
   log "  CPU-s/1000 msgs   Postern $(fmt "$P_CPU" .2f)  Postfix $(fmt "$X_CPU" .2f)  ratio $(fmt "$P_CPU / $X_CPU" .2f)"
   log "  p50 / p99 ms      Postern $P_P50 / $P_P99  Postfix $X_P50 / $X_P99"
   log "  peak memory MiB   Postern $P_RSS (RSS)  Postfix $X_PSS (PSS, summed)"
+  [ -n "${B_RATE:-}" ] && log "  baseline build    $(fmt "$B_RATE" .0f) msg/s, $(fmt "$B_CPU" .2f) CPU-s/1000 msgs; ratio to Postfix $(fmt "$B_RATE / $X_RATE" .2f) msg/s, $(fmt "$B_CPU / $X_CPU" .2f) CPU"
   [ -n "${S_RATE:-}" ] && log "  encrypted spool   Postern $(fmt "$S_RATE" .0f) msg/s, $(fmt "$S_CPU" .2f) CPU-s/1000 msgs; ratio to Postfix $(fmt "$S_RATE / $X_RATE" .2f) msg/s, $(fmt "$S_CPU / $X_CPU" .2f) CPU (target >= 3x msg/s)"
   [ -n "${CEILING_RATE:-}" ] && log "  Postern/ceiling   $(fmt "$P_RATE / $CEILING_RATE" .2f) (ceiling $(fmt "$CEILING_RATE" .0f) msg/s, smtp-source -> smtp-sink, plaintext)"
 fi

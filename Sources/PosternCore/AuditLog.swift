@@ -149,10 +149,11 @@ public struct JSONLineLogHandler: LogHandler {
     }
 
     public func log(event: LogEvent) {
-        var object: Logger.Metadata = ["time": .string(Self.timestamp()), "event": .string("\(event.message)")]
-        for (key, value) in metadata.merging(event.metadata ?? [:], uniquingKeysWith: { $1 }) {
-            object[key] = value
-        }
+        // The event's fields over the handler's, and both over `time` and `event` (as a merge in that order would).
+        var object = event.metadata ?? [:]
+        if !metadata.isEmpty { object.merge(metadata, uniquingKeysWith: { fromEvent, _ in fromEvent }) }
+        if object["time"] == nil { object["time"] = .string(Self.timestamp()) }
+        if object["event"] == nil { object["event"] = .string("\(event.message)") }
         var bytes: [UInt8] = []
         bytes.reserveCapacity(512)
         Self.appendJSON(object, to: &bytes)
@@ -165,11 +166,11 @@ public struct JSONLineLogHandler: LogHandler {
     /// cost of an accepted message in profiles.
     static func appendJSON(_ object: Logger.Metadata, to out: inout [UInt8]) {
         out.append(UInt8(ascii: "{"))
-        for (n, key) in object.keys.sorted().enumerated() {
+        for (n, field) in object.sorted(by: { $0.key < $1.key }).enumerated() {
             if n > 0 { out.append(UInt8(ascii: ",")) }
-            appendJSON(string: key, to: &out)
+            appendJSON(string: field.key, to: &out)
             out.append(UInt8(ascii: ":"))
-            appendJSON(value: object[key]!, to: &out)  // `!`: one of the object's own keys
+            appendJSON(value: field.value, to: &out)
         }
         out.append(UInt8(ascii: "}"))
     }
@@ -191,8 +192,15 @@ public struct JSONLineLogHandler: LogHandler {
 
     private static let hex = Array("0123456789abcdef".utf8)
 
-    static func appendJSON(string: String, to out: inout [UInt8]) {
+    /// A JSON string (RFC 8259 escaping; '/' is not escaped). Also the spool's envelope writer's.
+    public static func appendJSON(string: String, to out: inout [UInt8]) {
         out.append(UInt8(ascii: "\""))
+        // Most strings need no escape: one copy.
+        if !string.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
+            out.append(contentsOf: string.utf8)
+            out.append(UInt8(ascii: "\""))
+            return
+        }
         for byte in string.utf8 {
             switch byte {
             case UInt8(ascii: "\""): out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\"")])

@@ -112,7 +112,7 @@ public final class MessageFileWriter: @unchecked Sendable {
         var json: [UInt8]
         var lastChunk: [UInt8] = []
         do {
-            json = Array(try JSONEncoder.spool.encode(envelope))
+            json = try envelope.json()
             if var stream = sealer, let keys = directory.keys {
                 lastChunk = try stream.finish()
                 sealer = stream
@@ -141,7 +141,7 @@ public final class MessageFileWriter: @unchecked Sendable {
         var body: [UInt8]
         var json: [UInt8]
         do {
-            json = Array(try JSONEncoder.spool.encode(envelope))
+            json = try envelope.json()
             if let keys {
                 body = try message.withUnsafeReadableBytes { raw throws(SealingError) in try SpoolSealing.seal(raw, keys: keys) }
                 json = try SpoolSealing.seal(json, keys: keys)

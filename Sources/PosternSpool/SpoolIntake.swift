@@ -93,6 +93,7 @@ final class SpoolIntake: @unchecked Sendable {
     let directory: SpoolDirectory
     let path: String
     private let logger: Logger
+    /// Seconds on a monotonic clock (segment ages: a change of the wall clock must not keep one open).
     private let clock: @Sendable () -> Double
     /// A file in `free/` for the next queue file written here (`Spool`'s list), if any.
     private let takeFree: @Sendable () -> String?
@@ -108,7 +109,7 @@ final class SpoolIntake: @unchecked Sendable {
     /// Opens the log of a spool whose `recover` has run (the directory holds no segments then, or only ones it
     /// could not remove: new numbers follow theirs).
     init(directory: SpoolDirectory, logger: Logger, takeFree: @escaping @Sendable () -> String? = { nil },
-         clock: @escaping @Sendable () -> Double = { Date().timeIntervalSince1970 }) {
+         clock: @escaping @Sendable () -> Double = { ProcessInfo.processInfo.systemUptime }) {
         self.directory = directory
         self.takeFree = takeFree
         self.path = directory.intakePath

@@ -1,4 +1,5 @@
 import Foundation
+import PosternCore
 
 /// The envelope stored with a queued message.
 public struct SpoolEnvelope: Codable, Sendable, Hashable {
@@ -112,5 +113,50 @@ extension JSONDecoder {
         let decoder = JSONDecoder()
         decoder.dateDecodingStrategy = .secondsSince1970
         return decoder
+    }
+}
+
+extension SpoolEnvelope {
+    /// The envelope as the queue file stores it: what `JSONEncoder.spool` writes (keys sorted, nil fields left out,
+    /// the date in seconds since 1970), read back by `JSONDecoder.spool` to the same value. Written by hand:
+    /// a `JSONEncoder` per message was about 2 % of the gateway's CPU on the device path in profiles.
+    func json() throws -> [UInt8] {
+        let seconds = receivedAt.timeIntervalSince1970
+        // Not a JSON number: `JSONEncoder` refuses it, with its own error.
+        guard seconds.isFinite else { return Array(try JSONEncoder.spool.encode(self)) }
+        var out: [UInt8] = []
+        out.reserveCapacity(256 + recipients.reduce(0) { $0 + $1.utf8.count + 3 })
+        func key(_ name: String, first: Bool = false) {
+            if !first { out.append(UInt8(ascii: ",")) }
+            JSONLineLogHandler.appendJSON(string: name, to: &out)
+            out.append(UInt8(ascii: ":"))
+        }
+        func string(_ value: String) { JSONLineLogHandler.appendJSON(string: value, to: &out) }
+        out.append(UInt8(ascii: "{"))
+        var first = true
+        if let bodyType {
+            key("bodyType", first: first)
+            string(bodyType)
+            first = false
+        }
+        key("clientAddress", first: first)
+        string(clientAddress)
+        key("listener")
+        string(listener)
+        if let login { key("login"); string(login) }
+        if let messageID { key("messageID"); string(messageID) }
+        key("receivedAt")
+        out.append(contentsOf: "\(seconds)".utf8)
+        key("recipients")
+        out.append(UInt8(ascii: "["))
+        for (n, recipient) in recipients.enumerated() {
+            if n > 0 { out.append(UInt8(ascii: ",")) }
+            string(recipient)
+        }
+        out.append(UInt8(ascii: "]"))
+        key("sender")
+        string(sender)
+        out.append(UInt8(ascii: "}"))
+        return out
     }
 }
