@@ -141,6 +141,58 @@ final class SpoolIntakeTests: XCTestCase {
         XCTAssertEqual(files("corrupt").count, cases.count)
     }
 
+    /// A batch whose write fails half-way (the file size limit: EFBIG after a short write) is cut off again, and
+    /// every writer in it hears of it (no `250` for any); the writes after it go on in the same segment, and a
+    /// restart finds exactly the messages that were acknowledged.
+    func testAFailedBatchIsCutOffAndEveryWriterInItIsRefused() async throws {
+        let spool = try Spool(directory: root, logger: logger)
+        let acknowledged = QueueID.make()
+        try await spool.enqueue(id: acknowledged, envelope: envelope(0), message: body(0))
+        let segment = try segmentPath()
+        func size() -> Int {
+            var st = stat()
+            return stat(segment, &st) == 0 ? Int(st.st_size) : -1
+        }
+        let before = size()
+        signal(SIGXFSZ, SIG_IGN)
+        var original = rlimit()
+        getrlimit(__rlimit_resource_t(RLIMIT_FSIZE.rawValue), &original)
+        var limited = original
+        limited.rlim_cur = rlim_t(before + 100)  // less than one record: any batch stops part-way
+        setrlimit(__rlimit_resource_t(RLIMIT_FSIZE.rawValue), &limited)
+        let refused = await withTaskGroup(of: Bool.self) { group in
+            for n in 1...24 {
+                group.addTask {
+                    do {
+                        try await spool.enqueue(id: QueueID.make(), envelope: Self.envelope(n), message: Self.body(n))
+                        return false
+                    } catch {
+                        return true
+                    }
+                }
+            }
+            return await group.reduce(0) { $0 + ($1 ? 1 : 0) }
+        }
+        setrlimit(__rlimit_resource_t(RLIMIT_FSIZE.rawValue), &original)
+        signal(SIGXFSZ, SIG_DFL)
+        XCTAssertEqual(refused, 24)
+        XCTAssertEqual(size(), before, "cut back to the last whole batch")
+        XCTAssertEqual(spool.depth, 1)
+        XCTAssertEqual(spool.intakeCount, 1)
+
+        let later = QueueID.make()
+        try await spool.enqueue(id: later, envelope: envelope(99), message: body(99))
+        XCTAssertEqual(try segmentPath(), segment, "the same segment takes the next batch")
+        let records = SpoolIntake.parse([UInt8](try Data(contentsOf: URL(fileURLWithPath: segment))))
+        XCTAssertEqual(records.records.map(\.id), [acknowledged, later])
+        XCTAssertEqual(records.trailing, 0)
+        await spool.shutdown()
+        let reopened = try Spool(directory: root, logger: logger)
+        XCTAssertEqual(reopened.directory.listIDs(), [acknowledged, later].sorted())
+        XCTAssertEqual(files("corrupt"), [])
+        await reopened.shutdown()
+    }
+
     /// The relay's way with a record: claimed (a second claim fails), its state written (which makes it a queue
     /// file first), or delivered (finished); upkeep moves the others, skipping a claimed one.
     func testAClaimedRecordIsMovedOnlyByItsHolderAndStateMakesItAQueueFile() async throws {
