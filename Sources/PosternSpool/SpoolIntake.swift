@@ -412,17 +412,7 @@ final class SpoolIntake: @unchecked Sendable {
         let now = clock()
         condition.lock()
         if let current = active, !writing, everything || now - current.openedAt >= Self.segmentSeconds { closeSegment(current) }
-        var live: [UInt64: Int] = [:]
-        var settle: [String] = []
-        for (id, entry) in entries {
-            live[entry.segment.number, default: 0] += 1
-            if everything || (entry.segment.closedAt.map { now - $0 >= Self.settleAfter } ?? false) { settle.append(id) }
-        }
-        var empty: [Segment] = []
-        for segment in segments.values where segment.closed && live[segment.number] == nil {
-            segments.removeValue(forKey: segment.number)
-            empty.append(segment)
-        }
+        let settle = entries.filter { everything || ($0.value.segment.closedAt.map { now - $0 >= Self.settleAfter } ?? false) }.map(\.key)
         condition.unlock()
         if !settle.isEmpty {
             do {
@@ -434,7 +424,14 @@ final class SpoolIntake: @unchecked Sendable {
                 // Logged by `materialize`; they stay in the log and are tried again at the next upkeep.
             }
         }
-        Self.remove(empty.map(\.number), path: path, directory: directory, logger: logger)
+        // After the moves: a closed segment nothing lives in any more goes (never one still written to: only the
+        // active one is, and it is closed only while no batch is being written).
+        condition.lock()
+        let live = Set(entries.values.map(\.segment.number))
+        let empty = segments.values.filter { $0.closed && !live.contains($0.number) }.map(\.number)
+        for number in empty { segments.removeValue(forKey: number) }
+        condition.unlock()
+        Self.remove(empty, path: path, directory: directory, logger: logger)
     }
 
     /// Removes finished segments: the logs first and the directory fsynced, then the done files, so a crash never

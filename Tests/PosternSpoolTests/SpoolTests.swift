@@ -68,6 +68,8 @@ final class SpoolTests: XCTestCase {
         // A second owner of a spool in use is refused: its delivery ledger would mix with ours.
         XCTAssertThrowsError(try Spool(directory: root, logger: logger))
         await spool.shutdown()
+        XCTAssertEqual(files("intake"), [], "a stopped spool leaves queue files only")
+        XCTAssertEqual(files("queue").filter { $0.hasSuffix(".msg") }.count, count)
         let reopened = try Spool(directory: root, logger: logger)
         XCTAssertEqual(reopened.depth, count)
         await reopened.shutdown()
