@@ -84,9 +84,31 @@ public final class Spool: Sendable {
         } catch let error as SpoolError { throw error } catch { throw .unwritable("\(error)") }
     }
 
-    /// `enqueue` as a future on `eventLoop`, for callers on an event loop: no concurrency-pool hop.
+    /// `enqueue` as a future on `eventLoop`, for callers on an event loop: no concurrency-pool hop. A message for the
+    /// intake log is prepared here and joins the next batch without taking an I/O thread of its own; the batch's
+    /// writer (one I/O thread) completes the future once the batch is durable.
     public func enqueue(id: String, envelope: SpoolEnvelope, message: ByteBuffer, on eventLoop: EventLoop) -> EventLoopFuture<Void> {
-        pool.runIfActive(eventLoop: eventLoop, enqueueJob(id: id, envelope: envelope, message: message))
+        guard message.readableBytes <= SpoolIntake.recordLimit else {
+            return pool.runIfActive(eventLoop: eventLoop, enqueueJob(id: id, envelope: envelope, message: message))
+        }
+        let image: [UInt8]
+        do { image = try MessageFileWriter.image(envelope: envelope, message: message, keys: directory.keys) } catch {
+            return eventLoop.makeFailedFuture(error)
+        }
+        let promise = eventLoop.makePromise(of: Void.self)
+        let index = self.index, intake = self.intake
+        let mustFlush = intake.submit(id: id, envelope: envelope, messageSize: message.readableBytes, image: image) { error in
+            if let error { return promise.fail(error) }
+            index.withLockedValue { $0[id] = envelope.receivedAt }
+            promise.succeed(())
+        }
+        if mustFlush {
+            pool.submit { state in
+                guard case .active = state else { return intake.failPending(.unwritable("the spool has stopped")) }
+                intake.flush()
+            }
+        }
+        return promise.futureResult
     }
 
     private func enqueueJob(id: String, envelope: SpoolEnvelope, message: ByteBuffer) -> @Sendable () throws -> Void {

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import PosternCore
 #if canImport(Glibc)
@@ -83,11 +84,10 @@ final class SpoolIntake: @unchecked Sendable {
         }
     }
 
-    /// Records waiting for one write and `fdatasync`, and how it went. Guarded by the intake's lock.
+    /// Records waiting for one write and `fdatasync`, and whom to tell how it went. Guarded by the intake's lock.
     private final class Batch {
         var records: [(id: String, envelope: SpoolEnvelope, size: Int, image: [UInt8])] = []
-        var done = false
-        var error: SpoolError?
+        var completions: [@Sendable (SpoolError?) -> Void] = []
     }
 
     let directory: SpoolDirectory
@@ -105,6 +105,9 @@ final class SpoolIntake: @unchecked Sendable {
     private var nextNumber: UInt64
     private var pending = Batch()
     private var writing = false
+    /// Batches written, and the records in them (mean batch size: their ratio).
+    private(set) var batchesWritten = 0
+    private(set) var recordsWritten = 0
 
     /// Opens the log of a spool whose `recover` has run (the directory holds no segments then, or only ones it
     /// could not remove: new numbers follow theirs).
@@ -132,18 +135,26 @@ final class SpoolIntake: @unchecked Sendable {
 
     // MARK: Writing
 
-    /// Stores one message's queue file image; returns once it is durable (its batch's `fdatasync` succeeded).
-    func append(id: String, envelope: SpoolEnvelope, messageSize: Int, image: [UInt8]) throws(SpoolError) {
+    /// Queues a message's queue file image for the next batch. `completion` runs on the thread that writes the
+    /// batch, after it is durable (nil) or failed, with the record then readable through this log. Returns true when
+    /// no writer is running: the caller must then call `flush` (on an I/O thread), which writes this batch and any
+    /// that gather meanwhile. So a message costs no thread of its own while it waits for its batch.
+    func submit(id: String, envelope: SpoolEnvelope, messageSize: Int, image: [UInt8],
+                completion: @escaping @Sendable (SpoolError?) -> Void) -> Bool {
         condition.lock()
-        let mine = pending
-        mine.records.append((id, envelope, messageSize, image))
-        while !mine.done {
-            if writing {
-                condition.wait()
-                continue
-            }
-            // Lead: one write and one fdatasync for everyone who joined the batch so far.
-            writing = true
+        defer { condition.unlock() }
+        pending.records.append((id, envelope, messageSize, image))
+        pending.completions.append(completion)
+        if writing { return false }
+        writing = true
+        return true
+    }
+
+    /// Writes the pending batches, one write and one fdatasync each, until none is left. Blocking; called by the
+    /// one `submit` told to.
+    func flush() {
+        condition.lock()
+        while !pending.records.isEmpty {
             let batch = pending
             pending = Batch()
             var segment = active
@@ -166,8 +177,11 @@ final class SpoolIntake: @unchecked Sendable {
                 segments[target.number] = target
                 if active == nil && !target.closed { active = target }
             }
+            var failure: SpoolError?
             switch (opened, written) {
             case (.success(let target), .success(let start)):
+                batchesWritten &+= 1
+                recordsWritten &+= batch.records.count
                 var offset = start
                 for record in batch.records {
                     let frame = Self.frameLength(id: record.id, length: record.image.count)
@@ -176,18 +190,42 @@ final class SpoolIntake: @unchecked Sendable {
                     offset += frame + record.image.count
                 }
             case (_, .failure(let error)), (.failure(let error), _):
-                batch.error = error
+                failure = error
             }
-            batch.done = true
-            writing = false
-            condition.broadcast()
+            condition.unlock()
+            if let failure {
+                logger.error("spool intake write failed", metadata: ["messages": "\(batch.records.count)", "error": "\(failure)"])
+            }
+            for completion in batch.completions { completion(failure) }
+            condition.lock()
         }
-        let error = mine.error
+        writing = false
         condition.unlock()
-        if let error {
-            logger.error("spool intake write failed", metadata: ["queue_id": "\(id)", "error": "\(error)"])
-            throw error
+    }
+
+    /// Fails what waits for a batch (the I/O threads have stopped, so no `flush` will come).
+    func failPending(_ error: SpoolError) {
+        condition.lock()
+        let batch = pending
+        pending = Batch()
+        writing = false
+        condition.unlock()
+        for completion in batch.completions { completion(error) }
+    }
+
+    /// `submit` for a caller on an I/O thread: returns once the message is durable (its batch's fdatasync), writing
+    /// the batch itself when no writer runs.
+    func append(id: String, envelope: SpoolEnvelope, messageSize: Int, image: [UInt8]) throws(SpoolError) {
+        let done = DispatchSemaphore(value: 0)
+        let outcome = NIOLockedValueBox<SpoolError?>(nil)
+        if submit(id: id, envelope: envelope, messageSize: messageSize, image: image, completion: { error in
+            outcome.withLockedValue { $0 = error }
+            done.signal()
+        }) {
+            flush()
         }
+        done.wait()
+        if let error = outcome.withLockedValue({ $0 }) { throw error }
     }
 
     /// Creates segment `number` and its done file, durably (the intake directory's fsync), before any record goes in.
@@ -301,6 +339,13 @@ final class SpoolIntake: @unchecked Sendable {
         condition.lock()
         defer { condition.unlock() }
         return entries.count
+    }
+
+    /// Batches written so far and the records in them.
+    var written: (batches: Int, records: Int) {
+        condition.lock()
+        defer { condition.unlock() }
+        return (batchesWritten, recordsWritten)
     }
 
     /// A live record's queue file image, read from its segment; nil when it is no longer in the log.

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOCore
+import NIOPosix
 import XCTest
 import PosternCore
 @testable import PosternSpool
@@ -160,11 +161,18 @@ final class SpoolIntakeTests: XCTestCase {
         var limited = original
         limited.rlim_cur = rlim_t(before + 100)  // less than one record: any batch stops part-way
         setrlimit(__rlimit_resource_t(RLIMIT_FSIZE.rawValue), &limited)
+        // Half of them as the listener stores messages (a future on an event loop, no I/O thread of their own).
+        let loops = MultiThreadedEventLoopGroup(numberOfThreads: 2)
         let refused = await withTaskGroup(of: Bool.self) { group in
             for n in 1...24 {
+                let loop = loops.next()
                 group.addTask {
                     do {
-                        try await spool.enqueue(id: QueueID.make(), envelope: Self.envelope(n), message: Self.body(n))
+                        if n % 2 == 0 {
+                            try await spool.enqueue(id: QueueID.make(), envelope: Self.envelope(n), message: Self.body(n), on: loop).get()
+                        } else {
+                            try await spool.enqueue(id: QueueID.make(), envelope: Self.envelope(n), message: Self.body(n))
+                        }
                         return false
                     } catch {
                         return true
@@ -181,7 +189,7 @@ final class SpoolIntakeTests: XCTestCase {
         XCTAssertEqual(spool.intakeCount, 1)
 
         let later = QueueID.make()
-        try await spool.enqueue(id: later, envelope: envelope(99), message: body(99))
+        try await spool.enqueue(id: later, envelope: envelope(99), message: body(99), on: loops.next()).get()
         XCTAssertEqual(try segmentPath(), segment, "the same segment takes the next batch")
         let records = SpoolIntake.parse([UInt8](try Data(contentsOf: URL(fileURLWithPath: segment))))
         XCTAssertEqual(records.records.map(\.id), [acknowledged, later])
@@ -191,6 +199,7 @@ final class SpoolIntakeTests: XCTestCase {
         XCTAssertEqual(reopened.directory.listIDs(), [acknowledged, later].sorted())
         XCTAssertEqual(files("corrupt"), [])
         await reopened.shutdown()
+        try await loops.shutdownGracefully()
     }
 
     /// The relay's way with a record: claimed (a second claim fails), its state written (which makes it a queue
@@ -266,6 +275,35 @@ final class SpoolIntakeTests: XCTestCase {
         XCTAssertEqual(Set(directory.listIDs()), live.union(queued))
         XCTAssertEqual(files("intake"), [])
         for id in directory.listIDs() { XCTAssertNoThrow(try directory.readMessage(id: id)) }
+    }
+
+    /// The listener's path: 600 messages from four event loops at once, each future completing only once its batch is
+    /// durable and readable; they share far fewer batches than messages, and all are there after a restart.
+    func testMessagesFromEventLoopsShareBatchesAndAllSurviveARestart() async throws {
+        let spool = try Spool(directory: root, logger: logger)
+        let loops = MultiThreadedEventLoopGroup(numberOfThreads: 4)
+        let ids = (0..<600).map { _ in QueueID.make() }
+        let futures = ids.enumerated().map { n, id in
+            let loop = loops.next()
+            return loop.flatSubmit {
+                spool.enqueue(id: id, envelope: Self.envelope(n), message: Self.body(n), on: loop).map { spool.contains(id: id) }
+            }
+        }
+        for future in futures {
+            let readable = try await future.get()
+            XCTAssertTrue(readable, "readable once acknowledged")
+        }
+        XCTAssertEqual(spool.intakeCount, ids.count)
+        let written = spool.intake.written
+        XCTAssertEqual(written.records, ids.count)
+        XCTAssertLessThan(written.batches, ids.count, "batched")
+        print("intake: \(written.records) messages in \(written.batches) batches")
+        await spool.shutdown()
+        let reopened = try Spool(directory: root, logger: logger)
+        XCTAssertEqual(reopened.directory.listIDs(), ids.sorted())
+        for (n, id) in ids.enumerated() where n % 97 == 0 { XCTAssertEqual(try reopened.directory.readMessage(id: id).message, body(n)) }
+        await reopened.shutdown()
+        try await loops.shutdownGracefully()
     }
 
     /// `postern queue`'s view with a gateway running: records in the log are listed (read only), and a settle
