@@ -82,6 +82,8 @@ public final class Gateway: Service, Sendable {
                 if let spool {
                     metrics.setQueue(depth: spool.depth, oldestAgeSeconds: spool.oldestAge(now: now()))
                     metrics.setHeld(count: spool.heldCount)
+                    let intake = spool.intakeStatistics
+                    metrics.setIntake(messages: intake.messages, batchesWritten: intake.batches, messagesWritten: intake.written)
                 }
                 await refreshPolicyGauges(metrics)
                 if let version = policyVersion() { metrics.setPolicyVersion(fingerprint: version.fingerprint, generation: version.generation) }

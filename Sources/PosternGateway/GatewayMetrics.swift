@@ -16,6 +16,11 @@ public final class GatewayMetrics: ConnectionMetrics, Sendable {
     private let queueDepth: Gauge
     private let queueOldestAge: Gauge
     private let queueHeld: Gauge
+    private let intakeMessages: Gauge
+    private let intakeBatches: Counter
+    private let intakeRecords: Counter
+    /// The spool's totals at the last refresh, for the counters' increments.
+    private let intakeSeen = NIOLockedValueBox<(batches: Int, records: Int)>((0, 0))
     private let latency: ValueHistogram
     private let policyReloadSuccessful: Gauge
     private let policyReloadTime: Gauge
@@ -33,6 +38,9 @@ public final class GatewayMetrics: ConnectionMetrics, Sendable {
         queueDepth = registry.makeGauge(descriptor: Self.queueDepthName)
         queueOldestAge = registry.makeGauge(descriptor: Self.queueOldestName)
         queueHeld = registry.makeGauge(descriptor: Self.queueHeldName)
+        intakeMessages = registry.makeGauge(descriptor: Self.intakeMessagesName)
+        intakeBatches = registry.makeCounter(descriptor: Self.intakeBatchesName)
+        intakeRecords = registry.makeCounter(descriptor: Self.intakeRecordsName)
         latency = registry.makeValueHistogram(descriptor: Self.latencyName, buckets: Self.latencyBuckets)
         policyReloadSuccessful = registry.makeGauge(descriptor: Self.policyReloadSuccessfulName)
         policyReloadSuccessful.set(Double(1))  // the policy in force at start was loaded, or the gateway would not have started
@@ -103,6 +111,19 @@ public final class GatewayMetrics: ConnectionMetrics, Sendable {
 
     public func setHeld(count: Int) {
         queueHeld.set(Double(count))
+    }
+
+    /// The spool's intake log: messages in it now, and its totals of batches and messages written (a counter moves
+    /// by what the total grew since the last refresh).
+    public func setIntake(messages: Int, batchesWritten: Int, messagesWritten: Int) {
+        intakeMessages.set(Double(messages))
+        let (batches, records) = intakeSeen.withLockedValue { seen -> (Int, Int) in
+            let grown = (max(0, batchesWritten - seen.batches), max(0, messagesWritten - seen.records))
+            seen = (max(seen.batches, batchesWritten), max(seen.records, messagesWritten))
+            return grown
+        }
+        if batches > 0 { intakeBatches.increment(by: Int64(batches)) }
+        if records > 0 { intakeRecords.increment(by: Int64(records)) }
     }
 
     public func setQueue(depth: Int, oldestAgeSeconds: Double) {
@@ -195,6 +216,13 @@ public final class GatewayMetrics: ConnectionMetrics, Sendable {
     static var queueDepthName: MetricNameDescriptor { name("queue_depth", "Messages waiting in the spool.") }
     static var queueOldestName: MetricNameDescriptor { name("queue_oldest_age", unit: "seconds", "Age of the oldest message in the spool.") }
     static var queueHeldName: MetricNameDescriptor { name("queue_held", "Messages held out of delivery (postern queue list shows them).") }
+    static var intakeMessagesName: MetricNameDescriptor {
+        name("spool_intake_messages", "Messages in the spool's intake log: accepted in the last seconds, not yet delivered or made queue files.")
+    }
+    static var intakeBatchesName: MetricNameDescriptor { name("spool_intake_batches", unit: "total", "Batches written to the intake log, one fdatasync each.") }
+    static var intakeRecordsName: MetricNameDescriptor {
+        name("spool_intake_messages_written", unit: "total", "Messages written to the intake log (divided by the batches: the mean batch).")
+    }
     static var heldName: MetricNameDescriptor { name("messages_held", unit: "total", "Messages taken out of delivery, by reason (interrupted: the gateway died delivering it twice).") }
     static var policyReloadsName: MetricNameDescriptor { name("policy_reloads", unit: "total", "Policy reloads by result (refused: the previous policy stays in force).") }
     static var policyReloadSuccessfulName: MetricNameDescriptor {

@@ -293,6 +293,12 @@ public final class Spool: Sendable {
     /// Messages in the intake log now.
     public var intakeCount: Int { intake.count }
 
+    /// Messages in the intake log now, and the batches and messages written to it since the start.
+    public var intakeStatistics: (messages: Int, batches: Int, written: Int) {
+        let written = intake.written
+        return (intake.count, written.batches, written.records)
+    }
+
     func forget(id: String) { index.withLockedValue { _ = $0.removeValue(forKey: id) } }
 
     /// Messages in the queue.

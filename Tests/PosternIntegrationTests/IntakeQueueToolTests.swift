@@ -64,7 +64,7 @@ final class IntakeQueueToolTests: XCTestCase {
             """], output: work.appendingPathComponent("silent.log").path)
         defer { silent.kill() }
         try silent.waitUntilAccepting(port: upstreamPort)
-        let port = freeLoopbackPort()
+        let port = freeLoopbackPort(), adminPort = freeLoopbackPort()
         let certs = Repo.certs.path
         try """
             hostname: intake.test
@@ -77,6 +77,7 @@ final class IntakeQueueToolTests: XCTestCase {
                 upstreams:
                   - { name: hub, host: 127.0.0.1, port: \(upstreamPort), tls: starttls, server-name: localhost, ca-file: \(certs)/ca.pem, certificate: \(certs)/client.pem, key: \(certs)/client.key, max-connections: 1 }
             audit: { output: \(work.appendingPathComponent("audit.jsonl").path) }
+            admin: { listen: "127.0.0.1:\(adminPort)" }
             """.write(to: config, atomically: true, encoding: .utf8)
         let gateway = try Spawned([Repo.posternBinary.path, "serve", "--config", config.path, "--log-level", "info"],
                                   output: work.appendingPathComponent("serve.log").path)
@@ -94,6 +95,14 @@ final class IntakeQueueToolTests: XCTestCase {
         // when the repository's policies have a device near its sunset).
         let listed = try listedIDs()
         XCTAssertTrue(Set(listed).isSuperset(of: [first, second]), "\(listed)")
+        // The log in the metrics: what is in it now, and what was written, in at most as many batches.
+        let scrape = try HTTP.get(port: adminPort, path: "/metrics")
+        let metrics = try PrometheusText(scrape.body)
+        XCTAssertEqual(metrics["postern_spool_intake_messages", [:]], Double(listed.count), scrape.body)
+        let written = try XCTUnwrap(metrics["postern_spool_intake_messages_written_total", [:]], scrape.body)
+        let batches = try XCTUnwrap(metrics["postern_spool_intake_batches_total", [:]], scrape.body)
+        XCTAssertGreaterThanOrEqual(written, 2, scrape.body)
+        XCTAssertTrue((1...written).contains(batches), scrape.body)
         let show = try queue(["show", second])
         XCTAssertEqual(show.status, 0, show.output)
         XCTAssertTrue(show.output.contains("second@example.edu"), show.output)
