@@ -231,6 +231,24 @@ measure_smtp_source() { # port
 }
 
 # ---------------------------------------------------------------------------------------------
+# 1b. The device path with another build (BASELINE_BIN): before and after a change, in one run (the baseline
+# first, then phase 2 with this build).
+if want baseline && [ -n "${BASELINE_BIN:-}" ]; then
+  [ -x "$BASELINE_BIN/postern" ] || { echo "bench: $BASELINE_BIN/postern is missing" >&2; exit 1; }
+  SERVE_BIN=$BASELINE_BIN
+  start_postern
+  sleep 1
+  cpu0=$(proc_cpu "$POSTERN_PID")
+  measure_smtp_source "$DEVICE_PORT"
+  cpu1=$(proc_cpu "$POSTERN_PID")
+  B_RATE=$RUN_RATE
+  B_CPU=$(calc "($cpu1 - $cpu0) * 1000 / $MESSAGES")
+  log "baseline smtp-source -> device -> spool -> mTLS -> sink ($BASELINE_BIN): $(fmt "$B_RATE" .0f) msg/s at the sink ($MESSAGES in $(fmt "$RUN_SECONDS" .2f) s; smtp-source done after $(fmt "$ACCEPT_SECONDS" .2f) s), $(fmt "$B_CPU" .2f) CPU-s/1000 msgs"
+  stop_postern
+  SERVE_BIN=
+fi
+
+# ---------------------------------------------------------------------------------------------
 # 2. Postern: device listener -> durable spool -> mTLS relay -> sink.
 if want postern; then
   start_postern
@@ -258,23 +276,6 @@ if want postern; then
   P_RSS=$(hwm_mib "$POSTERN_PID")
   log "postern  postern-load -> device: $(result_field "$r" rate) msg/s accepted, failed $(result_field "$r" failed), DATA-end->250 p50 $P_P50 ms p99 $P_P99 ms max $(result_field "$r" max_ms) ms; peak RSS $P_RSS MiB"
   stop_postern
-fi
-
-# ---------------------------------------------------------------------------------------------
-# 2a. The same device path with another build (BASELINE_BIN): before and after a change, in one run.
-if want baseline && [ -n "${BASELINE_BIN:-}" ]; then
-  [ -x "$BASELINE_BIN/postern" ] || { echo "bench: $BASELINE_BIN/postern is missing" >&2; exit 1; }
-  SERVE_BIN=$BASELINE_BIN
-  start_postern
-  sleep 1
-  cpu0=$(proc_cpu "$POSTERN_PID")
-  measure_smtp_source "$DEVICE_PORT"
-  cpu1=$(proc_cpu "$POSTERN_PID")
-  B_RATE=$RUN_RATE
-  B_CPU=$(calc "($cpu1 - $cpu0) * 1000 / $MESSAGES")
-  log "baseline smtp-source -> device -> spool -> mTLS -> sink ($BASELINE_BIN): $(fmt "$B_RATE" .0f) msg/s at the sink ($MESSAGES in $(fmt "$RUN_SECONDS" .2f) s; smtp-source done after $(fmt "$ACCEPT_SECONDS" .2f) s), $(fmt "$B_CPU" .2f) CPU-s/1000 msgs"
-  stop_postern
-  SERVE_BIN=
 fi
 
 # ---------------------------------------------------------------------------------------------
