@@ -20,8 +20,9 @@ import Darwin
 /// messages are delivered again (as a lost unlink of a delivered queue file would).
 ///
 /// Guarantees, the same as a queue file's:
-/// - `append` returns only after the record's `fdatasync` (the segment and its `.done` were created, and the
-///   intake directory fsynced, before any record went into it): no `250` before the message is durable.
+/// - A message is acknowledged (`submit`'s completion, `append`'s return) only after its batch's `fdatasync` (the
+///   segment and its `.done` were created, and the intake directory fsynced, before any record went into it): no
+///   `250` before the message is durable.
 /// - A write that fails is cut off again (`ftruncate`); if that fails too, the segment takes no more records.
 /// - At start (`recover`, under the spool's owner lock), each segment's records that are not done and have no
 ///   queue file yet are written to `queue/` as ordinary queue files (fdatasync, rename, one directory fsync), and
@@ -31,8 +32,8 @@ import Darwin
 /// The log is short-term only. A record leaves it when its message is delivered (`finish`), when its delivery state
 /// must be written (a deferral: `materialize`, then the state file as for any queue file), when its segment has been
 /// closed for `settleAfter` (`maintain`), on `postern queue`'s request (the `settle` signal), and at shutdown. So a
-/// stopped gateway leaves the classic layout, `postern queue` finds everything older than a few seconds in
-/// `queue/`, and the long-lived files are the queue files they always were. Streamed (large) messages do not come
+/// stopped gateway leaves the classic layout, `postern queue` lists the log's messages and has them moved before
+/// it changes one, and the long-lived files are the queue files they always were. Streamed (large) messages do not come
 /// here: they are written to their own file while they arrive (`SpoolMessageStream`).
 final class SpoolIntake: @unchecked Sendable {
     static let directoryName = "intake"
