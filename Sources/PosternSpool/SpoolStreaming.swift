@@ -93,7 +93,8 @@ extension Spool {
                     // From the file already open: header and envelope are read and checked once, the message once.
                     defer { file.close() }
                     let message = try file.readWhole()
-                    let state = try directory.readState(id: id, envelope: file.envelope)
+                    // A corrupt state file alone does not take the message out of delivery (as for a large one).
+                    let state = try SpoolRecovery.stateOrReset(directory, id: id, envelope: file.envelope, logger: logger)
                     return (SpoolEntry(id: id, envelope: file.envelope, state: state, messageSize: message.readableBytes), .inMemory(message))
                 }
                 do throws(SpoolDirectory.ReadError) {

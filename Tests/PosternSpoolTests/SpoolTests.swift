@@ -155,6 +155,27 @@ final class SpoolTests: XCTestCase {
         await recovered.shutdown()
     }
 
+    /// At delivery, small and large alike: a corrupt state file is moved aside and every recipient tried again; the
+    /// message stays queued (it used to be moved aside with its state when it was small).
+    func testACorruptStateFileAtDeliveryKeepsTheMessageInDelivery() async throws {
+        let spool = try Spool(directory: root, logger: logger)
+        let small = QueueID.make(), large = QueueID.make()
+        let bodies = [small: message(), large: ByteBuffer(string: "Subject: big\r\n\r\n" + String(repeating: "z", count: 2 << 20) + "\r\n")]
+        for (id, body) in bodies { try await spool.enqueue(id: id, envelope: envelope(), message: body) }
+        await spool.maintainIntake(everything: true)
+        for id in [small, large] {
+            try Data("{\"attempts\":".utf8).write(to: URL(fileURLWithPath: spool.directory.queuePath + "/\(id).state"))
+            let read = await spool.readForDelivery(id: id)
+            XCTAssertEqual(read?.entry.state.pendingRecipients, ["a@example.edu", "b@example.org"], id)
+            XCTAssertEqual(read?.message.size, bodies[id]?.readableBytes, id)
+            if case .file(let file)? = read?.message { file.close() }
+            XCTAssertTrue(spool.directory.contains(id: id), id)
+        }
+        XCTAssertEqual(files("corrupt").filter { $0.contains(".state.") }.count, 2)
+        XCTAssertEqual(files("corrupt").filter { $0.contains(".msg") }, [])
+        await spool.shutdown()
+    }
+
     func testUnwritableSpoolReportsAnErrorAndLaterWritesStillWork() async throws {
         let spool = try Spool(directory: root, logger: logger)
         let dir = SpoolDirectory(root: root)
