@@ -115,15 +115,19 @@ public enum DurableFile {
 
         /// Overwrites bytes already written at `offset` (a header whose lengths are known only at the end).
         public func overwrite(_ bytes: [UInt8], at offset: Int) throws(DurableWriteError) {
-            var done = 0
-            while done < bytes.count {
-                let n = bytes.withUnsafeBytes { pwrite(output.fd, $0.baseAddress! + done, bytes.count - done, off_t(offset + done)) }  // `!`: not empty (done < count)
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    throw DurableWriteError(operation: "pwrite", path: temporary, code: errno)
+            let failure: Int32? = bytes.withUnsafeBytes { raw in
+                var done = 0
+                while done < raw.count, let base = raw.baseAddress {
+                    let n = pwrite(output.fd, base + done, raw.count - done, off_t(offset + done))
+                    if n < 0 {
+                        if errno == EINTR { continue }
+                        return errno
+                    }
+                    done += n
                 }
-                done += n
+                return nil
             }
+            if let failure { throw DurableWriteError(operation: "pwrite", path: temporary, code: failure) }
         }
 
         /// fdatasync, rename to `path`, and (unless the caller does it for many files) fsync of `path`'s directory.

@@ -190,16 +190,23 @@ public final class Spool: Sendable {
     /// Reads an entry with its message. A corrupt entry is moved aside and reported as nil.
     public func read(id: String) async -> (entry: SpoolEntry, message: ByteBuffer)? {
         let directory = self.directory
+        return await readingEntry(id: id) { intake throws(SpoolDirectory.ReadError) in
+            if let read = try intake.readEntry(id) { return read }
+            return try directory.readEntry(id: id)
+        }
+    }
+
+    /// Reads entry `id` with `body` on the I/O threads: nil when it is gone or cannot be opened, and then forgotten;
+    /// a corrupt one is moved aside first, its record from the intake log or its files from `queue/`.
+    func readingEntry<T: Sendable>(id: String, _ body: @escaping @Sendable (SpoolIntake) throws(SpoolDirectory.ReadError) -> T) async -> T? {
+        let directory = self.directory
         let logger = self.logger
         let intake = self.intake
-        let result = try? await pool.runIfActive { () -> (entry: SpoolEntry, message: ByteBuffer)? in
-            do {
-                if let (envelope, message) = try intake.read(id) {
-                    return (SpoolEntry(id: id, envelope: envelope, state: .initial(for: envelope), messageSize: message.readableBytes), message)
-                }
-                return try directory.readEntry(id: id)
+        let result = try? await pool.runIfActive { () -> T? in
+            do throws(SpoolDirectory.ReadError) {
+                return try body(intake)
             } catch {
-                guard case .corrupt(let reason)? = error as? SpoolDirectory.ReadError else { return nil }
+                guard case .corrupt(let reason) = error else { return nil }
                 if intake.contains(id) { intake.quarantine(id, reason: reason) } else {
                     SpoolRecovery.quarantine(directory, id: id, reason: reason, logger: logger)
                 }

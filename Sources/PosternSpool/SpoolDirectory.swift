@@ -255,8 +255,8 @@ public struct SpoolDirectory: Sendable {
         var bytes = [UInt8](repeating: 0, count: count)
         var offset = 0
         let ok = bytes.withUnsafeMutableBytes { buffer -> Bool in
-            while offset < buffer.count {
-                let n = pread(fd, buffer.baseAddress! + offset, buffer.count - offset, off_t(start + offset))  // `!`: not empty (offset < count)
+            while offset < buffer.count, let base = buffer.baseAddress {
+                let n = pread(fd, base + offset, buffer.count - offset, off_t(start + offset))
                 if n < 0 && errno == EINTR { continue }
                 if n <= 0 { return false }
                 offset += n

@@ -266,8 +266,8 @@ final class SpoolIntake: @unchecked Sendable {
         var written = 0
         var failure: SpoolError?
         bytes.withUnsafeBytes { raw in
-            while written < raw.count {
-                let n = pwrite(segment.fd, raw.baseAddress! + written, raw.count - written, off_t(start + written))  // `!`: not empty (written < count)
+            while written < raw.count, let base = raw.baseAddress {
+                let n = pwrite(segment.fd, base + written, raw.count - written, off_t(start + written))
                 if n < 0 && errno == EINTR { continue }
                 if n <= 0 {
                     failure = SpoolDirectory.error("write intake/\(Self.segmentName(segment.number)).log", n == 0 ? EIO : errno)
@@ -359,11 +359,11 @@ final class SpoolIntake: @unchecked Sendable {
         return try SpoolDirectory.readRange(entry.segment.fd, offset: entry.offset, count: entry.length)
     }
 
-    /// A live record's message and envelope, checked (and opened when sealed); nil when it is no longer in the log.
-    func read(_ id: String) throws(SpoolDirectory.ReadError) -> (envelope: SpoolEnvelope, message: ByteBuffer)? {
+    /// A live record as a queue entry with its message, checked (and opened when sealed); nil when it is no longer
+    /// in the log.
+    func readEntry(_ id: String) throws(SpoolDirectory.ReadError) -> (entry: SpoolEntry, message: ByteBuffer)? {
         guard let image = try image(id) else { return nil }
-        let (envelope, message) = try directory.parseImage(image)
-        return (envelope, message)
+        return try directory.intakeEntry(id: id, image: image)
     }
 
     /// Ends a record: its message was delivered (or moved aside). Returns false when `id` is not in the log.
@@ -419,9 +419,7 @@ final class SpoolIntake: @unchecked Sendable {
                     throw .unwritable("reading \(id) from intake/\(Self.segmentName(entry.segment.number)).log: \(error)")
                 }
                 if !directory.contains(id: id) && !directory.contains(id: id, in: .hold) {
-                    try directory.writeDurably(directory.messagePath(id), tmpName: "\(id).msg", reuse: takeFree()) { output throws(DurableWriteError) in
-                        try output.write(image)
-                    }
+                    try directory.writeQueueFile(id: id, image: image, reuse: takeFree())
                 }
                 moved.append((id, entry))
             } catch {
@@ -523,6 +521,18 @@ final class SpoolIntake: @unchecked Sendable {
         return Set(bytes.split(separator: 0x0A).map { String(decoding: $0, as: UTF8.self) })
     }
 
+    /// Segment `number`'s records whose messages still want a queue file (not done, and neither in `queue/` nor in
+    /// `hold/`), and how many bytes follow its last whole record.
+    static func unfinished(_ number: UInt64, in directory: SpoolDirectory) throws(SpoolDirectory.ReadError) -> (records: [Record], trailing: Int) {
+        let base = "\(directory.intakePath)/\(segmentName(number))"
+        let (records, trailing) = parse(try SpoolDirectory.readFile("\(base).log"))
+        let done = doneIDs("\(base).done")
+        let wanted = records.filter { record in
+            !done.contains(record.id) && !directory.contains(id: record.id) && !directory.contains(id: record.id, in: .hold)
+        }
+        return (wanted, trailing)
+    }
+
     /// What a stopped gateway left in the log, moved into `queue/` (each record not done and not already a queue
     /// or held file), then the segments removed. Call only as the spool's owner (the gateway at start, under the
     /// ledger's lock; `postern queue` when no gateway runs). Returns how many messages it moved.
@@ -532,21 +542,16 @@ final class SpoolIntake: @unchecked Sendable {
         var moved = 0
         for number in segmentNumbers(in: path) {
             let base = "\(path)/\(segmentName(number))"
-            let bytes: [UInt8]
-            do { bytes = try SpoolDirectory.readFile("\(base).log") } catch {
+            let records: [Record], trailing: Int
+            do { (records, trailing) = try unfinished(number, in: directory) } catch {
                 logger.error("spool recovery: intake segment unreadable; left in place", metadata: ["file": "\(base).log", "error": "\(error)"])
                 continue
             }
-            let done = doneIDs("\(base).done")
-            let (records, trailing) = parse(bytes)
             var written = 0
             var failed = false
-            for record in records where !done.contains(record.id) {
-                if directory.contains(id: record.id) || directory.contains(id: record.id, in: .hold) { continue }
+            for record in records {
                 do {
-                    try directory.writeDurably(directory.messagePath(record.id), tmpName: "\(record.id).msg") { output throws(DurableWriteError) in
-                        try output.write(Array(record.image))
-                    }
+                    try directory.writeQueueFile(id: record.id, image: Array(record.image))
                     written += 1
                 } catch {
                     logger.critical("spool recovery: cannot move a message out of the intake log; left in place",
@@ -576,18 +581,7 @@ final class SpoolIntake: @unchecked Sendable {
     /// For `postern queue` while a gateway runs: the records still in the log (not done, not yet in `queue/` or
     /// `hold/`), read without changing anything.
     static func liveRecords(_ directory: SpoolDirectory) -> [Record] {
-        let path = directory.intakePath
-        var live: [Record] = []
-        for number in segmentNumbers(in: path) {
-            let base = "\(path)/\(segmentName(number))"
-            guard let bytes = try? SpoolDirectory.readFile("\(base).log") else { continue }
-            let done = doneIDs("\(base).done")
-            for record in parse(bytes).records where !done.contains(record.id) {
-                if directory.contains(id: record.id) || directory.contains(id: record.id, in: .hold) { continue }
-                live.append(record)
-            }
-        }
-        return live
+        segmentNumbers(in: directory.intakePath).flatMap { number in (try? unfinished(number, in: directory))?.records ?? [] }
     }
 }
 
@@ -605,11 +599,20 @@ extension SpoolDirectory {
     /// given with its error.
     public func intakeEntries() -> [(id: String, read: Result<(entry: SpoolEntry, message: ByteBuffer), ReadError>)] {
         SpoolIntake.liveRecords(self).map { record in
-            (record.id, Result { () throws(ReadError) in
-                let (envelope, message) = try parseImage(Array(record.image))
-                return (SpoolEntry(id: record.id, envelope: envelope, state: .initial(for: envelope), messageSize: message.readableBytes), message)
-            })
+            (record.id, Result { () throws(ReadError) in try intakeEntry(id: record.id, image: Array(record.image)) })
         }
+    }
+
+    /// A message in the intake log as a queue entry: its image checked (and opened when sealed), no state file yet
+    /// (`postern queue` changes only queue files), so its first attempt is due.
+    func intakeEntry(id: String, image: [UInt8]) throws(ReadError) -> (entry: SpoolEntry, message: ByteBuffer) {
+        let (envelope, message) = try parseImage(image)
+        return (SpoolEntry(id: id, envelope: envelope, state: .initial(for: envelope), messageSize: message.readableBytes), message)
+    }
+
+    /// Writes a whole queue file image as `queue/<id>.msg` (temp file, fdatasync, rename; the caller fsyncs `queue/`).
+    func writeQueueFile(id: String, image: [UInt8], reuse: String? = nil) throws(SpoolError) {
+        try writeDurably(messagePath(id), tmpName: "\(id).msg", reuse: reuse) { output throws(DurableWriteError) in try output.write(image) }
     }
 
     /// Before `postern queue` changes anything: the intake log's messages become queue files, which the commands

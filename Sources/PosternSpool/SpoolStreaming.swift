@@ -82,39 +82,26 @@ extension Spool {
     public func readForDelivery(id: String) async -> (entry: SpoolEntry, message: SpooledMessage)? {
         let directory = self.directory
         let logger = self.logger
-        let intake = self.intake
-        let result = try? await pool.runIfActive { () -> (entry: SpoolEntry, message: SpooledMessage)? in
-            do {
-                if let (envelope, message) = try intake.read(id) {
-                    return (SpoolEntry(id: id, envelope: envelope, state: .initial(for: envelope), messageSize: message.readableBytes), .inMemory(message))
-                }
-                let file = try directory.openMessage(id: id)
-                if file.messageLength <= Self.inMemoryReadLimit {
-                    // From the file already open: header and envelope are read and checked once, the message once.
-                    defer { file.close() }
-                    let message = try file.readWhole()
-                    // A corrupt state file alone does not take the message out of delivery (as for a large one).
-                    let state = try SpoolRecovery.stateOrReset(directory, id: id, envelope: file.envelope, logger: logger)
-                    return (SpoolEntry(id: id, envelope: file.envelope, state: state, messageSize: message.readableBytes), .inMemory(message))
-                }
-                do throws(SpoolDirectory.ReadError) {
-                    try file.verify()
-                    let state = try SpoolRecovery.stateOrReset(directory, id: id, envelope: file.envelope, logger: logger)
-                    return (SpoolEntry(id: id, envelope: file.envelope, state: state, messageSize: file.messageLength), .file(file))
-                } catch {
-                    file.close()
-                    throw error
-                }
+        return await readingEntry(id: id) { intake throws(SpoolDirectory.ReadError) -> (entry: SpoolEntry, message: SpooledMessage) in
+            if let (entry, message) = try intake.readEntry(id) { return (entry, .inMemory(message)) }
+            let file = try directory.openMessage(id: id)
+            if file.messageLength <= Self.inMemoryReadLimit {
+                // From the file already open: header and envelope are read and checked once, the message once.
+                defer { file.close() }
+                let message = try file.readWhole()
+                // A corrupt state file alone does not take the message out of delivery (as for a large one).
+                let state = try SpoolRecovery.stateOrReset(directory, id: id, envelope: file.envelope, logger: logger)
+                return (SpoolEntry(id: id, envelope: file.envelope, state: state, messageSize: message.readableBytes), .inMemory(message))
+            }
+            do throws(SpoolDirectory.ReadError) {
+                try file.verify()
+                let state = try SpoolRecovery.stateOrReset(directory, id: id, envelope: file.envelope, logger: logger)
+                return (SpoolEntry(id: id, envelope: file.envelope, state: state, messageSize: file.messageLength), .file(file))
             } catch {
-                guard case .corrupt(let reason)? = error as? SpoolDirectory.ReadError else { return nil }
-                if intake.contains(id) { intake.quarantine(id, reason: reason) } else {
-                    SpoolRecovery.quarantine(directory, id: id, reason: reason, logger: logger)
-                }
-                return nil
+                file.close()
+                throw error
             }
         }
-        if result == nil { forget(id: id) }
-        return result
     }
 
     /// `count` bytes of an open message file from `offset`, read on the I/O threads.
