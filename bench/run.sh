@@ -232,6 +232,17 @@ measure_smtp_source() { # port
   RUN_RATE=$(calc "$MESSAGES / $RUN_SECONDS")
 }
 
+# measure_smtp_source on the running Postern's device listener, with its CPU: sets RUN_RATE, RUN_SECONDS and
+# RUN_CPU (CPU-s per 1,000 messages) and logs one line, "LABEL smtp-source -> PATH: ...".
+measure_device() { # label path
+  local cpu0 cpu1
+  cpu0=$(proc_cpu "$POSTERN_PID")
+  measure_smtp_source "$DEVICE_PORT"
+  cpu1=$(proc_cpu "$POSTERN_PID")
+  RUN_CPU=$(calc "($cpu1 - $cpu0) * 1000 / $MESSAGES")
+  log "$1 smtp-source -> $2: $(fmt "$RUN_RATE" .0f) msg/s at the sink ($MESSAGES in $(fmt "$RUN_SECONDS" .2f) s; smtp-source done after $(fmt "$ACCEPT_SECONDS" .2f) s), $(fmt "$RUN_CPU" .2f) CPU-s/1000 msgs"
+}
+
 # ---------------------------------------------------------------------------------------------
 # Warm-up, not measured: the shared sink's first load came out slower than its later ones in every run
 # (the phase measured first lost to the same build measured second), so WARMUP messages go through
@@ -253,12 +264,8 @@ if want baseline && [ -n "${BASELINE_BIN:-}" ]; then
   SERVE_BIN=$BASELINE_BIN
   start_postern
   sleep 1
-  cpu0=$(proc_cpu "$POSTERN_PID")
-  measure_smtp_source "$DEVICE_PORT"
-  cpu1=$(proc_cpu "$POSTERN_PID")
-  B_RATE=$RUN_RATE
-  B_CPU=$(calc "($cpu1 - $cpu0) * 1000 / $MESSAGES")
-  log "baseline smtp-source -> device -> spool -> mTLS -> sink ($BASELINE_BIN): $(fmt "$B_RATE" .0f) msg/s at the sink ($MESSAGES in $(fmt "$RUN_SECONDS" .2f) s; smtp-source done after $(fmt "$ACCEPT_SECONDS" .2f) s), $(fmt "$B_CPU" .2f) CPU-s/1000 msgs"
+  measure_device "baseline" "device -> spool -> mTLS -> sink ($BASELINE_BIN)"
+  B_RATE=$RUN_RATE B_CPU=$RUN_CPU
   stop_postern
   SERVE_BIN=
 fi
@@ -272,18 +279,14 @@ if want postern; then
     perf record -F 999 -g -o "$ROOT/var/bench/postern.perf.data" -p "$POSTERN_PID" >/dev/null 2>&1 & perf_pid=$!
     sleep 0.5
   fi
-  cpu0=$(proc_cpu "$POSTERN_PID")
-  measure_smtp_source "$DEVICE_PORT"
-  cpu1=$(proc_cpu "$POSTERN_PID")
+  measure_device "postern " "device -> spool -> mTLS -> sink"
+  P_RATE=$RUN_RATE P_CPU=$RUN_CPU
   if [ -n "${PERF:-}" ]; then
     kill -INT "$perf_pid"; wait "$perf_pid" || true
     perf report -i "$ROOT/var/bench/postern.perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null \
       | grep -v '^$' | swift demangle --simplified > "$ROOT/var/bench/postern.perf.txt" || true
     log "perf profile: var/bench/postern.perf.txt"
   fi
-  P_RATE=$RUN_RATE
-  P_CPU=$(calc "($cpu1 - $cpu0) * 1000 / $MESSAGES")
-  log "postern  smtp-source -> device -> spool -> mTLS -> sink: $(fmt "$P_RATE" .0f) msg/s at the sink ($MESSAGES in $(fmt "$RUN_SECONDS" .2f) s; smtp-source done after $(fmt "$ACCEPT_SECONDS" .2f) s), $(fmt "$P_CPU" .2f) CPU-s/1000 msgs"
   base=$(sink_received)
   r=$(timeout "$TIMEOUT" "$BIN/postern-load" smtp --port "$DEVICE_PORT" --sessions "$SESSIONS" --messages "$MESSAGES" --size "$SIZE" --label postern-device)
   wait_sink $((base + MESSAGES)) "$TIMEOUT"
@@ -299,12 +302,8 @@ if want sealed; then
   SEALED=1
   start_postern
   sleep 1
-  cpu0=$(proc_cpu "$POSTERN_PID")
-  measure_smtp_source "$DEVICE_PORT"
-  cpu1=$(proc_cpu "$POSTERN_PID")
-  S_RATE=$RUN_RATE
-  S_CPU=$(calc "($cpu1 - $cpu0) * 1000 / $MESSAGES")
-  log "sealed   smtp-source -> device -> encrypted spool -> mTLS -> sink: $(fmt "$S_RATE" .0f) msg/s at the sink ($MESSAGES in $(fmt "$RUN_SECONDS" .2f) s; smtp-source done after $(fmt "$ACCEPT_SECONDS" .2f) s), $(fmt "$S_CPU" .2f) CPU-s/1000 msgs"
+  measure_device "sealed  " "device -> encrypted spool -> mTLS -> sink"
+  S_RATE=$RUN_RATE S_CPU=$RUN_CPU
   stop_postern
   SEALED=
 fi
